@@ -1,0 +1,30 @@
+# roomd tasks. `just --list` shows them all.
+set shell := ["bash", "-uc"]
+
+venv := ".venv"
+bin := venv + "/bin"
+
+# Create .venv and install roomd with its development tools.
+setup:
+    test -d {{venv}} || python3 -m venv {{venv}}
+    {{bin}}/python -m pip install --quiet --upgrade pip
+    {{bin}}/python -m pip install --quiet -e '.[dev]'
+
+# Run the test suite (extra arguments go to pytest).
+test *args:
+    {{bin}}/python -m pytest -q {{args}}
+
+# ruff and mypy.
+lint:
+    {{bin}}/ruff check roomd broker tests
+    {{bin}}/ruff format --check roomd broker tests
+    {{bin}}/mypy
+
+# Format the code.
+fmt:
+    {{bin}}/ruff format roomd broker tests
+    {{bin}}/ruff check --fix roomd broker tests
+
+# Run one node in development mode (accepts ?user=NAME without a token).
+serve name="serverA" port="9000":
+    {{bin}}/roomd --name {{name}} --port {{port}} --dev
