@@ -1,0 +1,59 @@
+"""The roomd wire protocol: frames, codec, session state, close codes, errors.
+
+Sans-I/O: nothing here imports trio, zmq or a WebSocket library.
+"""
+
+from ._chat import ChatMessage as ChatMessage
+from ._chat import CommandPayload as CommandPayload
+from ._chat import FilePayload as FilePayload
+from ._chat import ImagePayload as ImagePayload
+from ._chat import PayloadLimits as PayloadLimits
+from ._chat import RoomArgs as RoomArgs
+from ._chat import SendArgs as SendArgs
+from ._chat import SendTarget as SendTarget
+from ._chat import StatusArgs as StatusArgs
+from ._chat import TextPayload as TextPayload
+from ._chat import TypingArgs as TypingArgs
+from ._chat import validate_chat_message as validate_chat_message
+from ._chat import validate_name as validate_name
+from ._close import CLOSE_CODES as CLOSE_CODES
+from ._close import CloseCode as CloseCode
+from ._close import CloseInfo as CloseInfo
+from ._close import close_info as close_info
+from ._close import should_reconnect as should_reconnect
+from ._codec import PushTemplate as PushTemplate
+from ._codec import converter as converter
+from ._codec import decode_client_frame as decode_client_frame
+from ._codec import decode_server_frame as decode_server_frame
+from ._codec import dump as dump
+from ._codec import encode_frame as encode_frame
+from ._codec import load as load
+from ._codec import structure as structure
+from ._codec import unstructure as unstructure
+from ._codec import wire_name as wire_name
+from ._errors import ErrorCode as ErrorCode
+from ._errors import HandlerError as HandlerError
+from ._errors import LocalProtocolError as LocalProtocolError
+from ._errors import RemoteProtocolError as RemoteProtocolError
+from ._errors import RoomdError as RoomdError
+from ._frames import DEFAULT_NAMESPACE as DEFAULT_NAMESPACE
+from ._frames import PROTOCOL_VERSION as PROTOCOL_VERSION
+from ._frames import SUPPORTED_VERSIONS as SUPPORTED_VERSIONS
+from ._frames import Ack as Ack
+from ._frames import ClientFrame as ClientFrame
+from ._frames import Error as Error
+from ._frames import ErrorInfo as ErrorInfo
+from ._frames import Event as Event
+from ._frames import HeartbeatInfo as HeartbeatInfo
+from ._frames import Hello as Hello
+from ._frames import LimitsInfo as LimitsInfo
+from ._frames import Ping as Ping
+from ._frames import Pong as Pong
+from ._frames import Push as Push
+from ._frames import Request as Request
+from ._frames import ResumeRequest as ResumeRequest
+from ._frames import RoomRef as RoomRef
+from ._frames import ServerFrame as ServerFrame
+from ._frames import Welcome as Welcome
+from ._session import Session as Session
+from ._session import SessionState as SessionState

@@ -1,0 +1,243 @@
+"""The one converter of the protocol: frames to and from JSON text or msgpack binary.
+
+Policy, in one place:
+
+* field names are camelCase on the wire (``Push.sender`` is ``from``);
+* fields at their default value are left out when encoding, and filled in when decoding;
+* unknown fields are ignored (forward compatible); unknown frame types are an error;
+* types are checked strictly: ``"1"`` is not an int, ``1`` is not a string, ``true`` is not an int.
+
+Any input error becomes a :class:`RemoteProtocolError` whose message names the path of the bad
+field (``payload.width: expected an integer``). Nothing else escapes the decoder.
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Any, Final, TypeVar
+
+import attrs
+import cattrs
+import msgpack
+import orjson
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+
+from ._errors import ErrorCode, RemoteProtocolError
+from ._frames import (
+    CLIENT_FRAME_TYPES,
+    FRAME_TAGS,
+    SERVER_FRAME_TYPES,
+    ClientFrame,
+    Push,
+    ServerFrame,
+)
+
+T = TypeVar("T")
+
+_WIRE_NAMES: Final = {"sender": "from"}
+
+
+def wire_name(field: str) -> str:
+    """The wire name of a Python field name: ``resume_token`` -> ``resumeToken``."""
+    if field in _WIRE_NAMES:
+        return _WIRE_NAMES[field]
+    head, *rest = field.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def _expect(kind: type[Any], label: str) -> typing.Callable[[Any, Any], Any]:
+    def check(value: Any, _: Any) -> Any:
+        if type(value) is not kind:
+            raise TypeError(f"expected {label}")
+        return value
+
+    return check
+
+
+def _structure_float(value: Any, _: Any) -> float:
+    if type(value) not in (int, float):
+        raise TypeError("expected a number")
+    return float(value)
+
+
+def _is_list(tp: Any) -> bool:
+    return typing.get_origin(tp) is list
+
+
+def _is_dict(tp: Any) -> bool:
+    return typing.get_origin(tp) is dict
+
+
+def make_converter() -> cattrs.Converter:
+    """Build the protocol converter (normally used through :data:`converter`)."""
+    conv = cattrs.Converter(detailed_validation=True)
+    conv.register_structure_hook(str, _expect(str, "a string"))
+    conv.register_structure_hook(int, _expect(int, "an integer"))
+    conv.register_structure_hook(bool, _expect(bool, "a boolean"))
+    conv.register_structure_hook(float, _structure_float)
+
+    def list_hook(tp: Any) -> typing.Callable[[Any, Any], list[Any]]:
+        (item,) = typing.get_args(tp) or (Any,)
+
+        def structure_list(value: Any, _: Any) -> list[Any]:
+            if type(value) is not list:
+                raise TypeError("expected a list")
+            return [conv.structure(v, item) for v in value]
+
+        return structure_list
+
+    def dict_hook(tp: Any) -> typing.Callable[[Any, Any], dict[str, Any]]:
+        def structure_dict(value: Any, _: Any) -> dict[str, Any]:
+            if type(value) is not dict:
+                raise TypeError("expected an object")
+            return value
+
+        return structure_dict
+
+    def renames(cls: type[Any]) -> dict[str, Any]:
+        return {
+            f.name: override(rename=wire_name(f.name))
+            for f in attrs.fields(cls)
+            if wire_name(f.name) != f.name
+        }
+
+    conv.register_structure_hook_factory(_is_list, list_hook)
+    conv.register_structure_hook_factory(_is_dict, dict_hook)
+    conv.register_structure_hook_factory(
+        attrs.has, lambda cls: make_dict_structure_fn(cls, conv, **renames(cls))
+    )
+    conv.register_unstructure_hook_factory(
+        attrs.has,
+        lambda cls: make_dict_unstructure_fn(
+            cls, conv, _cattrs_omit_if_default=True, **renames(cls)
+        ),
+    )
+    return conv
+
+
+converter: Final = make_converter()
+
+
+def _readable(exc: Exception) -> str:
+    if isinstance(exc, cattrs.BaseValidationError):
+        return "; ".join(cattrs.transform_error(exc, path="")).replace(" @ .", " @ ")
+    return str(exc)
+
+
+def structure(value: Any, cls: type[T], *, ref: int | None = None) -> T:
+    """Structure ``value`` as ``cls`` or raise :class:`RemoteProtocolError` (``invalid``)."""
+    if attrs.has(cls) and type(value) is not dict:
+        raise RemoteProtocolError(ErrorCode.INVALID, "expected an object", ref=ref)
+    try:
+        return converter.structure(value, cls)
+    except RemoteProtocolError:
+        raise
+    except (cattrs.BaseValidationError, ValueError, TypeError, KeyError) as exc:
+        raise RemoteProtocolError(ErrorCode.INVALID, _readable(exc), ref=ref) from None
+
+
+def unstructure(value: Any) -> Any:
+    """Plain data (dicts, lists, strings, numbers) for an attrs instance."""
+    return converter.unstructure(value)
+
+
+# Frames -------------------------------------------------------------------------------------------
+
+
+def load(raw: bytes | str, binary: bool) -> dict[str, Any]:
+    """Parse one WebSocket message into a frame object (a dict), or raise ``bad_frame``."""
+    try:
+        if binary:
+            obj = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+        else:
+            obj = orjson.loads(raw)
+    except Exception:
+        what = "msgpack" if binary else "JSON"
+        raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"not valid {what}") from None
+    if type(obj) is not dict:
+        raise RemoteProtocolError(ErrorCode.BAD_FRAME, "a frame must be an object")
+    return obj
+
+
+def dump(obj: Any, binary: bool) -> bytes:
+    """Serialize plain data as JSON or msgpack; ``TypeError`` if it has no such form."""
+    if binary:
+        return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+    return orjson.dumps(obj)
+
+
+def _decode(raw: bytes | str, binary: bool, table: typing.Mapping[str, type[T]], side: str) -> T:
+    obj = load(raw, binary)
+    ref = obj.get("id")
+    ref = ref if type(ref) is int else None
+    tag = obj.get("type")
+    cls = table.get(tag) if type(tag) is str else None
+    if cls is None:
+        raise RemoteProtocolError(
+            ErrorCode.UNKNOWN_TYPE,
+            f"unknown {side} frame type {tag!r}; expected one of {', '.join(table)}",
+            ref=ref,
+        )
+    return structure(obj, cls, ref=ref)
+
+
+def decode_client_frame(raw: bytes | str, binary: bool) -> ClientFrame:
+    """Decode a frame sent by a client. Raises only :class:`RemoteProtocolError`."""
+    return _decode(raw, binary, CLIENT_FRAME_TYPES, "client")
+
+
+def decode_server_frame(raw: bytes | str, binary: bool) -> ServerFrame:
+    """Decode a frame sent by a node. Raises only :class:`RemoteProtocolError`."""
+    return _decode(raw, binary, SERVER_FRAME_TYPES, "server")
+
+
+def encode_frame(frame: ClientFrame | ServerFrame, binary: bool) -> bytes:
+    """Encode a frame as JSON (``binary=False``) or msgpack."""
+    body = {"type": FRAME_TAGS[type(frame)]}
+    body.update(converter.unstructure(frame))
+    return dump(body, binary)
+
+
+# Pushes: encoded once, numbered per recipient ---------------------------------------------------
+
+_JSON_HEAD: Final = b'{"type":"push",'
+_MSGPACK_TYPE_PUSH: Final = msgpack.packb("type") + msgpack.packb("push")
+_MSGPACK_SEQ_KEY: Final = msgpack.packb("seq")
+
+
+class PushTemplate:
+    """A push encoded once and stamped with each recipient's sequence number.
+
+    The body (event, data, room, sender) is serialized once per encoding, lazily; :meth:`render`
+    splices the ``type`` and ``seq`` fields in front of it, which costs a few hundred nanoseconds
+    instead of a full encode per recipient.
+
+    Error handling: the constructor raises ``TypeError`` if the data has no JSON form.
+    """
+
+    __slots__ = ("_json_body", "_msgpack", "push", "volatile")
+
+    def __init__(self, push: Push, *, volatile: bool = False) -> None:
+        if push.seq is not None:
+            raise ValueError("a push template carries no seq")
+        self.push = push
+        self.volatile = volatile
+        self._json_body = orjson.dumps(converter.unstructure(push))[1:]
+        self._msgpack: tuple[int, bytes] | None = None
+
+    def render(self, seq: int | None, binary: bool) -> bytes:
+        """The encoded push frame, with ``seq`` (``None`` for a volatile push)."""
+        if not binary:
+            if seq is None:
+                return _JSON_HEAD + self._json_body
+            return b'{"type":"push","seq":%d,%s' % (seq, self._json_body)
+        if self._msgpack is None:
+            body = msgpack.packb(converter.unstructure(self.push))
+            self._msgpack = (body[0] & 0x0F, body[1:])  # fixmap: at most 15 keys
+        count, rest = self._msgpack
+        if seq is None:
+            return bytes((0x80 | (count + 1),)) + _MSGPACK_TYPE_PUSH + rest
+        seq_bytes: bytes = msgpack.packb(seq)
+        return b"".join(
+            (bytes((0x80 | (count + 2),)), _MSGPACK_TYPE_PUSH, _MSGPACK_SEQ_KEY, seq_bytes, rest)
+        )

@@ -1,0 +1,177 @@
+"""Frames of the roomd wire protocol, version 1.
+
+Every frame is an object with a ``type`` key. Text WebSocket frames carry JSON, binary frames carry
+the same model as msgpack; a connection speaks the encoding of its ``hello`` frame. Field names are
+camelCase on the wire (``resumeToken``) and snake_case here; unknown fields are ignored so that
+newer peers can add fields without breaking older ones.
+
+Client to server: ``hello``, ``event``, ``ack`` (answer to a ``request``), ``ping``.
+Server to client: ``welcome``, ``push``, ``ack`` (answer to an ``event``), ``request``, ``pong``,
+``error``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import attrs
+
+PROTOCOL_VERSION: Final = 1
+SUPPORTED_VERSIONS: Final = frozenset({1})
+DEFAULT_NAMESPACE: Final = "/"
+
+
+@attrs.frozen
+class ErrorInfo:
+    """An error as the protocol carries it: a stable ``code`` and a human ``message``."""
+
+    code: str
+    message: str
+
+
+@attrs.frozen
+class ResumeRequest:
+    """What a reconnecting client presents to continue its session."""
+
+    session: str
+    token: str
+    seq: int  # the last push sequence number the client received
+
+
+@attrs.frozen
+class Hello:
+    """First frame of a connection (client to server)."""
+
+    v: int
+    resume: ResumeRequest | None = None
+    client: str | None = None  # free-form client name and version, for logs
+
+
+@attrs.frozen
+class Event:
+    """A client event. With an ``id`` the server answers with an ``ack`` carrying that id.
+
+    ``cmid`` is an optional client message id: a node acknowledges a repeated ``cmid`` of the same
+    session with the original result instead of handling it twice.
+    """
+
+    event: str
+    data: Any = None
+    id: int | None = None
+    cmid: str | None = None
+
+
+@attrs.frozen
+class Ack:
+    """The answer to an ``event`` (server to client) or to a ``request`` (client to server)."""
+
+    id: int
+    result: Any = None
+    error: ErrorInfo | None = None
+
+
+@attrs.frozen
+class Ping:
+    """Round-trip probe; ``ts`` is echoed back in the ``pong``."""
+
+    ts: float
+
+
+@attrs.frozen
+class Pong:
+    ts: float
+    server_ts: float  # the node's clock (seconds since the epoch) when it answered
+
+
+@attrs.frozen
+class HeartbeatInfo:
+    interval: float  # seconds between the node's pings when the connection is idle
+    timeout: float  # a connection silent for this long is closed
+
+
+@attrs.frozen
+class LimitsInfo:
+    max_frame_bytes: int
+    rate: float  # events per second allowed on average
+    burst: int  # events allowed at once
+    max_rooms: int  # rooms one connection may be in
+    max_text_chars: int
+
+
+@attrs.frozen
+class Welcome:
+    """The node's answer to ``hello``."""
+
+    v: int
+    session: str
+    resume_token: str
+    node: str
+    user: str
+    heartbeat: HeartbeatInfo
+    limits: LimitsInfo
+    resumed: bool = False
+    seq: int = 0  # the last sequence number of the session's pushes
+
+
+@attrs.frozen
+class RoomRef:
+    """A room: a name within a namespace."""
+
+    ns: str
+    room: str
+
+
+@attrs.frozen
+class Push:
+    """A server-to-client event.
+
+    ``seq`` numbers the session's reliable pushes (1, 2, 3 ...); volatile pushes (typing, for
+    example) carry no ``seq`` and are never replayed.
+    """
+
+    event: str
+    data: Any = None
+    seq: int | None = None
+    room: RoomRef | None = None
+    sender: str | None = None  # "from" on the wire: the user who sent it, if a user did
+
+
+@attrs.frozen
+class Request:
+    """A server-to-client request: the client answers with an ``ack`` of the same id."""
+
+    id: int
+    event: str
+    data: Any = None
+    timeout: float = 10.0
+
+
+@attrs.frozen
+class Error:
+    """A protocol error not tied to an acknowledgement (bad frame, unknown type ...)."""
+
+    code: str
+    message: str
+    ref: int | None = None  # the id of the offending frame, when it had one
+
+
+ClientFrame = Hello | Event | Ack | Ping
+ServerFrame = Welcome | Push | Ack | Request | Pong | Error
+
+CLIENT_FRAME_TYPES: Final[dict[str, type[ClientFrame]]] = {
+    "hello": Hello,
+    "event": Event,
+    "ack": Ack,
+    "ping": Ping,
+}
+SERVER_FRAME_TYPES: Final[dict[str, type[ServerFrame]]] = {
+    "welcome": Welcome,
+    "push": Push,
+    "ack": Ack,
+    "request": Request,
+    "pong": Pong,
+    "error": Error,
+}
+FRAME_TAGS: Final[dict[type[Any], str]] = {
+    cls: tag for table in (CLIENT_FRAME_TYPES, SERVER_FRAME_TYPES) for tag, cls in table.items()
+}
