@@ -201,8 +201,8 @@ def encode_frame(frame: ClientFrame | ServerFrame, binary: bool) -> bytes:
 # Pushes: encoded once, numbered per recipient ---------------------------------------------------
 
 _JSON_HEAD: Final = b'{"type":"push",'
-_MSGPACK_TYPE_PUSH: Final = msgpack.packb("type") + msgpack.packb("push")
-_MSGPACK_SEQ_KEY: Final = msgpack.packb("seq")
+_MSGPACK_TYPE_PUSH: Final[bytes] = msgpack.packb("type") + msgpack.packb("push")
+_MSGPACK_SEQ_KEY: Final[bytes] = msgpack.packb("seq")
 
 
 class PushTemplate:

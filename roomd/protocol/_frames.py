@@ -132,8 +132,9 @@ class Push:
     event: str
     data: Any = None
     seq: int | None = None
-    room: RoomRef | None = None
+    room: RoomRef | None = None  # set when sent to a room
     sender: str | None = None  # "from" on the wire: the user who sent it, if a user did
+    to: list[str] | None = None  # set when sent to users: the users it was addressed to
 
 
 @attrs.frozen
