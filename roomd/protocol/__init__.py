@@ -31,10 +31,12 @@ from ._codec import load as load
 from ._codec import structure as structure
 from ._codec import unstructure as unstructure
 from ._codec import wire_name as wire_name
+from ._errors import AckError as AckError
 from ._errors import ErrorCode as ErrorCode
 from ._errors import HandlerError as HandlerError
 from ._errors import LocalProtocolError as LocalProtocolError
 from ._errors import RemoteProtocolError as RemoteProtocolError
+from ._errors import RequestTimeout as RequestTimeout
 from ._errors import RoomdError as RoomdError
 from ._frames import DEFAULT_NAMESPACE as DEFAULT_NAMESPACE
 from ._frames import PROTOCOL_VERSION as PROTOCOL_VERSION

@@ -34,13 +34,14 @@ from ._frames import (
 
 T = TypeVar("T")
 
-_WIRE_NAMES: Final = {"sender": "from"}
+_WIRE_NAMES: Final[dict[tuple[type[Any], str], str]] = {(Push, "sender"): "from"}
 
 
-def wire_name(field: str) -> str:
-    """The wire name of a Python field name: ``resume_token`` -> ``resumeToken``."""
-    if field in _WIRE_NAMES:
-        return _WIRE_NAMES[field]
+def wire_name(field: str, cls: type[Any] | None = None) -> str:
+    """The wire name of a field: ``resume_token`` -> ``resumeToken``; ``Push.sender`` -> ``from``."""
+    special = _WIRE_NAMES.get((cls, field)) if cls is not None else None
+    if special is not None:
+        return special
     head, *rest = field.split("_")
     return head + "".join(part.title() for part in rest)
 
@@ -96,9 +97,9 @@ def make_converter() -> cattrs.Converter:
 
     def renames(cls: type[Any]) -> dict[str, Any]:
         return {
-            f.name: override(rename=wire_name(f.name))
+            f.name: override(rename=wire_name(f.name, cls))
             for f in attrs.fields(cls)
-            if wire_name(f.name) != f.name
+            if wire_name(f.name, cls) != f.name
         }
 
     conv.register_structure_hook_factory(_is_list, list_hook)

@@ -75,3 +75,11 @@ class LocalProtocolError(RoomdError):
 
 class HandlerError(RoomdError):
     """Raise from an event handler to answer the client with an error acknowledgement."""
+
+
+class AckError(RoomdError):
+    """The peer answered a request with an error acknowledgement."""
+
+
+class RequestTimeout(RoomdError):
+    """No acknowledgement arrived in time (or the peer went away first)."""

@@ -109,8 +109,8 @@ class Welcome:
     user: str
     heartbeat: HeartbeatInfo
     limits: LimitsInfo
-    resumed: bool = False
-    seq: int = 0  # the last sequence number of the session's pushes
+    resumed: bool  # whether a previous session was continued
+    seq: int  # the last sequence number of the session's pushes
 
 
 @attrs.frozen

@@ -1,0 +1,88 @@
+"""Authentication of WebSocket upgrades: JWT (HS256) tokens, or names in development mode.
+
+A token is a JWT signed with the node's secret (HMAC-SHA256) whose ``sub`` is the user id and
+whose ``exp`` is its expiry. It comes as ``?token=...`` or ``Authorization: Bearer ...``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import attrs
+import jwt
+
+from .io._http import HttpRequest
+from .protocol import PayloadLimits, RemoteProtocolError, validate_name
+
+ALGORITHM = "HS256"
+
+
+class AuthError(Exception):
+    """The upgrade request carries no acceptable credentials (HTTP 401)."""
+
+
+@attrs.frozen
+class Identity:
+    user: str
+    claims: dict[str, Any] = attrs.field(factory=dict)
+
+
+def mint_token(
+    secret: str, user: str, ttl: float = 3600.0, *, now: float | None = None, **claims: Any
+) -> str:
+    """A signed token for ``user`` that expires ``ttl`` seconds from ``now``."""
+    issued = time.time() if now is None else now
+    payload = {"sub": user, "iat": int(issued), "exp": int(issued + ttl), **claims}
+    return jwt.encode(payload, secret, algorithm=ALGORITHM)
+
+
+@attrs.frozen
+class Authenticator:
+    """Decides who an upgrade request is.
+
+    ``secret`` may be ``None`` only in development mode, where ``?user=NAME`` is accepted.
+    """
+
+    secret: str | None
+    dev: bool = False
+    leeway: float = 10.0
+    limits: PayloadLimits = attrs.field(factory=PayloadLimits)
+
+    def authenticate(self, request: HttpRequest) -> Identity:
+        """The identity of ``request``. Error handling: raises :class:`AuthError`."""
+        token = request.query.get("token")
+        bearer = request.header("authorization")
+        if token is None and bearer[:7].lower() == "bearer ":
+            token = bearer[7:].strip()
+        if token:
+            return self.verify(token)
+        if self.dev and "user" in request.query:
+            return Identity(self._user(request.query["user"]), {"dev": True})
+        raise AuthError("no token: pass ?token=... or an Authorization: Bearer header")
+
+    def verify(self, token: str) -> Identity:
+        if self.secret is None:
+            raise AuthError("this node has no secret to verify tokens with")
+        try:
+            claims = jwt.decode(
+                token,
+                self.secret,
+                algorithms=[ALGORITHM],
+                leeway=self.leeway,
+                options={"require": ["sub", "exp"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("token expired") from None
+        except jwt.InvalidTokenError as exc:
+            raise AuthError(f"invalid token: {exc}") from None
+        sub = claims.get("sub")
+        if not isinstance(sub, str):
+            raise AuthError("invalid token: sub must be a string")
+        return Identity(self._user(sub), claims)
+
+    def _user(self, name: str) -> str:
+        try:
+            return validate_name("user", name, self.limits)
+        except RemoteProtocolError as exc:
+            raise AuthError(exc.message) from None

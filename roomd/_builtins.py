@@ -1,0 +1,173 @@
+"""The built-in client events: rooms, sends, typing, status, presence.
+
+Each takes the node, the client and the event's data, and returns the acknowledgement's result
+or raises :class:`RemoteProtocolError`. They never await: a built-in event is handled completely
+before the next frame of the connection is read.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from .hub import Client, RoomKey
+from .protocol import (
+    ChatMessage,
+    ErrorCode,
+    Push,
+    PushTemplate,
+    RemoteProtocolError,
+    RoomArgs,
+    RoomRef,
+    SendArgs,
+    StatusArgs,
+    TypingArgs,
+    structure,
+    unstructure,
+    validate_chat_message,
+    validate_name,
+)
+
+if TYPE_CHECKING:
+    from ._node import Node
+
+Builtin = Callable[["Node", Client, Any], Any]
+
+
+def _room(node: Node, args: RoomArgs | TypingArgs) -> RoomKey:
+    limits = node.payload_limits
+    return (validate_name("ns", args.ns, limits), validate_name("room", args.room, limits))
+
+
+def _member_room(node: Node, client: Client, args: RoomArgs | TypingArgs) -> RoomKey:
+    key = _room(node, args)
+    if key not in client.rooms:
+        raise RemoteProtocolError(ErrorCode.NOT_IN_ROOM, f"not in room {key[1]!r} of {key[0]!r}")
+    return key
+
+
+def room_join(node: Node, client: Client, data: Any) -> Any:
+    key = _room(node, structure(data, RoomArgs))
+    limits = node.config.limits
+    if key not in client.rooms:
+        if len(client.rooms) >= limits.max_rooms_per_connection:
+            raise RemoteProtocolError(
+                ErrorCode.TOO_MANY_ROOMS,
+                f"a connection may be in at most {limits.max_rooms_per_connection} rooms",
+            )
+        members = node.hub.members(key)
+        if client.user not in members and len(members) >= limits.max_members_per_room:
+            raise RemoteProtocolError(ErrorCode.ROOM_FULL, f"room {key[1]!r} is full")
+        node.join(client, key)
+    return {"ns": key[0], "room": key[1], "members": sorted(node.hub.members(key))}
+
+
+def room_leave(node: Node, client: Client, data: Any) -> Any:
+    key = _member_room(node, client, structure(data, RoomArgs))
+    node.leave(client, key)
+    return {"ns": key[0], "room": key[1]}
+
+
+def room_members(node: Node, client: Client, data: Any) -> Any:
+    key = _member_room(node, client, structure(data, RoomArgs))
+    members = [
+        {"user": user, "status": node.hub.statuses[user].status, "connections": len(conns)}
+        for user, conns in sorted(node.hub.members(key).items())
+    ]
+    return {"ns": key[0], "room": key[1], "members": members}
+
+
+def send(node: Node, client: Client, data: Any) -> Any:
+    args = structure(data, SendArgs)
+    limits = node.payload_limits
+    mode = args.to.mode
+    if mode not in node.config.permissions.client_send:
+        raise RemoteProtocolError(ErrorCode.FORBIDDEN, f"clients may not send to {mode}")
+    validate_name("event", args.event, limits)
+    result: dict[str, Any] = {}
+    payload = args.data
+    if args.event == "message":
+        message = _chat_message(client, args.data, node)
+        result["messageId"] = message.message_id
+        payload = unstructure(message)
+    room: RoomRef | None = None
+    to: list[str] | None = None
+    if mode == "room":
+        assert args.to.room is not None
+        room = RoomRef(*_member_room(node, client, RoomArgs(args.to.room, args.to.ns)))
+    elif mode == "user":
+        assert args.to.user is not None
+        to = [validate_name("user", args.to.user, limits)]
+    elif mode == "users":
+        assert args.to.users is not None
+        to = sorted({validate_name("user", u, limits) for u in args.to.users})
+    push = Push(args.event, payload, room=room, sender=client.user, to=to)
+    try:
+        template = PushTemplate(push, volatile=args.volatile)
+    except TypeError:
+        raise RemoteProtocolError(ErrorCode.INVALID, "data: not representable as JSON") from None
+    if room is not None:
+        exclude = client if args.except_self else None
+        node.route_room((room.ns, room.room), template, exclude=exclude)
+    elif to is not None:
+        node.route_users(to, template, sender=client)
+    else:
+        node.route_all(template, exclude=client if args.except_self else None)
+    return result
+
+
+def _chat_message(client: Client, data: Any, node: Node) -> ChatMessage:
+    message = structure(data, ChatMessage)
+    validate_chat_message(message, node.payload_limits)
+    if message.sender is not None and message.sender != client.user:
+        raise RemoteProtocolError(ErrorCode.INVALID, "sender: must be the connected user")
+    return attrs.evolve(
+        message,
+        sender=client.user,
+        message_id=message.message_id or str(uuid.uuid4()),
+        timestamp=message.timestamp if message.timestamp is not None else _now_ms(),
+    )
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def typing(node: Node, client: Client, data: Any) -> Any:
+    args = structure(data, TypingArgs)
+    key = _member_room(node, client, args)
+    body = {"ns": key[0], "room": key[1], "user": client.user, "typing": args.typing}
+    template = PushTemplate(Push("typing", body), volatile=True)
+    node.route_room(key, template, skip_user=client.user)
+    return {}
+
+
+def status(node: Node, client: Client, data: Any) -> Any:
+    args = structure(data, StatusArgs)
+    limits = node.payload_limits
+    for field, value in (("status", args.status), ("text", args.text)):
+        if value is not None and len(value) > limits.max_status_chars:
+            raise RemoteProtocolError(
+                ErrorCode.INVALID, f"{field}: longer than {limits.max_status_chars} characters"
+            )
+    node.set_status(client.user, args.status, args.text)
+    return {}
+
+
+def users_online(node: Node, client: Client, data: Any) -> Any:
+    return {"users": node.online_users()}
+
+
+BUILTINS: dict[str, Builtin] = {
+    "room.join": room_join,
+    "room.leave": room_leave,
+    "room.members": room_members,
+    "send": send,
+    "typing": typing,
+    "status": status,
+    "users.online": users_online,
+}

@@ -1,0 +1,115 @@
+"""Node configuration: one TOML file, overridden by command-line options and ``ROOMD_SECRET``.
+
+Every limit of the node lives here with its default. Unknown keys in the file are an error, so a
+typo never silently leaves a default in place.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import cattrs
+
+from .protocol import PayloadLimits
+
+SendMode = Literal["room", "user", "users", "all"]
+
+
+@attrs.define
+class NodeSection:
+    name: str = "roomd"
+    host: str = "127.0.0.1"
+    port: int = 9000
+
+
+@attrs.define
+class AuthSection:
+    secret: str | None = None  # HS256 key; ROOMD_SECRET overrides it
+    dev: bool = False  # accept ?user=NAME without a token (never in production)
+    token_ttl: float = 3600.0  # seconds, for `roomd token`
+    leeway: float = 10.0  # clock skew tolerated when checking expiry
+
+
+@attrs.define
+class LimitsSection:
+    max_connections: int = 10_000
+    max_frame_bytes: int = 64 * 1024
+    handshake_timeout: float = 10.0  # TCP accept to welcome
+    rate: float = 50.0  # frames per second per connection, on average
+    burst: int = 100
+    max_strikes: int = 10  # frames refused for rate in a row before closing with 4009
+    max_rooms_per_connection: int = 100
+    max_members_per_room: int = 10_000
+    outbox_max_bytes: int = 1024 * 1024  # queued for one slow client before closing it 4008
+    close_timeout: float = 2.0  # waiting for the peer's close frame
+    max_text_chars: int = 4096
+    max_name_chars: int = 128
+    max_status_chars: int = 128
+
+    def payload_limits(self) -> PayloadLimits:
+        return PayloadLimits(
+            max_text_chars=self.max_text_chars,
+            max_name_chars=self.max_name_chars,
+            max_status_chars=self.max_status_chars,
+        )
+
+
+@attrs.define
+class HeartbeatSection:
+    interval: float = 20.0  # ping a connection idle this long
+    timeout: float = 45.0  # close a connection silent this long (4004)
+
+
+@attrs.define
+class PermissionsSection:
+    client_send: list[SendMode] = attrs.field(factory=lambda: ["room", "user", "users"])
+
+
+@attrs.define
+class ShutdownSection:
+    grace: float = 5.0  # seconds to flush and close connections on SIGINT/SIGTERM
+
+
+@attrs.define
+class Config:
+    node: NodeSection = attrs.field(factory=NodeSection)
+    auth: AuthSection = attrs.field(factory=AuthSection)
+    limits: LimitsSection = attrs.field(factory=LimitsSection)
+    heartbeat: HeartbeatSection = attrs.field(factory=HeartbeatSection)
+    permissions: PermissionsSection = attrs.field(factory=PermissionsSection)
+    shutdown: ShutdownSection = attrs.field(factory=ShutdownSection)
+
+
+class ConfigError(Exception):
+    """The configuration file or options are invalid."""
+
+
+_converter = cattrs.Converter(forbid_extra_keys=True)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Build a :class:`Config` from plain data (a parsed TOML document)."""
+    try:
+        return _converter.structure(data, Config)
+    except cattrs.BaseValidationError as exc:
+        raise ConfigError("; ".join(cattrs.transform_error(exc, path="config"))) from None
+
+
+def load_config(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Read ``path`` (defaults apply where it is silent) and apply ``ROOMD_SECRET``."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from None
+    config = config_from_dict(data)
+    env = os.environ if environ is None else environ
+    if env.get("ROOMD_SECRET"):
+        config.auth.secret = env["ROOMD_SECRET"]
+    return config

@@ -1,0 +1,584 @@
+"""The node: what an application embeds, and what `roomd` runs.
+
+A node accepts TCP connections on one port: plain HTTP requests get small answers (``/health``,
+``/metrics``), WebSocket upgrades become clients. It owns the hub (local clients and rooms), the
+handler registry and the node-wide heartbeat sweep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
+
+import attrs
+import trio
+from prometheus_client.exposition import generate_latest
+
+from . import __version__
+from ._auth import Authenticator, AuthError, Identity
+from ._builtins import BUILTINS
+from ._config import Config
+from ._stats import Stats, make_registry
+from .hub import Client, Hub, RateLimiter, RoomKey
+from .io._http import BadRequest, HttpRequest, read_request, response
+from .io._transport import Transport
+from .io._upgrade import HandshakeError, accept_response, check_upgrade, json_response
+from .protocol import (
+    PROTOCOL_VERSION,
+    Ack,
+    AckError,
+    CloseCode,
+    Error,
+    ErrorCode,
+    ErrorInfo,
+    Event,
+    HeartbeatInfo,
+    Hello,
+    LimitsInfo,
+    PayloadLimits,
+    Ping,
+    Pong,
+    Push,
+    PushTemplate,
+    RemoteProtocolError,
+    Request,
+    RequestTimeout,
+    RoomdError,
+    Session,
+    Welcome,
+    decode_client_frame,
+)
+
+log = logging.getLogger("roomd.node")
+
+Handler = Callable[["Context", Any], Awaitable[Any]]
+H = TypeVar("H", bound=Handler)
+Route = Callable[[HttpRequest], bytes]
+
+
+@attrs.frozen
+class Context:
+    """What an event handler receives besides the data: the node and the sending client."""
+
+    node: Node
+    client: Client
+
+    @property
+    def user(self) -> str:
+        return self.client.user
+
+    @property
+    def session_id(self) -> str:
+        return self.client.id
+
+    @property
+    def claims(self) -> dict[str, Any]:
+        return self.client.claims
+
+    async def request(self, event: str, data: Any = None, timeout: float = 10.0) -> Any:
+        """Ask the sending client and wait for its acknowledgement (see :meth:`Node.request`)."""
+        return await self.node.request(self.client.id, event, data, timeout=timeout)
+
+
+class _Waiter:
+    __slots__ = ("ack", "event")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.ack: Ack | None = None
+
+
+class Node:
+    """A roomd node.
+
+    Run it with ``await nursery.start(node.run)`` (the started value is the bound port) and stop
+    it with :meth:`shutdown`. Register application events with :meth:`on`.
+
+    Resource handling: :meth:`run` owns every task and socket of the node; when it returns, all
+    connections are closed.
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        name: str | None = None,
+        host: str | None = None,
+        port: int | None = None,
+    ) -> None:
+        self.config = config if config is not None else Config()
+        node = self.config.node
+        node.name = name if name is not None else node.name
+        node.host = host if host is not None else node.host
+        node.port = port if port is not None else node.port
+        auth = self.config.auth
+        if auth.secret is None and not auth.dev:
+            raise ValueError("no auth secret: set auth.secret or ROOMD_SECRET, or use dev mode")
+        self.payload_limits: PayloadLimits = self.config.limits.payload_limits()
+        self.authenticator = Authenticator(auth.secret, auth.dev, auth.leeway, self.payload_limits)
+        self.hub = Hub()
+        self.stats = Stats()
+        self.port: int | None = None
+        self.started_at = time.time()
+        self._handlers: dict[str, Handler] = {}
+        self._routes: dict[str, Route] = {"/health": self._health_route}
+        self._connected: set[Client] = set()  # every WebSocket client, handshaking or open
+        self._stop = trio.Event()
+        self._idle = trio.Event()
+        self._registry = make_registry(self.stats, self._gauges)
+        self._routes["/metrics"] = self._metrics_route
+
+    @property
+    def name(self) -> str:
+        return self.config.node.name
+
+    # Application API ------------------------------------------------------------------------------
+
+    def on(self, event: str) -> Callable[[H], H]:
+        """Register ``handler(ctx, data)`` for client event ``event``.
+
+        The handler's return value is the acknowledgement's result; a :class:`HandlerError` it
+        raises becomes an error acknowledgement. Events of one connection are handled in order.
+        """
+        if event in BUILTINS:
+            raise ValueError(f"{event!r} is a built-in event")
+
+        def register(handler: H) -> H:
+            self._handlers[event] = handler
+            return handler
+
+        return register
+
+    def route(self, path: str, handler: Route) -> None:
+        """Serve plain HTTP GET ``path`` with ``handler(request) -> response bytes``."""
+        self._routes[path] = handler
+
+    def send_to_room(
+        self, room: str, event: str, data: Any = None, *, ns: str = "/", volatile: bool = False
+    ) -> int:
+        """Push ``event`` to every member of a room; the number of local clients reached."""
+        return self.route_room((ns, room), self._template(event, data, volatile))
+
+    def send_to_user(self, user: str, event: str, data: Any = None, volatile: bool = False) -> int:
+        """Push ``event`` to every connection of ``user``."""
+        return self.route_users([user], self._template(event, data, volatile, to=[user]))
+
+    def send_to_users(
+        self, users: Iterable[str], event: str, data: Any = None, volatile: bool = False
+    ) -> int:
+        targets = sorted(set(users))
+        return self.route_users(targets, self._template(event, data, volatile, to=targets))
+
+    def broadcast(self, event: str, data: Any = None, volatile: bool = False) -> int:
+        """Push ``event`` to every connected client."""
+        return self.route_all(self._template(event, data, volatile))
+
+    async def request(
+        self, session_id: str, event: str, data: Any = None, *, timeout: float = 10.0
+    ) -> Any:
+        """Send a request to one client and wait for its acknowledgement's result.
+
+        Error handling: :class:`RequestTimeout` if no answer comes within ``timeout`` (or the
+        client is gone), :class:`AckError` if the client answers with an error.
+        """
+        client = self.hub.clients.get(session_id)
+        if client is None:
+            raise RequestTimeout(ErrorCode.NOT_FOUND, f"no session {session_id!r} on this node")
+        rid = client.session.next_request_id()
+        waiter = _Waiter()
+        client.pending[rid] = waiter
+        try:
+            client.send(Request(rid, event, data, timeout))
+            with trio.move_on_after(timeout):
+                await waiter.event.wait()
+        finally:
+            client.pending.pop(rid, None)
+        ack = waiter.ack
+        if ack is None:
+            raise RequestTimeout(ErrorCode.TIMEOUT, f"no answer to {event!r} in {timeout} s")
+        if ack.error is not None:
+            raise AckError(ack.error.code, ack.error.message)
+        return ack.result
+
+    def kick(self, user: str, reason: str = "kicked") -> int:
+        """Close every connection of ``user`` with 4010; how many there were."""
+        clients = list(self.hub.user_clients(user))
+        for client in clients:
+            client.close(CloseCode.KICKED, reason)
+        return len(clients)
+
+    def online_users(self) -> list[str]:
+        return sorted(self.hub.users)
+
+    def room_members(self, room: str, ns: str = "/") -> list[str]:
+        return sorted(self.hub.members((ns, room)))
+
+    def shutdown(self) -> None:
+        """Stop accepting, close every connection with 1001 and make :meth:`run` return."""
+        self._stop.set()
+
+    # Routing --------------------------------------------------------------------------------------
+
+    def _template(
+        self, event: str, data: Any, volatile: bool, to: list[str] | None = None
+    ) -> PushTemplate:
+        return PushTemplate(Push(event, data, to=to), volatile=volatile)
+
+    def route_room(
+        self,
+        key: RoomKey,
+        template: PushTemplate,
+        *,
+        exclude: Client | None = None,
+        skip_user: str | None = None,
+    ) -> int:
+        members = self.hub.members(key)
+        delivered = 0
+        for user, conns in list(members.items()):
+            if user != skip_user:
+                delivered += self.hub.deliver(list(conns), template, exclude)
+        return delivered
+
+    def route_users(
+        self, users: list[str], template: PushTemplate, sender: Client | None = None
+    ) -> int:
+        """Deliver to ``users``; the sender's other connections get a copy too."""
+        clients = self.hub.users_clients(users)
+        if sender is not None:
+            clients |= self.hub.user_clients(sender.user)
+        return self.hub.deliver(clients, template, exclude=sender)
+
+    def route_all(self, template: PushTemplate, exclude: Client | None = None) -> int:
+        return self.hub.deliver(list(self.hub.clients.values()), template, exclude)
+
+    # Membership changes ---------------------------------------------------------------------------
+
+    def join(self, client: Client, key: RoomKey) -> None:
+        if self.hub.join(client, key):
+            body = {"ns": key[0], "room": key[1], "user": client.user}
+            self.route_room(key, self._template("room.joined", body, False), exclude=client)
+
+    def leave(self, client: Client, key: RoomKey) -> None:
+        if self.hub.leave(client, key):
+            self._announce_left(key, client.user)
+
+    def _announce_left(self, key: RoomKey, user: str) -> None:
+        body = {"ns": key[0], "room": key[1], "user": user}
+        self.route_room(key, self._template("room.left", body, False))
+
+    def set_status(self, user: str, status: str, text: str | None) -> None:
+        state = self.hub.statuses.get(user)
+        if state is None:
+            return
+        state.status, state.text = status, text
+        body = {"user": user, "status": status, "text": text}
+        template = self._template("status", body, False)
+        clients = self.hub.rooms_clients(
+            {key for c in self.hub.user_clients(user) for key in c.rooms}
+        )
+        self.hub.deliver(clients | self.hub.user_clients(user), template)
+
+    # Running --------------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until :meth:`shutdown`; ``task_status.started`` gets the bound port."""
+        cfg = self.config
+        listeners = await trio.open_tcp_listeners(cfg.node.port, host=cfg.node.host)
+        self.port = listeners[0].socket.getsockname()[1]
+        self.started_at = time.time()
+        log.info("%s listening on %s:%s", self.name, cfg.node.host, self.port)
+        async with trio.open_nursery() as nursery:
+            accept = trio.CancelScope()
+            sweep = trio.CancelScope()
+            nursery.start_soon(self._accept, listeners, nursery, accept)
+            nursery.start_soon(self._sweep, sweep)
+            task_status.started(self.port)
+            await self._stop.wait()
+            log.info("%s shutting down: closing %d connections", self.name, len(self._connected))
+            accept.cancel()
+            for client in list(self._connected):
+                client.close(CloseCode.GOING_AWAY)
+            with trio.move_on_after(cfg.shutdown.grace):
+                if self._connected:
+                    await self._idle.wait()
+            sweep.cancel()
+            nursery.cancel_scope.cancel()
+        log.info("%s stopped", self.name)
+
+    async def _accept(
+        self,
+        listeners: list[trio.SocketListener],
+        nursery: trio.Nursery,
+        scope: trio.CancelScope,
+    ) -> None:
+        with scope:
+            await trio.serve_listeners(self._serve_tcp, listeners, handler_nursery=nursery)
+
+    async def _sweep(self, scope: trio.CancelScope) -> None:
+        """The node-wide heartbeat: ping idle connections, close silent and stalled ones."""
+        hb = self.config.heartbeat
+        period = min(hb.interval, hb.timeout, self.config.limits.handshake_timeout) / 4
+        period = min(1.0, max(0.01, period))
+        with scope:
+            while True:
+                await trio.sleep(period)
+                now = trio.current_time()
+                for client in list(self._connected):
+                    transport = client.outlet
+                    assert isinstance(transport, Transport)
+                    if not client.session.is_open:
+                        if now > client.handshake_deadline:
+                            transport.close(CloseCode.HANDSHAKE_TIMEOUT)
+                    elif now - transport.last_seen > hb.timeout:
+                        transport.close(CloseCode.HEARTBEAT_TIMEOUT, discard=True)
+                    elif (
+                        now - transport.last_seen > hb.interval
+                        and transport.last_ping < transport.last_seen
+                    ):
+                        transport.ping(now)
+
+    async def _serve_tcp(self, stream: trio.SocketStream) -> None:
+        limits = self.config.limits
+        deadline = trio.current_time() + limits.handshake_timeout
+        try:
+            with trio.fail_after(limits.handshake_timeout):
+                request = await read_request(stream)
+                if not request.upgrade:
+                    await stream.send_all(self._http(request))
+                    return
+                if request.path not in ("/", "/ws"):
+                    raise HandshakeError(404, f"no WebSocket endpoint at {request.path}")
+                check_upgrade(request)
+                identity = self._authenticate(request)
+                await stream.send_all(accept_response(request))
+        except HandshakeError as exc:
+            self.stats.rejected[str(exc.status)] += 1
+            await self._reply(stream, exc.reply)
+            return
+        except BadRequest as exc:
+            self.stats.rejected["400"] += 1
+            await self._reply(stream, json_response(400, {"error": str(exc)}))
+            return
+        except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError):
+            await trio.aclose_forcefully(stream)
+            return
+        await self._serve_websocket(stream, request.trailing, identity, deadline)
+
+    async def _reply(self, stream: trio.SocketStream, data: bytes) -> None:
+        with trio.move_on_after(1.0):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await stream.send_all(data)
+        await trio.aclose_forcefully(stream)
+
+    def _authenticate(self, request: HttpRequest) -> Identity:
+        try:
+            return self.authenticator.authenticate(request)
+        except AuthError as exc:
+            raise HandshakeError(
+                401, str(exc), (("WWW-Authenticate", 'Bearer realm="roomd"'),)
+            ) from None
+
+    async def _serve_websocket(
+        self, stream: trio.SocketStream, trailing: bytes, identity: Identity, deadline: float
+    ) -> None:
+        limits = self.config.limits
+        transport = Transport(
+            stream,
+            self.stats,
+            trailing=trailing,
+            max_message=limits.max_frame_bytes,
+            max_bytes=limits.outbox_max_bytes,
+            close_timeout=limits.close_timeout,
+        )
+        now = trio.current_time()
+        client = Client(
+            Session(identity.user),
+            transport,
+            RateLimiter(limits.rate, limits.burst, now),
+            deadline,
+            identity.claims,
+        )
+        if len(self._connected) >= limits.max_connections:
+            self.stats.rejected["max_connections"] += 1
+            transport.close(CloseCode.TRY_AGAIN_LATER)
+        self.stats.connections_total += 1
+        self._connected.add(client)
+        self._idle = trio.Event() if self._idle.is_set() else self._idle
+        try:
+            await transport.run(lambda _t, raw, binary: self._on_message(client, raw, binary))
+        finally:
+            self._disconnected(client)
+
+    def _disconnected(self, client: Client) -> None:
+        self._connected.discard(client)
+        client.session.close()
+        for key in self.hub.remove(client):
+            self._announce_left(key, client.user)
+        for waiter in client.pending.values():
+            waiter.event.set()
+        if not self._connected:
+            self._idle.set()
+
+    # HTTP -----------------------------------------------------------------------------------------
+
+    def _http(self, request: HttpRequest) -> bytes:
+        self.stats.http_requests += 1
+        if request.path == "/ws":
+            return json_response(426, {"error": "WebSocket upgrade expected"})
+        route = self._routes.get(request.path)
+        if route is None:
+            return json_response(404, {"error": f"not found: {request.path}"})
+        if request.method not in ("GET", "HEAD"):
+            return json_response(405, {"error": "method not allowed"}, (("Allow", "GET"),))
+        return route(request)
+
+    def health(self) -> dict[str, Any]:
+        """What ``GET /health`` answers."""
+        return {
+            "name": self.name,
+            "status": "draining" if self._stop.is_set() else "ok",
+            "version": __version__,
+            "protocol": PROTOCOL_VERSION,
+            "uptime": round(time.time() - self.started_at, 3),
+            "connections": len(self._connected),
+            "users": len(self.hub.users),
+            "rooms": len(self.hub.rooms),
+        }
+
+    def _health_route(self, request: HttpRequest) -> bytes:
+        return json_response(200, self.health())
+
+    def _metrics_route(self, request: HttpRequest) -> bytes:
+        body = generate_latest(self._registry)
+        return response(200, body, "text/plain; version=0.0.4; charset=utf-8")
+
+    def _gauges(self) -> dict[str, float]:
+        return {
+            "open_connections": len(self._connected),
+            "users": len(self.hub.users),
+            "rooms": len(self.hub.rooms),
+            "uptime_seconds": time.time() - self.started_at,
+        }
+
+    # Frames ---------------------------------------------------------------------------------------
+
+    async def _on_message(self, client: Client, raw: bytes | str, binary: bool) -> None:
+        limiter = client.limiter
+        if not limiter.take(trio.current_time()):
+            self._refuse_rate(client, raw, binary)
+            return
+        try:
+            frame = decode_client_frame(raw, binary)
+            client.session.receive(frame)
+        except RemoteProtocolError as exc:
+            self._report(client, exc, binary)
+            return
+        if isinstance(frame, Event):
+            await self._on_event(client, frame)
+        elif isinstance(frame, Ping):
+            client.send(Pong(frame.ts, time.time()))
+        elif isinstance(frame, Ack):
+            waiter = client.pending.get(frame.id)
+            if waiter is not None:
+                waiter.ack = frame
+                waiter.event.set()
+        elif isinstance(frame, Hello):
+            self._welcome(client, binary)
+
+    def _welcome(self, client: Client, binary: bool) -> None:
+        client.binary = binary
+        cfg = self.config
+        session = client.session
+        self.hub.add(client)
+        client.send(
+            Welcome(
+                v=PROTOCOL_VERSION,
+                session=session.id,
+                resume_token=session.resume_token,
+                node=self.name,
+                user=session.user,
+                heartbeat=HeartbeatInfo(cfg.heartbeat.interval, cfg.heartbeat.timeout),
+                limits=LimitsInfo(
+                    max_frame_bytes=cfg.limits.max_frame_bytes,
+                    rate=cfg.limits.rate,
+                    burst=cfg.limits.burst,
+                    max_rooms=cfg.limits.max_rooms_per_connection,
+                    max_text_chars=cfg.limits.max_text_chars,
+                ),
+                resumed=False,
+                seq=session.seq,
+            )
+        )
+
+    def _refuse_rate(self, client: Client, raw: bytes | str, binary: bool) -> None:
+        if client.limiter.strikes > self.config.limits.max_strikes:
+            client.close(CloseCode.RATE_LIMITED)
+            return
+        ref: int | None = None
+        if len(raw) < 256:  # cheap best effort: tell which event was refused
+            try:
+                frame = decode_client_frame(raw, binary)
+                ref = frame.id if isinstance(frame, Event | Ack) else None
+            except RemoteProtocolError:
+                pass
+        limits = self.config.limits
+        message = f"more than {limits.rate:g} frames/s (burst {limits.burst})"
+        self._report(client, RemoteProtocolError(ErrorCode.RATE_LIMITED, message, ref=ref), binary)
+
+    def _report(self, client: Client, exc: RemoteProtocolError, binary: bool) -> None:
+        """Tell the client about a refused frame; close if the error requires it."""
+        self.stats.errors[exc.code] += 1
+        if not client.session.is_open:
+            client.binary = binary
+        if exc.ref is not None and exc.close_code is None:
+            client.send(Ack(exc.ref, error=ErrorInfo(exc.code, exc.message)))
+        else:
+            client.send(Error(exc.code, exc.message, exc.ref))
+        if exc.close_code is not None:
+            client.close(exc.close_code)
+
+    async def _on_event(self, client: Client, event: Event) -> None:
+        session = client.session
+        if event.cmid is not None:
+            seen, result = session.seen(event.cmid)
+            if seen:
+                if event.id is not None:
+                    client.send(Ack(event.id, result))
+                return
+        try:
+            builtin = BUILTINS.get(event.event)
+            if builtin is not None:
+                result = builtin(self, client, event.data)
+            else:
+                handler = self._handlers.get(event.event)
+                if handler is None:
+                    raise RemoteProtocolError(
+                        ErrorCode.UNKNOWN_EVENT, f"unknown event {event.event!r}"
+                    )
+                result = await handler(Context(self, client), event.data)
+        except RoomdError as exc:
+            self.stats.errors[exc.code] += 1
+            self._answer_error(client, event, exc.code, exc.message)
+            return
+        except Exception:
+            log.exception("handler for %r failed", event.event)
+            self.stats.errors[ErrorCode.INTERNAL] += 1
+            self._answer_error(client, event, ErrorCode.INTERNAL, "internal error")
+            return
+        if event.cmid is not None:
+            session.remember(event.cmid, result)
+        if event.id is not None:
+            try:
+                client.send(Ack(event.id, result))
+            except TypeError:
+                log.error("handler for %r returned a result with no JSON form", event.event)
+                self._answer_error(client, event, ErrorCode.INTERNAL, "internal error")
+
+    def _answer_error(self, client: Client, event: Event, code: str, message: str) -> None:
+        if event.id is not None:
+            client.send(Ack(event.id, error=ErrorInfo(code, message)))
+        else:
+            client.send(Error(code, message))

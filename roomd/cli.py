@@ -1,0 +1,134 @@
+"""The ``roomd`` command.
+
+``roomd [options]`` runs a node; ``roomd token --user NAME`` mints a token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+
+import trio
+
+from . import __version__
+from ._auth import mint_token
+from ._config import Config, ConfigError, load_config
+from ._node import Node
+
+log = logging.getLogger("roomd")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="roomd",
+        description="Run a roomd node. Other commands: roomd token --help",
+    )
+    parser.add_argument("--version", action="version", version=f"roomd {__version__}")
+    parser.add_argument("--name", help="node name (default: from config, else 'roomd')")
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port for WebSocket and HTTP (default 9000)")
+    parser.add_argument(
+        "--dev",
+        action="store_true",
+        help="development mode: accept ?user=NAME without a token",
+    )
+    _common(parser)
+    return parser
+
+
+def _token_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="roomd token", description="Mint a token signed with the configured secret."
+    )
+    parser.add_argument("--user", required=True, help="the user id (the token's sub)")
+    parser.add_argument("--ttl", type=float, help="lifetime in seconds (default: config)")
+    _common(parser)
+    return parser
+
+
+def _load(path: str | None) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise SystemExit(f"roomd: {exc}") from None
+
+
+def _setup_logging(level: str, name: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def serve(argv: Sequence[str]) -> int:
+    args = _serve_parser().parse_args(argv)
+    config = _load(args.config)
+    if args.dev:
+        config.auth.dev = True
+    name = args.name or config.node.name
+    _setup_logging(args.log_level, name)
+    try:
+        node = Node(config, name=args.name, host=args.host, port=args.port)
+    except ValueError as exc:
+        raise SystemExit(f"roomd: {exc}") from None
+    if config.auth.dev:
+        log.warning("development mode: ?user=NAME is accepted without a token")
+    trio.run(_run_until_signal, node)
+    return 0
+
+
+async def _run_until_signal(node: Node) -> None:
+    """Run ``node``; the first SIGINT/SIGTERM shuts it down gracefully, a second one at once."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_on_signals, signals, node, nursery.cancel_scope)
+            await node.run()
+            nursery.cancel_scope.cancel()
+
+
+async def _on_signals(
+    signals: trio.abc.ReceiveChannel[int], node: Node, scope: trio.CancelScope
+) -> None:
+    count = 0
+    async for signum in signals:
+        count += 1
+        log.info("received %s", signal.Signals(signum).name)
+        if count == 1:
+            node.shutdown()
+        else:
+            scope.cancel()
+
+
+def token(argv: Sequence[str]) -> int:
+    args = _token_parser().parse_args(argv)
+    config = _load(args.config)
+    if not config.auth.secret:
+        raise SystemExit("roomd: no secret configured: set ROOMD_SECRET or auth.secret")
+    ttl = args.ttl if args.ttl is not None else config.auth.token_ttl
+    print(mint_token(config.auth.secret, args.user, ttl))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"token": token}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in COMMANDS:
+        return COMMANDS[args[0]](args[1:])
+    return serve(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""A client as the hub sees it: a session bound to a transport, and what it has joined."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ..io._wsframe import frame
+from ..protocol import PushTemplate, ServerFrame, Session, encode_frame
+
+RoomKey = tuple[str, str]  # (namespace, room)
+
+
+class Outlet(Protocol):
+    """Where a client's frames go (the WebSocket transport, or a test double)."""
+
+    def send_frame(self, frame: bytes, volatile: bool = False) -> bool: ...
+
+    def close(self, code: int, reason: str | None = None, *, discard: bool = False) -> None: ...
+
+
+class RateLimiter:
+    """Token bucket: ``rate`` tokens a second, at most ``burst`` saved up."""
+
+    __slots__ = ("_burst", "_rate", "_stamp", "_tokens", "strikes")
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._stamp = now
+        self.strikes = 0  # refusals in a row
+
+    def take(self, now: float) -> bool:
+        tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+        if tokens >= 1.0:
+            self._tokens = tokens - 1.0
+            self.strikes = 0
+            return True
+        self._tokens = tokens
+        self.strikes += 1
+        return False
+
+
+class Client:
+    """One connected client: its session, its outlet, the rooms it is in.
+
+    Resource handling: owns nothing that needs closing; the transport that created it owns the
+    connection. Pending server-to-client requests live in ``pending`` (id -> waiter).
+    """
+
+    __slots__ = (
+        "binary",
+        "claims",
+        "handshake_deadline",
+        "limiter",
+        "outlet",
+        "pending",
+        "rooms",
+        "session",
+    )
+
+    def __init__(
+        self,
+        session: Session,
+        outlet: Outlet,
+        limiter: RateLimiter,
+        handshake_deadline: float,
+        claims: dict[str, Any] | None = None,
+    ) -> None:
+        self.session = session
+        self.outlet = outlet
+        self.limiter = limiter
+        self.handshake_deadline = handshake_deadline
+        self.claims = claims or {}
+        self.binary = False  # msgpack when the hello came in a binary frame
+        self.rooms: set[RoomKey] = set()
+        self.pending: dict[int, Any] = {}
+
+    @property
+    def user(self) -> str:
+        return self.session.user
+
+    @property
+    def id(self) -> str:
+        return self.session.id
+
+    def send(self, message: ServerFrame) -> bool:
+        """Encode and queue a frame for this client alone."""
+        return self.outlet.send_frame(frame(encode_frame(message, self.binary), self.binary))
+
+    def push(self, template: PushTemplate) -> bool:
+        """Queue a push, numbered with the session's next ``seq`` unless it is volatile."""
+        if template.volatile:
+            payload = template.render(None, self.binary)
+        else:
+            payload = template.render(self.session.next_seq(), self.binary)
+        return self.outlet.send_frame(frame(payload, self.binary), template.volatile)
+
+    def close(self, code: int, reason: str | None = None) -> None:
+        self.outlet.close(code, reason)
+
+    def __repr__(self) -> str:
+        return f"<Client {self.user}/{self.id}>"

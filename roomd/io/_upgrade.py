@@ -1,0 +1,61 @@
+"""The server side of the WebSocket opening handshake (RFC 6455, section 4.2)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Final
+
+import orjson
+from wsproto.utilities import generate_accept_token
+
+from ._http import HttpRequest, response
+
+SUBPROTOCOL: Final = "roomd.v1"
+
+
+class HandshakeError(Exception):
+    """The request is not an acceptable WebSocket upgrade; ``reply`` is the HTTP answer."""
+
+    def __init__(self, status: int, message: str, headers: tuple[tuple[str, str], ...] = ()):
+        super().__init__(message)
+        self.status = status
+        self.reply = json_response(status, {"error": message}, headers)
+
+
+def json_response(status: int, body: object, headers: tuple[tuple[str, str], ...] = ()) -> bytes:
+    return response(status, orjson.dumps(body), "application/json", headers)
+
+
+def check_upgrade(request: HttpRequest) -> None:
+    """Raise :class:`HandshakeError` unless ``request`` is a valid WebSocket upgrade."""
+    if request.method != "GET":
+        raise HandshakeError(405, "WebSocket upgrades must use GET", (("Allow", "GET"),))
+    if "websocket" not in request.header("upgrade").lower():
+        raise HandshakeError(400, "Upgrade: websocket expected")
+    if request.header("sec-websocket-version") != "13":
+        raise HandshakeError(
+            426, "WebSocket version 13 required", (("Sec-WebSocket-Version", "13"),)
+        )
+    key = request.header("sec-websocket-key")
+    try:
+        valid = len(base64.b64decode(key, validate=True)) == 16
+    except binascii.Error:
+        valid = False
+    if not valid:
+        raise HandshakeError(400, "invalid Sec-WebSocket-Key")
+
+
+def accept_response(request: HttpRequest) -> bytes:
+    """The ``101 Switching Protocols`` answer to a checked upgrade request."""
+    accept = generate_accept_token(request.header("sec-websocket-key").encode("ascii"))
+    lines = [
+        "HTTP/1.1 101 Switching Protocols",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Accept: {accept.decode('ascii')}",
+    ]
+    offered = [p.strip() for p in request.header("sec-websocket-protocol").split(",")]
+    if SUBPROTOCOL in offered:
+        lines.append(f"Sec-WebSocket-Protocol: {SUBPROTOCOL}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")

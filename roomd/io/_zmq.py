@@ -1,0 +1,337 @@
+"""ZeroMQ sockets under Trio: the only module of roomd that touches pyzmq.
+
+libzmq gives each socket one file descriptor (``zmq.FD``) that is *edge-triggered* and only means
+"``zmq.EVENTS`` may have changed". Three rules follow, and :class:`ZmqSocket` keeps all of them:
+
+1. Before sleeping on the fd, read ``EVENTS``: the message (or the room to send) may already be
+   there, and reading ``EVENTS`` is what re-arms the edge.
+2. Every ``send``/``recv`` on the socket may consume the edge a sleeping task is waiting for (they
+   process libzmq's command mailbox too). So after each one, the task sleeping on the fd is woken
+   (its wait scope is cancelled) and re-reads ``EVENTS``. Without this a receiver blocked while
+   another task sends on the same socket can stall forever.
+3. Trio allows one task per fd in ``wait_readable``; other tasks that need to wait park in a
+   :class:`trio.lowlevel.ParkingLot` and re-check ``EVENTS`` whenever the sleeper wakes.
+
+``inproc://`` endpoints never signal ``zmq.FD``: use ``tcp://`` (``ipc://`` works too).
+Only single-frame messages are supported: roomd's bus messages carry their topic as a prefix.
+"""
+
+from __future__ import annotations
+
+import errno
+from types import TracebackType
+from typing import Final, Self
+
+import trio
+import zmq
+from zmq import SocketType as SocketType
+
+__all__ = [
+    "DEFAULT_RCVHWM",
+    "DEFAULT_SNDHWM",
+    "HEARTBEAT_IVL_MS",
+    "HEARTBEAT_TIMEOUT_MS",
+    "HEARTBEAT_TTL_MS",
+    "RECONNECT_IVL_MAX_MS",
+    "RECONNECT_IVL_MS",
+    "SocketType",
+    "ZmqSocket",
+    "make_context",
+    "open_socket",
+    "set_heartbeats",
+]
+
+#: High-water marks, in messages, per peer pipe. 20,000 absorbs ~0.15 s of the measured peak rate
+#: (~136k msg/s) and bounds a pipe to ~4 MB of 200-byte bus messages. At the mark a PUB/XPUB
+#: drops silently (receivers must detect gaps by sequence number); DEALER/PUSH block the sender.
+DEFAULT_SNDHWM: Final = 20_000
+DEFAULT_RCVHWM: Final = 20_000
+
+#: ZMTP heartbeats: a PING every second; a peer silent for 3 s is considered dead and its
+#: connection is dropped (the TTL asks the peer to do the same with us). This catches peers that
+#: vanished without a TCP FIN (host down, partition), which TCP alone notices only after minutes.
+HEARTBEAT_IVL_MS: Final = 1_000
+HEARTBEAT_TIMEOUT_MS: Final = 3_000
+HEARTBEAT_TTL_MS: Final = 3_000
+#: A connecting socket retries after 100 ms, backing off exponentially up to 1 s.
+RECONNECT_IVL_MS: Final = 100
+RECONNECT_IVL_MAX_MS: Final = 1_000
+
+_DEFAULT_BATCH: Final = 1024
+# errnos that mean "this socket (or its context) is gone".
+_CLOSED_ERRNOS: Final = frozenset({zmq.ENOTSOCK, zmq.ETERM, errno.EBADF})
+
+
+def make_context(io_threads: int = 1) -> zmq.Context[zmq.Socket[bytes]]:
+    """A new context whose sockets default to ``LINGER=0``.
+
+    Resource handling:
+        The caller owns the context. Use it as a context manager (``with make_context() as
+        ctx:``), which calls ``ctx.destroy()`` on exit; close every :class:`ZmqSocket` first.
+        With linger 0, unsent messages are dropped at close and termination never blocks.
+    """
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context(io_threads)
+    ctx.setsockopt(zmq.LINGER, 0)
+    return ctx
+
+
+def set_heartbeats(
+    sock: zmq.Socket[bytes],
+    *,
+    interval_ms: int = HEARTBEAT_IVL_MS,
+    timeout_ms: int = HEARTBEAT_TIMEOUT_MS,
+    ttl_ms: int = HEARTBEAT_TTL_MS,
+    reconnect_ivl_ms: int = RECONNECT_IVL_MS,
+    reconnect_ivl_max_ms: int = RECONNECT_IVL_MAX_MS,
+) -> None:
+    """Set the options that detect dead TCP peers and pace reconnection.
+
+    Must be called before ``bind``/``connect``: options apply to connections made afterwards.
+    """
+    sock.setsockopt(zmq.HEARTBEAT_IVL, interval_ms)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, timeout_ms)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, ttl_ms)
+    sock.setsockopt(zmq.RECONNECT_IVL, reconnect_ivl_ms)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, reconnect_ivl_max_ms)
+
+
+def open_socket(
+    ctx: zmq.Context[zmq.Socket[bytes]],
+    kind: SocketType,
+    *,
+    sndhwm: int = DEFAULT_SNDHWM,
+    rcvhwm: int = DEFAULT_RCVHWM,
+    heartbeats: bool = True,
+) -> ZmqSocket:
+    """Create a socket of type *kind* with roomd's options and wrap it in a :class:`ZmqSocket`.
+
+    Resource handling:
+        The caller owns the returned socket and must close it (``async with``/``aclose()``).
+    """
+    sock = ctx.socket(kind)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, sndhwm)
+        sock.setsockopt(zmq.RCVHWM, rcvhwm)
+        if heartbeats:
+            set_heartbeats(sock)
+        return ZmqSocket(sock)
+    except BaseException:
+        sock.close(linger=0)
+        raise
+
+
+class ZmqSocket:
+    """A Trio-friendly, single-frame view of one ``zmq.Socket``.
+
+    Any number of tasks may send and receive concurrently; at most one of them sleeps on the
+    socket's fd and the others park until it wakes (see the module docstring).
+
+    Resource handling:
+        The ``ZmqSocket`` owns the wrapped ``zmq.Socket`` from construction on: do not use the
+        raw socket for I/O any more. :meth:`close`/:meth:`aclose` (or leaving ``async with``)
+        first tells Trio the fd is closing, so a task blocked in :meth:`receive` or :meth:`send`
+        gets :exc:`trio.ClosedResourceError`, then closes the socket with linger 0 (pending
+        outgoing messages are dropped).
+
+    Error handling:
+        ``zmq.Again`` never escapes: it means "wait". Any call on a closed socket (closed here,
+        by its context's termination, or behind our back) raises :exc:`trio.ClosedResourceError`.
+        Other ``zmq.ZMQError`` propagate unchanged: they mean misuse (e.g. ``send`` on a SUB).
+        Cancellation is clean: a cancelled ``send`` sent nothing, a cancelled ``receive`` took
+        nothing off the socket.
+    """
+
+    def __init__(self, sock: zmq.Socket[bytes]) -> None:
+        self._sock = sock
+        self._fd: int = sock.getsockopt(zmq.FD)
+        self._closed = False
+        # The scope of the one task sleeping in wait_readable(fd), if any.
+        self._sleeper: trio.CancelScope | None = None
+        # Tasks that need to wait while another one is the sleeper.
+        self._lot = trio.lowlevel.ParkingLot()
+
+    # -- setup (synchronous; no waiting involved) -------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def bind(self, endpoint: str) -> str:
+        """Bind to *endpoint* and return the endpoint actually bound (resolves port ``*``/0)."""
+        with _map_zmq_errors:
+            self._sock.bind(endpoint)
+            bound: bytes = self._sock.getsockopt(zmq.LAST_ENDPOINT)
+        self._poke()
+        return bound.decode()
+
+    def connect(self, endpoint: str) -> None:
+        """Connect to *endpoint*; libzmq connects (and reconnects) in the background."""
+        with _map_zmq_errors:
+            self._sock.connect(endpoint)
+        self._poke()
+
+    def subscribe(self, topic: bytes) -> None:
+        """SUB only: receive messages starting with *topic* (``b""`` means all)."""
+        with _map_zmq_errors:
+            self._sock.setsockopt(zmq.SUBSCRIBE, topic)
+        self._poke()
+
+    def unsubscribe(self, topic: bytes) -> None:
+        """SUB only: undo one :meth:`subscribe` of *topic* (subscriptions are counted)."""
+        with _map_zmq_errors:
+            self._sock.setsockopt(zmq.UNSUBSCRIBE, topic)
+        self._poke()
+
+    # -- sending ----------------------------------------------------------------------------
+
+    def send_nowait(self, msg: bytes) -> bool:
+        """Queue *msg* if the socket can take it now; return False if it would block.
+
+        PUB and XPUB never block (they drop at the high-water mark), so this is the cheap way
+        to publish many messages in a loop (it is not a checkpoint).
+        """
+        self._check_open()
+        try:
+            with _map_zmq_errors:
+                self._sock.send(msg, zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        finally:
+            self._poke()
+        return True
+
+    async def send(self, msg: bytes) -> None:
+        """Send one single-frame message, waiting while the socket would block (HWM, no peer)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self.send_nowait(msg):
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        while True:
+            await self._wait_for(zmq.POLLOUT)
+            if self.send_nowait(msg):
+                return
+
+    # -- receiving --------------------------------------------------------------------------
+
+    async def receive_batch(self, max_messages: int = _DEFAULT_BATCH) -> list[bytes]:
+        """Wait for at least one message, then return every queued one, up to *max_messages*.
+
+        The queue is drained without awaiting in between: one wake-up per batch instead of one
+        per message is most of the throughput (136k vs 41k msg/s measured).
+        """
+        if max_messages < 1:
+            raise ValueError("max_messages must be at least 1")
+        await trio.lowlevel.checkpoint_if_cancelled()
+        batch = self._drain(max_messages)
+        if batch:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return batch
+        while True:
+            await self._wait_for(zmq.POLLIN)
+            batch = self._drain(max_messages)
+            if batch:  # else a concurrent receiver took it first
+                return batch
+
+    async def receive(self) -> bytes:
+        """Wait for and return one message."""
+        (msg,) = await self.receive_batch(1)
+        return msg
+
+    # -- closing ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the socket now; idempotent. Waiting tasks get :exc:`trio.ClosedResourceError`."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            trio.lowlevel.notify_closing(self._fd)
+        except RuntimeError:  # not inside trio.run: nobody can be waiting on the fd
+            pass
+        self._lot.unpark_all()
+        self._sock.close(linger=0)
+
+    async def aclose(self) -> None:
+        """Close the socket (see :meth:`close`); a checkpoint, but closes even if cancelled."""
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _drain(self, max_messages: int) -> list[bytes]:
+        self._check_open()
+        batch: list[bytes] = []
+        recv = self._sock.recv
+        try:
+            with _map_zmq_errors:
+                while len(batch) < max_messages:
+                    batch.append(recv(zmq.NOBLOCK))
+        except zmq.Again:
+            pass
+        finally:
+            self._poke()
+        return batch
+
+    async def _wait_for(self, flag: int) -> None:
+        """Return once ``EVENTS`` has *flag*, sleeping on the fd (or parked) meanwhile."""
+        while True:
+            self._check_open()
+            with _map_zmq_errors:
+                events: int = self._sock.getsockopt(zmq.EVENTS)
+            if events & flag:
+                return
+            if self._sleeper is not None:
+                await self._lot.park()  # woken when the sleeper wakes or the socket closes
+                continue
+            try:
+                with trio.CancelScope() as self._sleeper:
+                    await trio.lowlevel.wait_readable(self._fd)
+            finally:
+                self._sleeper = None
+                self._lot.unpark_all()  # let parked tasks re-check EVENTS
+
+    def _poke(self) -> None:
+        """After any send/recv: EVENTS may have changed and the edge may be gone; wake waiters."""
+        if self._sleeper is not None:
+            self._sleeper.cancel()
+        elif self._lot:
+            self._lot.unpark_all()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("the ZeroMQ socket was closed")
+
+
+class _MapZmqErrors:
+    """Context manager: a ``ZMQError`` meaning "socket gone" becomes ``ClosedResourceError``."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if (
+            isinstance(exc_value, zmq.ZMQError)
+            and not isinstance(exc_value, zmq.Again)
+            and exc_value.errno in _CLOSED_ERRNOS
+        ):
+            raise trio.ClosedResourceError("the ZeroMQ socket was closed") from exc_value
+
+
+_map_zmq_errors: Final = _MapZmqErrors()

@@ -1,0 +1,118 @@
+"""Test helpers: a raw-protocol WebSocket client and node configuration."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgpack
+import orjson
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+
+from roomd import Config, Node
+from roomd._config import config_from_dict
+
+SECRET = "test-secret-0123456789abcdef0123456789"
+
+
+def make_config(**sections: dict[str, Any]) -> Config:
+    data: dict[str, Any] = {
+        "node": {"name": "test", "host": "127.0.0.1", "port": 0},
+        "auth": {"secret": SECRET, "dev": True},
+    }
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    return config_from_dict(data)
+
+
+class RawClient:
+    """A test client speaking the wire protocol over a real WebSocket (trio-websocket)."""
+
+    def __init__(self, ws: WebSocketConnection, binary: bool) -> None:
+        self.ws = ws
+        self.binary = binary
+        self.welcome: dict[str, Any] = {}
+        self.backlog: collections.deque[dict[str, Any]] = collections.deque()
+        self._next_id = 0
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        if self.binary:
+            await self.ws.send_message(msgpack.packb(frame))
+        else:
+            await self.ws.send_message(orjson.dumps(frame).decode())
+
+    async def recv(self) -> dict[str, Any]:
+        if self.backlog:
+            return self.backlog.popleft()
+        raw = await self.ws.get_message()
+        if self.binary:
+            assert isinstance(raw, bytes), "binary connection got a text frame"
+            frame: dict[str, Any] = msgpack.unpackb(raw)
+        else:
+            assert isinstance(raw, str), "text connection got a binary frame"
+            frame = orjson.loads(raw)
+        return frame
+
+    async def hello(self, v: int = 1) -> dict[str, Any]:
+        await self.send({"type": "hello", "v": v})
+        self.welcome = await self.expect("welcome")
+        return self.welcome
+
+    async def expect(self, type_: str, **match: Any) -> dict[str, Any]:
+        """The next frame of ``type_`` (matching ``match``); other frames are kept for later."""
+        skipped: list[dict[str, Any]] = []
+        for _ in range(10_000):
+            frame = await self.recv()
+            if frame["type"] == type_ and all(frame.get(k) == v for k, v in match.items()):
+                self.backlog.extendleft(reversed(skipped))
+                return frame
+            skipped.append(frame)
+        raise AssertionError(f"no {type_} frame")
+
+    async def call(self, event: str, data: Any = None, **extra: Any) -> dict[str, Any]:
+        """Send an event with an id and return its ack frame."""
+        self._next_id += 1
+        await self.send(
+            {"type": "event", "id": self._next_id, "event": event, "data": data, **extra}
+        )
+        return await self.expect("ack", id=self._next_id)
+
+    async def ok(self, event: str, data: Any = None, **extra: Any) -> Any:
+        ack = await self.call(event, data, **extra)
+        assert "error" not in ack, ack
+        return ack.get("result")
+
+    async def push(self, event: str | None = None) -> dict[str, Any]:
+        match = {} if event is None else {"event": event}
+        return await self.expect("push", **match)
+
+    async def closed(self) -> tuple[int | None, str | None]:
+        """Read until the node closes the connection; its close code and reason."""
+        for _ in range(100_000):
+            try:
+                await self.ws.get_message()
+            except ConnectionClosed as exc:
+                return exc.reason.code, exc.reason.reason
+        raise AssertionError("connection not closed")
+
+
+@asynccontextmanager
+async def connect(
+    node: Node,
+    user: str | None = "alice",
+    *,
+    token: str | None = None,
+    binary: bool = False,
+    hello: bool = True,
+    path: str = "/ws",
+    headers: list[tuple[str, str]] | None = None,
+) -> AsyncIterator[RawClient]:
+    query = f"?token={token}" if token else (f"?user={user}" if user else "")
+    url = f"ws://127.0.0.1:{node.port}{path}{query}"
+    async with open_websocket_url(url, extra_headers=headers or [], message_queue_size=1024) as ws:
+        client = RawClient(ws, binary)
+        if hello:
+            await client.hello()
+        yield client

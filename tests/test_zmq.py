@@ -1,0 +1,288 @@
+"""Tests for roomd.io._zmq: the ZeroMQ-on-Trio adapter.
+
+Everything goes over tcp://127.0.0.1 (inproc:// never signals zmq.FD) on ports the OS picks.
+"""
+
+from __future__ import annotations
+
+import select
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+import trio.testing
+import zmq
+
+from roomd.io._zmq import (
+    DEFAULT_RCVHWM,
+    DEFAULT_SNDHWM,
+    HEARTBEAT_IVL_MS,
+    RECONNECT_IVL_MAX_MS,
+    SocketType,
+    ZmqSocket,
+    make_context,
+    open_socket,
+)
+
+Context = zmq.Context[zmq.Socket[bytes]]
+ANY_PORT = "tcp://127.0.0.1:*"
+
+
+@pytest.fixture
+def ctx() -> Iterator[Context]:
+    with make_context() as context:
+        yield context
+
+
+@asynccontextmanager
+async def dealer_pair(
+    ctx: Context, *, hwm: int = DEFAULT_SNDHWM
+) -> AsyncIterator[tuple[ZmqSocket, ZmqSocket]]:
+    """Two connected DEALERs; the connection is up (one message went each way) on entry."""
+    async with (
+        open_socket(ctx, SocketType.DEALER, sndhwm=hwm, rcvhwm=hwm) as a,
+        open_socket(ctx, SocketType.DEALER, sndhwm=hwm, rcvhwm=hwm) as b,
+    ):
+        b.connect(a.bind(ANY_PORT))
+        await b.send(b"hello")
+        assert await a.receive() == b"hello"
+        await a.send(b"hello")
+        assert await b.receive() == b"hello"
+        yield a, b
+
+
+async def test_options_and_context_defaults(ctx: Context) -> None:
+    with trio.fail_after(5):
+        assert ctx.getsockopt(zmq.LINGER) == 0
+        async with open_socket(ctx, SocketType.SUB) as sub:
+            raw = sub._sock
+            assert raw.getsockopt(zmq.LINGER) == 0
+            assert raw.getsockopt(zmq.SNDHWM) == DEFAULT_SNDHWM
+            assert raw.getsockopt(zmq.RCVHWM) == DEFAULT_RCVHWM
+            assert raw.getsockopt(zmq.HEARTBEAT_IVL) == HEARTBEAT_IVL_MS
+            assert raw.getsockopt(zmq.RECONNECT_IVL_MAX) == RECONNECT_IVL_MAX_MS
+            assert sub.bind("tcp://127.0.0.1:0").startswith("tcp://127.0.0.1:")
+        assert sub.closed
+
+
+async def test_pub_sub_batched_round_trip(ctx: Context) -> None:
+    count = 20_000
+    with trio.fail_after(10):
+        async with (
+            open_socket(ctx, SocketType.PUB, sndhwm=2 * count) as pub,
+            open_socket(ctx, SocketType.SUB, rcvhwm=2 * count) as sub,
+        ):
+            sub.subscribe(b"probe")
+            sub.subscribe(b"t:")
+            sub.connect(pub.bind(ANY_PORT))
+            # Slow joiner: messages sent before the subscription reaches the PUB are dropped.
+            for _ in range(500):
+                pub.send_nowait(b"probe")
+                with trio.move_on_after(0.01):
+                    assert await sub.receive() == b"probe"
+                    break
+            else:
+                pytest.fail("the subscription never reached the publisher")
+
+            sent = [b"t:%06d:" % i + b"x" * 90 for i in range(count)]
+            pub.send_nowait(b"not-subscribed")
+            for msg in sent:
+                assert pub.send_nowait(msg)  # PUB never blocks
+
+            received: list[bytes] = []
+            batch_sizes: list[int] = []
+            while len(received) < count:
+                batch = await sub.receive_batch()
+                assert 1 <= len(batch) <= 1024
+                batch_sizes.append(len(batch))
+                received.extend(m for m in batch if not m.startswith(b"probe"))
+            assert received == sent
+            assert max(batch_sizes) > 1
+            assert len(batch_sizes) < count // 2
+
+
+async def test_receive_batch_respects_max_messages(ctx: Context) -> None:
+    with trio.fail_after(5):
+        async with dealer_pair(ctx) as (a, b):
+            for i in range(50):
+                await a.send(b"%d" % i)
+            got: list[bytes] = []
+            while len(got) < 50:
+                batch = await b.receive_batch(7)
+                assert 1 <= len(batch) <= 7
+                got.extend(batch)
+            assert got == [b"%d" % i for i in range(50)]
+            with pytest.raises(ValueError):
+                await b.receive_batch(0)
+
+
+async def test_receiver_wakes_when_another_task_sends_on_its_socket(ctx: Context) -> None:
+    """The lost wakeup: a send on the socket consumes the edge its sleeping receiver waits for."""
+    raw = ctx.socket(zmq.DEALER)
+    fd = raw.getsockopt(zmq.FD)
+    with trio.fail_after(5):
+        async with ZmqSocket(raw) as a, open_socket(ctx, SocketType.DEALER) as b:
+            b.connect(a.bind(ANY_PORT))
+            await b.send(b"hello")
+            assert await a.receive() == b"hello"
+            got: list[bytes] = []
+
+            async def receiver() -> None:
+                got.append(await a.receive())
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(receiver)
+                await trio.testing.wait_all_tasks_blocked()  # the receiver sleeps on a's fd
+                b.send_nowait(b"reply")
+                # Without yielding to Trio: wait until a's fd signals the reply, then let libzmq's
+                # command throttle (~1 ms) pass, so the send below processes a's mailbox and so
+                # consumes the edge before Trio's I/O poll sees it.
+                assert select.select([fd], [], [], 2)[0] == [fd]
+                time.sleep(0.005)
+                a.send_nowait(b"from-a")
+            assert got == [b"reply"]
+            assert await b.receive() == b"from-a"
+
+
+async def test_concurrent_send_and_receive_on_one_socket(ctx: Context) -> None:
+    """One task sends, another receives on the same DEALER; the peer echoes."""
+    count = 2_000
+    with trio.fail_after(10):
+        async with dealer_pair(ctx) as (a, b):
+
+            async def echo() -> None:
+                echoed = 0
+                while echoed < count:
+                    for msg in await b.receive_batch():
+                        await b.send(msg)
+                        echoed += 1
+
+            async def sender() -> None:
+                for i in range(count):
+                    await a.send(b"%d" % i)
+
+            received: list[bytes] = []
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(echo)
+                nursery.start_soon(sender)
+                while len(received) < count:
+                    received.append(await a.receive())
+            assert received == [b"%d" % i for i in range(count)]
+
+
+async def test_two_receivers_share_one_socket(ctx: Context) -> None:
+    with trio.fail_after(5):
+        async with dealer_pair(ctx) as (a, b):
+            got: list[bytes] = []
+
+            async def receiver() -> None:
+                got.append(await b.receive())
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(receiver)
+                nursery.start_soon(receiver)  # parks: only one task may sleep on the fd
+                await trio.testing.wait_all_tasks_blocked()
+                await a.send(b"one")
+                await a.send(b"two")
+            assert sorted(got) == [b"one", b"two"]
+
+
+async def test_xpub_sees_subscriptions_while_publishing(ctx: Context) -> None:
+    with trio.fail_after(5):
+        async with (
+            open_socket(ctx, SocketType.XPUB) as xpub,
+            open_socket(ctx, SocketType.SUB) as sub,
+        ):
+            sub.connect(xpub.bind(ANY_PORT))
+            sub.subscribe(b"r:a")
+            assert await xpub.receive() == b"\x01r:a"
+            await xpub.send(b"r:a hi")
+            assert await sub.receive() == b"r:a hi"
+            sub.unsubscribe(b"r:a")
+            assert await xpub.receive() == b"\x00r:a"
+
+
+async def test_close_wakes_every_waiting_receiver(ctx: Context) -> None:
+    with trio.fail_after(5):
+        sock = open_socket(ctx, SocketType.DEALER)
+        sock.bind(ANY_PORT)
+        errors: list[BaseException] = []
+
+        async def receiver() -> None:
+            try:
+                await sock.receive()
+            except trio.ClosedResourceError as exc:
+                errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receiver)  # sleeps on the fd
+            nursery.start_soon(receiver)  # parked
+            await trio.testing.wait_all_tasks_blocked()
+            start = trio.current_time()
+            await sock.aclose()
+        assert len(errors) == 2
+        assert trio.current_time() - start < 0.5
+
+
+async def test_calls_after_close_raise_closed_resource_error(ctx: Context) -> None:
+    with trio.fail_after(5):
+        sock = open_socket(ctx, SocketType.PUB)
+        sock.close()
+        sock.close()  # idempotent
+        await sock.aclose()
+        assert sock.closed
+        with pytest.raises(trio.ClosedResourceError):
+            await sock.send(b"x")
+        with pytest.raises(trio.ClosedResourceError):
+            sock.send_nowait(b"x")
+        with pytest.raises(trio.ClosedResourceError):
+            await sock.receive()
+        with pytest.raises(trio.ClosedResourceError):
+            sock.bind(ANY_PORT)
+
+
+async def test_raw_socket_closed_behind_our_back(ctx: Context) -> None:
+    raw = ctx.socket(zmq.PUB)
+    sock = ZmqSocket(raw)
+    raw.close()
+    with trio.fail_after(5), pytest.raises(trio.ClosedResourceError):
+        sock.send_nowait(b"x")
+    sock.close()
+
+
+async def test_send_blocked_at_hwm_is_cancellable_then_resumes(ctx: Context) -> None:
+    payload = b"x" * 65_536
+    with trio.fail_after(10):
+        async with dealer_pair(ctx, hwm=1) as (a, b):
+            # Fill our pipe, the TCP buffers and the peer's pipe: b does not read.
+            for queued in range(10_000):  # noqa: B007
+                if not a.send_nowait(payload):
+                    break
+            else:
+                pytest.fail("the DEALER never reached its high-water mark")
+
+            finished: list[bool] = []
+
+            async def sender() -> None:
+                await a.send(payload)
+                finished.append(True)
+
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(sender)
+                    await trio.testing.wait_all_tasks_blocked()
+                    scope.cancel()
+            assert finished == []
+
+            # Blocked again; now the peer reads and the sender must get through.
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(sender)
+                await trio.testing.wait_all_tasks_blocked()
+                assert finished == []
+                received = 0
+                while received < queued + 1:  # the cancelled send sent nothing
+                    received += len(await b.receive_batch())
+            assert finished == [True]
+            assert received == queued + 1
