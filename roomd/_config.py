@@ -42,6 +42,7 @@ class LimitsSection:
     rate: float = 50.0  # frames per second per connection, on average
     burst: int = 100
     max_strikes: int = 10  # frames refused for rate in a row before closing with 4009
+    max_inflight_events: int = 64  # application events queued per connection ("busy" beyond)
     max_rooms_per_connection: int = 100
     max_members_per_room: int = 10_000
     outbox_max_bytes: int = 1024 * 1024  # queued for one slow client before closing it 4008

@@ -465,7 +465,7 @@ class Node:
 
     # Frames ---------------------------------------------------------------------------------------
 
-    async def _on_message(self, client: Client, raw: bytes | str, binary: bool) -> None:
+    def _on_message(self, client: Client, raw: bytes | str, binary: bool) -> None:
         limiter = client.limiter
         if not limiter.take(trio.current_time()):
             self._refuse_rate(client, raw, binary)
@@ -477,7 +477,7 @@ class Node:
             self._report(client, exc, binary)
             return
         if isinstance(frame, Event):
-            await self._on_event(client, frame)
+            self._on_event_frame(client, frame)
         elif isinstance(frame, Ping):
             client.send(Pong(frame.ts, time.time()))
         elif isinstance(frame, Ack):
@@ -529,53 +529,101 @@ class Node:
         self._report(client, RemoteProtocolError(ErrorCode.RATE_LIMITED, message, ref=ref), binary)
 
     def _report(self, client: Client, exc: RemoteProtocolError, binary: bool) -> None:
-        """Tell the client about a refused frame; close if the error requires it."""
+        """Tell the client about a refused frame; close if the error requires it.
+
+        Frames refused before they are handled (undecodable, rate-limited ...) get an ``error``
+        frame whose ``ref`` is the frame's id: a client fails the pending call with that id.
+        """
         self.stats.errors[exc.code] += 1
         if not client.session.is_open:
             client.binary = binary
-        if exc.ref is not None and exc.close_code is None:
-            client.send(Ack(exc.ref, error=ErrorInfo(exc.code, exc.message)))
-        else:
-            client.send(Error(exc.code, exc.message, exc.ref))
+        client.send(Error(exc.code, exc.message, exc.ref))
         if exc.close_code is not None:
             client.close(exc.close_code)
 
-    async def _on_event(self, client: Client, event: Event) -> None:
-        session = client.session
-        if event.cmid is not None:
-            seen, result = session.seen(event.cmid)
-            if seen:
-                if event.id is not None:
-                    client.send(Ack(event.id, result))
-                return
+    def _on_event_frame(self, client: Client, event: Event) -> None:
+        """Handle a built-in event at once, or queue it for the connection's event worker.
+
+        Application handlers may await (even a request to this very client), so they run in a
+        worker task of the connection, never in its reader. Events stay in order: while the
+        worker has anything queued, built-in events queue behind it.
+        """
+        if client.inflight == 0 and event.event in BUILTINS:
+            self._handle_builtin(client, event)
+            return
+        if client.events is None:
+            transport = client.outlet
+            assert isinstance(transport, Transport) and transport.nursery is not None
+            send, receive = trio.open_memory_channel[Event](self.config.limits.max_inflight_events)
+            client.events = send
+            transport.nursery.start_soon(self._event_worker, client, receive)
         try:
-            builtin = BUILTINS.get(event.event)
-            if builtin is not None:
-                result = builtin(self, client, event.data)
-            else:
-                handler = self._handlers.get(event.event)
-                if handler is None:
-                    raise RemoteProtocolError(
-                        ErrorCode.UNKNOWN_EVENT, f"unknown event {event.event!r}"
-                    )
-                result = await handler(Context(self, client), event.data)
+            client.events.send_nowait(event)
+        except trio.WouldBlock:
+            self.stats.errors[ErrorCode.BUSY] += 1
+            self._answer_error(client, event, ErrorCode.BUSY, "too many events in flight")
+            return
+        client.inflight += 1
+
+    async def _event_worker(self, client: Client, events: trio.MemoryReceiveChannel[Event]) -> None:
+        async for event in events:
+            try:
+                if event.event in BUILTINS:
+                    self._handle_builtin(client, event)
+                else:
+                    await self._handle_app_event(client, event)
+            finally:
+                client.inflight -= 1
+
+    def _handle_builtin(self, client: Client, event: Event) -> None:
+        if self._replayed(client, event):
+            return
+        try:
+            result = BUILTINS[event.event](self, client, event.data)
         except RoomdError as exc:
-            self.stats.errors[exc.code] += 1
-            self._answer_error(client, event, exc.code, exc.message)
+            self._fail(client, event, exc)
+            return
+        self._succeed(client, event, result)
+
+    async def _handle_app_event(self, client: Client, event: Event) -> None:
+        if self._replayed(client, event):
+            return
+        handler = self._handlers.get(event.event)
+        try:
+            if handler is None:
+                raise RemoteProtocolError(ErrorCode.UNKNOWN_EVENT, f"unknown event {event.event!r}")
+            result = await handler(Context(self, client), event.data)
+        except RoomdError as exc:
+            self._fail(client, event, exc)
             return
         except Exception:
             log.exception("handler for %r failed", event.event)
-            self.stats.errors[ErrorCode.INTERNAL] += 1
-            self._answer_error(client, event, ErrorCode.INTERNAL, "internal error")
+            self._fail(client, event, RoomdError(ErrorCode.INTERNAL, "internal error"))
             return
+        self._succeed(client, event, result)
+
+    def _replayed(self, client: Client, event: Event) -> bool:
+        """Answer a repeated client message id with the original result."""
+        if event.cmid is None:
+            return False
+        seen, result = client.session.seen(event.cmid)
+        if seen and event.id is not None:
+            client.send(Ack(event.id, result))
+        return seen
+
+    def _succeed(self, client: Client, event: Event, result: Any) -> None:
         if event.cmid is not None:
-            session.remember(event.cmid, result)
+            client.session.remember(event.cmid, result)
         if event.id is not None:
             try:
                 client.send(Ack(event.id, result))
             except TypeError:
                 log.error("handler for %r returned a result with no JSON form", event.event)
                 self._answer_error(client, event, ErrorCode.INTERNAL, "internal error")
+
+    def _fail(self, client: Client, event: Event, exc: RoomdError) -> None:
+        self.stats.errors[exc.code] += 1
+        self._answer_error(client, event, exc.code, exc.message)
 
     def _answer_error(self, client: Client, event: Event, code: str, message: str) -> None:
         if event.id is not None:

@@ -9,7 +9,7 @@ import argparse
 import logging
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import trio
 
@@ -97,9 +97,7 @@ async def _run_until_signal(node: Node) -> None:
             nursery.cancel_scope.cancel()
 
 
-async def _on_signals(
-    signals: trio.abc.ReceiveChannel[int], node: Node, scope: trio.CancelScope
-) -> None:
+async def _on_signals(signals: AsyncIterator[int], node: Node, scope: trio.CancelScope) -> None:
     count = 0
     async for signum in signals:
         count += 1

@@ -52,7 +52,9 @@ class Client:
     __slots__ = (
         "binary",
         "claims",
+        "events",
         "handshake_deadline",
+        "inflight",
         "limiter",
         "outlet",
         "pending",
@@ -76,6 +78,8 @@ class Client:
         self.binary = False  # msgpack when the hello came in a binary frame
         self.rooms: set[RoomKey] = set()
         self.pending: dict[int, Any] = {}
+        self.events: Any = None  # send side of the event worker's queue, once it runs
+        self.inflight = 0  # events queued for or being handled by the worker
 
     @property
     def user(self) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Final, cast
 
 import trio
@@ -30,7 +30,7 @@ log = logging.getLogger("roomd.transport")
 
 RECEIVE_SIZE: Final = 64 * 1024
 
-MessageHandler = Callable[["Transport", bytes | str, bool], Awaitable[None]]
+MessageHandler = Callable[["Transport", bytes | str, bool], None]
 
 
 class _Volatile(bytes):
@@ -64,6 +64,7 @@ class Transport:
         "close_code",
         "close_reason",
         "last_ping",
+        "nursery",
         "last_seen",
     )
 
@@ -92,6 +93,7 @@ class Transport:
         self.close_reason = ""
         self.last_seen = trio.current_time()  # last time anything arrived
         self.last_ping = 0.0
+        self.nursery: trio.Nursery | None = None  # for tasks that live as long as the connection
 
     # Sending ------------------------------------------------------------------------------------
 
@@ -161,12 +163,16 @@ class Transport:
     # Running ------------------------------------------------------------------------------------
 
     async def run(self, on_message: MessageHandler) -> None:
-        """Serve the connection until it is closed; ``on_message`` gets each complete message."""
+        """Serve the connection until it is closed; ``on_message`` gets each complete message.
+
+        ``on_message`` must not block: it runs in the reader, between two reads.
+        """
         try:
             with trio.CancelScope() as self._scope:
                 if self._closing:
                     self._arm_deadline()
                 async with trio.open_nursery() as nursery:
+                    self.nursery = nursery
                     nursery.start_soon(self._writer)
                     peer_gone = await self._reader(on_message)
                     self._closing = True
@@ -238,7 +244,7 @@ class Transport:
                             message = _join(parts)
                             parts, size = [], 0
                             self._stats.frames_in += 1
-                            await on_message(self, message, isinstance(event, BytesMessage))
+                            on_message(self, message, isinstance(event, BytesMessage))
                     elif isinstance(event, Ping):
                         self._enqueue_control(ws.send(event.response()))
                     elif isinstance(event, CloseConnection):

@@ -304,10 +304,8 @@ class ZmqSocket:
 
     def _poke(self) -> None:
         """After any send/recv: EVENTS may have changed and the edge may be gone; wake waiters."""
-        if self._sleeper is not None:
-            self._sleeper.cancel()
-        elif self._lot:
-            self._lot.unpark_all()
+        if not self._closed:
+            self._sock.getsockopt(zmq.EVENTS)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -215,7 +215,7 @@ def validate_chat_message(msg: ChatMessage, limits: PayloadLimits) -> None:
         _validate_url(payload.url, limits)
         if not 0 <= payload.size <= limits.max_file_bytes:
             raise _invalid(f"payload.size: must be within 0..{limits.max_file_bytes}")
-        if not _MIME.match(payload.mime_type):
+        if not _MIME.fullmatch(payload.mime_type):
             raise _invalid("payload.mimeType: not a MIME type")
         if payload.name is not None:
             validate_name("payload.name", payload.name, limits)

@@ -13,6 +13,7 @@ field (``payload.width: expected an integer``). Nothing else escapes the decoder
 
 from __future__ import annotations
 
+import types
 import typing
 from typing import Any, Final, TypeVar
 
@@ -38,7 +39,10 @@ _WIRE_NAMES: Final[dict[tuple[type[Any], str], str]] = {(Push, "sender"): "from"
 
 
 def wire_name(field: str, cls: type[Any] | None = None) -> str:
-    """The wire name of a field: ``resume_token`` -> ``resumeToken``; ``Push.sender`` -> ``from``."""
+    """The wire name of a field of ``cls``: ``resume_token`` -> ``resumeToken``.
+
+    One field is renamed outright: ``Push.sender`` is ``from``.
+    """
     special = _WIRE_NAMES.get((cls, field)) if cls is not None else None
     if special is not None:
         return special
@@ -119,10 +123,36 @@ def make_converter() -> cattrs.Converter:
 converter: Final = make_converter()
 
 
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(arg) for arg in typing.get_args(tp))
+    return getattr(tp, "__name__", repr(tp))
+
+
+def _describe(exc: BaseException, tp: Any) -> str:
+    """One structuring error in words: our hooks' own messages, a literal's choices."""
+    if isinstance(exc, KeyError):
+        return "required field missing"
+    if typing.get_origin(tp) is typing.Literal:
+        return "expected one of " + ", ".join(repr(v) for v in typing.get_args(tp))
+    if isinstance(exc, TypeError) and str(exc).startswith("expected "):
+        return str(exc)
+    if tp is not None:
+        return f"expected {_type_name(tp)}"
+    return str(exc) or "invalid value"
+
+
 def _readable(exc: Exception) -> str:
-    if isinstance(exc, cattrs.BaseValidationError):
-        return "; ".join(cattrs.transform_error(exc, path="")).replace(" @ .", " @ ")
-    return str(exc)
+    """``path: problem`` for each error, the path in wire names (``payload.mimeType``)."""
+    if not isinstance(exc, cattrs.BaseValidationError):
+        return str(exc)
+    problems = []
+    for line in cattrs.transform_error(exc, path="", format_exception=_describe):
+        text, _, path = line.rpartition(" @ ")
+        parts = path.lstrip(".").split(".")
+        path = ".".join(wire_name(p) if p.isidentifier() else p for p in parts)
+        problems.append(f"{path}: {text}" if path else text)
+    return "; ".join(problems)
 
 
 def structure(value: Any, cls: type[T], *, ref: int | None = None) -> T:

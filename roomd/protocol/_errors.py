@@ -26,6 +26,7 @@ class ErrorCode:
     UNKNOWN_EVENT: Final = "unknown_event"
     FORBIDDEN: Final = "forbidden"  # this node does not allow the operation to clients
     RATE_LIMITED: Final = "rate_limited"
+    BUSY: Final = "busy"  # too many events of this connection are still being handled
     NOT_IN_ROOM: Final = "not_in_room"
     ROOM_FULL: Final = "room_full"
     TOO_MANY_ROOMS: Final = "too_many_rooms"
