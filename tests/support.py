@@ -116,3 +116,35 @@ async def connect(
         if hello:
             await client.hello()
         yield client
+
+
+async def silent_websocket(port: int, query: str = "?user=mute") -> tuple[Any, Any]:
+    """A WebSocket that completes the upgrade and then neither reads nor answers anything.
+
+    Returns the TCP stream and a wsproto client connection to parse what arrives.
+    """
+    import trio
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import Request
+
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    ws = WSConnection(ConnectionType.CLIENT)
+    await stream.send_all(ws.send(Request(host="127.0.0.1", target=f"/ws{query}")))
+    return stream, ws
+
+
+async def read_until_close(stream: Any, ws: Any) -> tuple[int | None, list[Any]]:
+    """Parse frames until the node's close frame or EOF; the close code and the events seen."""
+    from wsproto.events import CloseConnection
+
+    events: list[Any] = []
+    for _ in range(100_000):
+        data = await stream.receive_some(65536)
+        if not data:
+            return None, events
+        ws.receive_data(data)
+        for event in ws.events():
+            events.append(event)
+            if isinstance(event, CloseConnection):
+                return event.code, events
+    raise AssertionError("no close")

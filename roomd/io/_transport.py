@@ -64,8 +64,8 @@ class Transport:
         "close_code",
         "close_reason",
         "last_ping",
-        "nursery",
         "last_seen",
+        "nursery",
     )
 
     def __init__(

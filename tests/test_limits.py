@@ -1,0 +1,123 @@
+"""Limits and liveness: heartbeats, rate, frame size, connection count, slow consumers."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import trio
+from wsproto.events import AcceptConnection, Ping, TextMessage
+
+from roomd import Node
+from tests.support import connect, read_until_close, silent_websocket
+
+
+async def test_silent_client_is_pinged_then_closed_4004(start_node: Callable[..., Any]) -> None:
+    node: Node = await start_node(heartbeat={"interval": 0.1, "timeout": 0.4})
+    with trio.fail_after(5):
+        stream, ws = await silent_websocket(node.port or 0)
+        async with stream:
+            ws.receive_data(await stream.receive_some(65536))
+            assert any(isinstance(e, AcceptConnection) for e in ws.events())
+            # Say hello (so the handshake timeout is not what closes it), then go silent.
+            await stream.send_all(ws.send(TextMessage('{"type":"hello","v":1}')))
+            code, events = await read_until_close(stream, ws)
+    assert code == 4004
+    assert any(isinstance(e, Ping) for e in events)
+
+
+async def test_responsive_client_survives_heartbeats(start_node: Callable[..., Any]) -> None:
+    node: Node = await start_node(heartbeat={"interval": 0.05, "timeout": 0.2})
+    with trio.fail_after(5):
+        async with connect(node, "alice") as a:
+            await trio.sleep(0.8)  # four timeouts long: trio-websocket answers the node's pings
+            assert await a.ok("users.online", {}) == {"users": ["alice"]}
+
+
+async def test_handshake_timeout(start_node: Callable[..., Any]) -> None:
+    node: Node = await start_node(limits={"handshake_timeout": 0.3})
+    with trio.fail_after(5):
+        async with connect(node, "alice", hello=False) as c:
+            assert (await c.closed())[0] == 4000
+        stream = await trio.open_tcp_stream("127.0.0.1", node.port or 0)
+        async with stream:
+            assert await stream.receive_some(100) == b""  # nothing sent: dropped
+
+
+async def test_rate_limit_errors_then_closes_4009(start_node: Callable[..., Any]) -> None:
+    node: Node = await start_node(limits={"rate": 1.0, "burst": 5, "max_strikes": 3})
+    with trio.fail_after(5):
+        async with connect(node, "alice") as c, connect(node, "bob") as other:
+            for i in range(1, 9):
+                await c.send({"type": "event", "id": i, "event": "users.online", "data": {}})
+            frames = [await c.recv() for _ in range(7)]
+            # The hello took one token of five: four acks, three refusals, then the close.
+            assert [f["type"] for f in frames] == ["ack"] * 4 + ["error"] * 3
+            assert {(f["code"], f["ref"]) for f in frames[4:]} == {
+                ("rate_limited", 5),
+                ("rate_limited", 6),
+                ("rate_limited", 7),
+            }
+            assert (await c.closed())[0] == 4009
+            assert await other.ok("users.online", {}) == {"users": ["bob"]}
+
+
+async def test_oversized_frame_closes_1009(start_node: Callable[..., Any]) -> None:
+    node: Node = await start_node(limits={"max_frame_bytes": 1024})
+    with trio.fail_after(5):
+        async with connect(node, "alice") as c, connect(node, "bob") as other:
+            await c.ws.send_message("x" * 2000)
+            assert (await c.closed())[0] == 1009
+            await other.ws.send_message("é" * 600)  # 1200 bytes of UTF-8
+            assert (await other.closed())[0] == 1009
+        async with connect(node, "carol") as ok:
+            await ok.send(
+                {"type": "event", "id": 1, "event": "users.online", "data": {"pad": "y" * 900}}
+            )
+            assert (await ok.expect("ack", id=1))["result"] == {"users": ["carol"]}
+
+
+async def test_max_connections_closes_1013(start_node: Callable[..., Any]) -> None:
+    node: Node = await start_node(limits={"max_connections": 2})
+    with trio.fail_after(5):
+        async with connect(node, "a"), connect(node, "b") as b:
+            async with connect(node, "c", hello=False) as c:
+                assert (await c.closed())[0] == 1013
+            assert await b.ok("users.online", {}) == {"users": ["a", "b"]}
+        async with connect(node, "d") as d:
+            assert d.welcome["user"] == "d"
+    assert node.stats.rejected["max_connections"] == 1
+
+
+async def test_slow_consumer_closed_4008_while_fast_one_keeps_up(
+    start_node: Callable[..., Any],
+) -> None:
+    node: Node = await start_node(
+        limits={"outbox_max_bytes": 64 * 1024, "close_timeout": 0.5}, permissions={}
+    )
+    payload = "p" * 1000
+    with trio.fail_after(10):
+        stream, ws = await silent_websocket(node.port or 0, "?user=slow")
+        async with stream, connect(node, "fast") as fast:
+            stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            ws.receive_data(await stream.receive_some(65536))
+            list(ws.events())
+            await stream.send_all(ws.send(TextMessage('{"type":"hello","v":1}')))
+            await stream.send_all(
+                ws.send(TextMessage('{"type":"event","event":"room.join","data":{"room":"r"}}'))
+            )
+            await fast.ok("room.join", {"room": "r"})
+            sent = 0
+            for _ in range(200):  # at most 200 x 50 KB
+                for _ in range(50):
+                    node.send_to_room("r", "bulk", payload)
+                    sent += 1
+                for _ in range(50):
+                    await fast.push("bulk")
+                if node.stats.close_codes[4008]:
+                    break
+            assert node.stats.close_codes[4008] == 1
+            assert sent >= 64  # it took more than a full outbox to get there
+            assert node.send_to_room("r", "after", 1) == 1  # only the fast one is left
+            assert (await fast.push("after"))["data"] == 1

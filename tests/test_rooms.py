@@ -1,0 +1,101 @@
+"""Rooms: join, leave, members, presence pushes, limits, typing and status."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from roomd import Node
+from tests.support import connect
+
+
+async def test_join_leave_members_and_presence(node: Node) -> None:
+    with trio.fail_after(5):
+        async with connect(node, "alice") as a, connect(node, "bob") as b:
+            await a.ok("room.join", {"room": "r", "ns": "chat"})
+            await b.ok("room.join", {"room": "r", "ns": "chat"})
+            assert (await a.push("room.joined"))["data"]["user"] == "bob"
+            members = await a.ok("room.members", {"room": "r", "ns": "chat"})
+            assert [m["user"] for m in members["members"]] == ["alice", "bob"]
+            # Same room name in another namespace is another room.
+            assert (await a.ok("room.join", {"room": "r"}))["members"] == ["alice"]
+            await b.ok("room.leave", {"room": "r", "ns": "chat"})
+            left = await a.push("room.left")
+            assert left["data"] == {"ns": "chat", "room": "r", "user": "bob"}
+            ack = await b.call("room.members", {"room": "r", "ns": "chat"})
+            assert ack["error"]["code"] == "not_in_room"
+            ack = await b.call("room.leave", {"room": "r", "ns": "chat"})
+            assert ack["error"]["code"] == "not_in_room"
+    assert node.hub.rooms == {}
+
+
+async def test_presence_counts_users_not_connections(node: Node) -> None:
+    with trio.fail_after(5):
+        async with connect(node, "alice") as a:
+            await a.ok("room.join", {"room": "r"})
+            async with connect(node, "bob") as b1:
+                await b1.ok("room.join", {"room": "r"})
+                assert (await a.push("room.joined"))["data"]["user"] == "bob"
+                async with connect(node, "bob") as b2:
+                    await b2.ok("room.join", {"room": "r"})  # no second room.joined
+                    members = await a.ok("room.members", {"room": "r"})
+                    assert members["members"][1] == {
+                        "user": "bob",
+                        "status": "online",
+                        "connections": 2,
+                    }
+                # b2 disconnected: bob is still in the room through b1.
+                await a.ok("users.online", {})
+                assert node.room_members("r") == ["alice", "bob"]
+            # The disconnect of bob's last connection announces the leave.
+            left = await a.push("room.left")
+            assert left["data"]["user"] == "bob"
+            assert all(f["event"] != "room.joined" for f in a.backlog if f["type"] == "push")
+
+
+async def test_room_limits(start_node: Callable[..., Any]) -> None:
+    node: Node = await start_node(limits={"max_rooms_per_connection": 2, "max_members_per_room": 1})
+    with trio.fail_after(5):
+        async with connect(node, "alice") as a, connect(node, "bob") as b:
+            await a.ok("room.join", {"room": "one"})
+            await a.ok("room.join", {"room": "two"})
+            await a.ok("room.join", {"room": "two"})  # joining again is a no-op
+            ack = await a.call("room.join", {"room": "three"})
+            assert ack["error"]["code"] == "too_many_rooms"
+            ack = await b.call("room.join", {"room": "one"})
+            assert ack["error"]["code"] == "room_full"
+            ack = await b.call("room.join", {"room": ""})
+            assert ack["error"]["code"] == "invalid"
+
+
+async def test_typing_is_volatile_and_skips_the_typist(node: Node) -> None:
+    with trio.fail_after(5):
+        async with connect(node, "alice") as a1, connect(node, "alice") as a2:
+            async with connect(node, "bob") as b:
+                for c in (a1, a2, b):
+                    await c.ok("room.join", {"room": "r"})
+                await a1.ok("typing", {"room": "r", "typing": True})
+                push = await b.push("typing")
+                assert "seq" not in push
+                assert push["data"] == {"ns": "/", "room": "r", "user": "alice", "typing": True}
+                await b.ok("typing", {"room": "r", "typing": False})
+                assert (await a2.push("typing"))["data"]["user"] == "bob"
+                assert (await a1.push("typing"))["data"]["user"] == "bob"
+
+
+async def test_status_reaches_room_members_and_own_connections(node: Node) -> None:
+    with trio.fail_after(5):
+        async with connect(node, "alice") as a1, connect(node, "alice") as a2:
+            async with connect(node, "bob") as b, connect(node, "carol") as c:
+                await a1.ok("room.join", {"room": "r"})
+                await b.ok("room.join", {"room": "r"})
+                await a1.ok("status", {"status": "away", "text": "lunch"})
+                expected = {"user": "alice", "status": "away", "text": "lunch"}
+                assert (await b.push("status"))["data"] == expected
+                assert (await a2.push("status"))["data"] == expected
+                members = await b.ok("room.members", {"room": "r"})
+                assert members["members"][0]["status"] == "away"
+                await c.ok("users.online", {})
+                assert not [f for f in c.backlog if f.get("event") == "status"]
