@@ -59,11 +59,11 @@ def room_join(node: Node, client: Client, data: Any) -> Any:
                 ErrorCode.TOO_MANY_ROOMS,
                 f"a connection may be in at most {limits.max_rooms_per_connection} rooms",
             )
-        members = node.hub.members(key)
+        members = node.view.room_users.get(key, ())
         if client.user not in members and len(members) >= limits.max_members_per_room:
             raise RemoteProtocolError(ErrorCode.ROOM_FULL, f"room {key[1]!r} is full")
         node.join(client, key)
-    return {"ns": key[0], "room": key[1], "members": sorted(node.hub.members(key))}
+    return {"ns": key[0], "room": key[1], "members": node.view.room_members(key)}
 
 
 def room_leave(node: Node, client: Client, data: Any) -> Any:
@@ -74,9 +74,14 @@ def room_leave(node: Node, client: Client, data: Any) -> Any:
 
 def room_members(node: Node, client: Client, data: Any) -> Any:
     key = _member_room(node, client, structure(data, RoomArgs))
+    view = node.view
     members = [
-        {"user": user, "status": node.hub.statuses[user].status, "connections": len(conns)}
-        for user, conns in sorted(node.hub.members(key).items())
+        {
+            "user": user,
+            "status": view.status_of(user)[0],
+            "connections": view.user_connections[user],
+        }
+        for user in view.room_members(key)
     ]
     return {"ns": key[0], "room": key[1], "members": members}
 
@@ -107,7 +112,7 @@ def send(node: Node, client: Client, data: Any) -> Any:
         to = sorted({validate_name("user", u, limits) for u in args.to.users})
     push = Push(args.event, payload, room=room, sender=client.user, to=to)
     try:
-        template = PushTemplate(push, volatile=args.volatile)
+        template = PushTemplate.of(push, volatile=args.volatile)
     except TypeError:
         raise RemoteProtocolError(ErrorCode.INVALID, "data: not representable as JSON") from None
     if room is not None:
@@ -141,7 +146,7 @@ def typing(node: Node, client: Client, data: Any) -> Any:
     args = structure(data, TypingArgs)
     key = _member_room(node, client, args)
     body = {"ns": key[0], "room": key[1], "user": client.user, "typing": args.typing}
-    template = PushTemplate(Push("typing", body), volatile=True)
+    template = PushTemplate.of(Push("typing", body), volatile=True)
     node.route_room(key, template, skip_user=client.user)
     return {}
 
@@ -162,6 +167,10 @@ def users_online(node: Node, client: Client, data: Any) -> Any:
     return {"users": node.online_users()}
 
 
+def cluster_stats(node: Node, client: Client, data: Any) -> Any:
+    return node.cluster_stats()
+
+
 BUILTINS: dict[str, Builtin] = {
     "room.join": room_join,
     "room.leave": room_leave,
@@ -170,4 +179,5 @@ BUILTINS: dict[str, Builtin] = {
     "typing": typing,
     "status": status,
     "users.online": users_online,
+    "cluster.stats": cluster_stats,
 }

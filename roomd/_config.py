@@ -75,6 +75,43 @@ class ShutdownSection:
     grace: float = 5.0  # seconds to flush and close connections on SIGINT/SIGTERM
 
 
+ClusterMode = Literal["none", "broker", "mesh"]
+
+
+@attrs.define
+class ClusterNode:
+    """One node of a cluster file: where it listens and, in mesh mode, where it publishes."""
+
+    name: str
+    port: int
+    host: str = "127.0.0.1"
+    bus: str | None = None  # mesh: this node's PUB endpoint, e.g. tcp://127.0.0.1:7000
+
+
+@attrs.define
+class ClusterSection:
+    mode: ClusterMode = "none"
+    broker_frontend: str = "tcp://127.0.0.1:5555"  # nodes publish to the broker's XSUB
+    broker_backend: str = "tcp://127.0.0.1:5556"  # nodes subscribe at the broker's XPUB
+    broker_control: str | None = None  # the broker's control socket (for `roomd cluster`)
+    bus: str | None = None  # mesh: this node's PUB endpoint (default: from `nodes`)
+    peers: list[str] = attrs.field(factory=list)  # mesh: the others' (default: from `nodes`)
+    nodes: list[ClusterNode] = attrs.field(factory=list)
+    heartbeat_interval: float = 1.0  # seconds between node heartbeats
+    heartbeat_misses: int = 3  # heartbeats missed before a node is declared down
+    snapshot_retry: float = 1.0  # seconds before asking again for an unanswered snapshot
+    call_timeout: float = 2.0  # default timeout of cluster calls
+    ready_timeout: float = 10.0  # how long a starting node waits for its bus to be ready
+
+    def entry(self, name: str) -> ClusterNode | None:
+        return next((n for n in self.nodes if n.name == name), None)
+
+    def mesh_peers(self, name: str) -> tuple[str, ...]:
+        if self.peers:
+            return tuple(self.peers)
+        return tuple(n.bus for n in self.nodes if n.name != name and n.bus)
+
+
 @attrs.define
 class Config:
     node: NodeSection = attrs.field(factory=NodeSection)
@@ -83,6 +120,23 @@ class Config:
     heartbeat: HeartbeatSection = attrs.field(factory=HeartbeatSection)
     permissions: PermissionsSection = attrs.field(factory=PermissionsSection)
     shutdown: ShutdownSection = attrs.field(factory=ShutdownSection)
+    cluster: ClusterSection = attrs.field(factory=ClusterSection)
+
+    def for_node(
+        self, name: str | None = None, host: str | None = None, port: int | None = None
+    ) -> Config:
+        """Apply a node name and overrides; a node listed in ``cluster.nodes`` takes its
+        host, port and bus endpoint from there unless overridden."""
+        node = self.node
+        node.name = name if name is not None else node.name
+        entry = self.cluster.entry(node.name)
+        if entry is not None:
+            node.host, node.port = entry.host, entry.port
+            if self.cluster.bus is None:
+                self.cluster.bus = entry.bus
+        node.host = host if host is not None else node.host
+        node.port = port if port is not None else node.port
+        return self
 
 
 class ConfigError(Exception):

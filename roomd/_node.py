@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import attrs
@@ -22,6 +23,19 @@ from ._auth import Authenticator, AuthError, Identity
 from ._builtins import BUILTINS
 from ._config import Config
 from ._stats import Stats, make_registry
+from .cluster._cluster import Cluster, ClusterReplies, Reply
+from .cluster._view import (
+    ClusterView,
+    Delta,
+    Effect,
+    Joined,
+    Left,
+    MemberJoined,
+    MemberLeft,
+    Online,
+    Status,
+    StatusChanged,
+)
 from .hub import Client, Hub, RateLimiter, RoomKey
 from .io._http import BadRequest, HttpRequest, read_request, response
 from .io._transport import Transport
@@ -57,6 +71,8 @@ log = logging.getLogger("roomd.node")
 Handler = Callable[["Context", Any], Awaitable[Any]]
 H = TypeVar("H", bound=Handler)
 Route = Callable[[HttpRequest], bytes]
+CallHandler = Callable[[Any, str], Awaitable[Any]]
+CH = TypeVar("CH", bound=CallHandler)
 
 
 @attrs.frozen
@@ -109,21 +125,24 @@ class Node:
         host: str | None = None,
         port: int | None = None,
     ) -> None:
-        self.config = config if config is not None else Config()
-        node = self.config.node
-        node.name = name if name is not None else node.name
-        node.host = host if host is not None else node.host
-        node.port = port if port is not None else node.port
+        self.config = (config if config is not None else Config()).for_node(name, host, port)
         auth = self.config.auth
         if auth.secret is None and not auth.dev:
             raise ValueError("no auth secret: set auth.secret or ROOMD_SECRET, or use dev mode")
         self.payload_limits: PayloadLimits = self.config.limits.payload_limits()
         self.authenticator = Authenticator(auth.secret, auth.dev, auth.leeway, self.payload_limits)
         self.hub = Hub()
+        self.epoch = secrets.randbits(62)
+        self.view = ClusterView(self.name, self.epoch)
+        section = self.config.cluster
+        self.cluster: Cluster | None = None
+        if section.mode != "none":
+            self.cluster = Cluster(self, section, section.mesh_peers(self.name))
         self.stats = Stats()
         self.port: int | None = None
         self.started_at = time.time()
         self._handlers: dict[str, Handler] = {}
+        self._cluster_handlers: dict[str, CallHandler] = {}
         self._routes: dict[str, Route] = {"/health": self._health_route}
         self._connected: set[Client] = set()  # every WebSocket client, handshaking or open
         self._stop = trio.Event()
@@ -151,6 +170,113 @@ class Node:
             return handler
 
         return register
+
+    def on_cluster(self, event: str) -> Callable[[CH], CH]:
+        """Register ``handler(data, origin_node)`` for cluster calls named ``event``."""
+
+        def register(handler: CH) -> CH:
+            self._cluster_handlers[event] = handler
+            if self.cluster is not None:
+                self.cluster.handlers[event] = handler
+            return handler
+
+        return register
+
+    async def cluster_call(
+        self,
+        event: str,
+        data: Any = None,
+        *,
+        targets: list[str] | None = None,
+        except_self: bool = False,
+        expected: int | None = None,
+        timeout: float | None = None,
+    ) -> ClusterReplies:
+        """Call ``event`` on several nodes and gather their replies.
+
+        ``targets`` defaults to every node up (this one included unless ``except_self``); the
+        call returns when ``expected`` replies (default: all targets) arrived, or at
+        ``timeout`` (default ``cluster.call_timeout``): the nodes that did not answer are in
+        ``missing``.
+        """
+        outcome = ClusterReplies()
+        async with self.cluster_replies(
+            event, data, targets=targets, except_self=except_self, timeout=timeout
+        ) as (names, replies):
+            want = len(names) if expected is None else min(expected, len(names))
+            async for reply in replies:
+                if reply.ok:
+                    outcome.replies[reply.node] = reply.result
+                else:
+                    outcome.errors[reply.node] = reply.result
+                if len(outcome.replies) + len(outcome.errors) >= want:
+                    break
+        answered = outcome.replies.keys() | outcome.errors.keys()
+        outcome.missing = [n for n in names if n not in answered]
+        return outcome
+
+    @contextlib.asynccontextmanager
+    async def cluster_replies(
+        self,
+        event: str,
+        data: Any = None,
+        *,
+        targets: list[str] | None = None,
+        except_self: bool = False,
+        timeout: float | None = None,
+    ) -> AsyncIterator[tuple[list[str], Replies]]:
+        """The streaming form of :meth:`cluster_call`: ``async with node.cluster_replies(...)
+        as (targets, replies): async for reply in replies: ...``; the stream ends when every
+        target answered or at the timeout."""
+        if timeout is None:
+            timeout = self.config.cluster.call_timeout
+        names = sorted(set(targets) if targets is not None else set(self.view.nodes_up()))
+        if except_self and self.name in names:
+            names.remove(self.name)
+        remote = [n for n in names if n != self.name]
+        send, receive = trio.open_memory_channel[Reply](max(1, len(names)))
+        call_id = None
+        async with trio.open_nursery() as nursery:
+            if remote and self.cluster is not None:
+                call_id = self.cluster.start_call(event, data, remote, send)
+            elif remote:
+                for name in remote:
+                    send.send_nowait(
+                        Reply(name, False, {"code": "not_found", "message": "no cluster"})
+                    )
+            if self.name in names:
+                nursery.start_soon(self._call_self, event, data, send.clone())
+            nursery.cancel_scope.deadline = trio.current_time() + timeout
+            expected = len(names)
+            try:
+                async with receive:
+                    yield names, Replies(receive, expected, nursery.cancel_scope.deadline)
+            finally:
+                if call_id is not None and self.cluster is not None:
+                    self.cluster.end_call(call_id)
+                send.close()
+                nursery.cancel_scope.cancel()
+
+    async def _call_self(self, event: str, data: Any, send: trio.MemorySendChannel[Reply]) -> None:
+        async with send:
+            handler = self._cluster_handlers.get(event)
+            if handler is None:
+                error = {"code": "unknown_event", "message": f"no handler for {event!r}"}
+                await send.send(Reply(self.name, False, error))
+                return
+            try:
+                result = await handler(data, self.name)
+            except Exception as exc:
+                code = getattr(exc, "code", "internal")
+                if code == "internal":
+                    log.exception("cluster handler %r failed", event)
+                error = {
+                    "code": str(code),
+                    "message": str(getattr(exc, "message", "internal error")),
+                }
+                await send.send(Reply(self.name, False, error))
+            else:
+                await send.send(Reply(self.name, True, result))
 
     def route(self, path: str, handler: Route) -> None:
         """Serve plain HTTP GET ``path`` with ``handler(request) -> response bytes``."""
@@ -211,10 +337,12 @@ class Node:
         return len(clients)
 
     def online_users(self) -> list[str]:
-        return sorted(self.hub.users)
+        """Users online anywhere in the cluster, sorted."""
+        return self.view.online_users()
 
     def room_members(self, room: str, ns: str = "/") -> list[str]:
-        return sorted(self.hub.members((ns, room)))
+        """Members of a room anywhere in the cluster, sorted."""
+        return self.view.room_members((ns, room))
 
     def shutdown(self) -> None:
         """Stop accepting, close every connection with 1001 and make :meth:`run` return."""
@@ -225,7 +353,7 @@ class Node:
     def _template(
         self, event: str, data: Any, volatile: bool, to: list[str] | None = None
     ) -> PushTemplate:
-        return PushTemplate(Push(event, data, to=to), volatile=volatile)
+        return PushTemplate.of(Push(event, data, to=to), volatile=volatile)
 
     def route_room(
         self,
@@ -235,51 +363,86 @@ class Node:
         exclude: Client | None = None,
         skip_user: str | None = None,
     ) -> int:
-        members = self.hub.members(key)
-        delivered = 0
-        for user, conns in list(members.items()):
-            if user != skip_user:
-                delivered += self.hub.deliver(list(conns), template, exclude)
-        return delivered
+        """Deliver to a room's members on this node and publish to the other nodes."""
+        if self.cluster is not None:
+            self.cluster.publish_room(key, template, skip_user)
+        return self.route_room_local(key, template, exclude=exclude, skip_user=skip_user)
 
     def route_users(
         self, users: list[str], template: PushTemplate, sender: Client | None = None
     ) -> int:
-        """Deliver to ``users``; the sender's other connections get a copy too."""
+        """Deliver to ``users`` everywhere; the sender's other connections get a copy too."""
+        if self.cluster is not None:
+            targets = set(users) | ({sender.user} if sender is not None else set())
+            for user in sorted(targets):
+                self.cluster.publish_user(user, template)
         clients = self.hub.users_clients(users)
         if sender is not None:
             clients |= self.hub.user_clients(sender.user)
         return self.hub.deliver(clients, template, exclude=sender)
 
     def route_all(self, template: PushTemplate, exclude: Client | None = None) -> int:
+        if self.cluster is not None:
+            self.cluster.publish_all(template)
+        return self.route_all_local(template, exclude)
+
+    # What arrives from other nodes is delivered here, and never forwarded again.
+
+    def route_room_local(
+        self,
+        key: RoomKey,
+        template: PushTemplate,
+        *,
+        exclude: Client | None = None,
+        skip_user: str | None = None,
+    ) -> int:
+        delivered = 0
+        for user, conns in list(self.hub.members(key).items()):
+            if user != skip_user:
+                delivered += self.hub.deliver(list(conns), template, exclude)
+        return delivered
+
+    def route_user_local(self, user: str, template: PushTemplate) -> int:
+        return self.hub.deliver(list(self.hub.user_clients(user)), template)
+
+    def route_all_local(self, template: PushTemplate, exclude: Client | None = None) -> int:
         return self.hub.deliver(list(self.hub.clients.values()), template, exclude)
 
     # Membership changes ---------------------------------------------------------------------------
 
     def join(self, client: Client, key: RoomKey) -> None:
         if self.hub.join(client, key):
-            body = {"ns": key[0], "room": key[1], "user": client.user}
-            self.route_room(key, self._template("room.joined", body, False), exclude=client)
+            self._local(Joined(key[0], key[1], client.user))
 
     def leave(self, client: Client, key: RoomKey) -> None:
         if self.hub.leave(client, key):
-            self._announce_left(key, client.user)
-
-    def _announce_left(self, key: RoomKey, user: str) -> None:
-        body = {"ns": key[0], "room": key[1], "user": user}
-        self.route_room(key, self._template("room.left", body, False))
+            self._local(Left(key[0], key[1], client.user))
 
     def set_status(self, user: str, status: str, text: str | None) -> None:
-        state = self.hub.statuses.get(user)
-        if state is None:
-            return
-        state.status, state.text = status, text
-        body = {"user": user, "status": status, "text": text}
-        template = self._template("status", body, False)
-        clients = self.hub.rooms_clients(
-            {key for c in self.hub.user_clients(user) for key in c.rooms}
-        )
-        self.hub.deliver(clients | self.hub.user_clients(user), template)
+        self._local(Status(user, status, text, time.time()))
+
+    def _local(self, delta: Delta) -> None:
+        """Apply a change of this node's presence: to the view, and to the cluster."""
+        seq, effects = self.view.apply_local(delta)
+        self.apply_effects(effects)
+        if self.cluster is not None:
+            self.cluster.local_delta(delta)
+            self.cluster.publish_delta(seq, delta)
+
+    def apply_effects(self, effects: list[Effect]) -> None:
+        """Push what changed cluster-wide to the local clients concerned."""
+        for effect in effects:
+            if isinstance(effect, MemberJoined | MemberLeft):
+                event = "room.joined" if isinstance(effect, MemberJoined) else "room.left"
+                ns, room = effect.key
+                member = {"ns": ns, "room": room, "user": effect.user}
+                template = self._template(event, member, False)
+                self.route_room_local(effect.key, template, skip_user=effect.user)
+            elif isinstance(effect, StatusChanged):
+                status = {"user": effect.user, "status": effect.status, "text": effect.text}
+                template = self._template("status", status, False)
+                clients = self.hub.rooms_clients(self.view.rooms_of(effect.user))
+                self.hub.deliver(clients | self.hub.user_clients(effect.user), template)
 
     # Running --------------------------------------------------------------------------------------
 
@@ -291,6 +454,8 @@ class Node:
         self.started_at = time.time()
         log.info("%s listening on %s:%s", self.name, cfg.node.host, self.port)
         async with trio.open_nursery() as nursery:
+            if self.cluster is not None:
+                await self._start_cluster(nursery, self.cluster)
             accept = trio.CancelScope()
             sweep = trio.CancelScope()
             nursery.start_soon(self._accept, listeners, nursery, accept)
@@ -305,8 +470,19 @@ class Node:
                 if self._connected:
                     await self._idle.wait()
             sweep.cancel()
+            if self.cluster is not None:
+                await self.cluster.leave()
             nursery.cancel_scope.cancel()
         log.info("%s stopped", self.name)
+
+    async def _start_cluster(self, nursery: trio.Nursery, cluster: Cluster) -> None:
+        timeout = self.config.cluster.ready_timeout
+        with trio.move_on_after(timeout) as waited:
+            await nursery.start(cluster.run)
+        if waited.cancelled_caught:
+            # Serve local clients anyway; the bus keeps trying in the background.
+            log.warning("%s: bus not ready after %.0f s; serving anyway", self.name, timeout)
+            nursery.start_soon(cluster.run)
 
     async def _accept(
         self,
@@ -414,9 +590,13 @@ class Node:
 
     def _disconnected(self, client: Client) -> None:
         self._connected.discard(client)
+        was_open = client.session.is_open
         client.session.close()
-        for key in self.hub.remove(client):
-            self._announce_left(key, client.user)
+        remaining, left = self.hub.remove(client)
+        for key in left:
+            self._local(Left(key[0], key[1], client.user))
+        if was_open:
+            self._local(Online(client.user, remaining))
         for waiter in client.pending.values():
             waiter.event.set()
         if not self._connected:
@@ -437,7 +617,7 @@ class Node:
 
     def health(self) -> dict[str, Any]:
         """What ``GET /health`` answers."""
-        return {
+        health: dict[str, Any] = {
             "name": self.name,
             "status": "draining" if self._stop.is_set() else "ok",
             "version": __version__,
@@ -447,6 +627,37 @@ class Node:
             "users": len(self.hub.users),
             "rooms": len(self.hub.rooms),
         }
+        if self.cluster is not None:
+            health["cluster"] = self.cluster_stats()
+        return health
+
+    def load(self) -> dict[str, Any]:
+        """What this node tells the others about itself in its heartbeats."""
+        host = self.config.node.host
+        return {
+            "status": "draining" if self._stop.is_set() else "up",
+            "url": f"ws://{host}:{self.port}/ws",
+            "connections": len(self._connected),
+            "users": len(self.hub.users),
+            "rooms": len(self.hub.rooms),
+        }
+
+    def cluster_stats(self, max_rooms: int = 1000) -> dict[str, Any]:
+        """Nodes with status and load, users online, room member counts (cluster-wide)."""
+        view = self.view
+        rooms = sorted(view.room_users.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+        stats: dict[str, Any] = (
+            self.cluster.stats()
+            if self.cluster is not None
+            else {"mode": "none", "nodes": [{"name": self.name, **self.load(), "lastSeen": 0.0}]}
+        )
+        stats["usersOnline"] = len(view.user_connections)
+        stats["rooms"] = [
+            {"ns": ns, "room": room, "members": len(users)}
+            for (ns, room), users in rooms[:max_rooms]
+        ]
+        stats["roomsTruncated"] = len(rooms) > max_rooms
+        return stats
 
     def _health_route(self, request: HttpRequest) -> bytes:
         return json_response(200, self.health())
@@ -492,7 +703,7 @@ class Node:
         client.binary = binary
         cfg = self.config
         session = client.session
-        self.hub.add(client)
+        self._local(Online(client.user, self.hub.add(client)))
         client.send(
             Welcome(
                 v=PROTOCOL_VERSION,
@@ -630,3 +841,25 @@ class Node:
             client.send(Ack(event.id, error=ErrorInfo(code, message)))
         else:
             client.send(Error(code, message))
+
+
+class Replies:
+    """The replies of a cluster call, as they arrive, until all came or the deadline passed."""
+
+    def __init__(
+        self, receive: trio.MemoryReceiveChannel[Reply], count: int, deadline: float
+    ) -> None:
+        self._receive = receive
+        self._left = count
+        self._deadline = deadline
+
+    def __aiter__(self) -> Replies:
+        return self
+
+    async def __anext__(self) -> Reply:
+        if self._left > 0:
+            with trio.move_on_at(self._deadline):
+                reply = await self._receive.receive()
+                self._left -= 1
+                return reply
+        raise StopAsyncIteration

@@ -5,4 +5,3 @@ from ._client import Outlet as Outlet
 from ._client import RateLimiter as RateLimiter
 from ._client import RoomKey as RoomKey
 from ._hub import Hub as Hub
-from ._hub import UserStatus as UserStatus

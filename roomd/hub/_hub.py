@@ -8,16 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-import attrs
-
 from ..protocol import PushTemplate
 from ._client import Client, RoomKey
-
-
-@attrs.define
-class UserStatus:
-    status: str = "online"
-    text: str | None = None
 
 
 class Hub:
@@ -31,32 +23,30 @@ class Hub:
         self.clients: dict[str, Client] = {}
         self.users: dict[str, set[Client]] = {}
         self.rooms: dict[RoomKey, dict[str, set[Client]]] = {}
-        self.statuses: dict[str, UserStatus] = {}
 
     # Membership --------------------------------------------------------------------------------
 
-    def add(self, client: Client) -> bool:
-        """Register an open client; ``True`` if it is the user's first connection here."""
+    def add(self, client: Client) -> int:
+        """Register an open client; how many connections its user now has here."""
         self.clients[client.id] = client
         conns = self.users.setdefault(client.user, set())
         conns.add(client)
-        if len(conns) == 1:
-            self.statuses[client.user] = UserStatus()
-            return True
-        return False
+        return len(conns)
 
-    def remove(self, client: Client) -> list[RoomKey]:
-        """Forget a client; the rooms its user has left entirely because of it."""
+    def remove(self, client: Client) -> tuple[int, list[RoomKey]]:
+        """Forget a client: how many connections its user has left here, and the rooms the
+        user has left entirely because of it."""
         if self.clients.pop(client.id, None) is None:
-            return []
+            return len(self.users.get(client.user, ())), []
         left = [key for key in list(client.rooms) if self.leave(client, key)]
         conns = self.users.get(client.user)
+        remaining = 0
         if conns is not None:
             conns.discard(client)
+            remaining = len(conns)
             if not conns:
                 del self.users[client.user]
-                self.statuses.pop(client.user, None)
-        return left
+        return remaining, left
 
     def join(self, client: Client, key: RoomKey) -> bool:
         """Put ``client`` in room ``key``; ``True`` if its user was not in the room before."""

@@ -13,6 +13,7 @@ field (``payload.width: expected an integer``). Nothing else escapes the decoder
 
 from __future__ import annotations
 
+import functools
 import types
 import typing
 from typing import Any, Final, TypeVar
@@ -21,8 +22,10 @@ import attrs
 import cattrs
 import msgpack
 import orjson
+from cattrs.errors import AttributeValidationNote
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
+from ._chat import PAYLOAD_TYPES, ChatMessage
 from ._errors import ErrorCode, RemoteProtocolError
 from ._frames import (
     CLIENT_FRAME_TYPES,
@@ -106,11 +109,44 @@ def make_converter() -> cattrs.Converter:
             if wire_name(f.name, cls) != f.name
         }
 
+    def attrs_hook(cls: type[Any]) -> typing.Callable[[Any, Any], Any]:
+        structure_fields = make_dict_structure_fn(cls, conv, **renames(cls))
+
+        @functools.wraps(structure_fields)  # keeps .overrides, which union disambiguation reads
+        def structure_object(value: Any, tp: Any) -> Any:
+            if type(value) is not dict:
+                raise TypeError("expected an object")
+            return structure_fields(value, tp)
+
+        return structure_object
+
+    def chat_hook(cls: type[ChatMessage]) -> typing.Callable[[Any, Any], ChatMessage]:
+        # The payload's class is the one ``type`` names, not one guessed from the payload's keys
+        # (cattrs would pick by key, so an extra ``size`` could turn a text payload into a file).
+        structure_fields = make_dict_structure_fn(
+            cls, conv, **renames(cls), payload=override(struct_hook=dict_hook(dict[str, Any]))
+        )
+
+        def structure_chat(value: Any, tp: Any) -> ChatMessage:
+            if type(value) is not dict:
+                raise TypeError("expected an object")
+            message: ChatMessage = structure_fields(value, tp)
+            payload_cls = PAYLOAD_TYPES[message.type]
+            try:
+                payload = conv.structure(message.payload, payload_cls)
+            except Exception as exc:
+                exc.add_note(AttributeValidationNote("payload", "payload", payload_cls))
+                raise cattrs.ClassValidationError(
+                    f"structuring {cls.__name__}", [exc], cls
+                ) from None
+            return attrs.evolve(message, payload=payload)
+
+        return structure_chat
+
     conv.register_structure_hook_factory(_is_list, list_hook)
     conv.register_structure_hook_factory(_is_dict, dict_hook)
-    conv.register_structure_hook_factory(
-        attrs.has, lambda cls: make_dict_structure_fn(cls, conv, **renames(cls))
-    )
+    conv.register_structure_hook_factory(attrs.has, attrs_hook)
+    conv.register_structure_hook_factory(lambda tp: tp is ChatMessage, chat_hook)
     conv.register_unstructure_hook_factory(
         attrs.has,
         lambda cls: make_dict_unstructure_fn(
@@ -239,32 +275,36 @@ _MSGPACK_SEQ_KEY: Final[bytes] = msgpack.packb("seq")
 class PushTemplate:
     """A push encoded once and stamped with each recipient's sequence number.
 
-    The body (event, data, room, sender) is serialized once per encoding, lazily; :meth:`render`
-    splices the ``type`` and ``seq`` fields in front of it, which costs a few hundred nanoseconds
-    instead of a full encode per recipient.
-
-    Error handling: the constructor raises ``TypeError`` if the data has no JSON form.
+    The body (event, data, room, sender, to) is serialized to JSON once; :meth:`render` splices
+    the ``type`` and ``seq`` fields in front of it, which costs a few hundred nanoseconds instead
+    of a full encode per recipient. The msgpack form is derived from the JSON body the first time
+    a binary connection needs it. The JSON body is also what travels between nodes, so a push is
+    encoded once, at the node where it was sent.
     """
 
-    __slots__ = ("_json_body", "_msgpack", "push", "volatile")
+    __slots__ = ("_msgpack", "body", "volatile")
 
-    def __init__(self, push: Push, *, volatile: bool = False) -> None:
+    def __init__(self, body: bytes, *, volatile: bool = False) -> None:
+        self.body = body  # the JSON object without its opening brace
+        self.volatile = volatile
+        self._msgpack: tuple[int, bytes] | None = None
+
+    @classmethod
+    def of(cls, push: Push, *, volatile: bool = False) -> PushTemplate:
+        """Encode ``push``. Error handling: ``TypeError`` if its data has no JSON form."""
         if push.seq is not None:
             raise ValueError("a push template carries no seq")
-        self.push = push
-        self.volatile = volatile
-        self._json_body = orjson.dumps(converter.unstructure(push))[1:]
-        self._msgpack: tuple[int, bytes] | None = None
+        return cls(orjson.dumps(converter.unstructure(push))[1:], volatile=volatile)
 
     def render(self, seq: int | None, binary: bool) -> bytes:
         """The encoded push frame, with ``seq`` (``None`` for a volatile push)."""
         if not binary:
             if seq is None:
-                return _JSON_HEAD + self._json_body
-            return b'{"type":"push","seq":%d,%s' % (seq, self._json_body)
+                return _JSON_HEAD + self.body
+            return b'{"type":"push","seq":%d,%s' % (seq, self.body)
         if self._msgpack is None:
-            body = msgpack.packb(converter.unstructure(self.push))
-            self._msgpack = (body[0] & 0x0F, body[1:])  # fixmap: at most 15 keys
+            packed: bytes = msgpack.packb(orjson.loads(b"{" + self.body))
+            self._msgpack = (packed[0] & 0x0F, packed[1:])  # fixmap: a push has <= 15 keys
         count, rest = self._msgpack
         if seq is None:
             return bytes((0x80 | (count + 1),)) + _MSGPACK_TYPE_PUSH + rest

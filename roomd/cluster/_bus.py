@@ -1,0 +1,143 @@
+"""The bus: a PUB and a SUB socket, to the broker or to every mesh peer.
+
+Broker mode: PUB connects to the broker's XSUB (frontend), SUB to its XPUB (backend).
+Mesh mode: PUB binds this node's endpoint; SUB connects to every peer's and to its own.
+
+The bus is ready once a probe published on this node's own topic has come back through it:
+then its subscriptions are live (the slow-joiner problem: messages published before a
+subscription reaches the publisher are lost silently).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Final
+
+import trio
+import zmq
+
+from ..io._zmq import SocketType, ZmqSocket, make_context, open_socket
+from . import _wire
+
+log = logging.getLogger("roomd.bus")
+
+PROBE_INTERVAL: Final = 0.02  # seconds between readiness probes
+PROBE_LOG_EVERY: Final = 250  # probes (5 s) between "still waiting" warnings
+RECEIVE_BATCH: Final = 1024
+
+
+class Bus:
+    """Single-frame publish/subscribe between nodes.
+
+    Resource handling: :meth:`run` owns the ZeroMQ context, both sockets and the receive task;
+    it closes them when cancelled. :meth:`publish` never blocks: at the high-water mark
+    libzmq drops the message (receivers detect lost presence deltas by their numbering).
+
+    Error handling: ``on_batch`` is called with every batch received; it must not raise.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        mode: str,
+        on_batch: Callable[[list[bytes]], None],
+        frontend: str = "",
+        backend: str = "",
+        bind: str | None = None,
+        peers: tuple[str, ...] = (),
+    ) -> None:
+        self.name = name
+        self.mode = mode
+        self.endpoint: str | None = None  # the bound endpoint, in mesh mode
+        self.published = 0
+        self.dropped = 0
+        self.received = 0
+        self._on_batch = on_batch
+        self._frontend, self._backend = frontend, backend
+        self._bind, self._peers = bind, peers
+        self._pub: ZmqSocket | None = None
+        self._sub: ZmqSocket | None = None
+        self._probe = _wire.node_topic(name) + b"probe:" + secrets.token_bytes(8).hex().encode()
+        self._ready = trio.Event()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        ctx = make_context()
+        try:
+            async with (
+                open_socket(ctx, SocketType.PUB) as pub,
+                open_socket(ctx, SocketType.SUB) as sub,
+            ):
+                self._connect(pub, sub)
+                for topic in (_wire.CONTROL, _wire.ALL, _wire.node_topic(self.name)):
+                    sub.subscribe(topic)
+                self._pub, self._sub = pub, sub
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._receive, sub)
+                    await self._until_ready(pub)
+                    task_status.started()
+                    await trio.sleep_forever()
+        finally:
+            self._pub = self._sub = None
+            ctx.destroy(linger=0)
+
+    def _connect(self, pub: ZmqSocket, sub: ZmqSocket) -> None:
+        if self.mode == "broker":
+            pub.connect(self._frontend)
+            sub.connect(self._backend)
+            return
+        if self._bind is None:
+            raise ValueError("mesh mode needs this node's bus endpoint")
+        self.endpoint = pub.bind(self._bind)
+        for peer in (*self._peers, self.endpoint):
+            sub.connect(peer)
+
+    async def _until_ready(self, pub: ZmqSocket) -> None:
+        for attempt in range(1, 10**9):
+            pub.send_nowait(self._probe)
+            with trio.move_on_after(PROBE_INTERVAL):
+                await self._ready.wait()
+            if self._ready.is_set():
+                log.debug("bus ready after %d probes", attempt)
+                return
+            if attempt % PROBE_LOG_EVERY == 0:
+                where = self._frontend if self.mode == "broker" else ", ".join(self._peers)
+                log.warning("bus not ready yet (%s mode, %s)", self.mode, where)
+
+    async def _receive(self, sub: ZmqSocket) -> None:
+        probe = self._probe
+        while True:
+            batch = await sub.receive_batch(RECEIVE_BATCH)
+            self.received += len(batch)
+            if probe in batch:
+                self._ready.set()
+                batch = [m for m in batch if m != probe]
+            if batch:
+                self._on_batch(batch)
+
+    def publish(self, message: bytes) -> None:
+        """Send one message to every subscriber of its topic (dropped when not connected)."""
+        if self._pub is None:
+            self.dropped += 1
+            return
+        try:
+            if self._pub.send_nowait(message):
+                self.published += 1
+            else:
+                self.dropped += 1
+        except (trio.ClosedResourceError, zmq.ZMQError):
+            self.dropped += 1
+
+    def subscribe(self, topic: bytes) -> None:
+        if self._sub is not None:
+            self._sub.subscribe(topic)
+
+    def unsubscribe(self, topic: bytes) -> None:
+        if self._sub is not None:
+            self._sub.unsubscribe(topic)
