@@ -28,3 +28,11 @@ fmt:
 # Run one node in development mode (accepts ?user=NAME without a token).
 serve name="serverA" port="9000":
     {{bin}}/roomd --name {{name}} --port {{port}} --dev
+
+# A broker and five nodes (serverA..serverE on ports 9000-9004), in one terminal; Ctrl-C stops all.
+cluster:
+    {{bin}}/roomd cluster --config conf/cluster.toml
+
+# The same five nodes as a broker-less mesh.
+mesh:
+    {{bin}}/roomd cluster --config conf/mesh.toml

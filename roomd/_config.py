@@ -121,6 +121,8 @@ class Config:
     permissions: PermissionsSection = attrs.field(factory=PermissionsSection)
     shutdown: ShutdownSection = attrs.field(factory=ShutdownSection)
     cluster: ClusterSection = attrs.field(factory=ClusterSection)
+    # The [broker] table of a cluster file belongs to `roomd-broker`; nodes ignore it.
+    broker: dict[str, Any] = attrs.field(factory=dict)
 
     def for_node(
         self, name: str | None = None, host: str | None = None, port: int | None = None

@@ -42,7 +42,29 @@ def _serve_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="development mode: accept ?user=NAME without a token",
     )
+    cluster = parser.add_argument_group("cluster (overrides the config file's [cluster])")
+    cluster.add_argument("--cluster", choices=["none", "broker", "mesh"], help="cluster mode")
+    cluster.add_argument("--broker-frontend", metavar="ENDPOINT", help="broker XSUB endpoint")
+    cluster.add_argument("--broker-backend", metavar="ENDPOINT", help="broker XPUB endpoint")
+    cluster.add_argument("--bus", metavar="ENDPOINT", help="mesh: this node's PUB endpoint")
+    cluster.add_argument(
+        "--peer", action="append", default=[], metavar="ENDPOINT", help="mesh: a peer's bus"
+    )
     _common(parser)
+    return parser
+
+
+def _cluster_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="roomd cluster",
+        description="Run the broker (in broker mode) and every node of a cluster file, "
+        "with prefixed output. Ctrl-C stops them all.",
+    )
+    parser.add_argument("--config", default="conf/cluster.toml", metavar="FILE")
+    parser.add_argument("--no-color", action="store_true", help="plain prefixes")
+    parser.add_argument(
+        "node_args", nargs=argparse.REMAINDER, help="extra options for every node (after --)"
+    )
     return parser
 
 
@@ -76,6 +98,12 @@ def serve(argv: Sequence[str]) -> int:
     config = _load(args.config)
     if args.dev:
         config.auth.dev = True
+    section = config.cluster
+    section.mode = args.cluster or section.mode
+    section.broker_frontend = args.broker_frontend or section.broker_frontend
+    section.broker_backend = args.broker_backend or section.broker_backend
+    section.bus = args.bus or section.bus
+    section.peers = args.peer or section.peers
     name = args.name or config.node.name
     _setup_logging(args.log_level, name)
     try:
@@ -118,7 +146,18 @@ def token(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"token": token}
+def cluster(argv: Sequence[str]) -> int:
+    from ._launcher import plan, run_children
+
+    args = _cluster_parser().parse_args(argv)
+    config = _load(args.config)
+    if not config.cluster.nodes:
+        raise SystemExit(f"roomd: {args.config} lists no [[cluster.nodes]]")
+    node_args = [a for a in args.node_args if a != "--"]
+    return trio.run(run_children, plan(config, args.config, node_args), not args.no_color)
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"token": token, "cluster": cluster}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,101 @@
+"""`roomd cluster`: run a broker and every node of a cluster file in one terminal.
+
+Each process's output is shown line by line behind its name. The children run in their own
+sessions, so a Ctrl-C reaches only the launcher, which stops them all with one SIGTERM each
+(a graceful shutdown) and kills those still running after a grace period.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Final
+
+import attrs
+import trio
+
+from ._config import Config
+
+log = logging.getLogger("roomd.launcher")
+
+STOP_GRACE: Final = 10.0  # seconds between SIGTERM and SIGKILL
+_COLORS: Final = (36, 33, 32, 35, 34, 31, 96, 93)
+
+
+@attrs.define
+class Child:
+    name: str
+    argv: list[str]
+    process: trio.Process | None = None
+
+
+def plan(config: Config, config_path: str | Path, node_args: Sequence[str] = ()) -> list[Child]:
+    """The processes a cluster file describes: the broker (in broker mode), then each node."""
+    python = sys.executable
+    children = []
+    if config.cluster.mode == "broker":
+        children.append(Child("broker", [python, "-m", "broker", "--config", str(config_path)]))
+    for entry in config.cluster.nodes:
+        argv = [python, "-m", "roomd.cli", "--name", entry.name, "--config", str(config_path)]
+        children.append(Child(entry.name, [*argv, *node_args]))
+    return children
+
+
+async def run_children(children: list[Child], color: bool = True) -> int:
+    """Run ``children`` until a signal, or until they have all exited; the exit status."""
+    width = max(len(c.name) for c in children)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            for i, child in enumerate(children):
+                prefix = child.name.ljust(width) + " | "
+                if color:
+                    prefix = f"\x1b[{_COLORS[i % len(_COLORS)]}m{prefix}\x1b[0m"
+                child.process = await trio.lowlevel.open_process(
+                    child.argv,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+                nursery.start_soon(_pump, child, prefix)
+            watcher = trio.CancelScope()
+            nursery.start_soon(_on_signal, signals, children, watcher)
+            for child in children:
+                assert child.process is not None
+                code = await child.process.wait()
+                print(f"{child.name} exited with status {code}", flush=True)
+            watcher.cancel()
+    codes = [c.process.returncode for c in children if c.process is not None]
+    return 0 if all(code in (0, -signal.SIGTERM) for code in codes) else 1
+
+
+async def _pump(child: Child, prefix: str) -> None:
+    assert child.process is not None and child.process.stdout is not None
+    pending = b""
+    async for chunk in child.process.stdout:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            print(prefix + line.decode(errors="replace"), flush=True)
+    if pending:
+        print(prefix + pending.decode(errors="replace"), flush=True)
+
+
+async def _on_signal(
+    signals: AsyncIterator[int], children: list[Child], scope: trio.CancelScope
+) -> None:
+    with scope:
+        async for signum in signals:
+            print(f"{signal.Signals(signum).name}: stopping every process", flush=True)
+            for child in children:
+                if child.process is not None and child.process.returncode is None:
+                    child.process.send_signal(signal.SIGTERM)
+            break
+        await trio.sleep(STOP_GRACE)
+        for child in children:
+            if child.process is not None and child.process.returncode is None:
+                print(f"{child.name} did not stop: killing it", flush=True)
+                child.process.kill()
