@@ -1,0 +1,228 @@
+"""Real broker and node processes on 127.0.0.1 for cluster tests."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from roomd import Node
+from tests.support import SECRET, make_config
+
+HEARTBEAT = 0.2  # seconds: nodes notice a dead peer after 3 missed heartbeats
+
+
+def free_ports(count: int) -> list[int]:
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@attrs.define
+class Proc:
+    """A child process whose output lines can be awaited."""
+
+    name: str
+    argv: list[str]
+    process: trio.Process | None = None
+    lines: list[str] = attrs.field(factory=list)
+    _changed: trio.Event = attrs.field(factory=trio.Event)
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        self.lines.clear()
+        self.process = await trio.lowlevel.open_process(
+            self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        nursery.start_soon(self._pump, self.process)
+
+    async def _pump(self, process: trio.Process) -> None:
+        assert process.stdout is not None
+        pending = b""
+        async for chunk in process.stdout:
+            pending += chunk
+            *done, pending = pending.split(b"\n")
+            self.lines.extend(line.decode(errors="replace") for line in done)
+            self._changed.set()
+            self._changed = trio.Event()
+
+    async def wait_for(self, pattern: str, start: int = 0) -> re.Match[str]:
+        """The first output line from index ``start`` on matching ``pattern`` (awaits it)."""
+        regex = re.compile(pattern)
+        seen = start
+        for _ in range(100_000):
+            for line in self.lines[seen:]:
+                match = regex.search(line)
+                if match:
+                    return match
+            seen = len(self.lines)
+            await self._changed.wait()
+        raise AssertionError(f"{self.name}: no line matching {pattern!r}")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+
+    async def stop(self) -> int:
+        assert self.process is not None
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+        with trio.move_on_after(5):
+            return await self.process.wait()
+        self.process.kill()
+        return await self.process.wait()
+
+
+@attrs.define
+class ClusterHandle:
+    mode: str
+    config_path: Path
+    ports: dict[str, int]
+    nodes: dict[str, Proc]
+    broker: Proc | None
+    nursery: trio.Nursery
+
+    def node(self, name: str) -> Node:
+        """A Node object that only carries the address of process ``name`` (for connect())."""
+        n = Node(make_config(node={"port": self.ports[name]}))
+        n.port = self.ports[name]
+        return n
+
+    async def start_node(self, name: str, expect_peers: int) -> None:
+        proc = self.nodes[name]
+        await proc.start(self.nursery)
+        await proc.wait_for("cluster ready")
+        await wait_peers(proc, expect_peers)
+
+    async def restart_broker(self) -> None:
+        assert self.broker is not None
+        await self.broker.start(self.nursery)
+        await self.broker.wait_for(r'^\{"frontend"')
+
+
+async def wait_peers(proc: Proc, count: int, start: int = 0) -> None:
+    """Until ``proc`` logged ``count`` distinct peers as up (from line ``start`` on)."""
+    seen: set[str] = set()
+    index = start
+    for _ in range(1000):
+        if len(seen) >= count:
+            return
+        match = await proc.wait_for(r"node (\S+) is up", index)
+        seen.add(match.group(1))
+        index = proc.lines.index(match.string, index) + 1
+    raise AssertionError("peers")
+
+
+def write_config(
+    path: Path,
+    mode: str,
+    names: list[str],
+    ports: dict[str, int],
+    bus: dict[str, int],
+    broker: tuple[int, int],
+) -> None:
+    lines = [
+        "[auth]",
+        "dev = true",
+        f'secret = "{SECRET}"',
+        "[cluster]",
+        f'mode = "{mode}"',
+        f'broker_frontend = "tcp://127.0.0.1:{broker[0]}"',
+        f'broker_backend = "tcp://127.0.0.1:{broker[1]}"',
+        f"heartbeat_interval = {HEARTBEAT}",
+        "heartbeat_misses = 3",
+        "snapshot_retry = 0.3",
+        "call_timeout = 1.0",
+    ]
+    for name in names:
+        lines += ["[[cluster.nodes]]", f'name = "{name}"', f"port = {ports[name]}"]
+        lines.append(f'bus = "tcp://127.0.0.1:{bus[name]}"')
+    path.write_text("\n".join(lines) + "\n")
+
+
+@asynccontextmanager
+async def running_cluster(
+    tmp_path: Path, mode: str = "broker", count: int = 3
+) -> AsyncIterator[ClusterHandle]:
+    names = [f"node{chr(ord('A') + i)}" for i in range(count)]
+    ports_list = free_ports(2 * count + 2)
+    ports = dict(zip(names, ports_list[:count], strict=True))
+    bus = dict(zip(names, ports_list[count : 2 * count], strict=True))
+    broker_ports = (ports_list[-2], ports_list[-1])
+    path = tmp_path / f"{mode}.toml"
+    write_config(path, mode, names, ports, bus, broker_ports)
+    env_python = sys.executable
+    broker = None
+    if mode == "broker":
+        broker = Proc(
+            "broker",
+            [
+                env_python,
+                "-m",
+                "broker",
+                "--frontend",
+                f"tcp://127.0.0.1:{broker_ports[0]}",
+                "--backend",
+                f"tcp://127.0.0.1:{broker_ports[1]}",
+                "--stats-interval",
+                "0",
+            ],
+        )
+    nodes = {
+        name: Proc(
+            name,
+            [
+                env_python,
+                "-m",
+                "roomd.cli",
+                "--name",
+                name,
+                "--config",
+                str(path),
+                "--log-level",
+                "DEBUG",
+            ],
+        )
+        for name in names
+    }
+    async with trio.open_nursery() as nursery:
+        handle = ClusterHandle(mode, path, ports, nodes, broker, nursery)
+        try:
+            if broker is not None:
+                await handle.restart_broker()
+            for proc in nodes.values():
+                await proc.start(nursery)
+            for proc in nodes.values():
+                await proc.wait_for("cluster ready")
+                await wait_peers(proc, count - 1)
+            yield handle
+        finally:
+            with trio.CancelScope(shield=True):
+                for proc in [*nodes.values(), *([broker] if broker else [])]:
+                    proc.kill()
+                    if proc.process is not None:
+                        await proc.process.wait()
+            nursery.cancel_scope.cancel()
+
+
+def health(port: int) -> dict[str, Any]:
+    """GET /health synchronously (tests call it through trio.to_thread)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+        data: dict[str, Any] = json.loads(response.read())
+        return data

@@ -1,0 +1,208 @@
+"""Clusters of real processes: a broker (or a mesh) and three nodes on 127.0.0.1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from tests.cluster_support import running_cluster
+from tests.support import RawClient, connect
+
+pytestmark = pytest.mark.cluster
+
+
+def text(content: str) -> dict[str, Any]:
+    return {"type": "text", "payload": {"content": content}}
+
+
+async def converge(client: RawClient, event: str, predicate: Any, data: Any = None) -> Any:
+    """Ask ``event`` until ``predicate(result)`` holds (the cluster view is eventually
+    consistent; each round trip lets the nodes exchange a few more bus messages)."""
+    for _ in range(200):
+        result = await client.ok(event, data or {})
+        if predicate(result):
+            return result
+        await trio.sleep(0.02)
+    raise AssertionError(f"{event} never satisfied the predicate; last: {result}")
+
+
+@pytest.mark.parametrize("mode", ["broker", "mesh"])
+async def test_every_send_mode_across_nodes(tmp_path: Path, mode: str) -> None:
+    with trio.fail_after(30):
+        async with running_cluster(tmp_path, mode) as cluster:
+            a, b, c = (cluster.node(n) for n in ("nodeA", "nodeB", "nodeC"))
+            async with (
+                connect(a, "alice") as alice,
+                connect(b, "bob") as bob,
+                connect(c, "carol") as carol,
+                connect(c, "bob") as bob2,
+            ):
+                for x in (alice, bob, carol):
+                    await x.ok("room.join", {"room": "lobby"})
+                await converge(
+                    alice, "room.members", lambda r: len(r["members"]) == 3, {"room": "lobby"}
+                )
+                # To a room: every member on every node, bob's second connection is not in it.
+                await alice.ok("send", {"to": {"room": "lobby"}, "data": text("to room")})
+                for x in (alice, bob, carol):
+                    assert (await x.push("message"))["data"]["payload"]["content"] == "to room"
+                # To a user: all of bob's connections on two nodes, and alice's own others.
+                async with connect(b, "alice") as alice2:
+                    await converge(
+                        alice, "users.online", lambda r: r["users"] == ["alice", "bob", "carol"]
+                    )
+                    await carol.ok("send", {"to": {"user": "bob"}, "data": text("dm")})
+                    for x in (bob, bob2):
+                        push = await x.push("message")
+                        assert push["to"] == ["bob"] and push["from"] == "carol"
+                    await alice.ok(
+                        "send", {"to": {"users": ["bob", "carol"]}, "data": text("group")}
+                    )
+                    for x in (bob, bob2, carol, alice2):
+                        assert (await x.push("message"))["data"]["payload"]["content"] == "group"
+                # Nothing was delivered twice.
+                for x in (alice, bob, carol, bob2):
+                    await x.ok("users.online", {})
+                    assert not [f for f in x.backlog if f.get("event") == "message"]
+
+
+async def test_presence_converges_and_remote_joins_are_pushed(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with running_cluster(tmp_path) as cluster:
+            a, b, c = (cluster.node(n) for n in ("nodeA", "nodeB", "nodeC"))
+            async with connect(a, "alice") as alice, connect(b, "bob") as bob:
+                await alice.ok("room.join", {"room": "r", "ns": "chat"})
+                await bob.ok("room.join", {"room": "r", "ns": "chat"})
+                joined = await alice.push("room.joined")
+                assert joined["data"] == {"ns": "chat", "room": "r", "user": "bob"}
+                async with connect(c, "carol") as carol:
+                    await carol.ok("room.join", {"room": "r", "ns": "chat"})
+                    for x in (alice, bob):
+                        assert (await x.push("room.joined"))["data"]["user"] == "carol"
+                    members = await carol.ok("room.members", {"room": "r", "ns": "chat"})
+                    assert [m["user"] for m in members["members"]] == ["alice", "bob", "carol"]
+                    await bob.ok("status", {"status": "away"})
+                    assert (await carol.push("status"))["data"]["status"] == "away"
+                    stats = await carol.ok("cluster.stats")
+                    assert [n["name"] for n in stats["nodes"]] == ["nodeA", "nodeB", "nodeC"]
+                    assert stats["usersOnline"] == 3
+                    assert stats["rooms"] == [{"ns": "chat", "room": "r", "members": 3}]
+                left = await alice.push("room.left")
+                assert left["data"]["user"] == "carol"
+                await converge(bob, "users.online", lambda r: r["users"] == ["alice", "bob"])
+
+
+async def test_killed_node_users_leave_everywhere(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with running_cluster(tmp_path) as cluster:
+            a, c = cluster.node("nodeA"), cluster.node("nodeC")
+            async with connect(a, "alice") as alice, connect(c, "carol") as carol:
+                await alice.ok("room.join", {"room": "r"})
+                await carol.ok("room.join", {"room": "r"})
+                await alice.push("room.joined")
+                start = len(cluster.nodes["nodeA"].lines)
+                cluster.nodes["nodeC"].kill()  # SIGKILL: no goodbye
+                killed_at = trio.current_time()
+                left = await alice.push("room.left")
+                elapsed = trio.current_time() - killed_at
+                assert left["data"]["user"] == "carol"
+                # Three missed heartbeats of 0.2 s, plus one sweep.
+                assert elapsed < 3 * 0.2 + 1.0
+                await cluster.nodes["nodeA"].wait_for("node nodeC is down", start)
+                assert (await alice.ok("users.online", {}))["users"] == ["alice"]
+                members = await alice.ok("room.members", {"room": "r"})
+                assert [m["user"] for m in members["members"]] == ["alice"]
+
+
+async def test_broker_restart_loses_only_what_was_sent_while_it_was_down(tmp_path: Path) -> None:
+    with trio.fail_after(40):
+        async with running_cluster(tmp_path, count=2) as cluster:
+            a, b = cluster.node("nodeA"), cluster.node("nodeB")
+            async with connect(a, "alice") as alice, connect(b, "bob") as bob:
+                await alice.ok("room.join", {"room": "r"})
+                await bob.ok("room.join", {"room": "r"})
+                await alice.push("room.joined")
+                assert cluster.broker is not None
+                cluster.broker.kill()
+                await cluster.broker.process.wait()  # type: ignore[union-attr]
+                for i in range(20):
+                    await bob.ok("send", {"to": {"room": "r"}, "event": "during", "data": i})
+                await cluster.restart_broker()
+                # The nodes reconnect by themselves and resynchronise: bob is a member again
+                # (if alice's node had declared bob's down meanwhile, it says so, then joins).
+                await converge(
+                    alice, "room.members", lambda r: len(r["members"]) == 2, {"room": "r"}
+                )
+                for i in range(20):
+                    await bob.ok("send", {"to": {"room": "r"}, "event": "after", "data": i})
+                after = [(await alice.push("after"))["data"] for _ in range(20)]
+                assert after == list(range(20))
+                during = [f for f in alice.backlog if f.get("event") == "during"]
+                print(f"broker outage: {20 - len(during)} of 20 messages sent meanwhile lost")
+                assert len(during) <= 20
+
+
+async def test_gap_on_the_bus_triggers_a_snapshot(tmp_path: Path) -> None:
+    from roomd.cluster import _wire
+    from roomd.io._zmq import SocketType, make_context, open_socket
+
+    with trio.fail_after(30):
+        async with running_cluster(tmp_path, count=2) as cluster:
+            text = cluster.config_path.read_text()
+            front = text.split('broker_frontend = "')[1].split('"')[0]
+            back = text.split('broker_backend = "')[1].split('"')[0]
+            ctx = make_context()
+            try:
+                async with (
+                    open_socket(ctx, SocketType.PUB) as pub,
+                    open_socket(ctx, SocketType.SUB) as sub,
+                ):
+                    pub.connect(front)
+                    sub.connect(back)
+                    sub.subscribe(_wire.node_topic("ghost"))
+                    sub.subscribe(_wire.CONTROL)
+                    await sub.receive()  # a real node's heartbeat: our subscription is live
+                    seq = 0
+
+                    def send(topic: bytes, kind: str, body: Any) -> None:
+                        nonlocal seq
+                        seq += 1
+                        pub.send_nowait(_wire.encode(topic, kind, "ghost", 7, seq, body))
+
+                    async def snapshot_request() -> str:
+                        for _ in range(10_000):
+                            env = _wire.decode(await sub.receive())
+                            if env.kind == _wire.Kind.SNAPSHOT_REQUEST:
+                                return str(env.body)
+                        raise AssertionError("no snapshot request")
+
+                    # A node nobody knew: its state is fetched.
+                    send(_wire.CONTROL, _wire.Kind.HEARTBEAT, [0, {"status": "up"}])
+                    asked_by = {await snapshot_request(), await snapshot_request()}
+                    assert asked_by == {"nodeA", "nodeB"}
+                    state = {"users": {"ghostuser": 1}, "rooms": [], "statuses": []}
+                    for name in asked_by:  # a snapshot goes to the node that asked
+                        send(_wire.node_topic(name), _wire.Kind.SNAPSHOT, [1, state])
+                    async with connect(cluster.node("nodeA"), "alice") as alice:
+                        await converge(alice, "users.online", lambda r: "ghostuser" in r["users"])
+                        # Delta 2 in order, then delta 4: 3 is missing.
+                        send(_wire.CONTROL, _wire.Kind.DELTA, [2, ["on", "ghost2", 1]])
+                        await converge(alice, "users.online", lambda r: "ghost2" in r["users"])
+                        send(_wire.CONTROL, _wire.Kind.DELTA, [4, ["on", "ghost4", 1]])
+                        asked_by = {await snapshot_request(), await snapshot_request()}
+                        assert asked_by == {"nodeA", "nodeB"}
+                        users = (await alice.ok("users.online", {}))["users"]
+                        assert "ghost4" not in users  # held back until the snapshot
+                        state["users"] = {"ghostuser": 1, "ghost2": 1, "ghost3": 1}
+                        for name in asked_by:
+                            send(_wire.node_topic(name), _wire.Kind.SNAPSHOT, [3, state])
+                        await converge(
+                            alice,
+                            "users.online",
+                            lambda r: {"ghost3", "ghost4"} <= set(r["users"]),
+                        )
+            finally:
+                ctx.destroy(linger=0)

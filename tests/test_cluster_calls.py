@@ -1,0 +1,117 @@
+"""Cluster calls and broadcast-style requests between nodes embedded in this process, over a real
+broker process."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+
+from roomd import HandlerError, Node
+from tests.cluster_support import HEARTBEAT, Proc, free_ports
+from tests.support import connect, make_config
+
+pytestmark = pytest.mark.cluster
+
+
+@asynccontextmanager
+async def embedded_cluster(names: list[str]) -> AsyncIterator[dict[str, Node]]:
+    front, back = free_ports(2)
+    broker = Proc(
+        "broker",
+        [
+            sys.executable,
+            "-m",
+            "broker",
+            "--frontend",
+            f"tcp://127.0.0.1:{front}",
+            "--backend",
+            f"tcp://127.0.0.1:{back}",
+            "--stats-interval",
+            "0",
+        ],
+    )
+    async with trio.open_nursery() as nursery:
+        await broker.start(nursery)
+        try:
+            await broker.wait_for(r'^\{"frontend"')
+            cluster = {
+                "mode": "broker",
+                "broker_frontend": f"tcp://127.0.0.1:{front}",
+                "broker_backend": f"tcp://127.0.0.1:{back}",
+                "heartbeat_interval": HEARTBEAT,
+                "call_timeout": 1.0,
+            }
+            nodes = {name: Node(make_config(cluster=cluster), name=name) for name in names}
+            for node in nodes.values():
+                await nursery.start(node.run)
+            for node in nodes.values():  # every node sees every other one
+                for _ in range(200):
+                    if len(node.view.nodes_up()) == len(names):
+                        break
+                    await trio.sleep(HEARTBEAT / 4)
+            yield nodes
+        finally:
+            broker.kill()
+            nursery.cancel_scope.cancel()
+
+
+async def test_cluster_call_gathers_replies_and_names_the_missing() -> None:
+    with trio.fail_after(20):
+        async with embedded_cluster(["n1", "n2", "n3"]) as nodes:
+            for name, node in nodes.items():
+
+                @node.on_cluster("whoami")
+                async def whoami(data: Any, origin: str, name: str = name) -> Any:
+                    return {"me": name, "asked_by": origin, "data": data}
+
+            @nodes["n3"].on_cluster("fails")
+            async def fails(data: Any, origin: str) -> Any:
+                raise HandlerError("nope", "not today")
+
+            n1 = nodes["n1"]
+            out = await n1.cluster_call("whoami", 5)
+            assert sorted(out.replies) == ["n1", "n2", "n3"] and out.missing == []
+            assert out.replies["n2"] == {"me": "n2", "asked_by": "n1", "data": 5}
+            out = await n1.cluster_call("whoami", 1, except_self=True)
+            assert sorted(out.replies) == ["n2", "n3"]
+            out = await n1.cluster_call("whoami", 1, targets=["n2", "ghost"], timeout=0.3)
+            assert list(out.replies) == ["n2"] and out.missing == ["ghost"]
+            out = await n1.cluster_call("fails", targets=["n3"])
+            assert out.errors == {"n3": {"code": "nope", "message": "not today"}}
+            out = await n1.cluster_call("no-such-call", targets=["n2"])
+            assert out.errors["n2"]["code"] == "unknown_event"
+            out = await n1.cluster_call("whoami", 0, expected=1)
+            assert len(out.replies) == 1
+            seen = []
+            async with n1.cluster_replies("whoami", 2) as (targets, replies):
+                assert targets == ["n1", "n2", "n3"]
+                async for reply in replies:
+                    seen.append(reply.node)
+            assert sorted(seen) == ["n1", "n2", "n3"]
+
+
+async def test_dead_node_is_missing_after_the_timeout() -> None:
+    with trio.fail_after(20):
+        async with embedded_cluster(["n1", "n2"]) as nodes:
+
+            @nodes["n2"].on_cluster("slow")
+            async def slow(data: Any, origin: str) -> Any:
+                await trio.sleep(10)
+
+            start = trio.current_time()
+            out = await nodes["n1"].cluster_call("slow", targets=["n2"], timeout=0.5)
+            assert out.missing == ["n2"] and out.replies == {}
+            assert 0.5 <= trio.current_time() - start < 2
+
+
+async def test_clients_on_embedded_nodes_talk(start_node: Any) -> None:
+    with trio.fail_after(20):
+        async with embedded_cluster(["n1", "n2"]) as nodes:
+            async with connect(nodes["n1"], "alice") as a, connect(nodes["n2"], "bob") as b:
+                await a.ok("send", {"to": {"user": "bob"}, "event": "hi", "data": 1})
+                assert (await b.push("hi"))["from"] == "alice"
