@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from ._node import Node
 
 Builtin = Callable[["Node", Client, Any], Any]
+AsyncBuiltin = Callable[["Node", Client, Any], Awaitable[Any]]
 
 
 def _room(node: Node, args: RoomArgs | TypingArgs) -> RoomKey:
@@ -86,12 +87,27 @@ def room_members(node: Node, client: Client, data: Any) -> Any:
     return {"ns": key[0], "room": key[1], "members": members}
 
 
-def send(node: Node, client: Client, data: Any) -> Any:
+@attrs.frozen
+class Outgoing:
+    """A checked ``send``: what to deliver, to whom, and the acknowledgement's result."""
+
+    args: SendArgs
+    push: Push
+    template: PushTemplate
+    result: dict[str, Any]
+
+
+def prepare_send(node: Node, client: Client, data: Any) -> Outgoing:
     args = structure(data, SendArgs)
     limits = node.payload_limits
     mode = args.to.mode
     if mode not in node.config.permissions.client_send:
         raise RemoteProtocolError(ErrorCode.FORBIDDEN, f"clients may not send to {mode}")
+    if args.ack and mode != "room":
+        raise RemoteProtocolError(ErrorCode.INVALID, "ack: only room sends can be acknowledged")
+    if args.ack and not 0 < args.timeout <= node.config.limits.max_ack_timeout:
+        limit = node.config.limits.max_ack_timeout
+        raise RemoteProtocolError(ErrorCode.INVALID, f"timeout: must be within 0..{limit:g}")
     validate_name("event", args.event, limits)
     result: dict[str, Any] = {}
     payload = args.data
@@ -115,14 +131,42 @@ def send(node: Node, client: Client, data: Any) -> Any:
         template = PushTemplate.of(push, volatile=args.volatile)
     except TypeError:
         raise RemoteProtocolError(ErrorCode.INVALID, "data: not representable as JSON") from None
-    if room is not None:
+    return Outgoing(args, push, template, result)
+
+
+def send(node: Node, client: Client, data: Any) -> Any:
+    out = prepare_send(node, client, data)
+    args, push = out.args, out.push
+    if push.room is not None:
         exclude = client if args.except_self else None
-        node.route_room((room.ns, room.room), template, exclude=exclude)
-    elif to is not None:
-        node.route_users(to, template, sender=client)
+        node.route_room((push.room.ns, push.room.room), out.template, exclude=exclude)
+    elif push.to is not None:
+        node.route_users(push.to, out.template, sender=client)
     else:
-        node.route_all(template, exclude=client if args.except_self else None)
-    return result
+        node.route_all(out.template, exclude=client if args.except_self else None)
+    return out.result
+
+
+async def send_with_ack(node: Node, client: Client, data: Any) -> Any:
+    """``send`` with ``ack``: wait for every member's acknowledgement, or the timeout."""
+    out = prepare_send(node, client, data)
+    push = out.push
+    assert push.room is not None
+    counts = await node.request_room(
+        (push.room.ns, push.room.room),
+        push.event,
+        push.data,
+        sender=client.user,
+        exclude=client if out.args.except_self else None,
+        timeout=out.args.timeout,
+    )
+    return {**out.result, **counts}
+
+
+def wants_ack(event: Any) -> bool:
+    """Whether an event frame is a ``send`` with ``ack`` (handled by the event worker)."""
+    data = event.data
+    return event.event == "send" and isinstance(data, dict) and data.get("ack") is True
 
 
 def _chat_message(client: Client, data: Any, node: Node) -> ChatMessage:
@@ -133,7 +177,7 @@ def _chat_message(client: Client, data: Any, node: Node) -> ChatMessage:
     return attrs.evolve(
         message,
         sender=client.user,
-        message_id=message.message_id or str(uuid.uuid4()),
+        message_id=str(uuid.UUID(message.message_id) if message.message_id else uuid.uuid4()),
         timestamp=message.timestamp if message.timestamp is not None else _now_ms(),
     )
 

@@ -43,6 +43,7 @@ class LimitsSection:
     burst: int = 100
     max_strikes: int = 10  # frames refused for rate in a row before closing with 4009
     max_inflight_events: int = 64  # application events queued per connection ("busy" beyond)
+    max_ack_timeout: float = 30.0  # the longest a room send may wait for acknowledgements
     max_rooms_per_connection: int = 100
     max_members_per_room: int = 10_000
     outbox_max_bytes: int = 1024 * 1024  # queued for one slow client before closing it 4008

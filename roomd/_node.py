@@ -20,7 +20,7 @@ from prometheus_client.exposition import generate_latest
 
 from . import __version__
 from ._auth import Authenticator, AuthError, Identity
-from ._builtins import BUILTINS
+from ._builtins import BUILTINS, AsyncBuiltin, send_with_ack, wants_ack
 from ._config import Config
 from ._stats import Stats, make_registry
 from .cluster._cluster import Cluster, ClusterReplies, Reply
@@ -61,6 +61,7 @@ from .protocol import (
     Request,
     RequestTimeout,
     RoomdError,
+    RoomRef,
     Session,
     Welcome,
     decode_client_frame,
@@ -72,6 +73,7 @@ Handler = Callable[["Context", Any], Awaitable[Any]]
 H = TypeVar("H", bound=Handler)
 Route = Callable[[HttpRequest], bytes]
 CallHandler = Callable[[Any, str], Awaitable[Any]]
+ROOM_REQUEST = "roomd.room-request"  # the cluster call behind room sends with ack
 CH = TypeVar("CH", bound=CallHandler)
 
 
@@ -142,7 +144,9 @@ class Node:
         self.port: int | None = None
         self.started_at = time.time()
         self._handlers: dict[str, Handler] = {}
-        self._cluster_handlers: dict[str, CallHandler] = {}
+        self._cluster_handlers: dict[str, CallHandler] = {ROOM_REQUEST: self._on_room_request}
+        if self.cluster is not None:
+            self.cluster.handlers.update(self._cluster_handlers)
         self._routes: dict[str, Route] = {"/health": self._health_route}
         self._connected: set[Client] = set()  # every WebSocket client, handshaking or open
         self._stop = trio.Event()
@@ -328,6 +332,78 @@ class Node:
         if ack.error is not None:
             raise AckError(ack.error.code, ack.error.message)
         return ack.result
+
+    async def request_room(
+        self,
+        key: RoomKey,
+        event: str,
+        data: Any = None,
+        *,
+        sender: str | None = None,
+        exclude: Client | None = None,
+        timeout: float = 5.0,
+    ) -> dict[str, Any]:
+        """Send a request to every member connection of a room, on every node, and count the
+        acknowledgements that arrive within ``timeout``: ``{"acked", "missing", "errors",
+        "nodesMissing"}`` (a node that did not report counts its members as missing: unknown)."""
+        local = self.request_room_local(key, event, data, sender, exclude, timeout)
+        totals = {"acked": 0, "missing": 0, "errors": 0}
+        nodes_missing: list[str] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._sum_into, totals, local)
+            if self.cluster is not None and len(self.view.nodes_up()) > 1:
+                body = {"ns": key[0], "room": key[1], "event": event, "data": data}
+                body |= {"from": sender, "timeout": timeout}
+                out = await self.cluster_call(
+                    ROOM_REQUEST, body, except_self=True, timeout=timeout + 1.0
+                )
+                for counts in out.replies.values():
+                    for name in totals:
+                        totals[name] += int(counts.get(name, 0))
+                nodes_missing = sorted([*out.missing, *out.errors])
+        return {**totals, "nodesMissing": nodes_missing}
+
+    @staticmethod
+    async def _sum_into(totals: dict[str, int], counts: Awaitable[dict[str, int]]) -> None:
+        for name, value in (await counts).items():
+            totals[name] += value
+
+    async def request_room_local(
+        self,
+        key: RoomKey,
+        event: str,
+        data: Any,
+        sender: str | None,
+        exclude: Client | None,
+        timeout: float,
+    ) -> dict[str, int]:
+        """The local part of :meth:`request_room`: requests to this node's members."""
+        room = RoomRef(key[0], key[1])
+        waiters: list[_Waiter] = []
+        for client in list(self.hub.room_clients(key)):
+            if client is exclude:
+                continue
+            rid = client.session.next_request_id()
+            waiter = _Waiter()
+            client.pending[rid] = waiter
+            waiters.append(waiter)
+            client.send(Request(rid, event, data, timeout, room=room, sender=sender))
+        with trio.move_on_after(timeout):
+            for waiter in waiters:
+                await waiter.event.wait()
+        acked = sum(1 for w in waiters if w.ack is not None and w.ack.error is None)
+        errors = sum(1 for w in waiters if w.ack is not None and w.ack.error is not None)
+        for client in self.hub.room_clients(key):
+            for rid, waiter in list(client.pending.items()):
+                if waiter in waiters:
+                    del client.pending[rid]
+        return {"acked": acked, "errors": errors, "missing": len(waiters) - acked - errors}
+
+    async def _on_room_request(self, body: Any, origin: str) -> dict[str, int]:
+        key = (str(body["ns"]), str(body["room"]))
+        return await self.request_room_local(
+            key, body["event"], body.get("data"), body.get("from"), None, float(body["timeout"])
+        )
 
     def kick(self, user: str, reason: str = "kicked") -> int:
         """Close every connection of ``user`` with 4010; how many there were."""
@@ -681,11 +757,16 @@ class Node:
         if not limiter.take(trio.current_time()):
             self._refuse_rate(client, raw, binary)
             return
+        handshaking = not client.session.is_open
+        if handshaking:
+            client.binary = binary  # until the hello, answer in the encoding of each frame
         try:
             frame = decode_client_frame(raw, binary)
             client.session.receive(frame)
         except RemoteProtocolError as exc:
-            self._report(client, exc, binary)
+            if handshaking and exc.close_code is None:
+                exc.close_code = CloseCode.BAD_HANDSHAKE  # an undecodable first frame
+            self._report(client, exc)
             return
         if isinstance(frame, Event):
             self._on_event_frame(client, frame)
@@ -737,17 +818,15 @@ class Node:
                 pass
         limits = self.config.limits
         message = f"more than {limits.rate:g} frames/s (burst {limits.burst})"
-        self._report(client, RemoteProtocolError(ErrorCode.RATE_LIMITED, message, ref=ref), binary)
+        self._report(client, RemoteProtocolError(ErrorCode.RATE_LIMITED, message, ref=ref))
 
-    def _report(self, client: Client, exc: RemoteProtocolError, binary: bool) -> None:
+    def _report(self, client: Client, exc: RemoteProtocolError) -> None:
         """Tell the client about a refused frame; close if the error requires it.
 
         Frames refused before they are handled (undecodable, rate-limited ...) get an ``error``
         frame whose ``ref`` is the frame's id: a client fails the pending call with that id.
         """
         self.stats.errors[exc.code] += 1
-        if not client.session.is_open:
-            client.binary = binary
         client.send(Error(exc.code, exc.message, exc.ref))
         if exc.close_code is not None:
             client.close(exc.close_code)
@@ -759,7 +838,7 @@ class Node:
         worker task of the connection, never in its reader. Events stay in order: while the
         worker has anything queued, built-in events queue behind it.
         """
-        if client.inflight == 0 and event.event in BUILTINS:
+        if client.inflight == 0 and event.event in BUILTINS and not wants_ack(event):
             self._handle_builtin(client, event)
             return
         if client.events is None:
@@ -779,7 +858,9 @@ class Node:
     async def _event_worker(self, client: Client, events: trio.MemoryReceiveChannel[Event]) -> None:
         async for event in events:
             try:
-                if event.event in BUILTINS:
+                if wants_ack(event):
+                    await self._handle_app_event(client, event, send_with_ack)
+                elif event.event in BUILTINS:
                     self._handle_builtin(client, event)
                 else:
                     await self._handle_app_event(client, event)
@@ -796,14 +877,19 @@ class Node:
             return
         self._succeed(client, event, result)
 
-    async def _handle_app_event(self, client: Client, event: Event) -> None:
+    async def _handle_app_event(
+        self, client: Client, event: Event, builtin: AsyncBuiltin | None = None
+    ) -> None:
         if self._replayed(client, event):
             return
         handler = self._handlers.get(event.event)
         try:
-            if handler is None:
+            if builtin is not None:
+                result = await builtin(self, client, event.data)
+            elif handler is None:
                 raise RemoteProtocolError(ErrorCode.UNKNOWN_EVENT, f"unknown event {event.event!r}")
-            result = await handler(Context(self, client), event.data)
+            else:
+                result = await handler(Context(self, client), event.data)
         except RoomdError as exc:
             self._fail(client, event, exc)
             return

@@ -115,3 +115,27 @@ async def test_clients_on_embedded_nodes_talk(start_node: Any) -> None:
             async with connect(nodes["n1"], "alice") as a, connect(nodes["n2"], "bob") as b:
                 await a.ok("send", {"to": {"user": "bob"}, "event": "hi", "data": 1})
                 assert (await b.push("hi"))["from"] == "alice"
+
+
+async def test_room_send_with_ack_across_nodes() -> None:
+    with trio.fail_after(20):
+        async with embedded_cluster(["n1", "n2"]) as nodes:
+            async with (
+                connect(nodes["n1"], "alice") as a,
+                connect(nodes["n2"], "bob") as b,
+                connect(nodes["n2"], "carol") as c,
+            ):
+                for x in (a, b, c):
+                    await x.ok("room.join", {"room": "r"})
+                for _ in range(200):
+                    if len(nodes["n1"].room_members("r")) == 3:
+                        break
+                    await trio.sleep(0.01)
+                data = {"to": {"room": "r"}, "event": "q", "ack": True, "timeout": 0.5}
+                await a.send({"type": "event", "id": 5, "event": "send", "data": data})
+                for x in (a, b):
+                    req = await x.expect("request")
+                    await x.send({"type": "ack", "id": req["id"], "result": 1})
+                await c.expect("request")  # carol does not answer
+                ack = await a.expect("ack", id=5)
+                assert ack["result"] == {"acked": 2, "errors": 0, "missing": 1, "nodesMissing": []}

@@ -133,3 +133,39 @@ async def test_node_api_sends(node: Node) -> None:
                 await c.push("all")
             assert node.kick("bob") == 1
             assert await b.closed() == (4010, "kicked")
+
+
+async def test_room_send_with_ack_counts_member_acknowledgements(node: Node) -> None:
+    with trio.fail_after(5):
+        async with (
+            connect(node, "alice") as a,
+            connect(node, "bob") as b,
+            connect(node, "carol") as c,
+            connect(node, "dave") as d,
+        ):
+            for x in (a, b, c, d):
+                await x.ok("room.join", {"room": "r"})
+            send = {"to": {"room": "r"}, "event": "poll", "data": {"q": 1}, "ack": True}
+            await a.send(
+                {
+                    "type": "event",
+                    "id": 99,
+                    "event": "send",
+                    "data": {**send, "timeout": 0.5, "exceptSelf": True},
+                }
+            )
+            for x, answer in (
+                (b, {"result": "yes"}),
+                (c, {"error": {"code": "no", "message": "x"}}),
+            ):
+                req = await x.expect("request")
+                assert req["event"] == "poll" and req["from"] == "alice"
+                assert req["room"] == {"ns": "/", "room": "r"} and req["data"] == {"q": 1}
+                await x.send({"type": "ack", "id": req["id"], **answer})
+            await d.expect("request")  # dave never answers
+            ack = await a.expect("ack", id=99)
+            assert ack["result"] == {"acked": 1, "errors": 1, "missing": 1, "nodesMissing": []}
+            bad = await a.call(
+                "send", {"to": {"user": "bob"}, "data": 1, "event": "x", "ack": True}
+            )
+            assert bad["error"]["code"] == "invalid"

@@ -9,6 +9,7 @@ import select
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from typing import cast
 
 import pytest
 import trio
@@ -59,12 +60,14 @@ async def test_options_and_context_defaults(ctx: Context) -> None:
         async with open_socket(ctx, SocketType.SUB) as sub:
             raw = sub._sock
             assert raw.getsockopt(zmq.LINGER) == 0
-            assert raw.getsockopt(zmq.SNDHWM) == DEFAULT_SNDHWM
+            assert raw.getsockopt(zmq.SNDHWM) == 0  # subscriptions must never be dropped
             assert raw.getsockopt(zmq.RCVHWM) == DEFAULT_RCVHWM
             assert raw.getsockopt(zmq.HEARTBEAT_IVL) == HEARTBEAT_IVL_MS
             assert raw.getsockopt(zmq.RECONNECT_IVL_MAX) == RECONNECT_IVL_MAX_MS
             assert sub.bind("tcp://127.0.0.1:0").startswith("tcp://127.0.0.1:")
         assert sub.closed
+        async with open_socket(ctx, SocketType.DEALER) as dealer:
+            assert dealer._sock.getsockopt(zmq.SNDHWM) == DEFAULT_SNDHWM
 
 
 async def test_pub_sub_batched_round_trip(ctx: Context) -> None:
@@ -118,32 +121,53 @@ async def test_receive_batch_respects_max_messages(ctx: Context) -> None:
                 await b.receive_batch(0)
 
 
-async def test_receiver_wakes_when_another_task_sends_on_its_socket(ctx: Context) -> None:
-    """The lost wakeup: a send on the socket consumes the edge its sleeping receiver waits for."""
+async def lost_wakeup_scenario(ctx: Context, *, patience: float) -> list[bytes]:
+    """A task sleeps in receive on `a`; its message arrives; another task sends on `a`.
+
+    Returns what the receiver got within *patience* seconds after that send.
+    """
     raw = ctx.socket(zmq.DEALER)
-    fd = raw.getsockopt(zmq.FD)
+    fd = cast(int, raw.getsockopt(zmq.FD))
+    async with ZmqSocket(raw) as a, open_socket(ctx, SocketType.DEALER) as b:
+        b.connect(a.bind(ANY_PORT))
+        await b.send(b"hello")
+        assert await a.receive() == b"hello"
+        got: list[bytes] = []
+        done = trio.Event()
+
+        async def receiver() -> None:
+            got.append(await a.receive())
+            done.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receiver)
+            await trio.testing.wait_all_tasks_blocked()  # the receiver sleeps on a's fd
+            b.send_nowait(b"reply")
+            # Without yielding to Trio: wait until a's fd signals the reply, then let libzmq's
+            # command throttle (~1 ms) pass, so that the send below processes a's mailbox and
+            # so consumes the edge before Trio's I/O poll sees it.
+            assert select.select([fd], [], [], 2)[0] == [fd]
+            time.sleep(0.005)  # noqa: ASYNC251 (deliberately blocks the Trio loop)
+            a.send_nowait(b"from-a")
+            with trio.move_on_after(patience):
+                await done.wait()
+            nursery.cancel_scope.cancel()
+        assert await b.receive() == b"from-a"
+        return got
+
+
+async def test_receiver_wakes_when_another_task_sends_on_its_socket(ctx: Context) -> None:
     with trio.fail_after(5):
-        async with ZmqSocket(raw) as a, open_socket(ctx, SocketType.DEALER) as b:
-            b.connect(a.bind(ANY_PORT))
-            await b.send(b"hello")
-            assert await a.receive() == b"hello"
-            got: list[bytes] = []
+        assert await lost_wakeup_scenario(ctx, patience=2) == [b"reply"]
 
-            async def receiver() -> None:
-                got.append(await a.receive())
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(receiver)
-                await trio.testing.wait_all_tasks_blocked()  # the receiver sleeps on a's fd
-                b.send_nowait(b"reply")
-                # Without yielding to Trio: wait until a's fd signals the reply, then let libzmq's
-                # command throttle (~1 ms) pass, so the send below processes a's mailbox and so
-                # consumes the edge before Trio's I/O poll sees it.
-                assert select.select([fd], [], [], 2)[0] == [fd]
-                time.sleep(0.005)
-                a.send_nowait(b"from-a")
-            assert got == [b"reply"]
-            assert await b.receive() == b"from-a"
+async def test_lost_wakeup_scenario_stalls_without_the_wakeup(
+    ctx: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Control: the scenario above does reproduce the stall when sends do not wake the sleeper."""
+    monkeypatch.setattr(ZmqSocket, "_poke", lambda self: None)
+    with trio.fail_after(5):
+        assert await lost_wakeup_scenario(ctx, patience=0.3) == []
 
 
 async def test_concurrent_send_and_receive_on_one_socket(ctx: Context) -> None:
@@ -204,6 +228,23 @@ async def test_xpub_sees_subscriptions_while_publishing(ctx: Context) -> None:
             assert await xpub.receive() == b"\x00r:a"
 
 
+async def test_many_subscriptions_all_reach_the_publisher(ctx: Context) -> None:
+    """libzmq drops subscriptions at the SUB's send HWM: open_socket lifts it for SUB sockets."""
+    topics = [b"u:%05d" % i for i in range(5_000)]
+    with trio.fail_after(10):
+        async with (
+            open_socket(ctx, SocketType.XPUB) as xpub,
+            open_socket(ctx, SocketType.SUB) as sub,
+        ):
+            sub.connect(xpub.bind(ANY_PORT))
+            for topic in topics:
+                sub.subscribe(topic)
+            seen: list[bytes] = []
+            while len(seen) < len(topics):
+                seen.extend(await xpub.receive_batch())
+            assert seen == [b"\x01" + topic for topic in topics]
+
+
 async def test_close_wakes_every_waiting_receiver(ctx: Context) -> None:
     with trio.fail_after(5):
         sock = open_socket(ctx, SocketType.DEALER)
@@ -243,25 +284,34 @@ async def test_calls_after_close_raise_closed_resource_error(ctx: Context) -> No
             sock.bind(ANY_PORT)
 
 
-async def test_raw_socket_closed_behind_our_back(ctx: Context) -> None:
+def test_raw_socket_closed_behind_our_back(ctx: Context) -> None:
     raw = ctx.socket(zmq.PUB)
     sock = ZmqSocket(raw)
     raw.close()
-    with trio.fail_after(5), pytest.raises(trio.ClosedResourceError):
+    with pytest.raises(trio.ClosedResourceError):
         sock.send_nowait(b"x")
-    sock.close()
+    sock.close()  # also fine outside trio.run
+
+
+async def fill(sock: ZmqSocket, payload: bytes) -> int:
+    """Send until a send stays blocked (the peer does not read); return how many were queued.
+
+    The I/O thread keeps making room for a while after the first refusal, filling the TCP buffers
+    and the peer's pipe, so a send counts as blocked once it waited 0.2 s; it is then cancelled.
+    """
+    for queued in range(10_000):
+        with trio.move_on_after(0.2) as scope:
+            await sock.send(payload)
+        if scope.cancelled_caught:
+            return queued
+    pytest.fail("the socket never reached its high-water mark")
 
 
 async def test_send_blocked_at_hwm_is_cancellable_then_resumes(ctx: Context) -> None:
     payload = b"x" * 65_536
     with trio.fail_after(10):
         async with dealer_pair(ctx, hwm=1) as (a, b):
-            # Fill our pipe, the TCP buffers and the peer's pipe: b does not read.
-            for queued in range(10_000):  # noqa: B007
-                if not a.send_nowait(payload):
-                    break
-            else:
-                pytest.fail("the DEALER never reached its high-water mark")
+            queued = await fill(a, payload)  # its last send was cancelled while blocked
 
             finished: list[bool] = []
 
@@ -269,20 +319,35 @@ async def test_send_blocked_at_hwm_is_cancellable_then_resumes(ctx: Context) -> 
                 await a.send(payload)
                 finished.append(True)
 
-            with trio.CancelScope() as scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(sender)
-                    await trio.testing.wait_all_tasks_blocked()
-                    scope.cancel()
-            assert finished == []
-
-            # Blocked again; now the peer reads and the sender must get through.
+            # The peer reads: the blocked sender must get through (it waits for POLLOUT).
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(sender)
                 await trio.testing.wait_all_tasks_blocked()
-                assert finished == []
                 received = 0
-                while received < queued + 1:  # the cancelled send sent nothing
+                while received < queued + 1:  # cancelled sends sent nothing
                     received += len(await b.receive_batch())
             assert finished == [True]
+            assert received == queued + 1
+
+
+async def test_blocked_sender_and_blocked_receiver_on_one_socket(ctx: Context) -> None:
+    """One task waits for POLLOUT, another for POLLIN, on one fd: both must get through."""
+    payload = b"x" * 65_536
+    with trio.fail_after(10):
+        async with dealer_pair(ctx, hwm=1) as (a, b):
+            queued = await fill(a, payload)
+            got: list[bytes] = []
+
+            async def receiver() -> None:
+                got.append(await a.receive())
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(a.send, payload)
+                nursery.start_soon(receiver)
+                await trio.testing.wait_all_tasks_blocked()
+                await b.send(b"to-a")
+                received = 0
+                while received < queued + 1:
+                    received += len(await b.receive_batch())
+            assert got == [b"to-a"]
             assert received == queued + 1

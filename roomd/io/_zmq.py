@@ -12,15 +12,18 @@ libzmq gives each socket one file descriptor (``zmq.FD``) that is *edge-triggere
 3. Trio allows one task per fd in ``wait_readable``; other tasks that need to wait park in a
    :class:`trio.lowlevel.ParkingLot` and re-check ``EVENTS`` whenever the sleeper wakes.
 
-``inproc://`` endpoints never signal ``zmq.FD``: use ``tcp://`` (``ipc://`` works too).
-Only single-frame messages are supported: roomd's bus messages carry their topic as a prefix.
+A socket processes libzmq's commands only when the application touches it, so keep a task in
+``receive`` on every SUB/XPUB: that is what makes a SUB resend its subscriptions after a
+reconnect. ``inproc://`` endpoints never signal ``zmq.FD``: use ``tcp://``. Only single-frame
+messages are supported: roomd's bus messages carry their topic as a prefix.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 from types import TracebackType
-from typing import Final, Self
+from typing import Final, Self, cast
 
 import trio
 import zmq
@@ -99,11 +102,15 @@ def open_socket(
     ctx: zmq.Context[zmq.Socket[bytes]],
     kind: SocketType,
     *,
-    sndhwm: int = DEFAULT_SNDHWM,
+    sndhwm: int | None = None,
     rcvhwm: int = DEFAULT_RCVHWM,
     heartbeats: bool = True,
 ) -> ZmqSocket:
     """Create a socket of type *kind* with roomd's options and wrap it in a :class:`ZmqSocket`.
+
+    *sndhwm* defaults to :data:`DEFAULT_SNDHWM`, except for SUB and XSUB sockets: all they send
+    is subscriptions, which libzmq drops *silently* at the send high-water mark (also when it
+    resends every subscription after a reconnect), so theirs is unlimited (0).
 
     Resource handling:
         The caller owns the returned socket and must close it (``async with``/``aclose()``).
@@ -111,6 +118,8 @@ def open_socket(
     sock = ctx.socket(kind)
     try:
         sock.setsockopt(zmq.LINGER, 0)
+        if sndhwm is None:
+            sndhwm = 0 if kind in (SocketType.SUB, SocketType.XSUB) else DEFAULT_SNDHWM
         sock.setsockopt(zmq.SNDHWM, sndhwm)
         sock.setsockopt(zmq.RCVHWM, rcvhwm)
         if heartbeats:
@@ -144,10 +153,11 @@ class ZmqSocket:
 
     def __init__(self, sock: zmq.Socket[bytes]) -> None:
         self._sock = sock
-        self._fd: int = sock.getsockopt(zmq.FD)
+        self._fd = cast(int, sock.getsockopt(zmq.FD))
         self._closed = False
         # The scope of the one task sleeping in wait_readable(fd), if any.
         self._sleeper: trio.CancelScope | None = None
+        self._sleeper_wants = 0  # the EVENTS flag it waits for
         # Tasks that need to wait while another one is the sleeper.
         self._lot = trio.lowlevel.ParkingLot()
 
@@ -159,26 +169,30 @@ class ZmqSocket:
 
     def bind(self, endpoint: str) -> str:
         """Bind to *endpoint* and return the endpoint actually bound (resolves port ``*``/0)."""
+        self._check_open()
         with _map_zmq_errors:
             self._sock.bind(endpoint)
-            bound: bytes = self._sock.getsockopt(zmq.LAST_ENDPOINT)
+            bound = cast(bytes, self._sock.getsockopt(zmq.LAST_ENDPOINT))
         self._poke()
         return bound.decode()
 
     def connect(self, endpoint: str) -> None:
         """Connect to *endpoint*; libzmq connects (and reconnects) in the background."""
+        self._check_open()
         with _map_zmq_errors:
             self._sock.connect(endpoint)
         self._poke()
 
     def subscribe(self, topic: bytes) -> None:
         """SUB only: receive messages starting with *topic* (``b""`` means all)."""
+        self._check_open()
         with _map_zmq_errors:
             self._sock.setsockopt(zmq.SUBSCRIBE, topic)
         self._poke()
 
     def unsubscribe(self, topic: bytes) -> None:
         """SUB only: undo one :meth:`subscribe` of *topic* (subscriptions are counted)."""
+        self._check_open()
         with _map_zmq_errors:
             self._sock.setsockopt(zmq.UNSUBSCRIBE, topic)
         self._poke()
@@ -245,10 +259,9 @@ class ZmqSocket:
         if self._closed:
             return
         self._closed = True
-        try:
+        # Outside trio.run (RuntimeError) nobody can be waiting on the fd.
+        with contextlib.suppress(RuntimeError):
             trio.lowlevel.notify_closing(self._fd)
-        except RuntimeError:  # not inside trio.run: nobody can be waiting on the fd
-            pass
         self._lot.unpark_all()
         self._sock.close(linger=0)
 
@@ -289,12 +302,16 @@ class ZmqSocket:
         while True:
             self._check_open()
             with _map_zmq_errors:
-                events: int = self._sock.getsockopt(zmq.EVENTS)
+                events = cast(int, self._sock.getsockopt(zmq.EVENTS))
             if events & flag:
                 return
             if self._sleeper is not None:
+                # Reading EVENTS may have consumed the edge the sleeper waits for: tell it.
+                if events & self._sleeper_wants:
+                    self._sleeper.cancel()
                 await self._lot.park()  # woken when the sleeper wakes or the socket closes
                 continue
+            self._sleeper_wants = flag
             try:
                 with trio.CancelScope() as self._sleeper:
                     await trio.lowlevel.wait_readable(self._fd)
@@ -304,8 +321,10 @@ class ZmqSocket:
 
     def _poke(self) -> None:
         """After any send/recv: EVENTS may have changed and the edge may be gone; wake waiters."""
-        if not self._closed:
-            self._sock.getsockopt(zmq.EVENTS)
+        if self._sleeper is not None:
+            self._sleeper.cancel()
+        elif self._lot:
+            self._lot.unpark_all()
 
     def _check_open(self) -> None:
         if self._closed:

@@ -136,6 +136,8 @@ class SendArgs:
     ``event`` defaults to ``message``, whose data must be a :class:`ChatMessage`. A room send
     reaches the sender's own connections too unless ``except_self`` is set. ``volatile`` pushes
     carry no sequence number, are dropped first under load and are never replayed.
+    With ``ack``, a room send reaches each member as a ``request`` and the sender's
+    acknowledgement counts the members that acknowledged it (Socket.IO's broadcast acks).
     """
 
     to: SendTarget
@@ -143,6 +145,8 @@ class SendArgs:
     event: str = "message"
     except_self: bool = False
     volatile: bool = False
+    ack: bool = False  # room sends only: deliver as requests and count the acknowledgements
+    timeout: float = 5.0  # how long to wait for them, seconds
 
 
 @attrs.frozen

@@ -64,7 +64,7 @@ CLOSE_CODES: dict[int, CloseInfo] = _table(
         "unsupported protocol version",
         "The client speaks a protocol version this node does not.",
     ),
-    (CloseCode.BAD_HANDSHAKE, TERMINAL, "bad handshake", "The hello frame was invalid."),
+    (CloseCode.BAD_HANDSHAKE, TERMINAL, "bad handshake", "The first frame was not a hello."),
     (CloseCode.HEARTBEAT_TIMEOUT, RECONNECT, "heartbeat timeout", "No traffic within timeout."),
     (
         CloseCode.SLOW_CONSUMER,

@@ -33,12 +33,16 @@ from ._frames import (
     SERVER_FRAME_TYPES,
     ClientFrame,
     Push,
+    Request,
     ServerFrame,
 )
 
 T = TypeVar("T")
 
-_WIRE_NAMES: Final[dict[tuple[type[Any], str], str]] = {(Push, "sender"): "from"}
+_WIRE_NAMES: Final[dict[tuple[type[Any], str], str]] = {
+    (Push, "sender"): "from",
+    (Request, "sender"): "from",
+}
 
 
 def wire_name(field: str, cls: type[Any] | None = None) -> str:

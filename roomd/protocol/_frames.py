@@ -145,6 +145,8 @@ class Request:
     event: str
     data: Any = None
     timeout: float = 10.0
+    room: RoomRef | None = None  # set when the request went to a room (a broadcast with ack)
+    sender: str | None = None  # "from" on the wire: the user who sent it, if a user did
 
 
 @attrs.frozen
