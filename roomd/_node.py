@@ -151,7 +151,7 @@ class Node:
         self._connected: set[Client] = set()  # every WebSocket client, handshaking or open
         self._stop = trio.Event()
         self._idle = trio.Event()
-        self._registry = make_registry(self.stats, self._gauges)
+        self._registry = make_registry(self.stats, self._gauges, self._counters)
         self._routes["/metrics"] = self._metrics_route
 
     @property
@@ -743,11 +743,30 @@ class Node:
         return response(200, body, "text/plain; version=0.0.4; charset=utf-8")
 
     def _gauges(self) -> dict[str, float]:
-        return {
+        gauges = {
             "open_connections": len(self._connected),
             "users": len(self.hub.users),
             "rooms": len(self.hub.rooms),
             "uptime_seconds": time.time() - self.started_at,
+        }
+        if self.cluster is not None:
+            gauges["cluster_nodes_up"] = len(self.view.nodes_up())
+            gauges["cluster_users_online"] = len(self.view.user_connections)
+        return gauges
+
+    def _counters(self) -> dict[str, tuple[str, float]]:
+        if self.cluster is None:
+            return {}
+        bus, cluster = self.cluster.bus, self.cluster
+        return {
+            "bus_published": ("Messages published on the bus.", bus.published),
+            "bus_received": ("Messages received from the bus.", bus.received),
+            "bus_dropped": ("Messages the bus could not send.", bus.dropped),
+            "bus_bad_messages": ("Bus messages that could not be handled.", cluster.bad_messages),
+            "snapshots_requested": (
+                "Presence snapshots asked of other nodes.",
+                cluster.snapshots_requested,
+            ),
         }
 
     # Frames ---------------------------------------------------------------------------------------

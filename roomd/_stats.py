@@ -41,9 +41,15 @@ class Stats:
 class StatsCollector(Collector):
     """Reads a :class:`Stats` and the node's gauges when Prometheus scrapes."""
 
-    def __init__(self, stats: Stats, gauges: Callable[[], dict[str, float]]) -> None:
+    def __init__(
+        self,
+        stats: Stats,
+        gauges: Callable[[], dict[str, float]],
+        counters: Callable[[], dict[str, tuple[str, float]]] = dict,
+    ) -> None:
         self._stats = stats
         self._gauges = gauges
+        self._counters = counters
 
     def collect(self) -> Iterator[Metric]:
         s = self._stats
@@ -59,6 +65,8 @@ class StatsCollector(Collector):
             ("http_requests", "Plain HTTP requests served.", s.http_requests),
         ):
             yield CounterMetricFamily(f"roomd_{name}", doc, value=value)
+        for name, (doc, value) in self._counters().items():
+            yield CounterMetricFamily(f"roomd_{name}", doc, value=value)
         for metric, doc, label, counter in (
             ("errors", "Errors reported to clients, by code.", "code", s.errors),
             ("closes", "Connections closed by the node, by close code.", "code", s.close_codes),
@@ -70,7 +78,11 @@ class StatsCollector(Collector):
             yield family
 
 
-def make_registry(stats: Stats, gauges: Callable[[], dict[str, float]]) -> CollectorRegistry:
+def make_registry(
+    stats: Stats,
+    gauges: Callable[[], dict[str, float]],
+    counters: Callable[[], dict[str, tuple[str, float]]] = dict,
+) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StatsCollector(stats, gauges))
+    registry.register(StatsCollector(stats, gauges, counters))
     return registry
