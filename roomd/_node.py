@@ -38,7 +38,7 @@ from .cluster._view import (
 )
 from .hub import Client, Hub, RateLimiter, RoomKey
 from .io._http import BadRequest, HttpRequest, read_request, response
-from .io._transport import Transport
+from .io._transport import Flusher, Transport
 from .io._upgrade import HandshakeError, accept_response, check_upgrade, json_response
 from .protocol import (
     PROTOCOL_VERSION,
@@ -149,6 +149,7 @@ class Node:
             self.cluster.handlers.update(self._cluster_handlers)
         self._routes: dict[str, Route] = {"/health": self._health_route}
         self._connected: set[Client] = set()  # every WebSocket client, handshaking or open
+        self._flusher = Flusher()
         self._stop = trio.Event()
         self._idle = trio.Event()
         self._registry = make_registry(self.stats, self._gauges, self._counters)
@@ -534,6 +535,7 @@ class Node:
                 await self._start_cluster(nursery, self.cluster)
             accept = trio.CancelScope()
             sweep = trio.CancelScope()
+            nursery.start_soon(self._flusher.run)
             nursery.start_soon(self._accept, listeners, nursery, accept)
             nursery.start_soon(self._sweep, sweep)
             task_status.started(self.port)
@@ -637,9 +639,10 @@ class Node:
         self, stream: trio.SocketStream, trailing: bytes, identity: Identity, deadline: float
     ) -> None:
         limits = self.config.limits
-        transport = Transport(
+        transport = Transport.from_stream(
             stream,
             self.stats,
+            self._flusher,
             trailing=trailing,
             max_message=limits.max_frame_bytes,
             max_bytes=limits.outbox_max_bytes,

@@ -1,8 +1,15 @@
-"""One WebSocket connection on the server: a reader, a writer and a bounded outbox.
+"""One WebSocket connection on the server: a reader task, and writes without a writer task.
 
-The transport owns the TCP stream after the HTTP upgrade. wsproto parses what the client sends;
-what the node sends is queued as ready-made frame bytes (see :mod:`._wsframe`) in a bounded
-outbox that a writer task drains, writing every queued frame in one ``send_all``.
+After the HTTP upgrade the transport takes the connection's socket out of its trio stream and
+drives it with Trio's low-level I/O (``wait_readable`` / ``wait_writable`` on a non-blocking
+socket). wsproto parses what the client sends; what the node sends is queued as ready-made frame
+bytes (see :mod:`._wsframe`) in a bounded outbox.
+
+Writing: queueing a frame marks the connection dirty with the node's :class:`Flusher`, one task
+that, once the current burst of work yields, writes every dirty connection's whole outbox with one
+``send`` each. A broadcast to a thousand connections thus wakes one task, not a thousand. Only
+when the kernel's buffer is full does a connection get a task of its own, which waits until the
+socket is writable, writes, and ends once the outbox is empty.
 
 Slow-consumer policy: a volatile frame is dropped when the outbox is over half full; a frame
 that would overflow it first evicts the volatile frames queued; if it still does not fit, the
@@ -14,8 +21,9 @@ from __future__ import annotations
 
 import collections
 import logging
+import socket
 from collections.abc import Callable
-from typing import Final, cast
+from typing import Final
 
 import trio
 from wsproto.connection import Connection, ConnectionState, ConnectionType
@@ -39,27 +47,55 @@ class _Volatile(bytes):
     __slots__ = ()
 
 
+class Flusher:
+    """Writes the outboxes of the connections that have something queued.
+
+    Resource handling: :meth:`run` is the node's one writing task; it owns nothing else.
+    """
+
+    def __init__(self) -> None:
+        self._dirty: list[Transport] = []
+        self._wake = trio.Event()
+
+    def mark(self, transport: Transport) -> None:
+        self._dirty.append(transport)
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            dirty, self._dirty = self._dirty, []
+            for transport in dirty:
+                transport.flush()
+
+
 class Transport:
     """A server-side WebSocket connection after the handshake.
 
-    Resource handling: :meth:`run` owns the stream and both tasks; when it returns the stream is
-    closed. :meth:`send_frame` and :meth:`close` never block and may be called from any task.
+    Resource handling: :meth:`run` owns the socket and the connection's tasks; when it returns
+    the socket is closed. :meth:`send_frame` and :meth:`close` never block and may be called
+    from any task.
 
-    Error handling: a broken stream, a protocol violation by the peer or an oversized message
-    end :meth:`run` (the last two with a close frame: 1002, 1009); nothing propagates.
+    Error handling: a broken connection, a protocol violation by the peer or an oversized
+    message end :meth:`run` (the last two with a close frame: 1002, 1009); nothing propagates.
     """
 
     __slots__ = (
+        "_blocked",
+        "_broken",
         "_close_timeout",
         "_closing",
+        "_dirty",
+        "_emptied",
+        "_flusher",
         "_max_bytes",
         "_max_message",
         "_queue",
         "_queued_bytes",
         "_scope",
+        "_sock",
         "_stats",
-        "_stream",
-        "_wake",
         "_ws",
         "close_code",
         "close_reason",
@@ -70,23 +106,29 @@ class Transport:
 
     def __init__(
         self,
-        stream: trio.abc.Stream,
+        sock: socket.socket,
         stats: Stats,
+        flusher: Flusher,
         *,
         trailing: bytes = b"",
         max_message: int,
         max_bytes: int,
         close_timeout: float,
     ) -> None:
-        self._stream = stream
+        sock.setblocking(False)
+        self._sock = sock
         self._stats = stats
+        self._flusher = flusher
         self._ws = Connection(ConnectionType.SERVER, trailing_data=trailing)
         self._max_message = max_message
         self._max_bytes = max_bytes
         self._close_timeout = close_timeout
         self._queue: collections.deque[bytes] = collections.deque()
         self._queued_bytes = 0
-        self._wake: trio.Event | None = None
+        self._dirty = False  # waiting in the flusher's list
+        self._blocked = False  # the kernel buffer is full: a drain task owns writing
+        self._broken = False  # writing failed: the peer is gone
+        self._emptied: trio.Event | None = None
         self._scope: trio.CancelScope | None = None
         self._closing = False
         self.close_code: int | None = None  # the code we sent, or the peer's
@@ -94,6 +136,14 @@ class Transport:
         self.last_seen = trio.current_time()  # last time anything arrived
         self.last_ping = 0.0
         self.nursery: trio.Nursery | None = None  # for tasks that live as long as the connection
+
+    @classmethod
+    def from_stream(
+        cls, stream: trio.SocketStream, stats: Stats, flusher: Flusher, **kw: object
+    ) -> Transport:
+        """Take over the socket of ``stream`` (which must not be used any more)."""
+        sock = socket.socket(fileno=stream.socket.detach())
+        return cls(sock, stats, flusher, **kw)  # type: ignore[arg-type]
 
     # Sending ------------------------------------------------------------------------------------
 
@@ -117,8 +167,9 @@ class Transport:
         self._queue.append(_Volatile(frame) if volatile else frame)
         self._queued_bytes += size
         self._stats.frames_out += 1
-        if self._wake is not None:
-            self._wake.set()
+        if not (self._dirty or self._blocked):
+            self._dirty = True
+            self._flusher.mark(self)
         return True
 
     def ping(self, now: float) -> None:
@@ -139,26 +190,76 @@ class Transport:
             info = close_info(code)
             reason = info.reason if info is not None else ""
         self.close_code, self.close_reason = code, reason
-        if discard:
+        if discard and not self._blocked:  # (a blocked queue may hold half a frame)
             self._queue.clear()
             self._queued_bytes = 0
         if self._ws.state is ConnectionState.OPEN:
             self._enqueue_control(self._ws.send(CloseConnection(code=code, reason=reason)))
         self._arm_deadline()
-        if self._wake is not None:
-            self._wake.set()
 
     def _enqueue_control(self, frame: bytes) -> None:
         self._queue.append(frame)
         self._queued_bytes += len(frame)
-        if self._wake is not None:
-            self._wake.set()
+        if not (self._dirty or self._blocked):
+            self._dirty = True
+            self._flusher.mark(self)
 
     def _evict_volatile(self) -> None:
         kept = collections.deque(f for f in self._queue if type(f) is not _Volatile)
         self._stats.dropped += len(self._queue) - len(kept)
         self._queue = kept
         self._queued_bytes = sum(len(f) for f in kept)
+
+    def flush(self) -> None:
+        """Write as much of the outbox as the kernel takes now (called by the flusher)."""
+        self._dirty = False
+        queue = self._queue
+        if not queue or self._broken:
+            return
+        data = queue[0] if len(queue) == 1 else b"".join(queue)
+        queue.clear()
+        try:
+            sent = self._sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._break()
+            return
+        self._stats.bytes_out += sent
+        if sent < len(data):
+            rest = data[sent:]
+            queue.append(rest)
+            self._queued_bytes = len(rest)
+            if not self._blocked and self.nursery is not None:
+                self._blocked = True
+                self.nursery.start_soon(self._drain)
+            return
+        self._queued_bytes = 0
+        if self._emptied is not None:
+            self._emptied.set()
+
+    async def _drain(self) -> None:
+        """Wait for room in the kernel's buffer and write, until the outbox is empty."""
+        try:
+            while self._queue and not self._broken:
+                await trio.lowlevel.wait_writable(self._sock)
+                self._blocked = False
+                self.flush()
+                if self.nursery is None or not self._blocked:
+                    return
+        finally:
+            self._blocked = False
+            if self._queue and not self._broken and not self._dirty:
+                self._dirty = True
+                self._flusher.mark(self)
+
+    def _break(self) -> None:
+        self._broken = True
+        self._closing = True
+        self._queue.clear()
+        self._queued_bytes = 0
+        if self._scope is not None:
+            self._scope.cancel()
 
     # Running ------------------------------------------------------------------------------------
 
@@ -173,61 +274,31 @@ class Transport:
                     self._arm_deadline()
                 async with trio.open_nursery() as nursery:
                     self.nursery = nursery
-                    nursery.start_soon(self._writer)
                     peer_gone = await self._reader(on_message)
                     self._closing = True
-                    if peer_gone:
-                        nursery.cancel_scope.cancel()
-                    else:  # let the writer flush the close frame, within the deadline
+                    if not peer_gone:  # flush the close frame, within the deadline
                         self._arm_deadline()
-                        if self._wake is not None:
-                            self._wake.set()
+                        while self._queue and not self._broken:
+                            self._emptied = trio.Event()
+                            await self._emptied.wait()
+                    nursery.cancel_scope.cancel()
         finally:
-            self._closing = True
-            await trio.aclose_forcefully(self._stream)
+            self._closing = self._broken = True
+            self.nursery = None
+            trio.lowlevel.notify_closing(self._sock)
+            self._sock.close()
 
     def _arm_deadline(self) -> None:
         if self._scope is not None:
             deadline = trio.current_time() + self._close_timeout
             self._scope.deadline = min(self._scope.deadline, deadline)
 
-    async def _writer(self) -> None:
-        stream = self._stream
-        while True:
-            if not self._queue:
-                if self._closing and self._ws.state is not ConnectionState.OPEN:
-                    return  # the close frame is out
-                self._wake = trio.Event()
-                await self._wake.wait()
-                self._wake = None
-                continue
-            batch, self._queue = self._queue, collections.deque()
-            self._queued_bytes = 0
-            data = batch[0] if len(batch) == 1 else b"".join(batch)
-            try:
-                await stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._closing = True
-                if self._scope is not None:
-                    self._scope.cancel()
-                return
-            self._stats.bytes_out += len(data)
-
     async def _reader(self, on_message: MessageHandler) -> bool:
         """Read until the close handshake; ``True`` if the peer vanished without one."""
-        ws = self._ws
+        ws, sock = self._ws, self._sock
         parts: list[bytes | bytearray | str] = []
         size = 0
-        while ws.state not in (ConnectionState.CLOSED, ConnectionState.REMOTE_CLOSING):
-            try:
-                data = await self._stream.receive_some(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return True
-            if not data:
-                return True
-            self.last_seen = trio.current_time()
-            self._stats.bytes_in += len(data)
-            ws.receive_data(cast(bytes, data))
+        while True:
             try:
                 for event in ws.events():
                     if isinstance(event, TextMessage | BytesMessage):
@@ -236,7 +307,7 @@ class Transport:
                         chunk = event.data
                         size += _utf8_len(chunk) if isinstance(chunk, str) else len(chunk)
                         if size > self._max_message:
-                            self.close(CloseCode.MESSAGE_TOO_BIG, discard=False)
+                            self.close(CloseCode.MESSAGE_TOO_BIG)
                             parts.clear()
                             continue
                         parts.append(chunk)
@@ -258,7 +329,22 @@ class Transport:
                 log.debug("WebSocket protocol error from peer: %s", exc)
                 self.close(CloseCode.PROTOCOL_ERROR, discard=True)
                 return False
-        return False
+            if _state(ws) in (ConnectionState.CLOSED, ConnectionState.REMOTE_CLOSING):
+                return False
+            await trio.lowlevel.checkpoint()
+            while True:
+                try:
+                    data = sock.recv(RECEIVE_SIZE)
+                    break
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(sock)
+                except OSError:
+                    return True
+            if not data:
+                return True
+            self.last_seen = trio.current_time()
+            self._stats.bytes_in += len(data)
+            ws.receive_data(data)
 
 
 def _utf8_len(text: str) -> int:
