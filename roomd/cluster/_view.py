@@ -325,6 +325,8 @@ class ClusterView:
                 node.users[delta.user] = delta.count
             else:
                 node.users.pop(delta.user, None)
+                if node.statuses.pop(delta.user, None) is not None:  # status ends with presence
+                    self._recompute_status(delta.user, effects)
             total_before = self.user_connections[delta.user]
             self.user_connections[delta.user] += delta.count - before
             total = self.user_connections[delta.user]
