@@ -223,3 +223,28 @@ async def test_gap_on_the_bus_triggers_a_snapshot(tmp_path: Path) -> None:
                         )
             finally:
                 ctx.destroy(linger=0)
+
+
+async def test_mesh_peer_stops_and_comes_back(tmp_path: Path) -> None:
+    with trio.fail_after(40):
+        async with running_cluster(tmp_path, "mesh") as cluster:
+            a, b = cluster.node("nodeA"), cluster.node("nodeB")
+            async with connect(a, "alice") as alice:
+                await alice.ok("room.join", {"room": "r"})
+                node_a = cluster.nodes["nodeA"]
+                start = len(node_a.lines)
+                cluster.nodes["nodeB"].kill()
+                await node_a.wait_for("node nodeB is down", start)
+                start = len(node_a.lines)
+                await cluster.start_node("nodeB", expect_peers=2)
+                await node_a.wait_for("node nodeB is up", start)
+                async with connect(b, "bob") as bob:
+                    await bob.ok("room.join", {"room": "r"})
+                    await joined_user(alice, "bob")
+                    for attempt in range(500):  # until bob's node has alice's subscription
+                        await bob.ok("send", {"to": {"room": "r"}, "event": "p", "data": attempt})
+                        with trio.move_on_after(0.05):
+                            await alice.push("p")
+                            break
+                    await bob.ok("send", {"to": {"user": "alice"}, "event": "dm", "data": 1})
+                    assert (await alice.push("dm"))["from"] == "bob"
