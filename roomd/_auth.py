@@ -16,6 +16,7 @@ from .io._http import HttpRequest
 from .protocol import PayloadLimits, RemoteProtocolError, validate_name
 
 ALGORITHM = "HS256"
+_REGISTERED_CLAIMS = frozenset({"sub", "iat", "exp", "nbf"})
 
 
 class AuthError(Exception):
@@ -58,7 +59,7 @@ class Authenticator:
         if token:
             return self.verify(token)
         if self.dev and "user" in request.query:
-            return Identity(self._user(request.query["user"]), {"dev": True})
+            return Identity(self._user(request.query["user"]))
         raise AuthError("no token: pass ?token=... or an Authorization: Bearer header")
 
     def verify(self, token: str) -> Identity:
@@ -79,7 +80,8 @@ class Authenticator:
         sub = claims.get("sub")
         if not isinstance(sub, str):
             raise AuthError("invalid token: sub must be a string")
-        return Identity(self._user(sub), claims)
+        extra = {k: v for k, v in claims.items() if k not in _REGISTERED_CLAIMS}
+        return Identity(self._user(sub), extra)
 
     def _user(self, name: str) -> str:
         try:

@@ -8,6 +8,7 @@ handler registry and the node-wide heartbeat sweep.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import secrets
 import time
@@ -68,6 +69,9 @@ from .protocol import (
 )
 
 log = logging.getLogger("roomd.node")
+
+ACCEPT_BACKOFF = 0.1  # seconds to wait when accept() fails for lack of resources
+_ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 Handler = Callable[["Context", Any], Awaitable[Any]]
 H = TypeVar("H", bound=Handler)
@@ -455,7 +459,7 @@ class Node:
                 self.cluster.publish_user(user, template)
         clients = self.hub.users_clients(users)
         if sender is not None:
-            clients |= self.hub.user_clients(sender.user)
+            clients.update(self.hub.user_clients(sender.user))
         return self.hub.deliver(clients, template, exclude=sender)
 
     def route_all(self, template: PushTemplate, exclude: Client | None = None) -> int:
@@ -519,7 +523,8 @@ class Node:
                 status = {"user": effect.user, "status": effect.status, "text": effect.text}
                 template = self._template("status", status, False)
                 clients = self.hub.rooms_clients(self.view.rooms_of(effect.user))
-                self.hub.deliver(clients | self.hub.user_clients(effect.user), template)
+                clients.update(self.hub.user_clients(effect.user))
+                self.hub.deliver(clients, template)
 
     # Running --------------------------------------------------------------------------------------
 
@@ -569,7 +574,23 @@ class Node:
         scope: trio.CancelScope,
     ) -> None:
         with scope:
-            await trio.serve_listeners(self._serve_tcp, listeners, handler_nursery=nursery)
+            async with trio.open_nursery() as accepting:
+                for listener in listeners:
+                    accepting.start_soon(self._accept_one, listener, nursery)
+
+    async def _accept_one(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        """Accept connections; each is served by one task of the node's nursery."""
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                        raise
+                    log.error("accept failed (%s); retrying in %.1f s", exc, ACCEPT_BACKOFF)
+                    await trio.sleep(ACCEPT_BACKOFF)
+                else:
+                    nursery.start_soon(self._serve_tcp, stream)
 
     async def _sweep(self, scope: trio.CancelScope) -> None:
         """The node-wide heartbeat: ping idle connections, close silent and stalled ones."""
@@ -595,31 +616,75 @@ class Node:
                         transport.ping(now)
 
     async def _serve_tcp(self, stream: trio.SocketStream) -> None:
+        """One TCP connection: plain HTTP, or a WebSocket for as long as it lives.
+
+        Resource handling: closes ``stream`` (or, for a WebSocket, the transport that took its
+        socket over) before returning.
+        """
         limits = self.config.limits
         deadline = trio.current_time() + limits.handshake_timeout
+        upgrade = await self._handshake(stream, limits.handshake_timeout)
+        if upgrade is None:
+            return
+        trailing, identity = upgrade
+        transport = Transport.from_stream(
+            stream,
+            self.stats,
+            self._flusher,
+            trailing=trailing,
+            max_message=limits.max_frame_bytes,
+            max_bytes=limits.outbox_max_bytes,
+            close_timeout=limits.close_timeout,
+        )
+        del stream, upgrade, trailing  # nothing of the handshake stays with the connection
+        client = Client(
+            Session(identity.user),
+            transport,
+            RateLimiter(limits.rate, limits.burst, trio.current_time()),
+            deadline,
+            identity.claims,
+        )
+        del identity
+        if len(self._connected) >= limits.max_connections:
+            self.stats.rejected["max_connections"] += 1
+            transport.close(CloseCode.TRY_AGAIN_LATER)
+        self.stats.connections_total += 1
+        self._connected.add(client)
+        self._idle = trio.Event() if self._idle.is_set() else self._idle
         try:
-            with trio.fail_after(limits.handshake_timeout):
+            await transport.run(self._on_message, client)
+        finally:
+            self._disconnected(client)
+
+    async def _handshake(
+        self, stream: trio.SocketStream, timeout: float
+    ) -> tuple[bytes, Identity] | None:
+        """Answer plain HTTP, or accept a WebSocket upgrade: its trailing bytes and identity.
+
+        Returns ``None`` when the connection is done (answered, refused or dropped).
+        """
+        try:
+            with trio.fail_after(timeout):
                 request = await read_request(stream)
                 if not request.upgrade:
                     await stream.send_all(self._http(request))
-                    return
+                    await trio.aclose_forcefully(stream)
+                    return None
                 if request.path not in ("/", "/ws"):
                     raise HandshakeError(404, f"no WebSocket endpoint at {request.path}")
                 check_upgrade(request)
                 identity = self._authenticate(request)
                 await stream.send_all(accept_response(request))
+                return request.trailing, identity
         except HandshakeError as exc:
             self.stats.rejected[str(exc.status)] += 1
             await self._reply(stream, exc.reply)
-            return
         except BadRequest as exc:
             self.stats.rejected["400"] += 1
             await self._reply(stream, json_response(400, {"error": str(exc)}))
-            return
         except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError):
             await trio.aclose_forcefully(stream)
-            return
-        await self._serve_websocket(stream, request.trailing, identity, deadline)
+        return None
 
     async def _reply(self, stream: trio.SocketStream, data: bytes) -> None:
         with trio.move_on_after(1.0):
@@ -634,38 +699,6 @@ class Node:
             raise HandshakeError(
                 401, str(exc), (("WWW-Authenticate", 'Bearer realm="roomd"'),)
             ) from None
-
-    async def _serve_websocket(
-        self, stream: trio.SocketStream, trailing: bytes, identity: Identity, deadline: float
-    ) -> None:
-        limits = self.config.limits
-        transport = Transport.from_stream(
-            stream,
-            self.stats,
-            self._flusher,
-            trailing=trailing,
-            max_message=limits.max_frame_bytes,
-            max_bytes=limits.outbox_max_bytes,
-            close_timeout=limits.close_timeout,
-        )
-        now = trio.current_time()
-        client = Client(
-            Session(identity.user),
-            transport,
-            RateLimiter(limits.rate, limits.burst, now),
-            deadline,
-            identity.claims,
-        )
-        if len(self._connected) >= limits.max_connections:
-            self.stats.rejected["max_connections"] += 1
-            transport.close(CloseCode.TRY_AGAIN_LATER)
-        self.stats.connections_total += 1
-        self._connected.add(client)
-        self._idle = trio.Event() if self._idle.is_set() else self._idle
-        try:
-            await transport.run(lambda _t, raw, binary: self._on_message(client, raw, binary))
-        finally:
-            self._disconnected(client)
 
     def _disconnected(self, client: Client) -> None:
         self._connected.discard(client)

@@ -9,6 +9,8 @@ from ..protocol import PushTemplate, ServerFrame, Session, encode_frame
 
 RoomKey = tuple[str, str]  # (namespace, room)
 
+NO_ROOMS: set[RoomKey] = frozenset()  # type: ignore[assignment]  # shared, never mutated
+
 
 class Outlet(Protocol):
     """Where a client's frames go (the WebSocket transport, or a test double)."""
@@ -50,8 +52,8 @@ class Client:
     """
 
     __slots__ = (
+        "_claims",
         "binary",
-        "claims",
         "events",
         "handshake_deadline",
         "inflight",
@@ -74,12 +76,17 @@ class Client:
         self.outlet = outlet
         self.limiter = limiter
         self.handshake_deadline = handshake_deadline
-        self.claims = claims or {}
+        self._claims = claims or None  # most clients have none: no empty dict each
         self.binary = False  # msgpack when the hello came in a binary frame
-        self.rooms: set[RoomKey] = set()
-        self.pending: dict[int, Any] = {}
+        self.rooms: set[RoomKey] = NO_ROOMS  # a set of its own from the first join
+        self.pending: dict[int, Any] = {}  # (an empty dict costs 64 bytes: cheap enough)
         self.events: Any = None  # send side of the event worker's queue, once it runs
         self.inflight = 0  # events queued for or being handled by the worker
+
+    @property
+    def claims(self) -> dict[str, Any]:
+        """The token's claims beyond ``sub``, ``iat`` and ``exp`` (the application's own)."""
+        return self._claims if self._claims is not None else {}
 
     @property
     def user(self) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from ..protocol import PushTemplate
-from ._client import Client, RoomKey
+from ._client import NO_ROOMS, Client, RoomKey
 
 
 class Hub:
@@ -17,20 +17,23 @@ class Hub:
 
     Invariants: a client is in ``users[client.user]`` once it is added; ``rooms[key][user]``
     holds the user's clients in that room and is never empty; ``client.rooms`` mirrors it.
+    A user's connections are kept in a list, not a set: there are few of them, and a list of
+    one costs a quarter of a set's memory (it counts, with thousands of idle connections).
     """
 
     def __init__(self) -> None:
         self.clients: dict[str, Client] = {}
-        self.users: dict[str, set[Client]] = {}
-        self.rooms: dict[RoomKey, dict[str, set[Client]]] = {}
+        self.users: dict[str, list[Client]] = {}
+        self.rooms: dict[RoomKey, dict[str, list[Client]]] = {}
 
     # Membership --------------------------------------------------------------------------------
 
     def add(self, client: Client) -> int:
         """Register an open client; how many connections its user now has here."""
         self.clients[client.id] = client
-        conns = self.users.setdefault(client.user, set())
-        conns.add(client)
+        conns = self.users.setdefault(client.user, [])
+        if client not in conns:
+            conns.append(client)
         return len(conns)
 
     def remove(self, client: Client) -> tuple[int, list[RoomKey]]:
@@ -42,7 +45,8 @@ class Hub:
         conns = self.users.get(client.user)
         remaining = 0
         if conns is not None:
-            conns.discard(client)
+            if client in conns:
+                conns.remove(client)
             remaining = len(conns)
             if not conns:
                 del self.users[client.user]
@@ -51,20 +55,25 @@ class Hub:
     def join(self, client: Client, key: RoomKey) -> bool:
         """Put ``client`` in room ``key``; ``True`` if its user was not in the room before."""
         members = self.rooms.setdefault(key, {})
-        conns = members.setdefault(client.user, set())
+        conns = members.setdefault(client.user, [])
         first = not conns
-        conns.add(client)
+        if client not in conns:
+            conns.append(client)
+        if client.rooms is NO_ROOMS:
+            client.rooms = set()
         client.rooms.add(key)
         return first
 
     def leave(self, client: Client, key: RoomKey) -> bool:
         """Take ``client`` out of room ``key``; ``True`` if its user has now left the room."""
-        client.rooms.discard(key)
+        if key in client.rooms:
+            client.rooms.discard(key)
         members = self.rooms.get(key)
         if members is None or client.user not in members:
             return False
         conns = members[client.user]
-        conns.discard(client)
+        if client in conns:
+            conns.remove(client)
         if conns:
             return False
         del members[client.user]
@@ -77,20 +86,20 @@ class Hub:
     def member_count(self, key: RoomKey) -> int:
         return len(self.rooms.get(key, ()))
 
-    def members(self, key: RoomKey) -> dict[str, set[Client]]:
+    def members(self, key: RoomKey) -> dict[str, list[Client]]:
         return self.rooms.get(key, {})
 
     def room_clients(self, key: RoomKey) -> Iterator[Client]:
         for conns in self.rooms.get(key, {}).values():
             yield from conns
 
-    def user_clients(self, user: str) -> set[Client]:
-        return self.users.get(user, set())
+    def user_clients(self, user: str) -> list[Client]:
+        return self.users.get(user, [])
 
     def users_clients(self, users: Iterable[str]) -> set[Client]:
         found: set[Client] = set()
         for user in users:
-            found |= self.users.get(user, set())
+            found.update(self.users.get(user, ()))
         return found
 
     def rooms_clients(self, keys: Iterable[RoomKey]) -> set[Client]:

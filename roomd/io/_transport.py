@@ -2,8 +2,9 @@
 
 After the HTTP upgrade the transport takes the connection's socket out of its trio stream and
 drives it with Trio's low-level I/O (``wait_readable`` / ``wait_writable`` on a non-blocking
-socket). wsproto parses what the client sends; what the node sends is queued as ready-made frame
-bytes (see :mod:`._wsframe`) in a bounded outbox.
+socket). wsproto's frame layer parses what the client sends (masking, fragmentation, UTF-8,
+control frames); the close handshake's four states are kept here. What the node sends is queued
+as ready-made frame bytes (see :mod:`._wsframe`) in a bounded outbox.
 
 Writing: queueing a frame marks the connection dirty with the node's :class:`Flusher`, one task
 that, once the current burst of work yields, writes every dirty connection's whole outbox with one
@@ -19,16 +20,13 @@ costs at most ``max_bytes`` of memory and never blocks anyone else.
 
 from __future__ import annotations
 
-import collections
 import logging
 import socket
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final, cast
 
 import trio
-from wsproto.connection import Connection, ConnectionState, ConnectionType
-from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
-from wsproto.utilities import RemoteProtocolError as WsProtocolError
+from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
 
 from .._stats import Stats
 from ..protocol import CloseCode, close_info
@@ -38,7 +36,10 @@ log = logging.getLogger("roomd.transport")
 
 RECEIVE_SIZE: Final = 64 * 1024
 
-MessageHandler = Callable[["Transport", bytes | str, bool], None]
+MessageHandler = Callable[[Any, bytes | str, bool], None]
+
+# The close handshake (RFC 6455, section 7).
+OPEN, LOCAL_CLOSING, REMOTE_CLOSING, CLOSED = range(4)
 
 
 class _Volatile(bytes):
@@ -95,6 +96,7 @@ class Transport:
         "_queued_bytes",
         "_scope",
         "_sock",
+        "_state",
         "_stats",
         "_ws",
         "close_code",
@@ -119,11 +121,13 @@ class Transport:
         self._sock = sock
         self._stats = stats
         self._flusher = flusher
-        self._ws = Connection(ConnectionType.SERVER, trailing_data=trailing)
+        self._ws = FrameProtocol(client=False, extensions=[])
+        self._ws.receive_bytes(trailing)
+        self._state = OPEN
         self._max_message = max_message
         self._max_bytes = max_bytes
         self._close_timeout = close_timeout
-        self._queue: collections.deque[bytes] = collections.deque()
+        self._queue: list[bytes] = []
         self._queued_bytes = 0
         self._dirty = False  # waiting in the flusher's list
         self._blocked = False  # the kernel buffer is full: a drain task owns writing
@@ -193,8 +197,9 @@ class Transport:
         if discard and not self._blocked:  # (a blocked queue may hold half a frame)
             self._queue.clear()
             self._queued_bytes = 0
-        if self._ws.state is ConnectionState.OPEN:
-            self._enqueue_control(self._ws.send(CloseConnection(code=code, reason=reason)))
+        if self._state == OPEN:
+            self._state = LOCAL_CLOSING
+            self._enqueue_control(bytes(self._ws.close(code, reason)))
         self._arm_deadline()
 
     def _enqueue_control(self, frame: bytes) -> None:
@@ -205,7 +210,7 @@ class Transport:
             self._flusher.mark(self)
 
     def _evict_volatile(self) -> None:
-        kept = collections.deque(f for f in self._queue if type(f) is not _Volatile)
+        kept = [f for f in self._queue if type(f) is not _Volatile]
         self._stats.dropped += len(self._queue) - len(kept)
         self._queue = kept
         self._queued_bytes = sum(len(f) for f in kept)
@@ -217,7 +222,7 @@ class Transport:
         if not queue or self._broken:
             return
         data = queue[0] if len(queue) == 1 else b"".join(queue)
-        queue.clear()
+        queue.clear()  # (a list: an empty deque would keep a 600-byte block per connection)
         try:
             sent = self._sock.send(data)
         except BlockingIOError:
@@ -263,25 +268,26 @@ class Transport:
 
     # Running ------------------------------------------------------------------------------------
 
-    async def run(self, on_message: MessageHandler) -> None:
-        """Serve the connection until it is closed; ``on_message`` gets each complete message.
+    async def run(self, on_message: MessageHandler, owner: Any) -> None:
+        """Serve the connection until it is closed; ``on_message(owner, message, binary)`` gets
+        each complete message.
 
         ``on_message`` must not block: it runs in the reader, between two reads.
         """
         try:
-            with trio.CancelScope() as self._scope:
+            async with trio.open_nursery() as nursery:
+                self._scope = nursery.cancel_scope
+                self.nursery = nursery
                 if self._closing:
                     self._arm_deadline()
-                async with trio.open_nursery() as nursery:
-                    self.nursery = nursery
-                    peer_gone = await self._reader(on_message)
-                    self._closing = True
-                    if not peer_gone:  # flush the close frame, within the deadline
-                        self._arm_deadline()
-                        while self._queue and not self._broken:
-                            self._emptied = trio.Event()
-                            await self._emptied.wait()
-                    nursery.cancel_scope.cancel()
+                peer_gone = await self._reader(on_message, owner)
+                self._closing = True
+                if not peer_gone:  # flush the close frame, within the deadline
+                    self._arm_deadline()
+                    while self._queue and not self._broken:
+                        self._emptied = trio.Event()
+                        await self._emptied.wait()
+                nursery.cancel_scope.cancel()
         finally:
             self._closing = self._broken = True
             self.nursery = None
@@ -293,43 +299,44 @@ class Transport:
             deadline = trio.current_time() + self._close_timeout
             self._scope.deadline = min(self._scope.deadline, deadline)
 
-    async def _reader(self, on_message: MessageHandler) -> bool:
+    async def _reader(self, on_message: MessageHandler, owner: Any) -> bool:
         """Read until the close handshake; ``True`` if the peer vanished without one."""
-        ws, sock = self._ws, self._sock
+        proto, sock = self._ws, self._sock
         parts: list[bytes | bytearray | str] = []
         size = 0
         while True:
             try:
-                for event in ws.events():
-                    if isinstance(event, TextMessage | BytesMessage):
+                for frame in proto.received_frames():
+                    opcode = frame.opcode
+                    if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
                         if self._closing:
                             continue
-                        chunk = event.data
+                        chunk = cast(bytes | str, frame.payload)
                         size += _utf8_len(chunk) if isinstance(chunk, str) else len(chunk)
                         if size > self._max_message:
                             self.close(CloseCode.MESSAGE_TOO_BIG)
                             parts.clear()
                             continue
                         parts.append(chunk)
-                        if event.message_finished:
+                        if frame.message_finished:
                             message = _join(parts)
                             parts, size = [], 0
                             self._stats.frames_in += 1
-                            on_message(self, message, isinstance(event, BytesMessage))
-                    elif isinstance(event, Ping):
-                        self._enqueue_control(ws.send(event.response()))
-                    elif isinstance(event, CloseConnection):
+                            on_message(owner, message, opcode is Opcode.BINARY)
+                    elif opcode is Opcode.PING:
+                        self._enqueue_control(bytes(proto.pong(cast(bytes, frame.payload))))
+                    elif opcode is Opcode.CLOSE:
+                        code, reason = cast(tuple[int, str], frame.payload)
                         if self.close_code is None:
-                            self.close_code, self.close_reason = event.code, event.reason or ""
-                        if _state(ws) is ConnectionState.REMOTE_CLOSING:
+                            self.close_code, self.close_reason = code, reason or ""
+                        if self._state == OPEN:  # the peer starts the close: answer it
                             self._closing = True
-                            self._enqueue_control(ws.send(event.response()))
+                            self._enqueue_control(bytes(proto.close(code, reason)))
+                        self._state = CLOSED
                         return False
-            except WsProtocolError as exc:
+            except ParseFailed as exc:
                 log.debug("WebSocket protocol error from peer: %s", exc)
-                self.close(CloseCode.PROTOCOL_ERROR, discard=True)
-                return False
-            if _state(ws) in (ConnectionState.CLOSED, ConnectionState.REMOTE_CLOSING):
+                self.close(exc.code, str(exc)[:120], discard=True)
                 return False
             await trio.lowlevel.checkpoint()
             while True:
@@ -344,7 +351,8 @@ class Transport:
                 return True
             self.last_seen = trio.current_time()
             self._stats.bytes_in += len(data)
-            ws.receive_data(data)
+            proto.receive_bytes(data)
+            del data  # not kept alive while waiting for more
 
 
 def _utf8_len(text: str) -> int:
@@ -355,8 +363,3 @@ def _join(parts: list[bytes | bytearray | str]) -> bytes | str:
     if isinstance(parts[0], str):
         return "".join(p for p in parts if isinstance(p, str))
     return b"".join(p for p in parts if not isinstance(p, str))
-
-
-def _state(ws: Connection) -> ConnectionState:
-    """The connection's state, read afresh (it changes as events are processed)."""
-    return ws.state
