@@ -42,6 +42,9 @@ def _serve_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="development mode: accept ?user=NAME without a token",
     )
+    parser.add_argument(
+        "--mdns", action="store_true", help="advertise this node on the LAN as _roomd._tcp.local."
+    )
     cluster = parser.add_argument_group("cluster (overrides the config file's [cluster])")
     cluster.add_argument("--cluster", choices=["none", "broker", "mesh"], help="cluster mode")
     cluster.add_argument("--broker-frontend", metavar="ENDPOINT", help="broker XSUB endpoint")
@@ -112,17 +115,32 @@ def serve(argv: Sequence[str]) -> int:
         raise SystemExit(f"roomd: {exc}") from None
     if config.auth.dev:
         log.warning("development mode: ?user=NAME is accepted without a token")
-    trio.run(_run_until_signal, node)
+    trio.run(_run_until_signal, node, args.mdns)
     return 0
 
 
-async def _run_until_signal(node: Node) -> None:
+async def _run_until_signal(node: Node, mdns: bool = False) -> None:
     """Run ``node``; the first SIGINT/SIGTERM shuts it down gracefully, a second one at once."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_on_signals, signals, node, nursery.cancel_scope)
-            await node.run()
+            stopped = trio.Event()
+            port = await nursery.start(_run_node, node, stopped)
+            if mdns:
+                from .client import advertise
+
+                await nursery.start(advertise, node.name, node.config.node.host, port, __version__)
+            await stopped.wait()
             nursery.cancel_scope.cancel()
+
+
+async def _run_node(
+    node: Node, stopped: trio.Event, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+) -> None:
+    try:
+        await node.run(task_status=task_status)
+    finally:
+        stopped.set()
 
 
 async def _on_signals(signals: AsyncIterator[int], node: Node, scope: trio.CancelScope) -> None:
@@ -157,7 +175,31 @@ def cluster(argv: Sequence[str]) -> int:
     return trio.run(run_children, plan(config, args.config, node_args), not args.no_color)
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"token": token, "cluster": cluster}
+def chat(argv: Sequence[str]) -> int:
+    from .client import chat_main
+
+    return chat_main(argv)
+
+
+def discover(argv: Sequence[str]) -> int:
+    from .client import discover_main
+
+    return discover_main(argv)
+
+
+def bench(argv: Sequence[str]) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(argv)
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "token": token,
+    "cluster": cluster,
+    "chat": chat,
+    "discover": discover,
+    "bench": bench,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
