@@ -12,19 +12,20 @@ import errno
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-import attrs
 import trio
 from prometheus_client.exposition import generate_latest
 
 from . import __version__
 from ._auth import Authenticator, AuthError, Identity
-from ._builtins import BUILTINS, AsyncBuiltin, send_with_ack, wants_ack
+from ._builtins import BUILTINS
 from ._config import Config
+from ._dispatch import Dispatcher, Handler
+from ._requests import ROOM_REQUEST, CallHandler, Requests
 from ._stats import Stats, make_registry
-from .cluster._cluster import Cluster, ClusterReplies, Reply
+from .cluster._cluster import Cluster
 from .cluster._view import (
     ClusterView,
     Delta,
@@ -43,29 +44,11 @@ from .io._transport import Flusher, Transport
 from .io._upgrade import HandshakeError, accept_response, check_upgrade, json_response
 from .protocol import (
     PROTOCOL_VERSION,
-    Ack,
-    AckError,
     CloseCode,
-    Error,
-    ErrorCode,
-    ErrorInfo,
-    Event,
-    HeartbeatInfo,
-    Hello,
-    LimitsInfo,
     PayloadLimits,
-    Ping,
-    Pong,
     Push,
     PushTemplate,
-    RemoteProtocolError,
-    Request,
-    RequestTimeout,
-    RoomdError,
-    RoomRef,
     Session,
-    Welcome,
-    decode_client_frame,
 )
 
 log = logging.getLogger("roomd.node")
@@ -73,47 +56,12 @@ log = logging.getLogger("roomd.node")
 ACCEPT_BACKOFF = 0.1  # seconds to wait when accept() fails for lack of resources
 _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
-Handler = Callable[["Context", Any], Awaitable[Any]]
 H = TypeVar("H", bound=Handler)
 Route = Callable[[HttpRequest], bytes]
-CallHandler = Callable[[Any, str], Awaitable[Any]]
-ROOM_REQUEST = "roomd.room-request"  # the cluster call behind room sends with ack
 CH = TypeVar("CH", bound=CallHandler)
 
 
-@attrs.frozen
-class Context:
-    """What an event handler receives besides the data: the node and the sending client."""
-
-    node: Node
-    client: Client
-
-    @property
-    def user(self) -> str:
-        return self.client.user
-
-    @property
-    def session_id(self) -> str:
-        return self.client.id
-
-    @property
-    def claims(self) -> dict[str, Any]:
-        return self.client.claims
-
-    async def request(self, event: str, data: Any = None, timeout: float = 10.0) -> Any:
-        """Ask the sending client and wait for its acknowledgement (see :meth:`Node.request`)."""
-        return await self.node.request(self.client.id, event, data, timeout=timeout)
-
-
-class _Waiter:
-    __slots__ = ("ack", "event")
-
-    def __init__(self) -> None:
-        self.event = trio.Event()
-        self.ack: Ack | None = None
-
-
-class Node:
+class Node(Requests):
     """A roomd node.
 
     Run it with ``await nursery.start(node.run)`` (the started value is the bound port) and stop
@@ -147,7 +95,7 @@ class Node:
         self.stats = Stats()
         self.port: int | None = None
         self.started_at = time.time()
-        self._handlers: dict[str, Handler] = {}
+        self._dispatch = Dispatcher(self)
         self._cluster_handlers: dict[str, CallHandler] = {ROOM_REQUEST: self._on_room_request}
         if self.cluster is not None:
             self.cluster.handlers.update(self._cluster_handlers)
@@ -158,10 +106,6 @@ class Node:
         self._idle = trio.Event()
         self._registry = make_registry(self.stats, self._gauges, self._counters)
         self._routes["/metrics"] = self._metrics_route
-
-    @property
-    def name(self) -> str:
-        return self.config.node.name
 
     # Application API ------------------------------------------------------------------------------
 
@@ -175,7 +119,7 @@ class Node:
             raise ValueError(f"{event!r} is a built-in event")
 
         def register(handler: H) -> H:
-            self._handlers[event] = handler
+            self._dispatch.handlers[event] = handler
             return handler
 
         return register
@@ -190,102 +134,6 @@ class Node:
             return handler
 
         return register
-
-    async def cluster_call(
-        self,
-        event: str,
-        data: Any = None,
-        *,
-        targets: list[str] | None = None,
-        except_self: bool = False,
-        expected: int | None = None,
-        timeout: float | None = None,
-    ) -> ClusterReplies:
-        """Call ``event`` on several nodes and gather their replies.
-
-        ``targets`` defaults to every node up (this one included unless ``except_self``); the
-        call returns when ``expected`` replies (default: all targets) arrived, or at
-        ``timeout`` (default ``cluster.call_timeout``): the nodes that did not answer are in
-        ``missing``.
-        """
-        outcome = ClusterReplies()
-        async with self.cluster_replies(
-            event, data, targets=targets, except_self=except_self, timeout=timeout
-        ) as (names, replies):
-            want = len(names) if expected is None else min(expected, len(names))
-            async for reply in replies:
-                if reply.ok:
-                    outcome.replies[reply.node] = reply.result
-                else:
-                    outcome.errors[reply.node] = reply.result
-                if len(outcome.replies) + len(outcome.errors) >= want:
-                    break
-        answered = outcome.replies.keys() | outcome.errors.keys()
-        outcome.missing = [n for n in names if n not in answered]
-        return outcome
-
-    @contextlib.asynccontextmanager
-    async def cluster_replies(
-        self,
-        event: str,
-        data: Any = None,
-        *,
-        targets: list[str] | None = None,
-        except_self: bool = False,
-        timeout: float | None = None,
-    ) -> AsyncIterator[tuple[list[str], Replies]]:
-        """The streaming form of :meth:`cluster_call`: ``async with node.cluster_replies(...)
-        as (targets, replies): async for reply in replies: ...``; the stream ends when every
-        target answered or at the timeout."""
-        if timeout is None:
-            timeout = self.config.cluster.call_timeout
-        names = sorted(set(targets) if targets is not None else set(self.view.nodes_up()))
-        if except_self and self.name in names:
-            names.remove(self.name)
-        remote = [n for n in names if n != self.name]
-        send, receive = trio.open_memory_channel[Reply](max(1, len(names)))
-        call_id = None
-        async with trio.open_nursery() as nursery:
-            if remote and self.cluster is not None:
-                call_id = self.cluster.start_call(event, data, remote, send)
-            elif remote:
-                for name in remote:
-                    send.send_nowait(
-                        Reply(name, False, {"code": "not_found", "message": "no cluster"})
-                    )
-            if self.name in names:
-                nursery.start_soon(self._call_self, event, data, send.clone())
-            nursery.cancel_scope.deadline = trio.current_time() + timeout
-            expected = len(names)
-            try:
-                async with receive:
-                    yield names, Replies(receive, expected, nursery.cancel_scope.deadline)
-            finally:
-                if call_id is not None and self.cluster is not None:
-                    self.cluster.end_call(call_id)
-                send.close()
-                nursery.cancel_scope.cancel()
-
-    async def _call_self(self, event: str, data: Any, send: trio.MemorySendChannel[Reply]) -> None:
-        async with send:
-            handler = self._cluster_handlers.get(event)
-            if handler is None:
-                error = {"code": "unknown_event", "message": f"no handler for {event!r}"}
-                await send.send(Reply(self.name, False, error))
-                return
-            try:
-                result = await handler(data, self.name)
-            except Exception as exc:
-                code = getattr(exc, "code", "internal")
-                if code == "internal":
-                    log.exception("cluster handler %r failed", event)
-                error = {
-                    "code": str(code),
-                    "message": str(getattr(exc, "message", "internal error")),
-                }
-                await send.send(Reply(self.name, False, error))
-            else:
-                await send.send(Reply(self.name, True, result))
 
     def route(self, path: str, handler: Route) -> None:
         """Serve plain HTTP GET ``path`` with ``handler(request) -> response bytes``."""
@@ -310,105 +158,6 @@ class Node:
     def broadcast(self, event: str, data: Any = None, volatile: bool = False) -> int:
         """Push ``event`` to every connected client."""
         return self.route_all(self._template(event, data, volatile))
-
-    async def request(
-        self, session_id: str, event: str, data: Any = None, *, timeout: float = 10.0
-    ) -> Any:
-        """Send a request to one client and wait for its acknowledgement's result.
-
-        Error handling: :class:`RequestTimeout` if no answer comes within ``timeout`` (or the
-        client is gone), :class:`AckError` if the client answers with an error.
-        """
-        client = self.hub.clients.get(session_id)
-        if client is None:
-            raise RequestTimeout(ErrorCode.NOT_FOUND, f"no session {session_id!r} on this node")
-        rid = client.session.next_request_id()
-        waiter = _Waiter()
-        client.pending[rid] = waiter
-        try:
-            client.send(Request(rid, event, data, timeout))
-            with trio.move_on_after(timeout):
-                await waiter.event.wait()
-        finally:
-            client.pending.pop(rid, None)
-        ack = waiter.ack
-        if ack is None:
-            raise RequestTimeout(ErrorCode.TIMEOUT, f"no answer to {event!r} in {timeout} s")
-        if ack.error is not None:
-            raise AckError(ack.error.code, ack.error.message)
-        return ack.result
-
-    async def request_room(
-        self,
-        key: RoomKey,
-        event: str,
-        data: Any = None,
-        *,
-        sender: str | None = None,
-        exclude: Client | None = None,
-        timeout: float = 5.0,
-    ) -> dict[str, Any]:
-        """Send a request to every member connection of a room, on every node, and count the
-        acknowledgements that arrive within ``timeout``: ``{"acked", "missing", "errors",
-        "nodesMissing"}`` (a node that did not report counts its members as missing: unknown)."""
-        local = self.request_room_local(key, event, data, sender, exclude, timeout)
-        totals = {"acked": 0, "missing": 0, "errors": 0}
-        nodes_missing: list[str] = []
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._sum_into, totals, local)
-            if self.cluster is not None and len(self.view.nodes_up()) > 1:
-                body = {"ns": key[0], "room": key[1], "event": event, "data": data}
-                body |= {"from": sender, "timeout": timeout}
-                out = await self.cluster_call(
-                    ROOM_REQUEST, body, except_self=True, timeout=timeout + 1.0
-                )
-                for counts in out.replies.values():
-                    for name in totals:
-                        totals[name] += int(counts.get(name, 0))
-                nodes_missing = sorted([*out.missing, *out.errors])
-        return {**totals, "nodesMissing": nodes_missing}
-
-    @staticmethod
-    async def _sum_into(totals: dict[str, int], counts: Awaitable[dict[str, int]]) -> None:
-        for name, value in (await counts).items():
-            totals[name] += value
-
-    async def request_room_local(
-        self,
-        key: RoomKey,
-        event: str,
-        data: Any,
-        sender: str | None,
-        exclude: Client | None,
-        timeout: float,
-    ) -> dict[str, int]:
-        """The local part of :meth:`request_room`: requests to this node's members."""
-        room = RoomRef(key[0], key[1])
-        waiters: list[_Waiter] = []
-        for client in list(self.hub.room_clients(key)):
-            if client is exclude:
-                continue
-            rid = client.session.next_request_id()
-            waiter = _Waiter()
-            client.pending[rid] = waiter
-            waiters.append(waiter)
-            client.send(Request(rid, event, data, timeout, room=room, sender=sender))
-        with trio.move_on_after(timeout):
-            for waiter in waiters:
-                await waiter.event.wait()
-        acked = sum(1 for w in waiters if w.ack is not None and w.ack.error is None)
-        errors = sum(1 for w in waiters if w.ack is not None and w.ack.error is not None)
-        for client in self.hub.room_clients(key):
-            for rid, waiter in list(client.pending.items()):
-                if waiter in waiters:
-                    del client.pending[rid]
-        return {"acked": acked, "errors": errors, "missing": len(waiters) - acked - errors}
-
-    async def _on_room_request(self, body: Any, origin: str) -> dict[str, int]:
-        key = (str(body["ns"]), str(body["room"]))
-        return await self.request_room_local(
-            key, body["event"], body.get("data"), body.get("from"), None, float(body["timeout"])
-        )
 
     def kick(self, user: str, reason: str = "kicked") -> int:
         """Close every connection of ``user`` with 4010; how many there were."""
@@ -652,7 +401,7 @@ class Node:
         self._connected.add(client)
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         try:
-            await transport.run(self._on_message, client)
+            await transport.run(self._dispatch.on_message, client)
         finally:
             self._disconnected(client)
 
@@ -804,203 +553,3 @@ class Node:
                 cluster.snapshots_requested,
             ),
         }
-
-    # Frames ---------------------------------------------------------------------------------------
-
-    def _on_message(self, client: Client, raw: bytes | str, binary: bool) -> None:
-        limiter = client.limiter
-        if not limiter.take(trio.current_time()):
-            self._refuse_rate(client, raw, binary)
-            return
-        handshaking = not client.session.is_open
-        if handshaking:
-            client.binary = binary  # until the hello, answer in the encoding of each frame
-        try:
-            frame = decode_client_frame(raw, binary)
-            client.session.receive(frame)
-        except RemoteProtocolError as exc:
-            if handshaking and exc.close_code is None:
-                exc.close_code = CloseCode.BAD_HANDSHAKE  # an undecodable first frame
-            self._report(client, exc)
-            return
-        if isinstance(frame, Event):
-            self._on_event_frame(client, frame)
-        elif isinstance(frame, Ping):
-            client.send(Pong(frame.ts, time.time()))
-        elif isinstance(frame, Ack):
-            waiter = client.pending.get(frame.id)
-            if waiter is not None:
-                waiter.ack = frame
-                waiter.event.set()
-        elif isinstance(frame, Hello):
-            self._welcome(client, binary)
-
-    def _welcome(self, client: Client, binary: bool) -> None:
-        client.binary = binary
-        cfg = self.config
-        session = client.session
-        self._local(Online(client.user, self.hub.add(client)))
-        client.send(
-            Welcome(
-                v=PROTOCOL_VERSION,
-                session=session.id,
-                resume_token=session.resume_token,
-                node=self.name,
-                user=session.user,
-                heartbeat=HeartbeatInfo(cfg.heartbeat.interval, cfg.heartbeat.timeout),
-                limits=LimitsInfo(
-                    max_frame_bytes=cfg.limits.max_frame_bytes,
-                    rate=cfg.limits.rate,
-                    burst=cfg.limits.burst,
-                    max_rooms=cfg.limits.max_rooms_per_connection,
-                    max_text_chars=cfg.limits.max_text_chars,
-                ),
-                resumed=False,
-                seq=session.seq,
-            )
-        )
-
-    def _refuse_rate(self, client: Client, raw: bytes | str, binary: bool) -> None:
-        if client.limiter.strikes > self.config.limits.max_strikes:
-            client.close(CloseCode.RATE_LIMITED)
-            return
-        ref: int | None = None
-        if len(raw) < 256:  # cheap best effort: tell which event was refused
-            try:
-                frame = decode_client_frame(raw, binary)
-                ref = frame.id if isinstance(frame, Event | Ack) else None
-            except RemoteProtocolError:
-                pass
-        limits = self.config.limits
-        message = f"more than {limits.rate:g} frames/s (burst {limits.burst})"
-        self._report(client, RemoteProtocolError(ErrorCode.RATE_LIMITED, message, ref=ref))
-
-    def _report(self, client: Client, exc: RemoteProtocolError) -> None:
-        """Tell the client about a refused frame; close if the error requires it.
-
-        Frames refused before they are handled (undecodable, rate-limited ...) get an ``error``
-        frame whose ``ref`` is the frame's id: a client fails the pending call with that id.
-        """
-        self.stats.errors[exc.code] += 1
-        client.send(Error(exc.code, exc.message, exc.ref))
-        if exc.close_code is not None:
-            client.close(exc.close_code)
-
-    def _on_event_frame(self, client: Client, event: Event) -> None:
-        """Handle a built-in event at once, or queue it for the connection's event worker.
-
-        Application handlers may await (even a request to this very client), so they run in a
-        worker task of the connection, never in its reader. Events stay in order: while the
-        worker has anything queued, built-in events queue behind it.
-        """
-        if client.inflight == 0 and event.event in BUILTINS and not wants_ack(event):
-            self._handle_builtin(client, event)
-            return
-        if client.events is None:
-            transport = client.outlet
-            assert isinstance(transport, Transport) and transport.nursery is not None
-            send, receive = trio.open_memory_channel[Event](self.config.limits.max_inflight_events)
-            client.events = send
-            transport.nursery.start_soon(self._event_worker, client, receive)
-        try:
-            client.events.send_nowait(event)
-        except trio.WouldBlock:
-            self.stats.errors[ErrorCode.BUSY] += 1
-            self._answer_error(client, event, ErrorCode.BUSY, "too many events in flight")
-            return
-        client.inflight += 1
-
-    async def _event_worker(self, client: Client, events: trio.MemoryReceiveChannel[Event]) -> None:
-        async for event in events:
-            try:
-                if wants_ack(event):
-                    await self._handle_app_event(client, event, send_with_ack)
-                elif event.event in BUILTINS:
-                    self._handle_builtin(client, event)
-                else:
-                    await self._handle_app_event(client, event)
-            finally:
-                client.inflight -= 1
-
-    def _handle_builtin(self, client: Client, event: Event) -> None:
-        if self._replayed(client, event):
-            return
-        try:
-            result = BUILTINS[event.event](self, client, event.data)
-        except RoomdError as exc:
-            self._fail(client, event, exc)
-            return
-        self._succeed(client, event, result)
-
-    async def _handle_app_event(
-        self, client: Client, event: Event, builtin: AsyncBuiltin | None = None
-    ) -> None:
-        if self._replayed(client, event):
-            return
-        handler = self._handlers.get(event.event)
-        try:
-            if builtin is not None:
-                result = await builtin(self, client, event.data)
-            elif handler is None:
-                raise RemoteProtocolError(ErrorCode.UNKNOWN_EVENT, f"unknown event {event.event!r}")
-            else:
-                result = await handler(Context(self, client), event.data)
-        except RoomdError as exc:
-            self._fail(client, event, exc)
-            return
-        except Exception:
-            log.exception("handler for %r failed", event.event)
-            self._fail(client, event, RoomdError(ErrorCode.INTERNAL, "internal error"))
-            return
-        self._succeed(client, event, result)
-
-    def _replayed(self, client: Client, event: Event) -> bool:
-        """Answer a repeated client message id with the original result."""
-        if event.cmid is None:
-            return False
-        seen, result = client.session.seen(event.cmid)
-        if seen and event.id is not None:
-            client.send(Ack(event.id, result))
-        return seen
-
-    def _succeed(self, client: Client, event: Event, result: Any) -> None:
-        if event.cmid is not None:
-            client.session.remember(event.cmid, result)
-        if event.id is not None:
-            try:
-                client.send(Ack(event.id, result))
-            except TypeError:
-                log.error("handler for %r returned a result with no JSON form", event.event)
-                self._answer_error(client, event, ErrorCode.INTERNAL, "internal error")
-
-    def _fail(self, client: Client, event: Event, exc: RoomdError) -> None:
-        self.stats.errors[exc.code] += 1
-        self._answer_error(client, event, exc.code, exc.message)
-
-    def _answer_error(self, client: Client, event: Event, code: str, message: str) -> None:
-        if event.id is not None:
-            client.send(Ack(event.id, error=ErrorInfo(code, message)))
-        else:
-            client.send(Error(code, message))
-
-
-class Replies:
-    """The replies of a cluster call, as they arrive, until all came or the deadline passed."""
-
-    def __init__(
-        self, receive: trio.MemoryReceiveChannel[Reply], count: int, deadline: float
-    ) -> None:
-        self._receive = receive
-        self._left = count
-        self._deadline = deadline
-
-    def __aiter__(self) -> Replies:
-        return self
-
-    async def __anext__(self) -> Reply:
-        if self._left > 0:
-            with trio.move_on_at(self._deadline):
-                reply = await self._receive.receive()
-                self._left -= 1
-                return reply
-        raise StopAsyncIteration
