@@ -160,3 +160,20 @@ async def test_server_request_with_ack_and_timeout(node: Node) -> None:
             await c.expect("request")  # never answered
             assert (await c.expect("ack", id=2))["result"] == "done"
             assert answers == ["yes", "timeout"]
+
+
+async def test_undecodable_first_frame_closes_4003(node: Node) -> None:
+    with trio.fail_after(5):
+        async with connect(node, "alice", hello=False) as c:
+            await c.ws.send_message("{nope")
+            assert (await c.expect("error"))["code"] == "bad_frame"
+            assert (await c.closed())[0] == 4003
+
+
+async def test_before_hello_answers_in_each_frames_encoding(node: Node) -> None:
+    with trio.fail_after(5):
+        async with connect(node, "alice", hello=False, binary=True) as c:
+            await c.send({"type": "ping", "ts": 2.0})
+            assert (await c.expect("pong"))["ts"] == 2.0  # recv() asserts a binary frame
+            await c.hello()
+            assert c.welcome["user"] == "alice"
