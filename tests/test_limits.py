@@ -121,3 +121,44 @@ async def test_slow_consumer_closed_4008_while_fast_one_keeps_up(
             assert sent >= 64  # it took more than a full outbox to get there
             assert node.send_to_room("r", "after", 1) == 1  # only the fast one is left
             assert (await fast.push("after"))["data"] == 1
+
+
+async def test_slow_reader_is_served_without_harm(start_node: Callable[..., Any]) -> None:
+    """A reader that keeps the kernel's buffer full makes the node wait for writability many
+    times over; the node keeps serving it (or closes it 4008), and everyone else."""
+    node: Node = await start_node(limits={"outbox_max_bytes": 4 * 1024 * 1024})
+    with trio.fail_after(20):
+        stream, ws = await silent_websocket(node.port or 0, "?user=slow")
+        async with stream, connect(node, "fast") as fast:
+            stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            ws.receive_data(await stream.receive_some(65536))
+            list(ws.events())
+            await stream.send_all(ws.send(TextMessage('{"type":"hello","v":1}')))
+            join = '{"type":"event","id":1,"event":"room.join","data":{"room":"r"}}'
+            await stream.send_all(ws.send(TextMessage(join)))
+            await fast.ok("room.join", {"room": "r"})
+            received = 0
+
+            async def read_slowly() -> None:
+                nonlocal received
+                for _ in range(100_000):
+                    data = await stream.receive_some(4096)
+                    if not data:
+                        return
+                    ws.receive_data(data)
+                    received += sum(1 for e in ws.events() if isinstance(e, TextMessage))
+                    await trio.sleep(0)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_slowly)
+                for i in range(500):
+                    node.send_to_room("r", "bulk", "x" * 200)
+                    if i % 100 == 99:
+                        await trio.sleep(0)
+                for _ in range(500):
+                    await fast.push("bulk")
+                while received < 500 + 2 and node.stats.close_codes[4008] == 0:
+                    await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+            assert received >= 500 + 2 or node.stats.close_codes[4008] == 1
+            assert await fast.ok("users.online", {}) == {"users": ["fast", "slow"]}

@@ -218,9 +218,17 @@ class Transport:
     def flush(self) -> None:
         """Write as much of the outbox as the kernel takes now (called by the flusher)."""
         self._dirty = False
+        if self._blocked or self._write():
+            return  # a drain task owns writing, or everything is out
+        self._blocked = True
+        if self.nursery is not None:
+            self.nursery.start_soon(self._drain)
+
+    def _write(self) -> bool:
+        """One ``send`` of everything queued; whether the outbox is empty afterwards."""
         queue = self._queue
         if not queue or self._broken:
-            return
+            return True
         data = queue[0] if len(queue) == 1 else b"".join(queue)
         queue.clear()  # (a list: an empty deque would keep a 600-byte block per connection)
         try:
@@ -229,34 +237,30 @@ class Transport:
             sent = 0
         except OSError:
             self._break()
-            return
+            return True
         self._stats.bytes_out += sent
         if sent < len(data):
             rest = data[sent:]
             queue.append(rest)
             self._queued_bytes = len(rest)
-            if not self._blocked and self.nursery is not None:
-                self._blocked = True
-                self.nursery.start_soon(self._drain)
-            return
+            return False
         self._queued_bytes = 0
         if self._emptied is not None:
             self._emptied.set()
+        return True
 
     async def _drain(self) -> None:
-        """Wait for room in the kernel's buffer and write, until the outbox is empty."""
+        """Wait for room in the kernel's buffer and write, until the outbox is empty.
+
+        While it runs (``_blocked``) it alone writes: the flusher leaves the connection alone.
+        """
         try:
-            while self._queue and not self._broken:
+            while not self._broken:
                 await trio.lowlevel.wait_writable(self._sock)
-                self._blocked = False
-                self.flush()
-                if self.nursery is None or not self._blocked:
+                if self._write():
                     return
         finally:
             self._blocked = False
-            if self._queue and not self._broken and not self._dirty:
-                self._dirty = True
-                self._flusher.mark(self)
 
     def _break(self) -> None:
         self._broken = True
@@ -280,14 +284,17 @@ class Transport:
                 self.nursery = nursery
                 if self._closing:
                     self._arm_deadline()
-                peer_gone = await self._reader(on_message, owner)
-                self._closing = True
-                if not peer_gone:  # flush the close frame, within the deadline
-                    self._arm_deadline()
-                    while self._queue and not self._broken:
-                        self._emptied = trio.Event()
-                        await self._emptied.wait()
-                nursery.cancel_scope.cancel()
+                try:
+                    peer_gone = await self._reader(on_message, owner)
+                    self._closing = True
+                    if not peer_gone:  # flush the close frame, within the deadline
+                        self._arm_deadline()
+                        while self._queue and not self._broken:
+                            self._emptied = trio.Event()
+                            await self._emptied.wait()
+                    nursery.cancel_scope.cancel()
+                finally:
+                    self.nursery = None  # closed to new tasks from here on
         finally:
             self._closing = self._broken = True
             self.nursery = None
