@@ -36,3 +36,7 @@ cluster:
 # The same five nodes as a broker-less mesh.
 mesh:
     {{bin}}/roomd cluster --config conf/mesh.toml
+
+# Benchmark: a broker and five nodes, workloads W1-W3 from a driver process (see docs/performance.md).
+bench *args:
+    {{bin}}/roomd bench {{args}}

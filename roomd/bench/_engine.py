@@ -1,0 +1,421 @@
+"""The load generator's I/O: many WebSocket client connections on one epoll loop.
+
+No framework and no task per connection: one ``select.epoll`` over non-blocking sockets, each
+readable socket read once per wake-up (up to 256 KiB, so a burst arrives in few reads), its
+frames parsed by :class:`~._ws.FrameReader` and each text frame decoded with orjson. The time
+of arrival is taken once per read. The engine knows the roomd handshake (upgrade, ``hello`` ->
+``welcome``, optionally ``room.join`` -> ``ack``), answers WebSocket pings, counts ``error``
+frames and close codes, and hands bench pushes to the :class:`Sink` of the running phase.
+
+Resource handling: the engine owns every socket it opened; :meth:`Engine.close_all` and
+process exit release them. Every loop is bounded by a deadline (see :meth:`Engine.run`).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import select
+import socket
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Final, Protocol
+
+import attrs
+import orjson
+
+from . import _ws
+from ._stats import Receipts
+
+RECV_SIZE: Final = 256 * 1024
+MAX_HEAD: Final = 16 * 1024  # an upgrade answer longer than this is refused
+JOIN_ID: Final = 1  # the event id of the room.join sent after the welcome
+MAX_WAIT: Final = 0.05  # seconds: the longest epoll wait, so callers' ticks run often enough
+BENCH_EVENT: Final = "bench"
+
+# Connection states.
+CONNECTING: Final = 0
+UPGRADING: Final = 1
+HELLO: Final = 2
+JOINING: Final = 3
+OPEN: Final = 4
+CLOSING: Final = 5
+CLOSED: Final = 6
+
+_IN = select.EPOLLIN | select.EPOLLRDHUP
+_OUT = select.EPOLLOUT
+_HELLO = orjson.dumps({"type": "hello", "v": 1, "client": "roomd-bench"})
+
+
+class Sink(Protocol):
+    """What receives the bench pushes while a phase runs."""
+
+    def record(self, conn: Conn, data: Any, now: int) -> None: ...
+
+
+@attrs.frozen
+class Target:
+    """A connection to open: who, where, and the room to join once welcomed."""
+
+    user: str
+    host: str
+    port: int
+    room: str | None = None
+    token: str | None = None  # a JWT; without one, dev mode's ?user=NAME is used
+
+    def path(self) -> str:
+        return f"/ws?token={self.token}" if self.token else f"/ws?user={self.user}"
+
+
+class Conn:
+    """One client connection and what the current phase expects of it."""
+
+    __slots__ = (
+        "closed_at",
+        "error",
+        "expect",
+        "fd",
+        "head",
+        "key",
+        "opened_at",
+        "out",
+        "out_len",
+        "ponged",
+        "reader",
+        "receipts",
+        "sock",
+        "started_at",
+        "state",
+        "target",
+        "writing",
+    )
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setblocking(False)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.fd = self.sock.fileno()
+        self.state = CONNECTING
+        self.key = _ws.new_key()
+        self.head = b""
+        self.reader = _ws.FrameReader()
+        self.out: list[bytes] = []
+        self.out_len = 0
+        self.writing = False  # registered for EPOLLOUT
+        self.started_at = 0
+        self.opened_at = 0
+        self.closed_at = 0
+        self.error: str | None = None
+        self.ponged = False
+        self.expect: dict[int, int] | None = None  # sender index -> slot in the receipts
+        self.receipts: Receipts | None = None  # while a phase runs
+
+    @property
+    def user(self) -> str:
+        return self.target.user
+
+    @property
+    def is_open(self) -> bool:
+        return self.state == OPEN
+
+
+class Engine:
+    """All connections of one driver process and the loop that serves them."""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self.conns: dict[int, Conn] = {}  # by fd, while the socket is registered
+        self.by_user: dict[str, Conn] = {}
+        self.sink: Sink | None = None
+        self.errors: collections.Counter[str] = collections.Counter()  # error frames by code
+        self.error_messages: list[str] = []  # the first few, for the report
+        self.closes: collections.Counter[int] = collections.Counter()  # close codes received
+        self.failures: collections.Counter[str] = collections.Counter()  # failed opens by reason
+        self.frames_in = 0
+        self.last_frame_at = 0
+        self.pings_answered = 0
+        self.pongs = 0
+        self.handshaking = 0
+        self.released = 0  # connections closed so far, for phases watching their receivers
+
+    # The loop -----------------------------------------------------------------------------------
+
+    def run(
+        self,
+        until: Callable[[], bool],
+        deadline: int,
+        tick: Callable[[int], int | None] | None = None,
+    ) -> bool:
+        """Serve every connection until ``until()`` holds (``True``) or ``deadline`` passes
+        (``False``). ``tick(now)`` runs on every turn and returns when it next wants to run."""
+        epoll, conns = self._epoll, self.conns
+        while True:
+            now = time.monotonic_ns()
+            wake = tick(now) if tick is not None else None
+            if until():
+                return True
+            now = time.monotonic_ns()
+            if now >= deadline:
+                return False
+            wait = min(deadline, wake if wake is not None else deadline) - now
+            for fd, events in epoll.poll(max(0.0, min(wait / 1e9, MAX_WAIT))):
+                conn = conns.get(fd)
+                if conn is None:
+                    continue
+                if events & _OUT:
+                    self._on_writable(conn)
+                if events & ~_OUT and conn.state != CLOSED:
+                    self._on_readable(conn)
+
+    def pump(self, seconds: float) -> None:
+        """Serve the connections for ``seconds`` (answering pings, reading what comes)."""
+        self.run(lambda: False, time.monotonic_ns() + int(seconds * 1e9))
+
+    # Opening ------------------------------------------------------------------------------------
+
+    def open(self, targets: Iterable[Target], concurrency: int, deadline: int) -> list[Conn]:
+        """Open connections, at most ``concurrency`` handshakes at a time, until all are open
+        or failed, or the deadline; the connections in the order of ``targets``."""
+        pending = collections.deque(targets)
+        started: list[Conn] = []
+
+        def tick(now: int) -> None:
+            while pending and self.handshaking < concurrency:
+                started.append(self._start(pending.popleft(), now))
+
+        self.run(lambda: not pending and self.handshaking == 0, deadline, tick)
+        for conn in started:
+            if conn.state not in (OPEN, CLOSED):
+                self._fail(conn, "timeout")
+        if pending:
+            self.failures["not started"] += len(pending)
+        return started
+
+    def _start(self, target: Target, now: int) -> Conn:
+        conn = Conn(target)
+        conn.started_at = now
+        self.handshaking += 1
+        self.by_user[target.user] = conn
+        err = conn.sock.connect_ex((target.host, target.port))
+        if err not in (0, errno.EINPROGRESS):
+            self.conns[conn.fd] = conn
+            self._fail(conn, errno.errorcode.get(err, str(err)))
+            return conn
+        self.conns[conn.fd] = conn
+        self._epoll.register(conn.fd, _IN | _OUT)
+        conn.writing = True
+        return conn
+
+    def _opened_now(self, conn: Conn) -> None:
+        conn.state = OPEN
+        conn.opened_at = time.monotonic_ns()
+        self.handshaking -= 1
+
+    # Writing ------------------------------------------------------------------------------------
+
+    def send(self, conn: Conn, data: bytes) -> None:
+        """Queue ``data`` and write what the kernel takes now."""
+        conn.out.append(data)
+        conn.out_len += len(data)
+        if not conn.writing:
+            self.flush(conn)
+
+    def queue(self, conn: Conn, data: bytes) -> None:
+        """Queue ``data`` without writing (call :meth:`flush` after a batch)."""
+        conn.out.append(data)
+        conn.out_len += len(data)
+
+    def flush(self, conn: Conn) -> None:
+        if not conn.out or conn.state == CLOSED or conn.state == CONNECTING:
+            return
+        data = conn.out[0] if len(conn.out) == 1 else b"".join(conn.out)
+        try:
+            sent = conn.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._fail(conn, errno.errorcode.get(exc.errno or 0, str(exc)))
+            return
+        if sent == len(data):
+            conn.out.clear()
+            conn.out_len = 0
+            if conn.writing:
+                conn.writing = False
+                self._epoll.modify(conn.fd, _IN)
+            return
+        rest = data[sent:]
+        conn.out[:] = [rest]
+        conn.out_len = len(rest)
+        if not conn.writing:
+            conn.writing = True
+            self._epoll.modify(conn.fd, _IN | _OUT)
+
+    def _on_writable(self, conn: Conn) -> None:
+        if conn.state == CONNECTING:
+            err = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                self._fail(conn, errno.errorcode.get(err, str(err)))
+                return
+            conn.state = UPGRADING
+            target = conn.target
+            self.queue(conn, _ws.upgrade_request(target.host, target.port, target.path(), conn.key))
+        self.flush(conn)
+        if not conn.out and conn.writing:
+            conn.writing = False
+            self._epoll.modify(conn.fd, _IN)
+
+    # Reading ------------------------------------------------------------------------------------
+
+    def _on_readable(self, conn: Conn) -> None:
+        try:
+            data = conn.sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._fail(conn, errno.errorcode.get(exc.errno or 0, str(exc)))
+            return
+        if not data:
+            self._gone(conn)
+            return
+        now = time.monotonic_ns()
+        if conn.state == UPGRADING:
+            data = self._upgrade(conn, data)
+            if not data:
+                return
+        try:
+            frames = conn.reader.feed(data)
+        except _ws.ServerProtocolError as exc:
+            self._fail(conn, str(exc))
+            return
+        self.frames_in += len(frames)
+        self.last_frame_at = now
+        for opcode, payload in frames:
+            if opcode == _ws.OP_TEXT:
+                self._on_text(conn, payload, now)
+            elif opcode == _ws.OP_PING:
+                self.pings_answered += 1
+                self.send(conn, _ws.client_frame(payload, _ws.OP_PONG))
+            elif opcode == _ws.OP_CLOSE:
+                self._on_close_frame(conn, payload)
+                return
+
+    def _upgrade(self, conn: Conn, data: bytes) -> bytes:
+        """Collect the answer to the upgrade; what follows it (frames), once complete."""
+        conn.head += data
+        end = conn.head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(conn.head) > MAX_HEAD:
+                self._fail(conn, "upgrade answer too long")
+            return b""
+        head, rest = conn.head[:end], conn.head[end + 4 :]
+        conn.head = b""
+        try:
+            _ws.check_upgrade_response(head, conn.key)
+        except _ws.HandshakeFailed as exc:
+            self._fail(conn, f"upgrade: {exc}")
+            return b""
+        conn.state = HELLO
+        self.send(conn, _ws.client_frame(_HELLO))
+        return rest
+
+    def _on_text(self, conn: Conn, payload: bytes, now: int) -> None:
+        frame = orjson.loads(payload)
+        kind = frame.get("type")
+        if kind == "push":
+            if frame.get("event") == BENCH_EVENT and self.sink is not None:
+                self.sink.record(conn, frame.get("data"), now)
+        elif kind == "welcome":
+            if conn.state == HELLO:
+                room = conn.target.room
+                if room is None:
+                    self._opened_now(conn)
+                else:
+                    conn.state = JOINING
+                    join = {"type": "event", "id": JOIN_ID, "event": "room.join"}
+                    join["data"] = {"room": room}
+                    self.send(conn, _ws.client_frame(orjson.dumps(join)))
+        elif kind == "ack":
+            if conn.state == JOINING and frame.get("id") == JOIN_ID:
+                error = frame.get("error")
+                if error:
+                    self._fail(conn, f"room.join: {error.get('code')}")
+                else:
+                    self._opened_now(conn)
+        elif kind == "pong":
+            conn.ponged = True
+            self.pongs += 1
+        elif kind == "error":
+            code = str(frame.get("code"))
+            self.errors[code] += 1
+            if len(self.error_messages) < 5:
+                self.error_messages.append(f"{conn.user}: {code}: {frame.get('message')}")
+
+    # Closing ------------------------------------------------------------------------------------
+
+    def _on_close_frame(self, conn: Conn, payload: bytes) -> None:
+        code = _ws.close_code(payload)
+        self.closes[code] += 1
+        if conn.state != CLOSING:
+            if conn.state != OPEN:
+                self.failures[f"closed {code} while opening"] += 1
+                self.handshaking -= 1
+            with contextlib.suppress(OSError):
+                conn.sock.send(_ws.close_frame(code if code != 1005 else 1000))
+        self._release(conn)
+
+    def _gone(self, conn: Conn) -> None:
+        """The server closed the TCP connection."""
+        if conn.state == CLOSING:
+            self._release(conn)
+            return
+        if conn.state == OPEN:
+            self.closes[1006] += 1
+            self._release(conn)
+            return
+        self._fail(conn, "connection closed by server")
+
+    def _fail(self, conn: Conn, reason: str) -> None:
+        if conn.state in (CONNECTING, UPGRADING, HELLO, JOINING):
+            self.failures[reason] += 1
+            self.handshaking -= 1
+            conn.error = reason
+        elif conn.state == OPEN:
+            self.closes[1006] += 1
+            conn.error = reason
+        self._release(conn)
+
+    def _release(self, conn: Conn) -> None:
+        if conn.state == CLOSED:
+            return
+        conn.state = CLOSED
+        self.released += 1
+        conn.closed_at = time.monotonic_ns()
+        if self.conns.pop(conn.fd, None) is not None:
+            with contextlib.suppress(OSError):
+                self._epoll.unregister(conn.fd)
+        conn.sock.close()
+        conn.out.clear()
+
+    def close(self, conns: Iterable[Conn], deadline: int) -> tuple[int, int]:
+        """Close gracefully (close frame, wait for the server's); force what is left at the
+        deadline. ``(closed gracefully, forced)``."""
+        closing = []
+        for conn in conns:
+            if conn.state == OPEN:
+                conn.state = CLOSING
+                self.send(conn, _ws.close_frame(1000))
+                closing.append(conn)
+            elif conn.state != CLOSED:
+                self._fail(conn, "closed while opening")
+        self.run(lambda: all(c.state == CLOSED for c in closing), deadline)
+        forced = 0
+        for conn in closing:
+            if conn.state != CLOSED:
+                forced += 1
+                self._release(conn)
+        for conn in list(self.by_user.values()):
+            if conn.state == CLOSED:
+                del self.by_user[conn.user]
+        return len(closing) - forced, forced

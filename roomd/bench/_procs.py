@@ -1,0 +1,377 @@
+"""The processes of a benchmark: a local cluster (broker and nodes), the drivers, /proc readings.
+
+Resource handling: :func:`local_cluster` and :func:`drivers` are async context managers that
+stop every process they started when they exit, however they exit (an error, Ctrl-C): SIGTERM,
+then SIGKILL after :data:`STOP_GRACE` seconds. The children run in sessions of their own, so a
+Ctrl-C reaches only the orchestrator. (``PR_SET_PDEATHSIG`` is not used: Trio starts processes
+from a worker thread, and the signal would fire when that thread ends, not the orchestrator.)
+A driver also exits when its stdin closes.
+
+Error handling: :class:`BenchError` when a process does not start, does not become ready in
+time, exits early, or a driver answers with an error; its message carries the process's last
+output lines.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+import orjson
+import trio
+
+from .._config import load_config
+from .._launcher import plan
+
+STOP_GRACE: Final = 5.0
+KEEP_LINES: Final = 10_000  # output lines kept per process
+TAIL_LINES: Final = 60  # shown when a process fails
+_CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(Exception):
+    """The benchmark cannot go on (a process failed, a step timed out)."""
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` TCP ports on 127.0.0.1 that were free a moment ago."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+# /proc -----------------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU seconds of process ``pid`` so far (``None`` if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime (fields 14, 15)
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not exited (a zombie has)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in (b"Z", b"X")
+
+
+def rss_bytes(pid: int) -> int | None:
+    """The resident set size of process ``pid`` (``VmRSS``), or ``None`` if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+# Child processes -------------------------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class Child:
+    """A child process whose output lines are kept (the last ones) and can be awaited."""
+
+    name: str
+    argv: list[str]
+    process: trio.Process | None = None
+    tail: collections.deque[str] = attrs.field(factory=lambda: collections.deque(maxlen=KEEP_LINES))
+    count: int = 0  # lines seen so far
+    _changed: trio.Event = attrs.field(factory=trio.Event)
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        self.process = await trio.lowlevel.open_process(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a Ctrl-C reaches only the orchestrator, which stops us
+        )
+        nursery.start_soon(self._pump, self.process)
+
+    async def _pump(self, process: trio.Process) -> None:
+        assert process.stdout is not None
+        pending = b""
+        async for chunk in process.stdout:
+            pending += chunk
+            *done, pending = pending.split(b"\n")
+            for line in done:
+                self.tail.append(line.decode(errors="replace"))
+                self.count += 1
+            self._changed.set()
+            self._changed = trio.Event()
+        self._changed.set()
+
+    async def wait_for(self, pattern: str, seen: set[str] | None = None) -> re.Match[str]:
+        """The next line matching ``pattern`` (from the start: lines are kept in the tail)
+        whose first group is not in ``seen``. Bound it with a cancel scope."""
+        regex = re.compile(pattern)
+        while True:
+            for line in list(self.tail):
+                match = regex.search(line)
+                if match and (seen is None or match.group(1) not in seen):
+                    return match
+            if self.process is not None and self.process.returncode is not None:
+                status = self.process.returncode
+                raise BenchError(f"{self.name} exited with status {status}:\n{self.output()}")
+            with trio.move_on_after(0.5):
+                await self._changed.wait()
+
+    def output(self) -> str:
+        lines = list(self.tail)[-TAIL_LINES:]
+        return "\n".join(f"  {self.name} | {line}" for line in lines)
+
+
+async def stop_all(children: Sequence[Child]) -> None:
+    """SIGTERM every running child, SIGKILL those still running after the grace; wait."""
+    running = [c for c in children if c.process is not None and c.process.returncode is None]
+    for child in running:
+        assert child.process is not None
+        child.process.send_signal(signal.SIGTERM)
+    with trio.move_on_after(STOP_GRACE):
+        for child in running:
+            assert child.process is not None
+            await child.process.wait()
+    for child in running:
+        assert child.process is not None
+        if child.process.returncode is None:
+            child.process.kill()
+            await child.process.wait()
+
+
+# The local cluster ------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Node:
+    """A node to connect to, and its process when this benchmark started it."""
+
+    name: str
+    host: str
+    port: int
+    pid: int | None = None
+
+
+@attrs.frozen
+class Cluster:
+    nodes: list[Node]
+    broker_pid: int | None = None
+
+
+def cluster_toml(names: Sequence[str], ports: Sequence[int], broker: tuple[int, int]) -> str:
+    """The cluster file of a benchmark: dev auth, limits out of the workloads' way."""
+    frontend, backend = (f"tcp://127.0.0.1:{p}" for p in broker)
+    lines = [
+        "# Written by `roomd bench`: a broker and nodes on 127.0.0.1.",
+        "[auth]",
+        "dev = true",
+        "[limits]",
+        "max_connections = 100000",
+        "rate = 1000000.0  # frames/s per connection: a burst sender must not be throttled",
+        "burst = 1000000",
+        "[permissions]",
+        'client_send = ["room", "user", "users"]',
+        "[broker]",
+        f'frontend = "{frontend}"',
+        f'backend = "{backend}"',
+        "stats_interval = 0",
+        "[cluster]",
+        'mode = "broker"',
+        f'broker_frontend = "{frontend}"',
+        f'broker_backend = "{backend}"',
+        "heartbeat_interval = 1.0",
+        "heartbeat_misses = 3",
+    ]
+    for name, port in zip(names, ports, strict=True):
+        lines += ["[[cluster.nodes]]", f'name = "{name}"', f"port = {port}"]
+    return "\n".join(lines) + "\n"
+
+
+@asynccontextmanager
+async def local_cluster(
+    count: int, start_timeout: float, logs: str | None = None
+) -> AsyncIterator[Cluster]:
+    """Start a broker and ``count`` nodes and wait until every node sees all the others;
+    write each one's output (its last lines) to ``logs/<name>.log`` at the end."""
+    names = [f"node{i + 1}" for i in range(count)]
+    ports = free_ports(count + 2)
+    with tempfile.TemporaryDirectory(prefix="roomd-bench-") as tmp:
+        path = Path(tmp) / "cluster.toml"
+        path.write_text(cluster_toml(names, ports[:count], (ports[-2], ports[-1])))
+        children = [
+            Child(c.name, c.argv) for c in plan(load_config(path), path, ["--log-level", "INFO"])
+        ]
+        async with trio.open_nursery() as nursery:
+            try:
+                with trio.move_on_after(start_timeout) as scope:
+                    await _start(children, nursery, count)
+                if scope.cancelled_caught:
+                    raise BenchError(
+                        f"the cluster was not ready within {start_timeout:g} s:\n"
+                        + "\n".join(c.output() for c in children)
+                    )
+                broker, nodes = children[0], children[1:]
+                try:
+                    yield Cluster(
+                        [
+                            Node(c.name, "127.0.0.1", port, c.pid)
+                            for c, port in zip(nodes, ports, strict=False)
+                        ],
+                        broker.pid,
+                    )
+                except BenchError as exc:
+                    dead = [c for c in children if c.process and c.process.returncode is not None]
+                    if not dead:
+                        raise
+                    outputs = "\n".join(
+                        f"{c.name} exited with status {c.process.returncode}:\n{c.output()}"
+                        for c in dead
+                        if c.process is not None
+                    )
+                    raise BenchError(f"{exc}\n{outputs}") from None
+            finally:
+                with trio.CancelScope(shield=True):
+                    await stop_all(children[1:])  # nodes first: they say goodbye on the bus
+                    await stop_all(children[:1])
+                    if logs is not None:
+                        await _save_logs(Path(logs), children)
+                nursery.cancel_scope.cancel()
+
+
+async def _save_logs(directory: Path, children: list[Child]) -> None:
+    await trio.Path(directory).mkdir(parents=True, exist_ok=True)
+    for child in children:
+        text = "\n".join(child.tail) + "\n"
+        await trio.Path(directory / f"{child.name}.log").write_text(text)
+
+
+async def _start(children: list[Child], nursery: trio.Nursery, count: int) -> None:
+    broker, nodes = children[0], children[1:]
+    await broker.start(nursery)
+    await broker.wait_for(r'^(\{"frontend")')
+    for node in nodes:
+        await node.start(nursery)
+    for node in nodes:
+        await node.wait_for(r"(cluster ready)")
+        peers: set[str] = set()
+        while len(peers) < count - 1:
+            peers.add((await node.wait_for(r"node (\S+) is up", peers)).group(1))
+
+
+# Drivers ---------------------------------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class Driver:
+    """A driver process, spoken to with one JSON line each way per command."""
+
+    name: str
+    process: trio.Process
+    _buffer: bytearray = attrs.field(factory=bytearray)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    async def request(self, command: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Send ``command``; its answer. Error handling: :class:`BenchError` if the driver
+        answers with an error, exits, or does not answer within ``timeout`` seconds."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        with trio.move_on_after(timeout) as scope:
+            await self.process.stdin.send_all(orjson.dumps(command) + b"\n")
+            while (end := self._buffer.find(b"\n")) < 0:
+                chunk = await self.process.stdout.receive_some(1 << 20)
+                if not chunk:
+                    raise BenchError(f"{self.name} exited during {command['cmd']!r}")
+                self._buffer += chunk
+        if scope.cancelled_caught:
+            raise BenchError(f"{self.name}: no answer to {command['cmd']!r} in {timeout:g} s")
+        line = bytes(self._buffer[:end])
+        del self._buffer[: end + 1]
+        reply: dict[str, Any] = orjson.loads(line)
+        if "error" in reply and isinstance(reply["error"], str):
+            raise BenchError(f"{self.name}: {reply['error']}\n{reply.get('traceback', '')}")
+        return reply
+
+
+@asynccontextmanager
+async def drivers(count: int) -> AsyncIterator[list[Driver]]:
+    """Start ``count`` driver processes; stop them on exit."""
+    started: list[Driver] = []
+    try:
+        for i in range(count):
+            process = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "roomd.bench._driver"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                start_new_session=True,
+            )
+            started.append(Driver(f"driver{i + 1}", process))
+        yield started
+    finally:
+        with trio.CancelScope(shield=True):
+            for driver in started:
+                if driver.process.stdin is not None:
+                    with trio.move_on_after(1.0):
+                        with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                            await driver.process.stdin.send_all(b'{"cmd":"quit"}\n')
+            with trio.move_on_after(STOP_GRACE):
+                for driver in started:
+                    await driver.process.wait()
+            for driver in started:
+                if driver.process.returncode is None:
+                    driver.process.kill()
+                    await driver.process.wait()
+
+
+# HTTP ------------------------------------------------------------------------------------------
+
+
+async def get_json(host: str, port: int, path: str, timeout: float = 5.0) -> Any:
+    """``GET path`` over plain HTTP/1.0; the JSON body. Error handling: :class:`BenchError`."""
+    try:
+        with trio.fail_after(timeout):
+            stream = await trio.open_tcp_stream(host, port)
+            async with stream:
+                await stream.send_all(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+                data = b""
+                while chunk := await stream.receive_some(65536):
+                    data += chunk
+    except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+        raise BenchError(f"GET http://{host}:{port}{path}: {exc!r}") from None
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = head.split(b"\r\n", 1)[0].split()
+    if len(status) < 2 or status[1] != b"200":
+        raise BenchError(f"GET http://{host}:{port}{path}: {head[:80]!r}")
+    return orjson.loads(body)

@@ -1,0 +1,379 @@
+"""The benchmark's report: targets, the printed tables, and the JSON document.
+
+The targets are those of the issue that asked for ``roomd bench``; they are stated for the
+default sizes (5 nodes, 500 receivers ...). With other sizes the verdicts are still printed,
+marked as not comparable.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, Final
+
+import attrs
+
+from . import _stats
+
+Verdict = tuple[str, bool | None]  # (what was measured against the target, met?)
+
+
+@attrs.frozen
+class Target:
+    text: str
+    check: Callable[[dict[str, Any]], Verdict]
+
+
+def _clean(r: dict[str, Any]) -> bool:
+    return not r.get("timed_out") and r.get("lost") == 0 and r.get("duplicates") == 0
+
+
+def _ms(r: dict[str, Any], which: str, q: str) -> float:
+    value = r.get("latency_ms", {}).get(which, {}).get(q)
+    return math.nan if value is None else float(value)
+
+
+def _w1_rate(r: dict[str, Any]) -> Verdict:
+    p99 = _ms(r, "all", "p99")
+    return f"lost {r['lost']}, dup {r['duplicates']}, p99 {p99:.1f} ms", _clean(r) and p99 <= 25
+
+
+def _w1_burst(r: dict[str, Any]) -> Verdict:
+    rate = r["deliveries_per_s"]
+    return f"{rate:,.0f} deliveries/s, lost {r['lost']}", _clean(r) and rate >= 120_000
+
+
+def _w2_rate(r: dict[str, Any]) -> Verdict:
+    p50, p99 = _ms(r, "all", "p50"), _ms(r, "all", "p99")
+    text = f"lost {r['lost']}, p50 {p50:.2f} ms, p99 {p99:.1f} ms"
+    return text, _clean(r) and p50 <= 2 and p99 <= 15
+
+
+def _w2_burst(r: dict[str, Any]) -> Verdict:
+    rate = r["deliveries_per_s"]
+    return f"{rate:,.0f} deliveries/s, lost {r['lost']}", _clean(r) and rate >= 30_000
+
+
+def _w3_idle(r: dict[str, Any]) -> Verdict:
+    kb = r.get("rss_per_connection_kb")
+    opened = r["opened_per_s"]
+    kb_text = "n/a" if kb is None else f"{kb:.1f} KB"
+    text = f"{kb_text}/conn, {opened:,.0f} opened/s, alive {r['alive_after_hold']:,}"
+    met = kb is not None and kb <= 8 and opened >= 3000 and bool(r["all_alive"])
+    return text, met
+
+
+TARGETS: Final[dict[str, Target]] = {
+    "w1-rate": Target("0 lost, p99 of all deliveries <= 25 ms", _w1_rate),
+    "w1-burst": Target(">= 120,000 deliveries/s, 0 lost", _w1_burst),
+    "w2-rate": Target("0 lost, p50 <= 2 ms, p99 <= 15 ms", _w2_rate),
+    "w2-burst": Target(">= 30,000 deliveries/s, 0 lost", _w2_burst),
+    "w3-idle": Target("<= 8 KB RSS/conn, >= 3,000 opened/s, all alive", _w3_idle),
+}
+
+
+def add_verdicts(results: dict[str, dict[str, Any]]) -> None:
+    for name, result in results.items():
+        if "error" in result:
+            result["target"] = {"text": TARGETS[name].text, "measured": "failed", "met": False}
+            continue
+        target = TARGETS[name]
+        measured, met = target.check(result)
+        result["target"] = {"text": target.text, "measured": measured, "met": met}
+
+
+# Text ------------------------------------------------------------------------------------------
+
+
+def _n(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
+    return f"{value:,}"
+
+
+def _lat(summary: dict[str, Any], keys: tuple[str, ...]) -> str:
+    parts = []
+    for key in keys:
+        value = summary.get(key)
+        parts.append("-" if value is None else f"{value:.1f}" if value >= 10 else f"{value:.2f}")
+    return "/".join(parts)
+
+
+def _cpu(cpu: dict[str, Any]) -> str:
+    return "/".join(
+        _n(cpu.get(k)) if cpu.get(k) is None else f"{cpu[k]:.2f}"
+        for k in ("nodes", "broker", "drivers")
+    )
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    out = []
+    for index, row in enumerate(rows):
+        pairs = enumerate(zip(row, widths, strict=True))
+        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in pairs]
+        out.append("  ".join(cells).rstrip())
+        if index == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return out
+
+
+def render(document: dict[str, Any]) -> str:
+    """The human-readable report of a run."""
+    meta = document["run"]
+    results: dict[str, dict[str, Any]] = document["results"]
+    lines = [
+        f"roomd bench: {meta['nodes']} node(s){' + broker' if meta['local'] else ' (--urls)'}, "
+        f"{meta['drivers']} driver(s), {meta['cpus']} CPUs, load average "
+        f"{_load(meta['load_start'])} at start, {_load(meta['load_end'])} at end",
+        f"command: {meta['command']}   (revision {meta.get('revision') or 'unknown'}, "
+        f"{meta['started']})",
+        "",
+    ]
+    rows = [
+        [
+            "workload",
+            "sent",
+            "delivered/expected",
+            "lost",
+            "dup",
+            "deliveries/s",
+            "all p50/p99/max ms",
+            "first p50/p99",
+            "last p50/p99",
+            "CPU s nodes/broker/drv",
+            "wall s",
+        ]
+    ]
+    for name, r in results.items():
+        if name == "w3-idle" or "error" in r:
+            continue
+        lat = r["latency_ms"]
+        flag = " TIMEOUT" if r["timed_out"] else ""
+        rows.append(
+            [
+                name + flag,
+                _n(r["sent"]),
+                f"{r['received']:,}/{r['expected']:,}",
+                _n(r["lost"]),
+                _n(r["duplicates"]),
+                _n(r["deliveries_per_s"]),
+                _lat(lat["all"], ("p50", "p99", "max")),
+                _lat(lat["first"], ("p50", "p99")),
+                _lat(lat["last"], ("p50", "p99")),
+                _cpu(r["cpu_s"]),
+                f"{r['wall_s']:.2f}",
+            ]
+        )
+    if len(rows) > 1:
+        lines += _table(rows)
+    w3 = results.get("w3-idle")
+    if w3 is not None and "error" not in w3:
+        kb = w3["rss_per_connection_kb"]
+        hs = w3["setup"]["handshake_ms"]
+        lines += [
+            "",
+            f"w3-idle: {w3['opened']:,}/{w3['connections']:,} opened in "
+            f"{w3['setup']['seconds'] or 0:.2f} s ({_n(w3['opened_per_s'])}/s, handshake p50/p99 "
+            f"{_lat(hs, ('p50', 'p99'))} ms); node RSS "
+            f"{'n/a' if kb is None else f'{kb:+.2f} KB'} per connection; "
+            f"{w3['alive_after_hold']:,} alive after {w3['held_s']:g} s "
+            f"({w3['dropped_during_hold']} dropped); "
+            f"CPU s nodes/broker/drv opening {_cpu(w3['cpu_s']['open'])}",
+        ]
+    for name, r in results.items():
+        if "error" in r:
+            lines.append(f"{name}: FAILED: {r['error']}")
+    for name, r in results.items():
+        profile = r.get("profile")
+        if profile:
+            lines += ["", f"{name}: node CPU by function ({profile['samples']:,} samples, self %):"]
+            lines += [f"  {pct:5.1f}  {fn}" for fn, pct in profile["self"][:8]]
+            inclusive = profile["inclusive"][:12]
+            shown = ", ".join(f"{fn.split(' ')[0]} {pct:.0f}" for fn, pct in inclusive)
+            lines.append(f"  inclusive %: {shown}")
+    problems = _problems(results)
+    if problems:
+        lines += ["", *problems]
+    rss = _last_rss(results)
+    if rss:
+        lines += [
+            "",
+            "node RSS MB (end of last phase): " + ", ".join(f"{k} {_n(v)}" for k, v in rss.items()),
+        ]
+    lines += [
+        "",
+        "targets"
+        + (
+            ""
+            if meta["default_sizes"]
+            else " (stated for the default sizes; this run's sizes differ)"
+        )
+        + ":",
+    ]
+    for name, r in results.items():
+        target = r.get("target")
+        if target is None:
+            continue
+        verdict = {True: "met", False: "MISSED", None: "n/a"}[target["met"]]
+        lines.append(f"  {name:<9} {verdict:<7} {target['text']:<48} {target['measured']}")
+    return "\n".join(lines)
+
+
+def _load(values: list[float]) -> str:
+    return " ".join(f"{v:.2f}" for v in values)
+
+
+def _problems(results: dict[str, dict[str, Any]]) -> list[str]:
+    out = []
+    for name, r in results.items():
+        for key in ("errors", "closes", "failures"):
+            if r.get(key):
+                out.append(f"{name}: {key}: {r[key]}")
+        for key in (
+            "unexpected",
+            "stray",
+            "missing_receivers",
+            "undelivered_messages",
+            "dead_nodes",
+        ):
+            if r.get(key):
+                out.append(f"{name}: {key}: {r[key]}")
+        if r.get("lost_examples"):
+            out.append(f"{name}: lost (receiver: message numbers): {r['lost_examples']}")
+        if r.get("error_messages"):
+            out.append(f"{name}: error frames: {r['error_messages']}")
+        setup = r.get("setup", {})
+        if setup.get("failures"):
+            out.append(f"{name}: failed opens: {setup['failures']}")
+    return out
+
+
+def _last_rss(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    for r in reversed(list(results.values())):
+        rss = r.get("rss_mb")
+        if isinstance(rss, dict) and "held" in rss:
+            return dict(rss["held"])
+        if isinstance(rss, dict) and rss:
+            return dict(rss)
+    return {}
+
+
+# Medians of several runs ------------------------------------------------------------------------
+
+_LATENCIES: Final = (
+    ("all", "p50"),
+    ("all", "p99"),
+    ("all", "max"),
+    ("first", "p50"),
+    ("first", "p99"),
+    ("last", "p50"),
+    ("last", "p99"),
+)
+
+
+def medians(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per workload, the median of each figure over runs; losses, duplicates and timeouts are
+    the worst of any run (a target of 0 lost is met only if every run lost nothing)."""
+    out: dict[str, dict[str, Any]] = {}
+    names = [n for n in TARGETS if any(n in d["results"] for d in documents)]
+    for name in names:
+        runs = [d["results"][name] for d in documents if "error" not in d["results"].get(name, {})]
+        if not runs:
+            out[name] = {"error": "failed in every run"}
+            continue
+        if name == "w3-idle":
+            out[name] = {
+                "runs": len(runs),
+                "opened_per_s": _median([r["opened_per_s"] for r in runs]),
+                "rss_per_connection_kb": _median([r["rss_per_connection_kb"] for r in runs]),
+                "alive_after_hold": min(r["alive_after_hold"] for r in runs),
+                "all_alive": all(r["all_alive"] for r in runs),
+                "values": {
+                    "opened_per_s": [r["opened_per_s"] for r in runs],
+                    "rss_per_connection_kb": [r["rss_per_connection_kb"] for r in runs],
+                },
+            }
+        else:
+            latency: dict[str, dict[str, float | None]] = {"all": {}, "first": {}, "last": {}}
+            for which, q in _LATENCIES:
+                latency[which][q] = _median([r["latency_ms"][which][q] for r in runs])
+            out[name] = {
+                "runs": len(runs),
+                "deliveries_per_s": _median([r["deliveries_per_s"] for r in runs]),
+                "latency_ms": latency,
+                "lost": max(r["lost"] for r in runs),
+                "duplicates": max(r["duplicates"] for r in runs),
+                "timed_out": any(r["timed_out"] for r in runs),
+                "cpu_s": {
+                    k: _median([r["cpu_s"][k] for r in runs])
+                    for k in ("nodes", "broker", "drivers")
+                },
+                "values": {
+                    "deliveries_per_s": [r["deliveries_per_s"] for r in runs],
+                    "p99_ms": [r["latency_ms"]["all"]["p99"] for r in runs],
+                },
+            }
+        measured, met = TARGETS[name].check(out[name])
+        out[name]["target"] = {"text": TARGETS[name].text, "measured": measured, "met": met}
+    return out
+
+
+def _median(values: list[Any]) -> float | None:
+    clean = [float(v) for v in values if v is not None]
+    if not clean:
+        return None
+    result = _stats.median(clean)
+    return None if math.isnan(result) else round(result, 3)
+
+
+def render_medians(table: dict[str, dict[str, Any]], documents: list[dict[str, Any]]) -> str:
+    """The table of medians, with each target's verdict on them."""
+    lines = [f"medians of {len(documents)} runs (lost, dup: worst run):"]
+    rows = [
+        [
+            "workload",
+            "deliveries/s",
+            "all p50/p99/max ms",
+            "first p50/p99",
+            "last p50/p99",
+            "lost",
+            "dup",
+            "CPU s nodes/broker/drv",
+        ]
+    ]
+    for name, m in table.items():
+        if name == "w3-idle" or "error" in m:
+            continue
+        lat = m["latency_ms"]
+        rows.append(
+            [
+                name,
+                _n(m["deliveries_per_s"]),
+                _lat(lat["all"], ("p50", "p99", "max")),
+                _lat(lat["first"], ("p50", "p99")),
+                _lat(lat["last"], ("p50", "p99")),
+                _n(m["lost"]),
+                _n(m["duplicates"]),
+                _cpu(m["cpu_s"]),
+            ]
+        )
+    if len(rows) > 1:
+        lines += _table(rows)
+    w3 = table.get("w3-idle")
+    if w3 is not None and "error" not in w3:
+        kb = w3["rss_per_connection_kb"]
+        lines.append(
+            f"w3-idle: {_n(w3['opened_per_s'])} opened/s, node RSS "
+            f"{'n/a' if kb is None else f'{kb:.2f} KB'} per connection, "
+            f"all alive in every run: {w3['all_alive']}"
+        )
+    lines.append("targets (on the medians):")
+    for name, m in table.items():
+        if "target" in m:
+            t = m["target"]
+            verdict = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
+            lines.append(f"  {name:<9} {verdict:<7} {t['text']:<48} {t['measured']}")
+    return "\n".join(lines)

@@ -1,0 +1,311 @@
+"""``roomd bench``: start a cluster (or use one), run the workloads, print and save the report.
+
+The orchestrator is a Trio program that does no load itself: it starts the broker and the
+nodes (:mod:`._procs`), the driver processes (:mod:`._driver`), tells the drivers what to do
+(:mod:`._workloads`), reads CPU and memory from /proc, and renders :mod:`._report`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import resource
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+import orjson
+import trio
+
+from . import _report
+from ._procs import BenchError, Cluster, Node, drivers, get_json, local_cluster
+from ._workloads import WORKLOADS, Bench, Settings, run_w1, run_w2, run_w3
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = Settings()
+    p = argparse.ArgumentParser(
+        prog="roomd bench",
+        description="Start a broker and nodes on 127.0.0.1 (or use --urls), drive the "
+        "workloads from separate driver processes, print a table (and --json FILE).",
+    )
+    p.add_argument("--nodes", type=int, default=d.nodes, help=f"nodes to start ({d.nodes})")
+    p.add_argument(
+        "--urls",
+        help="comma-separated ws://host:port URLs of a running cluster (dev auth, limits "
+        "rate/burst high enough, permissions allowing room and user sends) instead of starting one",
+    )
+    p.add_argument(
+        "--workloads",
+        default=",".join(WORKLOADS),
+        help=f"comma-separated subset of {','.join(WORKLOADS)} (all)",
+    )
+    p.add_argument("--drivers", type=int, default=d.drivers, help="driver processes (1)")
+    g = p.add_argument_group("W1: one room")
+    g.add_argument("--receivers", type=int, default=d.receivers, help=f"({d.receivers})")
+    g.add_argument("--messages", type=int, default=d.messages, help=f"burst ({d.messages})")
+    g.add_argument("--rate-messages", type=int, default=d.rate_messages, help="(200)")
+    g.add_argument("--rate", type=float, default=d.rate, help="messages/s (20)")
+    g = p.add_argument_group("W2: direct messages between pairs on different nodes")
+    g.add_argument("--pairs", type=int, default=d.pairs, help=f"({d.pairs})")
+    g.add_argument("--pair-messages", type=int, default=d.pair_messages, help="each (50)")
+    g.add_argument("--pair-rate", type=float, default=d.pair_rate, help="messages/s each (10)")
+    g.add_argument("--pair-burst", type=int, default=d.pair_burst, help="burst, each (100)")
+    g = p.add_argument_group("W3: idle connections")
+    g.add_argument("--connections", type=int, default=d.connections, help=f"({d.connections})")
+    g.add_argument("--hold", type=float, default=d.hold, help=f"seconds ({d.hold:g})")
+    g.add_argument(
+        "--concurrency", type=int, default=d.concurrency, help="handshakes at a time (200)"
+    )
+    g = p.add_argument_group("run")
+    g.add_argument("--padding", type=int, default=d.padding, help="payload padding bytes (64)")
+    g.add_argument(
+        "--timeout", type=float, default=d.timeout, help="phase limit beyond sending (60 s)"
+    )
+    g.add_argument("--json", metavar="FILE", help="write the full results as JSON")
+    g.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run everything N times (a fresh cluster each time) and add a table of medians",
+    )
+    g.add_argument("--logs", metavar="DIR", help="save the broker's and nodes' output in DIR")
+    g.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="py-spy every node during each phase; raw stacks in DIR, top functions in the "
+        "report (the sampling costs CPU: do not compare profiled figures with targets)",
+    )
+    return p
+
+
+def parse_settings(argv: Sequence[str]) -> tuple[Settings, str | None, int]:
+    args = _parser().parse_args(argv)
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    unknown = [w for w in workloads if w not in WORKLOADS]
+    if unknown:
+        raise SystemExit(f"roomd bench: unknown workload(s) {unknown}; choose from {WORKLOADS}")
+    urls = [u.strip() for u in (args.urls or "").split(",") if u.strip()]
+    settings = Settings(
+        nodes=len(urls) if urls else args.nodes,
+        urls=urls,
+        drivers=args.drivers,
+        workloads=workloads,
+        receivers=args.receivers,
+        messages=args.messages,
+        rate_messages=args.rate_messages,
+        rate=args.rate,
+        pairs=args.pairs,
+        pair_messages=args.pair_messages,
+        pair_rate=args.pair_rate,
+        pair_burst=args.pair_burst,
+        connections=args.connections,
+        hold=args.hold,
+        concurrency=args.concurrency,
+        padding=args.padding,
+        timeout=args.timeout,
+        profile=args.profile,
+        logs=args.logs,
+    )
+    if settings.nodes < 1 or settings.drivers < 1:
+        raise SystemExit("roomd bench: --nodes and --drivers must be at least 1")
+    if args.repeat < 1:
+        raise SystemExit("roomd bench: --repeat must be at least 1")
+    return settings, args.json, args.repeat
+
+
+def _node_of(url: str, index: int) -> Node:
+    parts = urlsplit(url)
+    if parts.scheme != "ws" or not parts.hostname:
+        raise SystemExit(f"roomd bench: not a ws:// URL: {url!r}")
+    return Node(f"url{index + 1}", parts.hostname, parts.port or 80)
+
+
+@contextlib.asynccontextmanager
+async def _cluster(settings: Settings) -> AsyncIterator[Cluster]:
+    if not settings.urls:
+        async with local_cluster(settings.nodes, settings.start_timeout, settings.logs) as cluster:
+            yield cluster
+        return
+    nodes = [_node_of(url, i) for i, url in enumerate(settings.urls)]
+    for node in nodes:
+        health = await get_json(node.host, node.port, "/health")
+        if health.get("status") != "ok":
+            raise BenchError(f"{node.host}:{node.port} is {health.get('status')!r}")
+    yield Cluster(nodes)
+
+
+async def run(settings: Settings, command: str) -> dict[str, Any]:
+    """Run the selected workloads; the report document (see :func:`_report.render`)."""
+    load_start = list(os.getloadavg())
+    results: dict[str, dict[str, Any]] = {}
+    started = time.time()
+    received: list[int] = []
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_on_signal, signals, nursery.cancel_scope, received)
+            await _workloads(settings, results)
+            nursery.cancel_scope.cancel()
+    if received:
+        raise BenchError(f"stopped by {signal.Signals(received[0]).name}")
+    results = {name: results[name] for name in WORKLOADS if name in results}
+    _report.add_verdicts(results)
+    return {
+        "run": {
+            "command": command,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+            "seconds": round(time.time() - started, 1),
+            "local": not settings.urls,
+            "nodes": settings.nodes,
+            "drivers": settings.drivers,
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "revision": _revision(),
+            "load_start": load_start,
+            "load_end": list(os.getloadavg()),
+            "default_sizes": settings.default_sizes(),
+            "settings": attrs.asdict(settings),
+        },
+        "results": results,
+    }
+
+
+async def _workloads(settings: Settings, results: dict[str, dict[str, Any]]) -> None:
+    """W1 and W2 on one cluster; W3 on a fresh one (when this run starts the cluster), so that
+    its memory per connection is not flattered by memory the nodes freed after W1 and W2."""
+    w1 = [w for w in settings.workloads if w.startswith("w1-")]
+    w2 = [w for w in settings.workloads if w.startswith("w2-")]
+    if w1 or w2:
+        async with _cluster(settings) as cluster, drivers(settings.drivers) as started:
+            bench = Bench(settings, cluster.nodes, cluster.broker_pid, started)
+            if w1:
+                _say(f"W1: {settings.receivers} receivers in one room ...")
+                await _guarded(results, w1, run_w1(bench, sorted(w1, key=WORKLOADS.index)))
+            if w2:
+                _say(f"W2: {settings.pairs} pairs ...")
+                await _guarded(results, w2, run_w2(bench, sorted(w2, key=WORKLOADS.index)))
+    if "w3-idle" in settings.workloads:
+        async with _cluster(settings) as cluster, drivers(settings.drivers) as started:
+            bench = Bench(settings, cluster.nodes, cluster.broker_pid, started)
+            _say(f"W3: {settings.connections} idle connections, held {settings.hold:g} s ...")
+            await _guarded(results, ["w3-idle"], _one("w3-idle", run_w3(bench)))
+            results["w3-idle"]["fresh_cluster"] = not settings.urls
+
+
+async def _on_signal(
+    signals: AsyncIterator[int], scope: trio.CancelScope, received: list[int]
+) -> None:
+    """The first SIGINT or SIGTERM cancels the run; the processes are stopped on the way out."""
+    async for signum in signals:
+        received.append(signum)
+        _say(f"roomd bench: {signal.Signals(signum).name}: stopping every process")
+        scope.cancel()
+        return
+
+
+async def _guarded(
+    results: dict[str, dict[str, Any]],
+    names: list[str],
+    work: Coroutine[Any, Any, dict[str, dict[str, Any]]],
+) -> None:
+    """Run a workload group; a failure becomes the result of its workloads, and the run goes
+    on with the next group."""
+    try:
+        results.update(await work)
+    except BenchError as exc:
+        _say(f"roomd bench: {exc}")
+        for name in names:
+            results.setdefault(name, {"error": str(exc).splitlines()[0]})
+
+
+async def _one(name: str, work: Awaitable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {name: await work}
+
+
+def _revision() -> str | None:
+    """The git commit of the code under test (``+dirty`` with local changes), if known."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _raise_fd_limit() -> None:
+    """The nodes inherit this process's limit: W3 needs thousands of sockets per node."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def main(argv: Sequence[str]) -> int:
+    settings, json_path, repeat = parse_settings(argv)
+    _raise_fd_limit()
+    command = "roomd bench " + shlex.join(argv)
+    documents: list[dict[str, Any]] = []
+    for index in range(repeat):
+        if repeat > 1:
+            _say(f"run {index + 1} of {repeat}")
+        failures: list[BenchError] = []
+        try:
+            documents.append(trio.run(run, settings, command))
+        except* BenchError as group:
+            failures.extend(_leaves(group))
+        if failures:
+            for exc in failures:
+                print(f"roomd bench: {exc}", file=sys.stderr)
+            return 1
+        print(_report.render(documents[-1]), flush=True)
+    output: dict[str, Any] = documents[0]
+    if repeat > 1:
+        output = {"runs": documents, "medians": _report.medians(documents)}
+        print("\n" + _report.render_medians(output["medians"], documents), flush=True)
+    if json_path:
+        with open(json_path, "wb") as f:
+            f.write(orjson.dumps(output, option=orjson.OPT_INDENT_2))
+    exact = [_exact(r) for d in documents for r in d["results"].values()]
+    return 0 if all(exact) else 2
+
+
+def _leaves(group: BaseExceptionGroup[BenchError]) -> list[BenchError]:
+    out: list[BenchError] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
+def _exact(result: dict[str, Any]) -> bool:
+    """Whether a workload lost nothing (targets aside): the exit status is 2 otherwise."""
+    if "error" in result:
+        return False
+    if "connections" in result:
+        return bool(result["all_alive"]) and result["opened"] == result["connections"]
+    return result["lost"] == 0 and result["duplicates"] == 0 and not result["timed_out"]

@@ -1,0 +1,451 @@
+"""The workloads: who connects where, what each phase sends, and what the drivers' answers mean.
+
+W1 (``w1-rate``, ``w1-burst``): receivers round-robin over the nodes, all in one room, and one
+sender on the first node. The server only lets members send to a room, so the sender is a
+member too and sends with ``exceptSelf``: it gets none of its own messages, and every delivery
+counted is to a receiver. W2 (``w2-rate``, ``w2-burst``): pairs of users on neighbouring nodes
+sending direct messages (``to: {user}``) to each other. W3 (``w3-idle``): idle connections
+opened a batch at a time, held, checked alive, closed.
+
+Between phases the drivers read until the connections are quiet, so a phase never measures the
+join/leave pushes of the one before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import os
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+import trio
+
+from . import _profile, _stats
+from ._procs import BenchError, Driver, Node, alive, cpu_seconds, get_json, rss_bytes
+
+ROOM: Final = "bench"
+MARGIN: Final = 30.0  # seconds a driver may take beyond the timeout it was given
+WORKLOADS: Final = ("w1-rate", "w1-burst", "w2-rate", "w2-burst", "w3-idle")
+
+
+@attrs.define
+class Settings:
+    """Sizes and timings of a run (the command line's options)."""
+
+    nodes: int = 5
+    urls: list[str] = attrs.field(factory=list)
+    drivers: int = 1
+    workloads: list[str] = attrs.field(factory=lambda: list(WORKLOADS))
+    receivers: int = 500
+    messages: int = 500  # W1 burst
+    rate_messages: int = 200  # W1 rate
+    rate: float = 20.0
+    pairs: int = 100
+    pair_messages: int = 50  # W2 rate
+    pair_rate: float = 10.0
+    pair_burst: int = 100  # W2 burst
+    connections: int = 5000
+    hold: float = 30.0
+    concurrency: int = 200
+    padding: int = 64
+    timeout: float = 60.0  # a phase's limit beyond its sending time
+    grace: float = 0.3  # seconds of listening for duplicates after the last expected delivery
+    quiet: float = 0.5  # seconds without traffic that count as settled
+    start_timeout: float = 60.0
+    profile: str | None = None  # a directory: py-spy the nodes during each phase
+    logs: str | None = None  # a directory for the broker's and nodes' output
+
+    def default_sizes(self) -> bool:
+        """Whether the sizes are those the issue's targets are stated for."""
+        same = attrs.evolve(self, urls=[], drivers=1, workloads=list(WORKLOADS))
+        same = attrs.evolve(same, profile=None, logs=None)
+        return same == Settings()
+
+
+@attrs.define
+class Bench:
+    """A running benchmark: settings, the nodes, the broker's pid, the drivers."""
+
+    settings: Settings
+    nodes: list[Node]
+    broker_pid: int | None
+    drivers: list[Driver]
+    _phase_ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
+
+    def next_phase(self) -> int:
+        return next(self._phase_ids)
+
+    # Measuring ---------------------------------------------------------------------------------
+
+    def cpu(self) -> dict[str, float | None]:
+        out: dict[str, float | None] = {n.name: _opt(cpu_seconds, n.pid) for n in self.nodes}
+        out["broker"] = _opt(cpu_seconds, self.broker_pid)
+        for d in self.drivers:
+            out[d.name] = cpu_seconds(d.pid)
+        return out
+
+    def cpu_used(
+        self, before: dict[str, float | None], after: dict[str, float | None]
+    ) -> dict[str, Any]:
+        used = {k: _sub(after[k], before[k]) for k in before}
+        nodes = [used[n.name] for n in self.nodes]
+        drivers = [used[d.name] for d in self.drivers]
+        return {
+            "nodes": _sum(nodes),
+            "broker": used["broker"],
+            "drivers": _sum(drivers),
+            "per_node": {n.name: used[n.name] for n in self.nodes},
+            "per_driver": {d.name: used[d.name] for d in self.drivers},
+        }
+
+    def rss(self) -> dict[str, int | None]:
+        return {n.name: _opt(rss_bytes, n.pid) for n in self.nodes}
+
+    def dead_nodes(self) -> list[str]:
+        """The nodes started here whose process has exited."""
+        return [n.name for n in self.nodes if n.pid is not None and not alive(n.pid)]
+
+    async def connections(self) -> int | None:
+        """Connections open on all nodes together, by their ``/health`` (``None`` when a
+        node does not answer)."""
+        total = 0
+        for node in self.nodes:
+            try:
+                health = await get_json(node.host, node.port, "/health")
+            except BenchError:
+                return None
+            total += int(health["connections"])
+        return total
+
+    async def drained(self, baseline: int | None, timeout: float = 30.0) -> int | None:
+        """Wait until the nodes are back to ``baseline`` connections; how many they have."""
+        count = await self.connections()
+        with trio.move_on_after(timeout):
+            while count is not None and count > (baseline or 0):
+                await trio.sleep(0.2)
+                count = await self.connections()
+        return count
+
+    # Driving -----------------------------------------------------------------------------------
+
+    async def on_all(
+        self, commands: Sequence[dict[str, Any] | None], timeout: float
+    ) -> list[dict[str, Any]]:
+        """Send each driver its command (``None``: none) at once; their answers."""
+        replies: list[dict[str, Any]] = [{} for _ in self.drivers]
+
+        async def one(i: int, driver: Driver, command: dict[str, Any]) -> None:
+            replies[i] = await driver.request(command, timeout + MARGIN)
+
+        async with trio.open_nursery() as nursery:
+            for i, (driver, command) in enumerate(zip(self.drivers, commands, strict=True)):
+                if command is not None:
+                    nursery.start_soon(one, i, driver, command)
+        return replies
+
+    async def open(self, per_driver: list[list[list[Any]]], timeout: float) -> dict[str, Any]:
+        concurrency = max(1, self.settings.concurrency // len(self.drivers))
+        commands = [
+            {"cmd": "open", "targets": t, "concurrency": concurrency, "timeout": timeout}
+            for t in per_driver
+        ]
+        replies = await self.on_all(commands, timeout)
+        starts = [r["start_ns"] for r in replies if r["start_ns"]]
+        ends = [r["end_ns"] for r in replies if r["end_ns"]]
+        opened = sum(r["opened"] for r in replies)
+        start, end = min(starts, default=0), max(ends, default=0)
+        return {
+            "requested": sum(r["requested"] for r in replies),
+            "opened": opened,
+            "seconds": (end - start) / 1e9 if end else None,
+            "opened_per_s": round(_stats.rate(opened, start, end), 1),
+            "handshake_ms": _stats.Summary.of_ns(
+                itertools.chain.from_iterable(r["handshake_ns"] for r in replies)
+            ).as_dict(),
+            **_problems(replies),
+        }
+
+    async def settle(self) -> None:
+        command = {"cmd": "settle", "quiet": self.settings.quiet, "max": 60.0}
+        await self.on_all([command] * len(self.drivers), 60.0)
+
+    async def close(self, prefix: str, baseline: int | None) -> dict[str, Any]:
+        command = {"cmd": "close", "prefix": prefix, "timeout": 20.0}
+        replies = await self.on_all([command] * len(self.drivers), 20.0)
+        left = await self.drained(baseline)
+        return {
+            "closed": sum(r["closed"] for r in replies),
+            "forced": sum(r["forced"] for r in replies),
+            "server_connections_after": left,
+        }
+
+    @contextlib.asynccontextmanager
+    async def profiled(self, label: str) -> AsyncIterator[dict[str, Any]]:
+        """Profile the nodes during the block if asked to; the summary lands in the dict."""
+        out: dict[str, Any] = {}
+        pids = {n.name: n.pid for n in self.nodes if n.pid is not None}
+        if self.settings.profile is None or not pids:
+            yield out
+            return
+        directory = Path(self.settings.profile)
+        async with _profile.profiling(directory, label, pids):
+            yield out
+        out["profile"] = _profile.summarize(directory, label)
+
+    async def phase(
+        self, label: str, specs: list[dict[str, Any]], timeout: float
+    ) -> dict[str, Any]:
+        """Arm every driver with its part of a phase, run it, and merge the answers."""
+        await self.on_all([{"cmd": "arm", "phase": spec} for spec in specs], 10.0)
+        load = os.getloadavg()[0]
+        async with self.profiled(label) as profile:
+            cpu = self.cpu()
+            started = time.monotonic()
+            go = {"cmd": "go", "timeout": timeout, "grace": self.settings.grace}
+            replies = await self.on_all([go] * len(self.drivers), timeout + self.settings.grace)
+            wall = time.monotonic() - started
+            cpu_after = self.cpu()
+        result = merge_phase(replies)
+        result.update(profile)
+        result["wall_s"] = round(wall, 3)
+        result["cpu_s"] = _rounded(self.cpu_used(cpu, cpu_after))
+        result["rss_mb"] = _mb(self.rss())
+        result["load_before"] = load
+        if self.dead_nodes():
+            result["dead_nodes"] = self.dead_nodes()
+        return result
+
+
+def merge_phase(replies: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One phase's figures from the answers of all drivers (pure)."""
+    sent = _stats.merge_max([r["sent_ns"] for r in replies])
+    first = _stats.merge_min([r["first"] for r in replies])
+    last = _stats.merge_max([r["last"] for r in replies])
+    received = sum(r["received"] for r in replies)
+    expected = sum(r["expected"] for r in replies)
+    first_send = min((t for t in sent if t), default=0)
+    last_delivery = max(last, default=0)
+    latencies = itertools.chain.from_iterable(r["latencies"] for r in replies)
+    return {
+        "timed_out": any(r["timed_out"] for r in replies),
+        "messages": len(sent),
+        "sent": sum(r["sent"] for r in replies),
+        "expected": expected,
+        "received": received,
+        "lost": expected - received,
+        "duplicates": sum(r["duplicates"] for r in replies),
+        "unexpected": sum(r["unexpected"] for r in replies),
+        "stray": sum(r["stray"] for r in replies),
+        "missing_receivers": sum(r["missing_receivers"] for r in replies),
+        "undelivered_messages": sum(1 for s, f in zip(sent, first, strict=True) if s and not f),
+        "lost_examples": [x for r in replies for x in r["lost_examples"]][:5],
+        "duration_s": round((last_delivery - first_send) / 1e9, 4) if received else None,
+        "deliveries_per_s": round(_stats.rate(received, first_send, last_delivery), 1),
+        "latency_ms": {
+            "all": _stats.Summary.of_ns(latencies).as_dict(),
+            "first": _stats.Summary.of_ns(_stats.per_message_latencies(sent, first)).as_dict(),
+            "last": _stats.Summary.of_ns(_stats.per_message_latencies(sent, last)).as_dict(),
+        },
+        **_problems(replies),
+    }
+
+
+# W1 --------------------------------------------------------------------------------------------
+
+
+async def run_w1(bench: Bench, phases: list[str]) -> dict[str, dict[str, Any]]:
+    s, nodes, count = bench.settings, bench.nodes, len(bench.drivers)
+    baseline = await bench.connections()
+    sender = "w1-s"
+    receivers = [f"w1-r{i}" for i in range(s.receivers)]
+    targets: list[list[list[Any]]] = [[] for _ in range(count)]
+    targets[0].append(_target(sender, nodes[0], ROOM))
+    for i, user in enumerate(receivers):
+        targets[i % count].append(_target(user, nodes[i % len(nodes)], ROOM))
+    setup = await bench.open(targets, max(60.0, s.receivers / 50))
+    await bench.settle()
+    results: dict[str, dict[str, Any]] = {}
+    for name in phases:
+        burst = name == "w1-burst"
+        messages = s.messages if burst else s.rate_messages
+        phase_id = bench.next_phase()
+        specs = []
+        for d in range(count):
+            spec: dict[str, Any] = {
+                "id": phase_id,
+                "messages": messages,
+                "senders_total": 1,
+                "rate": None if burst else s.rate,
+                "padding": s.padding,
+                "senders": [],
+                "receivers": [{"user": u, "expect": [0]} for u in receivers[d::count]],
+            }
+            if d == 0:
+                spec["senders"] = [
+                    {"user": sender, "index": 0, "to": {"room": ROOM}, "except_self": True}
+                ]
+            specs.append(spec)
+        timeout = s.timeout + (0 if burst else messages / s.rate)
+        results[name] = {"setup": setup, **await bench.phase(name, specs, timeout)}
+        await bench.settle()
+    teardown = await bench.close("w1-", baseline)
+    for result in results.values():
+        result["teardown"] = teardown
+    return results
+
+
+# W2 --------------------------------------------------------------------------------------------
+
+
+async def run_w2(bench: Bench, phases: list[str]) -> dict[str, dict[str, Any]]:
+    s, nodes, count = bench.settings, bench.nodes, len(bench.drivers)
+    baseline = await bench.connections()
+    targets: list[list[list[Any]]] = [[] for _ in range(count)]
+    for i in range(s.pairs):
+        targets[i % count].append(_target(f"w2-a{i}", nodes[i % len(nodes)], None))
+        targets[i % count].append(_target(f"w2-b{i}", nodes[(i + 1) % len(nodes)], None))
+    setup = await bench.open(targets, max(60.0, s.pairs / 25))
+    await bench.settle()
+    results: dict[str, dict[str, Any]] = {}
+    for name in phases:
+        burst = name == "w2-burst"
+        messages = s.pair_burst if burst else s.pair_messages
+        phase_id = bench.next_phase()
+        specs = []
+        for d in range(count):
+            senders, receivers = [], []
+            for i in range(d, s.pairs, count):
+                a, b = f"w2-a{i}", f"w2-b{i}"
+                senders.append({"user": a, "index": 2 * i, "to": {"user": b}})
+                senders.append({"user": b, "index": 2 * i + 1, "to": {"user": a}})
+                receivers.append({"user": a, "expect": [2 * i + 1]})
+                receivers.append({"user": b, "expect": [2 * i]})
+            specs.append(
+                {
+                    "id": phase_id,
+                    "messages": messages,
+                    "senders_total": 2 * s.pairs,
+                    "rate": None if burst else s.pair_rate,
+                    "padding": s.padding,
+                    "senders": senders,
+                    "receivers": receivers,
+                }
+            )
+        timeout = s.timeout + (0 if burst else messages / s.pair_rate)
+        results[name] = {"setup": setup, **await bench.phase(name, specs, timeout)}
+        await bench.settle()
+    teardown = await bench.close("w2-", baseline)
+    for result in results.values():
+        result["teardown"] = teardown
+    return results
+
+
+# W3 --------------------------------------------------------------------------------------------
+
+
+async def run_w3(bench: Bench) -> dict[str, Any]:
+    s, nodes, count = bench.settings, bench.nodes, len(bench.drivers)
+    baseline = await bench.connections()
+    targets: list[list[list[Any]]] = [[] for _ in range(count)]
+    for i in range(s.connections):
+        targets[i % count].append(_target(f"w3-{i}", nodes[i % len(nodes)], None))
+    await trio.sleep(1.0)  # let the nodes' memory settle after the previous workload
+    rss_before = bench.rss()
+    async with bench.profiled("w3-open") as profile:
+        cpu = bench.cpu()
+        opened = await bench.open(targets, max(60.0, s.connections / 100))
+        cpu_open = bench.cpu_used(cpu, bench.cpu())
+    now_open = await bench.connections()
+    server_open = None if now_open is None else now_open - (baseline or 0)
+    rss_open = bench.rss()
+    hold = await bench.on_all([{"cmd": "hold", "prefix": "w3-", "seconds": s.hold}] * count, s.hold)
+    rss_held = bench.rss()
+    cpu_hold = bench.cpu_used(cpu, bench.cpu())
+    pings = await bench.on_all([{"cmd": "ping", "prefix": "w3-", "timeout": 30.0}] * count, 30.0)
+    alive = sum(r["answered"] for r in pings)
+    teardown = await bench.close("w3-", baseline)
+    await trio.sleep(1.0)
+    rss_closed = bench.rss()
+    per_conn = _per_conn(rss_before, rss_held, opened["opened"])
+    return {
+        "connections": s.connections,
+        "setup": opened,
+        "opened": opened["opened"],
+        "opened_per_s": opened["opened_per_s"],
+        "server_connections": server_open,
+        "held_s": s.hold,
+        "dropped_during_hold": sum(r["dropped"] for r in hold),
+        "server_pings_answered": sum(r["server_pings"] for r in hold),
+        "alive_after_hold": alive,
+        "all_alive": alive == s.connections,
+        "rss_per_connection_kb": per_conn,
+        "rss_mb": {
+            "before": _mb(rss_before),
+            "open": _mb(rss_open),
+            "held": _mb(rss_held),
+            "closed": _mb(rss_closed),
+        },
+        "cpu_s": {"open": _rounded(cpu_open), "open_and_hold": _rounded(cpu_hold)},
+        "teardown": teardown,
+        **profile,
+        **({"dead_nodes": bench.dead_nodes()} if bench.dead_nodes() else {}),
+        **_problems([*hold, *pings]),
+    }
+
+
+# Helpers ---------------------------------------------------------------------------------------
+
+
+def _target(user: str, node: Node, room: str | None) -> list[Any]:
+    return [user, node.host, node.port, room, None]
+
+
+def _problems(replies: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Error frames, close codes and failed opens summed over drivers' answers."""
+    out: dict[str, Any] = {"errors": {}, "closes": {}, "failures": {}}
+    for reply in replies:
+        for key in ("errors", "closes", "failures"):
+            for name, n in reply.get(key, {}).items():
+                out[key][name] = out[key].get(name, 0) + n
+    out["error_messages"] = [m for r in replies for m in r.get("error_messages", [])][:5]
+    return out
+
+
+def _per_conn(
+    before: dict[str, int | None], after: dict[str, int | None], conns: int
+) -> float | None:
+    if conns <= 0 or any(v is None for v in [*before.values(), *after.values()]):
+        return None
+    delta = sum(v or 0 for v in after.values()) - sum(v or 0 for v in before.values())
+    return round(delta / conns / 1024, 2)
+
+
+def _opt(read: Any, pid: int | None) -> Any:
+    return None if pid is None else read(pid)
+
+
+def _sub(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _sum(values: Sequence[float | None]) -> float | None:
+    if not values or any(v is None for v in values):
+        return None
+    return sum(v for v in values if v is not None)
+
+
+def _rounded(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _rounded(v) for k, v in data.items()}
+    if isinstance(data, float):
+        return None if math.isnan(data) else round(data, 3)
+    return data
+
+
+def _mb(rss: dict[str, int | None]) -> dict[str, float | None]:
+    return {k: None if v is None else round(v / 2**20, 1) for k, v in rss.items()}

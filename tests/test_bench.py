@@ -1,0 +1,272 @@
+"""roomd bench: the pure parts (statistics, the client WebSocket codec, merging drivers'
+answers) and one end-to-end smoke run with tiny sizes (no timing asserts)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from wsproto.connection import Connection, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
+
+from roomd.bench import _profile, _report, _stats, _ws
+from roomd.bench._workloads import WORKLOADS, Settings, merge_phase
+
+# Statistics -------------------------------------------------------------------------------------
+
+
+def test_receipts_count_received_duplicates_and_missing() -> None:
+    r = _stats.Receipts(5)
+    assert [r.mark(i) for i in (0, 3, 3, 4, 0)] == [True, True, False, True, False]
+    assert (r.received, r.duplicates, r.missing) == (3, 2, 2)
+    assert r.missing_indexes() == [1, 2]
+    assert r.has(3) and not r.has(1)
+    with pytest.raises(IndexError):
+        r.mark(5)
+
+
+def test_receipts_missing_indexes_is_bounded() -> None:
+    r = _stats.Receipts(100)
+    assert r.missing_indexes(3) == [0, 1, 2]
+    for i in range(100):
+        r.mark(i)
+    assert r.missing_indexes() == [] and r.missing == 0
+
+
+def test_percentile_nearest_rank() -> None:
+    values = list(range(1, 101))
+    assert _stats.percentile(values, 50) == 50
+    assert _stats.percentile(values, 99) == 99
+    assert _stats.percentile(values, 100) == 100
+    assert _stats.percentile(values, 0) == 1
+    assert _stats.percentile([7], 99) == 7
+    assert _stats.percentile([1, 2, 3], 50) == 2
+    assert math.isnan(_stats.percentile([], 50))
+    with pytest.raises(ValueError):
+        _stats.percentile(values, 101)
+
+
+def test_summary_in_milliseconds() -> None:
+    summary = _stats.Summary.of_ns([3_000_000, 1_000_000, 2_000_000])
+    assert (summary.count, summary.p50, summary.max, summary.mean) == (3, 2.0, 3.0, 2.0)
+    assert summary.as_dict()["p99"] == 3.0
+    empty = _stats.Summary.of_ns([])
+    assert empty.count == 0 and empty.as_dict()["p50"] is None
+
+
+def test_merging_per_message_arrays() -> None:
+    assert _stats.merge_min([[0, 5, 9], [3, 0, 7]]) == [3, 5, 7]
+    assert _stats.merge_max([[0, 5, 9], [3, 0, 7]]) == [3, 5, 9]
+    assert _stats.merge_min([]) == []
+    with pytest.raises(ValueError):
+        _stats.merge_max([[1], [1, 2]])
+    assert _stats.per_message_latencies([10, 20, 0], [15, 0, 40]) == [5]
+
+
+def test_rate_and_median() -> None:
+    assert _stats.rate(1000, 0, 500_000_000) == 2000.0
+    assert _stats.rate(5, 10, 10) == 0.0
+    assert _stats.median([3.0, 1.0, 2.0]) == 2.0
+    assert _stats.median([4.0, 1.0, 2.0, 3.0]) == 2.5
+    assert math.isnan(_stats.median([]))
+
+
+def test_merge_phase_sums_drivers_and_merges_messages() -> None:
+    ms = 1_000_000  # times in the answers are nanoseconds
+    base: dict[str, Any] = {"timed_out": False, "duplicates": 0, "unexpected": 0, "stray": 0}
+    base |= {"missing_receivers": 0, "lost_examples": [], "errors": {}, "closes": {}}
+    sender = base | {
+        "sent": 2, "sent_ns": [100 * ms, 200 * ms], "expected": 2, "received": 2,
+        "latencies": [10 * ms, 30 * ms], "first": [110 * ms, 230 * ms],
+        "last": [110 * ms, 230 * ms],
+    }  # fmt: skip
+    receiver = base | {
+        "sent": 0, "sent_ns": [0, 0], "expected": 2, "received": 1, "duplicates": 1,
+        "latencies": [50 * ms], "first": [150 * ms, 0], "last": [150 * ms, 0],
+        "lost_examples": ["r1: [1]"],
+    }  # fmt: skip
+    merged = merge_phase([sender, receiver])
+    assert (merged["sent"], merged["expected"], merged["received"]) == (2, 4, 3)
+    assert (merged["lost"], merged["duplicates"], merged["undelivered_messages"]) == (1, 1, 0)
+    latency = merged["latency_ms"]
+    assert latency["all"]["count"] == 3 and latency["all"]["max"] == 50.0
+    assert (latency["first"]["count"], latency["first"]["max"]) == (2, 30.0)  # 230 - 200
+    assert latency["last"]["max"] == 50.0  # 150 - 100
+    assert merged["deliveries_per_s"] == pytest.approx(3 / 0.130, abs=0.1)
+    assert merged["duration_s"] == 0.13
+    assert merged["lost_examples"] == ["r1: [1]"]
+
+
+def test_default_sizes_are_the_issues() -> None:
+    assert Settings().default_sizes()
+    assert Settings(drivers=2, workloads=["w1-rate"]).default_sizes()
+    assert not Settings(receivers=10).default_sizes()
+
+
+def test_profile_ranks_self_and_inclusive_time() -> None:
+    stacks = _profile.parse_collapsed(
+        ["main (a.py);run (b.py);send (z.py) 6\n", "main (a.py);run (b.py) 3\n", "bad line\n",
+         "main (a.py);parse (c.py) 1\n"]
+    )  # fmt: skip
+    top = _profile.top_functions(stacks, limit=3)
+    assert top["samples"] == 10
+    assert top["self"] == [("send (z.py)", 60.0), ("run (b.py)", 30.0), ("parse (c.py)", 10.0)]
+    assert top["inclusive"][:2] == [("main (a.py)", 100.0), ("run (b.py)", 90.0)]
+    assert _profile.top_functions([])["samples"] == 0
+
+
+def _burst(rate: float, lost: int = 0) -> dict[str, Any]:
+    latency = {"p50": 1.0, "p99": 2.0, "max": 3.0}
+    return {
+        "deliveries_per_s": rate, "lost": lost, "duplicates": 0, "timed_out": False,
+        "latency_ms": {"all": latency, "first": latency, "last": latency},
+        "cpu_s": {"nodes": 1.0, "broker": 0.1, "drivers": 0.5},
+    }  # fmt: skip
+
+
+def test_medians_take_the_middle_and_the_worst_loss() -> None:
+    w3 = {"opened_per_s": 3500.0, "rss_per_connection_kb": 7.0, "alive_after_hold": 10}
+    w3["all_alive"] = True
+    documents = [
+        {"results": {"w1-burst": _burst(100_000.0), "w3-idle": w3}},
+        {"results": {"w1-burst": _burst(150_000.0, lost=2), "w3-idle": w3}},
+        {"results": {"w1-burst": _burst(130_000.0), "w3-idle": w3}},
+    ]
+    table = _report.medians(documents)
+    assert table["w1-burst"]["deliveries_per_s"] == 130_000.0
+    assert table["w1-burst"]["lost"] == 2
+    assert table["w1-burst"]["target"]["met"] is False  # a run lost messages
+    assert table["w3-idle"]["target"]["met"] is True
+    text = _report.render_medians(table, documents)
+    assert "medians of 3 runs" in text and "130,000" in text
+
+
+# The client WebSocket codec -----------------------------------------------------------------------
+
+
+def _server() -> Connection:
+    """A wsproto server past its handshake, to check frames against."""
+    return Connection(ConnectionType.SERVER)
+
+
+@pytest.mark.parametrize("size", [0, 5, 125, 126, 65535, 65536, 70_000])
+def test_client_frames_are_what_a_server_reads(size: int) -> None:
+    payload = bytes(i % 251 for i in range(size))
+    server = _server()
+    server.receive_data(_ws.client_frame(payload, _ws.OP_BINARY))
+    events = list(server.events())
+    assert len(events) == 1 and isinstance(events[0], BytesMessage)
+    assert events[0].data == payload
+
+
+def test_text_and_close_frames() -> None:
+    server = _server()
+    server.receive_data(_ws.client_frame(b'{"type":"hello"}') + _ws.close_frame(4001, "bye"))
+    events = list(server.events())
+    assert isinstance(events[0], TextMessage) and events[0].data == '{"type":"hello"}'
+    assert isinstance(events[1], CloseConnection) and events[1].code == 4001
+    assert events[1].reason == "bye"
+
+
+def test_mask_is_an_involution() -> None:
+    key = b"\x01\x02\x03\x04"
+    data = b"hello, world"
+    assert _ws.mask(_ws.mask(data, key), key) == data
+    assert _ws.mask(b"", key) == b""
+
+
+def test_frame_reader_splits_server_frames_at_any_boundary() -> None:
+    server = _server()
+    stream = (
+        server.send(TextMessage(data="a" * 10))
+        + server.send(TextMessage(data="b" * 300))
+        + server.send(BytesMessage(data=b"c" * 70_000))
+        + server.send(Ping(payload=b"p"))
+    )
+    for step in (1, 3, 127, 4096, len(stream)):
+        reader = _ws.FrameReader()
+        out: list[tuple[int, bytes]] = []
+        for i in range(0, len(stream), step):
+            out += reader.feed(stream[i : i + step])
+        assert out == [
+            (_ws.OP_TEXT, b"a" * 10),
+            (_ws.OP_TEXT, b"b" * 300),
+            (_ws.OP_BINARY, b"c" * 70_000),
+            (_ws.OP_PING, b"p"),
+        ]
+
+
+def test_frame_reader_joins_fragments_and_passes_control_frames() -> None:
+    server = _server()
+    stream = (
+        server.send(TextMessage(data="ab", message_finished=False))
+        + server.send(Ping(payload=b""))
+        + server.send(TextMessage(data="cd", message_finished=True))
+    )
+    assert _ws.FrameReader().feed(stream) == [(_ws.OP_PING, b""), (_ws.OP_TEXT, b"abcd")]
+
+
+def test_frame_reader_refuses_masked_frames() -> None:
+    with pytest.raises(_ws.ServerProtocolError):
+        _ws.FrameReader().feed(_ws.client_frame(b"x"))
+
+
+def test_upgrade_handshake_checks() -> None:
+    key = _ws.new_key()
+    request = _ws.upgrade_request("127.0.0.1", 9000, "/ws?user=a", key)
+    assert request.startswith(b"GET /ws?user=a HTTP/1.1\r\n") and request.endswith(b"\r\n\r\n")
+    good = b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: " + _ws.accept_for(key)
+    _ws.check_upgrade_response(good, key)
+    with pytest.raises(_ws.HandshakeFailed, match="401"):
+        _ws.check_upgrade_response(b"HTTP/1.1 401 Unauthorized\r\nX: y", key)
+    with pytest.raises(_ws.HandshakeFailed, match="Accept"):
+        _ws.check_upgrade_response(b"HTTP/1.1 101 OK\r\nSec-WebSocket-Accept: nope", key)
+    # RFC 6455's own example
+    assert _ws.accept_for(b"dGhlIHNhbXBsZSBub25jZQ==") == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+# End to end ------------------------------------------------------------------------------------
+
+
+@pytest.mark.cluster
+async def test_bench_smoke(tmp_path: Path) -> None:
+    """The real tool, tiny sizes: every workload runs and reports exact delivery."""
+    out = tmp_path / "bench.json"
+    argv = [
+        sys.executable, "-m", "roomd.cli", "bench", "--nodes", "2",
+        "--receivers", "10", "--messages", "20", "--rate-messages", "10", "--rate", "50",
+        "--pairs", "4", "--pair-messages", "5", "--pair-rate", "50", "--pair-burst", "20",
+        "--connections", "50", "--hold", "1", "--timeout", "15", "--json", str(out),
+    ]  # fmt: skip
+    with trio.fail_after(45):
+        done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
+    report = done.stdout.decode()
+    assert done.returncode == 0, report + done.stderr.decode()
+    assert "w1-burst" in report and "targets" in report
+    document = json.loads(out.read_text())
+    results = document["results"]
+    assert list(results) == list(WORKLOADS)
+    assert document["run"]["nodes"] == 2 and not document["run"]["default_sizes"]
+    for name in ("w1-rate", "w1-burst", "w2-rate", "w2-burst"):
+        r = results[name]
+        assert (r["lost"], r["duplicates"], r["timed_out"]) == (0, 0, False), (name, r)
+        assert r["unexpected"] == 0 and r["errors"] == {}
+        assert r["received"] == r["expected"] > 0
+        assert set(r["latency_ms"]) == {"all", "first", "last"}
+        assert r["latency_ms"]["all"]["count"] == r["received"]
+        assert set(r["cpu_s"]) >= {"nodes", "broker", "drivers", "per_node"}
+        assert r["cpu_s"]["nodes"] is not None and r["cpu_s"]["drivers"] is not None
+        assert r["deliveries_per_s"] > 0
+        assert "met" in r["target"]
+    assert results["w1-burst"]["expected"] == 10 * 20
+    assert results["w2-burst"]["expected"] == 8 * 20
+    w3 = results["w3-idle"]
+    assert w3["opened"] == 50 and w3["alive_after_hold"] == 50 and w3["all_alive"]
+    assert w3["server_connections"] == 50
+    assert w3["teardown"]["server_connections_after"] == 0
+    assert w3["rss_per_connection_kb"] is not None
