@@ -80,7 +80,7 @@ def room_members(node: Node, client: Client, data: Any) -> Any:
         {
             "user": user,
             "status": view.status_of(user)[0],
-            "connections": view.user_connections[user],
+            "connections": view.connections_of(user),
         }
         for user in view.room_members(key)
     ]

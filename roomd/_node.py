@@ -86,6 +86,7 @@ class Node(Requests):
         self.payload_limits: PayloadLimits = self.config.limits.payload_limits()
         self.authenticator = Authenticator(auth.secret, auth.dev, auth.leeway, self.payload_limits)
         self.hub = Hub()
+        self.flusher = Flusher()  # writes connections' outboxes and the bus, once per round
         self.epoch = secrets.randbits(62)
         self.view = ClusterView(self.name, self.epoch)
         section = self.config.cluster
@@ -101,7 +102,6 @@ class Node(Requests):
             self.cluster.handlers.update(self._cluster_handlers)
         self._routes: dict[str, Route] = {"/health": self._health_route}
         self._connected: set[Client] = set()  # every WebSocket client, handshaking or open
-        self._flusher = Flusher()
         self._stop = trio.Event()
         self._idle = trio.Event()
         self._registry = make_registry(self.stats, self._gauges, self._counters)
@@ -203,9 +203,11 @@ class Node(Requests):
     ) -> int:
         """Deliver to ``users`` everywhere; the sender's other connections get a copy too."""
         if self.cluster is not None:
-            targets = set(users) | ({sender.user} if sender is not None else set())
-            for user in sorted(targets):
-                self.cluster.publish_user(user, template)
+            targets = set(users)
+            if sender is not None:
+                targets.add(sender.user)
+            for name, hosted in self.view.remote_hosts(targets).items():
+                self.cluster.publish_users(name, hosted, template)
         clients = self.hub.users_clients(users)
         if sender is not None:
             clients.update(self.hub.user_clients(sender.user))
@@ -289,7 +291,7 @@ class Node(Requests):
                 await self._start_cluster(nursery, self.cluster)
             accept = trio.CancelScope()
             sweep = trio.CancelScope()
-            nursery.start_soon(self._flusher.run)
+            nursery.start_soon(self.flusher.run)
             nursery.start_soon(self._accept, listeners, nursery, accept)
             nursery.start_soon(self._sweep, sweep)
             task_status.started(self.port)
@@ -379,7 +381,7 @@ class Node(Requests):
         transport = Transport.from_stream(
             stream,
             self.stats,
-            self._flusher,
+            self.flusher,
             trailing=trailing,
             max_message=limits.max_frame_bytes,
             max_bytes=limits.outbox_max_bytes,
@@ -512,7 +514,7 @@ class Node(Requests):
             if self.cluster is not None
             else {"mode": "none", "nodes": [{"name": self.name, **self.load(), "lastSeen": 0.0}]}
         )
-        stats["usersOnline"] = len(view.user_connections)
+        stats["usersOnline"] = view.online_count()
         stats["rooms"] = [
             {"ns": ns, "room": room, "members": len(users)}
             for (ns, room), users in rooms[:max_rooms]
@@ -536,7 +538,7 @@ class Node(Requests):
         }
         if self.cluster is not None:
             gauges["cluster_nodes_up"] = len(self.view.nodes_up())
-            gauges["cluster_users_online"] = len(self.view.user_connections)
+            gauges["cluster_users_online"] = self.view.online_count()
         return gauges
 
     def _counters(self) -> dict[str, tuple[str, float]]:

@@ -19,7 +19,7 @@ import trio
 from ..protocol import PushTemplate
 from . import _wire
 from ._bus import Bus
-from ._view import ClusterView, Delta, delta_from_wire, delta_to_wire
+from ._view import ClusterView, Delta, Joined, Left, delta_from_wire, delta_to_wire
 from ._wire import Envelope, Kind
 
 if TYPE_CHECKING:
@@ -72,6 +72,7 @@ class Cluster:
         self.timeout = section.heartbeat_interval * section.heartbeat_misses
         self.bus = Bus(
             node.name,
+            flusher=node.flusher,
             mode=section.mode,
             on_batch=self._on_batch,
             frontend=section.broker_frontend,
@@ -85,7 +86,7 @@ class Cluster:
         self._call_ids = itertools.count(1)
         self._nursery: trio.Nursery | None = None
         self._call_slots = trio.Semaphore(MAX_CONCURRENT_CALLS)
-        self._user_topics: set[str] = set()
+        self._own_marker = _wire.origin_marker(self.name)
         self.bad_messages = 0
         self.snapshots_requested = 0
 
@@ -140,44 +141,44 @@ class Cluster:
         body = [template.body, template.volatile, skip_user]
         self._publish(_wire.room_topic(*key), Kind.ROOM, body)
 
-    def publish_user(self, user: str, template: PushTemplate) -> None:
-        self._publish(_wire.user_topic(user), Kind.USER, [template.body, template.volatile])
+    def publish_users(self, node: str, users: list[str], template: PushTemplate) -> None:
+        """A push for ``users``, who are connected to ``node``."""
+        body = [template.body, template.volatile, users]
+        self._publish(_wire.node_topic(node), Kind.USERS, body)
 
     def publish_all(self, template: PushTemplate) -> None:
         self._publish(_wire.ALL, Kind.ALL, [template.body, template.volatile])
 
     # Interest ------------------------------------------------------------------------------------
 
-    def local_delta(self, delta: Any) -> None:
-        """Follow this node's own presence changes with subscriptions (interest routing)."""
-        from ._view import Joined, Left, Online
-
+    def local_delta(self, delta: Delta) -> None:
+        """Follow this node's rooms with subscriptions (routing by interest)."""
         if isinstance(delta, Joined):
             self.bus.subscribe(_wire.room_topic(delta.ns, delta.room))
         elif isinstance(delta, Left):
             self.bus.unsubscribe(_wire.room_topic(delta.ns, delta.room))
-        elif isinstance(delta, Online):
-            if delta.count > 0 and delta.user not in self._user_topics:
-                self._user_topics.add(delta.user)
-                self.bus.subscribe(_wire.user_topic(delta.user))
-            elif delta.count == 0 and delta.user in self._user_topics:
-                self._user_topics.discard(delta.user)
-                self.bus.unsubscribe(_wire.user_topic(delta.user))
 
     # Receiving -----------------------------------------------------------------------------------
 
     def _on_batch(self, batch: list[bytes]) -> None:
         now = trio.current_time()
+        own = self._own_marker
         for message in batch:
             try:
-                envelope = _wire.decode(message)
-                if envelope.node != self.name:
-                    self._dispatch(envelope, now)
-                elif envelope.epoch != self.epoch and envelope.kind == Kind.HEARTBEAT:
-                    log.error("%s: another node uses the name %s", self.name, self.name)
+                if _wire.is_from(message, own):
+                    self._own(message)
+                else:
+                    self._dispatch(_wire.decode(message), now)
             except Exception:
                 self.bad_messages += 1
                 log.exception("%s: bad bus message %r", self.name, message[:80])
+
+    def _own(self, message: bytes) -> None:
+        """One of this node's messages, echoed by the broker: check only that it is ours."""
+        if _wire.CONTROL in message[:2]:
+            envelope = _wire.decode(message)
+            if envelope.kind == Kind.HEARTBEAT and envelope.epoch != self.epoch:
+                log.error("%s: another node uses the name %s", self.name, self.name)
 
     def _dispatch(self, env: Envelope, now: float) -> None:
         node = self.node
@@ -185,8 +186,10 @@ class Cluster:
         if kind == Kind.ROOM:
             template = PushTemplate(body[0], volatile=body[1])
             node.route_room_local(env.room_key(), template, skip_user=body[2])
-        elif kind == Kind.USER:
-            node.route_user_local(env.topic_name(), PushTemplate(body[0], volatile=body[1]))
+        elif kind == Kind.USERS:
+            template = PushTemplate(body[0], volatile=body[1])
+            for user in body[2]:
+                node.route_user_local(user, template)
         elif kind == Kind.ALL:
             node.route_all_local(PushTemplate(body[0], volatile=body[1]))
         elif kind == Kind.DELTA:

@@ -142,8 +142,8 @@ class ClusterView:
     def __init__(self, self_name: str, epoch: int) -> None:
         self.self_name = self_name
         self.nodes: dict[str, NodeState] = {self_name: NodeState(self_name, epoch=epoch)}
-        # Aggregates over all nodes.
-        self.user_connections: collections.Counter[str] = collections.Counter()
+        # Aggregates over all nodes. (Who is online is not aggregated: a user's connections are
+        # summed over the nodes when needed, which saves an entry per user on every node.)
         self.room_users: dict[RoomKey, collections.Counter[str]] = {}
         self.statuses: dict[str, Status] = {}
 
@@ -154,7 +154,24 @@ class ClusterView:
     # Queries -------------------------------------------------------------------------------------
 
     def online_users(self) -> list[str]:
-        return sorted(self.user_connections)
+        return sorted(set().union(*(n.users for n in self.nodes.values())))
+
+    def online_count(self) -> int:
+        return len(set().union(*(n.users for n in self.nodes.values())))
+
+    def connections_of(self, user: str) -> int:
+        """The user's connections on every node."""
+        return sum(n.users.get(user, 0) for n in self.nodes.values())
+
+    def remote_hosts(self, users: Iterable[str]) -> dict[str, list[str]]:
+        """The other nodes where any of ``users`` is connected, and which of them."""
+        hosts: dict[str, list[str]] = {}
+        for node in self.nodes.values():
+            if node.name != self.self_name and node.users:
+                here = [u for u in users if u in node.users]
+                if here:
+                    hosts[node.name] = here
+        return hosts
 
     def room_members(self, key: RoomKey) -> list[str]:
         return sorted(self.room_users.get(key, ()))
@@ -266,12 +283,12 @@ class ClusterView:
         return dead, effects
 
     def remove(self, name: str) -> list[Effect]:
-        node = self.nodes.pop(name, None)
+        node = self.nodes.get(name)
         if node is None or name == self.self_name:
-            if node is not None:
-                self.nodes[name] = node
             return []
-        return self._clear(node)
+        effects = self._clear(node)  # while it still counts in the totals
+        del self.nodes[name]
+        return effects
 
     def resync_due(self, now: float, retry: float) -> list[str]:
         """Nodes whose snapshot was asked for more than ``retry`` seconds ago without answer."""
@@ -321,20 +338,17 @@ class ClusterView:
         effects: list[Effect] = []
         if isinstance(delta, Online):
             before = node.users.get(delta.user, 0)
+            total_before = self.connections_of(delta.user)
             if delta.count > 0:
                 node.users[delta.user] = delta.count
             else:
                 node.users.pop(delta.user, None)
                 if node.statuses.pop(delta.user, None) is not None:  # status ends with presence
                     self._recompute_status(delta.user, effects)
-            total_before = self.user_connections[delta.user]
-            self.user_connections[delta.user] += delta.count - before
-            total = self.user_connections[delta.user]
-            if total <= 0:
-                del self.user_connections[delta.user]
-                if total_before > 0:
-                    effects.append(UserOffline(delta.user))
-            elif total_before <= 0:
+            total = total_before + max(delta.count, 0) - before
+            if total <= 0 < total_before:
+                effects.append(UserOffline(delta.user))
+            elif total_before <= 0 < total:
                 effects.append(UserOnline(delta.user))
         elif isinstance(delta, Joined):
             key = (delta.ns, delta.room)

@@ -1,12 +1,15 @@
 """Bus messages: one ZeroMQ frame each, the topic as a prefix.
 
-``topic`` ``\\x00`` msgpack ``[kind, node, epoch, seq, body]``
+``topic`` ``\\x00`` ``node`` ``\\x00`` msgpack ``[kind, epoch, seq, body]``
 
 Topics end with ``\\x00`` (names never contain control characters), so a subscription to room
 ``a`` never matches room ``ab``. A node subscribes to what it hosts: the rooms with a local
-member (``r``), the users with a local connection (``u``), its own node topic (``n``), and the
-broadcast (``a``) and control (``c``) topics; XPUB/XSUB forwards subscriptions upstream, so a
-message travels only to nodes interested in it.
+member (``r``), its own node topic (``n``), and the broadcast (``a``) and control (``c``) topics;
+XPUB/XSUB forwards subscriptions upstream, so a message travels only to nodes interested in it.
+Pushes to users go to the topics of the nodes where those users are connected (the presence
+view knows), so a connection costs no subscription. The sending node's name comes before the
+msgpack part: a node drops its own messages (a broker echoes them back to every subscriber)
+without decoding them.
 
 ``seq`` numbers every message a node publishes within its ``epoch`` (a random number drawn at
 start). Presence deltas carry their own gap-free numbering in their body (see ``_view.py``).
@@ -25,7 +28,7 @@ ALL: Final = b"a\x00"
 
 class Kind:
     ROOM: Final = "room"  # [json_body, volatile, skip_user]
-    USER: Final = "user"  # [json_body, volatile]
+    USERS: Final = "users"  # [json_body, volatile, users on the receiving node]
     ALL: Final = "all"  # [json_body, volatile]
     HEARTBEAT: Final = "hb"  # [delta_seq, info]
     DELTA: Final = "delta"  # [delta_seq, delta]
@@ -39,10 +42,6 @@ class Kind:
 
 def room_topic(ns: str, room: str) -> bytes:
     return b"r" + ns.encode() + b"\x1f" + room.encode() + b"\x00"
-
-
-def user_topic(user: str) -> bytes:
-    return b"u" + user.encode() + b"\x00"
 
 
 def node_topic(name: str) -> bytes:
@@ -71,17 +70,29 @@ class BadMessage(Exception):
     """A bus message that does not parse."""
 
 
+def origin_marker(node: str) -> bytes:
+    """What follows the topic in every message ``node`` publishes."""
+    return node.encode() + b"\x00"
+
+
 def encode(topic: bytes, kind: str, node: str, epoch: int, seq: int, body: Any) -> bytes:
-    packed: bytes = msgpack.packb([kind, node, epoch, seq, body], use_bin_type=True)
-    return topic + packed
+    packed: bytes = msgpack.packb([kind, epoch, seq, body], use_bin_type=True)
+    return topic + origin_marker(node) + packed
+
+
+def is_from(message: bytes, marker: bytes) -> bool:
+    """Whether ``message`` was published by the node whose :func:`origin_marker` is given."""
+    return message.startswith(marker, message.find(b"\x00") + 1)
 
 
 def decode(message: bytes) -> Envelope:
     end = message.find(b"\x00")
-    if end < 0:
-        raise BadMessage("no topic terminator")
+    origin_end = message.find(b"\x00", end + 1)
+    if end < 0 or origin_end < 0:
+        raise BadMessage("no topic or origin terminator")
     try:
-        kind, node, epoch, seq, body = msgpack.unpackb(message[end + 1 :], raw=False)
+        kind, epoch, seq, body = msgpack.unpackb(message[origin_end + 1 :], raw=False)
+        node = message[end + 1 : origin_end].decode()
     except Exception as exc:
         raise BadMessage(str(exc)) from None
     return Envelope(message[: end + 1], kind, node, epoch, seq, body)

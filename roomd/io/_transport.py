@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable
-from typing import Any, Final, cast
+from typing import Any, Final, Protocol, cast
 
 import trio
 from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
@@ -48,18 +48,23 @@ class _Volatile(bytes):
     __slots__ = ()
 
 
+class Flushable(Protocol):
+    def flush(self) -> None: ...
+
+
 class Flusher:
-    """Writes the outboxes of the connections that have something queued.
+    """Writes what connections (and the bus) have queued, once per scheduling round.
 
     Resource handling: :meth:`run` is the node's one writing task; it owns nothing else.
     """
 
     def __init__(self) -> None:
-        self._dirty: list[Transport] = []
+        self._dirty: list[Flushable] = []
         self._wake = trio.Event()
 
-    def mark(self, transport: Transport) -> None:
-        self._dirty.append(transport)
+    def mark(self, target: Flushable) -> None:
+        """Have ``target.flush()`` called soon (once per call of this)."""
+        self._dirty.append(target)
         self._wake.set()
 
     async def run(self) -> None:
@@ -67,8 +72,8 @@ class Flusher:
             await self._wake.wait()
             self._wake = trio.Event()
             dirty, self._dirty = self._dirty, []
-            for transport in dirty:
-                transport.flush()
+            for target in dirty:
+                target.flush()
 
 
 class Transport:
