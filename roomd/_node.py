@@ -287,11 +287,11 @@ class Node(Requests):
         self.started_at = time.time()
         log.info("%s listening on %s:%s", self.name, cfg.node.host, self.port)
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.flusher.run)  # first: the bus writes through it too
             if self.cluster is not None:
                 await self._start_cluster(nursery, self.cluster)
             accept = trio.CancelScope()
             sweep = trio.CancelScope()
-            nursery.start_soon(self.flusher.run)
             nursery.start_soon(self._accept, listeners, nursery, accept)
             nursery.start_soon(self._sweep, sweep)
             task_status.started(self.port)

@@ -87,19 +87,39 @@ class Cluster:
         self._nursery: trio.Nursery | None = None
         self._call_slots = trio.Semaphore(MAX_CONCURRENT_CALLS)
         self._own_marker = _wire.origin_marker(self.name)
+        self._snapshot_applied = trio.Event()
         self.bad_messages = 0
         self.snapshots_requested = 0
 
     # Running -----------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Join the cluster; started once the bus is live and the view holds the state of
+        every node heard from (so that the first clients see the whole cluster)."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.bus.run)
-            log.info("%s: cluster ready (%s mode, epoch %d)", self.name, self.bus.mode, self.epoch)
             self._heartbeat()
             nursery.start_soon(self._ticker)
+            await self._sync_view()
+            up = len(self.view.nodes_up()) - 1
+            log.info(
+                "%s: cluster ready (%s mode, epoch %d, %d other nodes)",
+                self.name,
+                self.bus.mode,
+                self.epoch,
+                up,
+            )
             task_status.started()
+
+    async def _sync_view(self) -> None:
+        """Listen for one and a half heartbeat intervals, then until every node heard from
+        has sent its snapshot (bounded by ``ready_timeout``)."""
+        await trio.sleep(self.section.heartbeat_interval * 1.5)
+        with trio.move_on_after(self.section.ready_timeout):
+            while any(n.syncing for n in self.view.nodes.values()):
+                self._snapshot_applied = trio.Event()
+                await self._snapshot_applied.wait()
 
     async def leave(self) -> None:
         """Tell the other nodes this one is leaving, and give the message time to go out."""
@@ -207,6 +227,7 @@ class Cluster:
             self._publish(_wire.node_topic(body), Kind.SNAPSHOT, [own.seq, own.snapshot()])
         elif kind == Kind.SNAPSHOT:
             self.node.apply_effects(self.view.snapshot(env.node, env.epoch, body[0], body[1], now))
+            self._snapshot_applied.set()
         elif kind == Kind.BYE:
             if env.node in self.view.nodes:
                 log.info("%s: node %s left", self.name, env.node)

@@ -2,9 +2,9 @@
 
 After the HTTP upgrade the transport takes the connection's socket out of its trio stream and
 drives it with Trio's low-level I/O (``wait_readable`` / ``wait_writable`` on a non-blocking
-socket). wsproto's frame layer parses what the client sends (masking, fragmentation, UTF-8,
-control frames); the close handshake's four states are kept here. What the node sends is queued
-as ready-made frame bytes (see :mod:`._wsframe`) in a bounded outbox.
+socket). :class:`._wsframe.FrameParser` parses what the client sends; the close handshake's
+states are kept here. What the node sends is queued as ready-made frame bytes (see
+:mod:`._wsframe`) in a bounded outbox.
 
 Writing: queueing a frame marks the connection dirty with the node's :class:`Flusher`, one task
 that, once the current burst of work yields, writes every dirty connection's whole outbox with one
@@ -26,7 +26,6 @@ from collections.abc import Callable
 from typing import Any, Final, Protocol, cast
 
 import trio
-from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
 
 from .._stats import Stats
 from ..protocol import CloseCode, close_info
@@ -96,7 +95,6 @@ class Transport:
         "_emptied",
         "_flusher",
         "_max_bytes",
-        "_max_message",
         "_queue",
         "_queued_bytes",
         "_scope",
@@ -126,10 +124,9 @@ class Transport:
         self._sock = sock
         self._stats = stats
         self._flusher = flusher
-        self._ws = FrameProtocol(client=False, extensions=[])
-        self._ws.receive_bytes(trailing)
+        self._ws = _wsframe.FrameParser(max_message)
+        self._ws.feed(trailing)
         self._state = OPEN
-        self._max_message = max_message
         self._max_bytes = max_bytes
         self._close_timeout = close_timeout
         self._queue: list[bytes] = []
@@ -204,7 +201,7 @@ class Transport:
             self._queued_bytes = 0
         if self._state == OPEN:
             self._state = LOCAL_CLOSING
-            self._enqueue_control(bytes(self._ws.close(code, reason)))
+            self._enqueue_control(_wsframe.close_frame(code, reason))
         self._arm_deadline()
 
     def _enqueue_control(self, frame: bytes) -> None:
@@ -313,42 +310,31 @@ class Transport:
 
     async def _reader(self, on_message: MessageHandler, owner: Any) -> bool:
         """Read until the close handshake; ``True`` if the peer vanished without one."""
-        proto, sock = self._ws, self._sock
-        parts: list[bytes | bytearray | str] = []
-        size = 0
+        parser, sock = self._ws, self._sock
         while True:
             try:
-                for frame in proto.received_frames():
-                    opcode = frame.opcode
-                    if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
-                        if self._closing:
-                            continue
-                        chunk = cast(bytes | str, frame.payload)
-                        size += _utf8_len(chunk) if isinstance(chunk, str) else len(chunk)
-                        if size > self._max_message:
-                            self.close(CloseCode.MESSAGE_TOO_BIG)
-                            parts.clear()
-                            continue
-                        parts.append(chunk)
-                        if frame.message_finished:
-                            message = _join(parts)
-                            parts, size = [], 0
+                while (item := parser.next()) is not None:
+                    opcode, payload = item
+                    if opcode <= _wsframe.OP_BINARY:
+                        if not self._closing:
                             self._stats.frames_in += 1
-                            on_message(owner, message, opcode is Opcode.BINARY)
-                    elif opcode is Opcode.PING:
-                        self._enqueue_control(bytes(proto.pong(cast(bytes, frame.payload))))
-                    elif opcode is Opcode.CLOSE:
-                        code, reason = cast(tuple[int, str], frame.payload)
+                            message = cast(bytes | str, payload)
+                            on_message(owner, message, opcode == _wsframe.OP_BINARY)
+                    elif opcode == _wsframe.OP_PING:
+                        pong = _wsframe.control(_wsframe.OP_PONG, cast(bytes, payload))
+                        self._enqueue_control(pong)
+                    elif opcode == _wsframe.OP_CLOSE:
+                        code, reason = cast(tuple[int, str], payload)
                         if self.close_code is None:
-                            self.close_code, self.close_reason = code, reason or ""
+                            self.close_code, self.close_reason = code, reason
                         if self._state == OPEN:  # the peer starts the close: answer it
                             self._closing = True
-                            self._enqueue_control(bytes(proto.close(code, reason)))
+                            self._enqueue_control(_wsframe.close_frame(code, reason))
                         self._state = CLOSED
                         return False
-            except ParseFailed as exc:
+            except _wsframe.FrameError as exc:
                 log.debug("WebSocket protocol error from peer: %s", exc)
-                self.close(exc.code, str(exc)[:120], discard=True)
+                self.close(exc.code, exc.reason[:120], discard=True)
                 return False
             await trio.lowlevel.checkpoint()
             while True:
@@ -363,15 +349,5 @@ class Transport:
                 return True
             self.last_seen = trio.current_time()
             self._stats.bytes_in += len(data)
-            proto.receive_bytes(data)
+            parser.feed(data)
             del data  # not kept alive while waiting for more
-
-
-def _utf8_len(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
-
-
-def _join(parts: list[bytes | bytearray | str]) -> bytes | str:
-    if isinstance(parts[0], str):
-        return "".join(p for p in parts if isinstance(p, str))
-    return b"".join(p for p in parts if not isinstance(p, str))
