@@ -11,6 +11,7 @@ import contextlib
 import errno
 import logging
 import secrets
+import socket
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -39,7 +40,7 @@ from .cluster._view import (
     StatusChanged,
 )
 from .hub import Client, Hub, RateLimiter, RoomKey
-from .io._http import BadRequest, HttpRequest, read_request, response
+from .io._http import BadRequest, HttpRequest, read_request, response, send_all
 from .io._transport import Flusher, Transport
 from .io._upgrade import HandshakeError, accept_response, check_upgrade, json_response
 from .protocol import (
@@ -334,14 +335,17 @@ class Node(Requests):
         async with listener:
             while True:
                 try:
-                    stream = await listener.accept()
+                    accepted, _ = await listener.socket.accept()
                 except OSError as exc:
                     if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
                         raise
                     log.error("accept failed (%s); retrying in %.1f s", exc, ACCEPT_BACKOFF)
                     await trio.sleep(ACCEPT_BACKOFF)
                 else:
-                    nursery.start_soon(self._serve_tcp, stream)
+                    sock = socket.socket(fileno=accepted.detach())
+                    sock.setblocking(False)
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    nursery.start_soon(self._serve_tcp, sock)
 
     async def _sweep(self, scope: trio.CancelScope) -> None:
         """The node-wide heartbeat: ping idle connections, close silent and stalled ones."""
@@ -366,20 +370,22 @@ class Node(Requests):
                     ):
                         transport.ping(now)
 
-    async def _serve_tcp(self, stream: trio.SocketStream) -> None:
+    async def _serve_tcp(self, sock: socket.socket) -> None:
         """One TCP connection: plain HTTP, or a WebSocket for as long as it lives.
 
-        Resource handling: closes ``stream`` (or, for a WebSocket, the transport that took its
-        socket over) before returning.
+        Resource handling: the socket is closed before this returns (for a WebSocket, by the
+        transport that took it over).
         """
         limits = self.config.limits
         deadline = trio.current_time() + limits.handshake_timeout
-        upgrade = await self._handshake(stream, limits.handshake_timeout)
+        upgrade = await self._handshake(sock, deadline)
         if upgrade is None:
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
             return
         trailing, identity = upgrade
-        transport = Transport.from_stream(
-            stream,
+        transport = Transport(
+            sock,
             self.stats,
             self.flusher,
             trailing=trailing,
@@ -387,7 +393,7 @@ class Node(Requests):
             max_bytes=limits.outbox_max_bytes,
             close_timeout=limits.close_timeout,
         )
-        del stream, upgrade, trailing  # nothing of the handshake stays with the connection
+        del upgrade, trailing  # nothing of the handshake stays with the connection
         client = Client(
             Session(identity.user),
             transport,
@@ -408,40 +414,37 @@ class Node(Requests):
             self._disconnected(client)
 
     async def _handshake(
-        self, stream: trio.SocketStream, timeout: float
+        self, sock: socket.socket, deadline: float
     ) -> tuple[bytes, Identity] | None:
         """Answer plain HTTP, or accept a WebSocket upgrade: its trailing bytes and identity.
 
         Returns ``None`` when the connection is done (answered, refused or dropped).
         """
-        try:
-            with trio.fail_after(timeout):
-                request = await read_request(stream)
+        reply: bytes | None = None
+        with trio.move_on_at(deadline):
+            try:
+                request = await read_request(sock)
                 if not request.upgrade:
-                    await stream.send_all(self._http(request))
-                    await trio.aclose_forcefully(stream)
-                    return None
-                if request.path not in ("/", "/ws"):
+                    reply = self._http(request)
+                elif request.path not in ("/", "/ws"):
                     raise HandshakeError(404, f"no WebSocket endpoint at {request.path}")
-                check_upgrade(request)
-                identity = self._authenticate(request)
-                await stream.send_all(accept_response(request))
-                return request.trailing, identity
-        except HandshakeError as exc:
-            self.stats.rejected[str(exc.status)] += 1
-            await self._reply(stream, exc.reply)
-        except BadRequest as exc:
-            self.stats.rejected["400"] += 1
-            await self._reply(stream, json_response(400, {"error": str(exc)}))
-        except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError):
-            await trio.aclose_forcefully(stream)
+                else:
+                    check_upgrade(request)
+                    identity = self._authenticate(request)
+                    await send_all(sock, accept_response(request))
+                    return request.trailing, identity
+            except HandshakeError as exc:
+                self.stats.rejected[str(exc.status)] += 1
+                reply = exc.reply
+            except BadRequest as exc:
+                self.stats.rejected["400"] += 1
+                reply = json_response(400, {"error": str(exc)})
+            except OSError:
+                return None
+        if reply is not None:
+            with trio.move_on_after(1.0), contextlib.suppress(OSError):
+                await send_all(sock, reply)
         return None
-
-    async def _reply(self, stream: trio.SocketStream, data: bytes) -> None:
-        with trio.move_on_after(1.0):
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await stream.send_all(data)
-        await trio.aclose_forcefully(stream)
 
     def _authenticate(self, request: HttpRequest) -> Identity:
         try:

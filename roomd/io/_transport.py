@@ -143,14 +143,6 @@ class Transport:
         self.last_ping = 0.0
         self.nursery: trio.Nursery | None = None  # for tasks that live as long as the connection
 
-    @classmethod
-    def from_stream(
-        cls, stream: trio.SocketStream, stats: Stats, flusher: Flusher, **kw: object
-    ) -> Transport:
-        """Take over the socket of ``stream`` (which must not be used any more)."""
-        sock = socket.socket(fileno=stream.socket.detach())
-        return cls(sock, stats, flusher, **kw)  # type: ignore[arg-type]
-
     # Sending ------------------------------------------------------------------------------------
 
     @property

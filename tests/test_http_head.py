@@ -1,0 +1,55 @@
+"""The request-head parser (sans-I/O)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from roomd.io._http import MAX_HEADERS, BadRequest, parse_head
+
+
+def test_upgrade_request() -> None:
+    head = (
+        b"GET /ws?user=al%20ice&x=1 HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n"
+        b"Connection: keep-alive, Upgrade\r\nX-A: 1\r\nx-a:  2 "
+    )
+    r = parse_head(head, b"\x81\x80")
+    assert r.method == "GET" and r.path == "/ws" and r.query == {"user": "al ice", "x": "1"}
+    assert r.upgrade and r.trailing == b"\x81\x80"
+    assert r.header("x-a") == "1, 2" and r.header("upgrade") == "websocket"
+
+
+def test_plain_request_keeps_no_trailing_bytes() -> None:
+    r = parse_head(b"GET /health HTTP/1.0\r\nHost: h", b"junk")
+    assert not r.upgrade and r.trailing == b"" and r.path == "/health"
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /ws HTTP/2.0",
+        b"GET /ws",
+        b"GET  /ws HTTP/1.1",
+        b"G(T /ws HTTP/1.1",
+        b"GET ws HTTP/1.1",
+        b"GET /w\x01s HTTP/1.1",
+        b"GET / HTTP/1.1\r\nNo-Colon",
+        b"GET / HTTP/1.1\r\n Folded: x",
+        b"GET / HTTP/1.1\r\nBad Name: x",
+        b"GET / HTTP/1.1\r\nX: a\x00b",
+        b"GET / HTTP/1.1" + b"\r\nX: y" * (MAX_HEADERS + 1),
+    ],
+)
+def test_malformed_heads_are_refused(head: bytes) -> None:
+    with pytest.raises(BadRequest):
+        parse_head(head)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_parser_raises_only_bad_request(head: bytes) -> None:
+    try:
+        parse_head(head)
+    except BadRequest:
+        pass
