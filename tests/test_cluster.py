@@ -206,9 +206,9 @@ async def test_gap_on_the_bus_triggers_a_snapshot(tmp_path: Path) -> None:
                     async with connect(cluster.node("nodeA"), "alice") as alice:
                         await converge(alice, "users.online", lambda r: "ghostuser" in r["users"])
                         # Delta 2 in order, then delta 4: 3 is missing.
-                        send(_wire.CONTROL, _wire.Kind.DELTA, [2, ["on", "ghost2", 1]])
+                        send(_wire.CONTROL, _wire.Kind.DELTAS, [2, [["on", "ghost2", 1]]])
                         await converge(alice, "users.online", lambda r: "ghost2" in r["users"])
-                        send(_wire.CONTROL, _wire.Kind.DELTA, [4, ["on", "ghost4", 1]])
+                        send(_wire.CONTROL, _wire.Kind.DELTAS, [4, [["on", "ghost4", 1]]])
                         asked_by = {await snapshot_request(), await snapshot_request()}
                         assert asked_by == {"nodeA", "nodeB"}
                         users = (await alice.ok("users.online", {}))["users"]

@@ -19,7 +19,7 @@ import trio
 from ..protocol import PushTemplate
 from . import _wire
 from ._bus import Bus
-from ._view import ClusterView, Delta, Joined, Left, delta_from_wire, delta_to_wire
+from ._view import ClusterView, Delta, Effect, Joined, Left, delta_from_wire, delta_to_wire
 from ._wire import Envelope, Kind
 
 if TYPE_CHECKING:
@@ -88,6 +88,9 @@ class Cluster:
         self._call_slots = trio.Semaphore(MAX_CONCURRENT_CALLS)
         self._own_marker = _wire.origin_marker(self.name)
         self._snapshot_applied = trio.Event()
+        self._deltas: list[list[Any]] = []
+        self._deltas_first = 0
+        self._published_seq = 0  # the last delta sequence number on the bus
         self.bad_messages = 0
         self.snapshots_requested = 0
 
@@ -144,7 +147,7 @@ class Cluster:
 
     def _heartbeat(self) -> None:
         info = self.node.load()
-        self._publish(_wire.CONTROL, Kind.HEARTBEAT, [self.view.own.seq, info])
+        self._publish(_wire.CONTROL, Kind.HEARTBEAT, [self._published_seq, info])
 
     # Publishing ----------------------------------------------------------------------------------
 
@@ -153,7 +156,18 @@ class Cluster:
         self.bus.publish(_wire.encode(topic, kind, self.name, self.epoch, self._seq, body))
 
     def publish_delta(self, seq: int, delta: Delta) -> None:
-        self._publish(_wire.CONTROL, Kind.DELTA, [seq, delta_to_wire(delta)])
+        """Queue a presence delta; those of one scheduling round travel as one message."""
+        if not self._deltas:
+            self._deltas_first = seq
+            self.node.flusher.mark(self)
+        self._deltas.append(delta_to_wire(delta))
+
+    def flush(self) -> None:
+        """Publish the queued deltas (called by the node's flusher)."""
+        if self._deltas:
+            deltas, self._deltas = self._deltas, []
+            self._publish(_wire.CONTROL, Kind.DELTAS, [self._deltas_first, deltas])
+            self._published_seq = self._deltas_first + len(deltas) - 1
 
     def publish_room(
         self, key: tuple[str, str], template: PushTemplate, skip_user: str | None
@@ -212,12 +226,17 @@ class Cluster:
                 node.route_user_local(user, template)
         elif kind == Kind.ALL:
             node.route_all_local(PushTemplate(body[0], volatile=body[1]))
-        elif kind == Kind.DELTA:
+        elif kind == Kind.DELTAS:
             self._track(env.node)
-            wants, effects = self.view.delta(
-                env.node, env.epoch, body[0], delta_from_wire(body[1]), now
-            )
-            self._after(env.node, wants, effects)
+            first, deltas = body
+            asked, effects = False, list[Effect]()
+            for i, wire in enumerate(deltas):
+                wants, more = self.view.delta(
+                    env.node, env.epoch, first + i, delta_from_wire(wire), now
+                )
+                asked = asked or wants
+                effects.extend(more)
+            self._after(env.node, asked, effects)
         elif kind == Kind.HEARTBEAT:
             self._track(env.node)
             wants, effects = self.view.heartbeat(env.node, env.epoch, body[0], now, body[1])

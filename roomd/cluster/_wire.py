@@ -31,7 +31,7 @@ class Kind:
     USERS: Final = "users"  # [json_body, volatile, users on the receiving node]
     ALL: Final = "all"  # [json_body, volatile]
     HEARTBEAT: Final = "hb"  # [delta_seq, info]
-    DELTA: Final = "delta"  # [delta_seq, delta]
+    DELTAS: Final = "deltas"  # [first_delta_seq, [delta, ...]]: numbered first_seq, first_seq+1 ...
     BYE: Final = "bye"  # None
     SNAPSHOT_REQUEST: Final = "snapreq"  # requester
     SNAPSHOT: Final = "snap"  # [delta_seq, state]
