@@ -113,6 +113,13 @@ async def test_clients_on_embedded_nodes_talk(start_node: Any) -> None:
     with trio.fail_after(20):
         async with embedded_cluster(["n1", "n2"]) as nodes:
             async with connect(nodes["n1"], "alice") as a, connect(nodes["n2"], "bob") as b:
+                # The view is eventually consistent: once alice hears that bob joined the room,
+                # n1 knows bob is on n2.
+                await a.ok("room.join", {"room": "r"})
+                await b.ok("room.join", {"room": "r"})
+                for _ in range(10):
+                    if (await a.push("room.joined"))["data"]["user"] == "bob":
+                        break
                 await a.ok("send", {"to": {"user": "bob"}, "event": "hi", "data": 1})
                 assert (await b.push("hi"))["from"] == "alice"
 
