@@ -402,7 +402,9 @@ class Node(Requests):
             identity.claims,
         )
         del identity
-        if len(self._connected) >= limits.max_connections:
+        if self._stop.is_set():  # upgraded while the node began to shut down
+            transport.close(CloseCode.GOING_AWAY)
+        elif len(self._connected) >= limits.max_connections:
             self.stats.rejected["max_connections"] += 1
             transport.close(CloseCode.TRY_AGAIN_LATER)
         self.stats.connections_total += 1

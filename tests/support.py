@@ -27,6 +27,20 @@ def make_config(**sections: dict[str, Any]) -> Config:
     return config_from_dict(data)
 
 
+def upgrade(path: str, *headers: str) -> bytes:
+    """A WebSocket upgrade request's head, for tests that speak HTTP by hand."""
+    lines = [
+        f"GET {path} HTTP/1.1",
+        "Host: 127.0.0.1",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+        *headers,
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
 class RawClient:
     """A test client speaking the wire protocol over a real WebSocket (trio-websocket)."""
 

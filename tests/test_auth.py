@@ -12,7 +12,7 @@ from trio_websocket import ConnectionRejected, open_websocket_url
 
 from roomd import Node
 from roomd._auth import mint_token
-from tests.support import SECRET, connect
+from tests.support import SECRET, connect, upgrade
 
 
 async def raw_http(port: int, request: bytes) -> tuple[int, bytes]:
@@ -28,19 +28,6 @@ async def raw_http(port: int, request: bytes) -> tuple[int, bytes]:
             data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     return int(head.split(b" ")[1]), body
-
-
-def upgrade(path: str, *headers: str) -> bytes:
-    lines = [
-        f"GET {path} HTTP/1.1",
-        "Host: 127.0.0.1",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-        "Sec-WebSocket-Version: 13",
-        *headers,
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import sys
 import trio
 
 from roomd import Node
-from tests.support import connect, make_config
+from tests.support import connect, make_config, upgrade
 
 
 async def test_shutdown_closes_every_connection_1001_and_returns() -> None:
@@ -69,3 +69,48 @@ async def test_roomd_process_exits_cleanly_on_sigterm() -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def _receive_at_least(stream: trio.SocketStream, data: bytes, size: int) -> bytes:
+    for _ in range(100):
+        if len(data) >= size:
+            return data
+        chunk = await stream.receive_some(4096)
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+    raise AssertionError("too many reads")
+
+
+async def _close_code(stream: trio.SocketStream, data: bytes = b"") -> int:
+    """Read past the 101 response (if ``data`` is empty) to a close frame; its code."""
+    for _ in range(100):
+        if b"\r\n\r\n" in data:
+            break
+        chunk = await stream.receive_some(4096)
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    rest = await _receive_at_least(stream, rest, 4)
+    assert rest[0] == 0x88, rest  # FIN + close, unmasked
+    return int.from_bytes(rest[2:4], "big")
+
+
+async def test_an_upgrade_finishing_during_shutdown_is_closed_1001() -> None:
+    config = make_config(limits={"close_timeout": 3.0}, shutdown={"grace": 4.0})
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            node = Node(config)
+            port = await nursery.start(node.run)
+            # alice never answers the close handshake: the node waits for her (close_timeout).
+            alice = await trio.open_tcp_stream("127.0.0.1", port)
+            await alice.send_all(upgrade("/ws?user=alice"))
+            bob = await trio.open_tcp_stream("127.0.0.1", port)
+            request = upgrade("/ws?user=bob")
+            await bob.send_all(request[:-2])  # bob's upgrade is not complete yet
+            data = await _receive_at_least(alice, b"", 1)  # alice is upgraded
+            node.shutdown()
+            assert await _close_code(alice, data) == 1001
+            await bob.send_all(request[-2:])
+            with trio.fail_after(1):  # at once, not when alice's close times out
+                assert await _close_code(bob) == 1001
