@@ -145,25 +145,27 @@ class Requests:
     ) -> dict[str, int]:
         """The local part of :meth:`request_room`: requests to this node's members."""
         room = RoomRef(key[0], key[1])
-        waiters: list[_Waiter] = []
+        asked: list[tuple[Client, int, _Waiter]] = []
         for client in list(self.hub.room_clients(key)):
             if client is exclude:
                 continue
             rid = client.session.next_request_id()
             waiter = _Waiter()
             client.pending[rid] = waiter
-            waiters.append(waiter)
+            asked.append((client, rid, waiter))
             client.send(Request(rid, event, data, timeout, room=room, sender=sender))
         with trio.move_on_after(timeout):
-            for waiter in waiters:
+            for _, _, waiter in asked:
                 await waiter.event.wait()
-        acked = sum(1 for w in waiters if w.ack is not None and w.ack.error is None)
-        errors = sum(1 for w in waiters if w.ack is not None and w.ack.error is not None)
-        for client in self.hub.room_clients(key):
-            for rid, waiter in list(client.pending.items()):
-                if waiter in waiters:
-                    del client.pending[rid]
-        return {"acked": acked, "errors": errors, "missing": len(waiters) - acked - errors}
+        acked = errors = 0
+        for client, rid, waiter in asked:
+            client.pending.pop(rid, None)
+            if waiter.ack is not None:
+                if waiter.ack.error is None:
+                    acked += 1
+                else:
+                    errors += 1
+        return {"acked": acked, "errors": errors, "missing": len(asked) - acked - errors}
 
     async def _on_room_request(self, body: Any, origin: str) -> dict[str, int]:
         key = (str(body["ns"]), str(body["room"]))
