@@ -142,20 +142,18 @@ class Dispatcher:
         if client.inflight == 0 and event.event in BUILTINS and not wants_ack(event):
             self._handle_builtin(client, event)
             return
-        if client.events is None:
-            transport = client.outlet
-            assert isinstance(transport, Transport) and transport.nursery is not None
-            send, receive = trio.open_memory_channel[Event](
-                self.node.config.limits.max_inflight_events
-            )
-            client.events = send
-            transport.nursery.start_soon(self._event_worker, client, receive)
-        try:
-            client.events.send_nowait(event)
-        except trio.WouldBlock:
+        limit = self.node.config.limits.max_inflight_events
+        if client.inflight >= limit:  # queued or running: the channel never fills
             self.node.stats.errors[ErrorCode.BUSY] += 1
             self._answer_error(client, event, ErrorCode.BUSY, "too many events in flight")
             return
+        if client.events is None:
+            transport = client.outlet
+            assert isinstance(transport, Transport) and transport.nursery is not None
+            send, receive = trio.open_memory_channel[Event](limit)
+            client.events = send
+            transport.nursery.start_soon(self._event_worker, client, receive)
+        client.events.send_nowait(event)
         client.inflight += 1
 
     async def _event_worker(self, client: Client, events: trio.MemoryReceiveChannel[Event]) -> None:
