@@ -41,7 +41,7 @@ class LimitsSection:
     handshake_timeout: float = 10.0  # TCP accept to welcome
     rate: float = 50.0  # frames per second per connection, on average
     burst: int = 100
-    max_strikes: int = 10  # frames refused for rate in a row before closing with 4009
+    max_strikes: int = 10  # strikes before 4009: a refused frame adds one, they fade at 1/s
     max_inflight_events: int = 64  # application events queued per connection ("busy" beyond)
     max_ack_timeout: float = 30.0  # the longest a room send may wait for acknowledgements
     max_rooms_per_connection: int = 100
@@ -51,11 +51,17 @@ class LimitsSection:
     max_text_chars: int = 4096
     max_name_chars: int = 128
     max_status_chars: int = 128
+    max_url_chars: int = 2048  # image and file URLs
+    max_image_side: int = 20_000  # pixels
+    max_file_bytes: int = 10 * 2**30  # the size a file message may announce
 
     def payload_limits(self) -> PayloadLimits:
         return PayloadLimits(
             max_text_chars=self.max_text_chars,
             max_name_chars=self.max_name_chars,
+            max_url_chars=self.max_url_chars,
+            max_image_side=self.max_image_side,
+            max_file_bytes=self.max_file_bytes,
             max_status_chars=self.max_status_chars,
         )
 

@@ -10,6 +10,7 @@ import trio
 from wsproto.events import AcceptConnection, Ping, TextMessage
 
 from roomd import Node
+from roomd.hub import RateLimiter
 from tests.support import connect, read_until_close, silent_websocket
 
 
@@ -61,6 +62,48 @@ async def test_rate_limit_errors_then_closes_4009(start_node: Callable[..., Any]
             }
             assert (await c.closed())[0] == 4009
             assert await other.ok("users.online", {}) == {"users": ["bob"]}
+
+
+def test_strikes_accumulate_while_a_client_stays_over_the_rate() -> None:
+    limiter = RateLimiter(rate=50.0, burst=10, now=0.0)
+    now, refused = 0.0, 0
+    # 10% over the rate for 8 s: once the burst is spent, refusals interleave with accepted
+    # frames (5 a second), and strikes grow by 4 a second.
+    for _ in range(440):
+        now += 1 / 55
+        refused += not limiter.take(now)
+    assert 25 <= refused <= 35
+    assert 15 <= limiter.strikes <= 25
+
+
+def test_an_occasional_refusal_fades() -> None:
+    limiter = RateLimiter(rate=10.0, burst=1, now=0.0)
+    now = 0.0
+    for _ in range(20):  # one refused frame every 2 s
+        assert limiter.take(now) and not limiter.take(now)
+        now += 2.0
+    assert limiter.strikes == 1
+
+
+async def test_events_over_the_inflight_limit_are_busy(start_node: Callable[..., Any]) -> None:
+    node: Node = await start_node(limits={"max_inflight_events": 2})
+    release = trio.Event()
+
+    @node.on("slow")
+    async def slow(ctx: Any, data: Any) -> Any:
+        await release.wait()
+        return data
+
+    with trio.fail_after(5):
+        async with connect(node, "alice") as c:
+            for i in (1, 2, 3):
+                await c.send({"type": "event", "id": i, "event": "slow", "data": i})
+            busy = await c.expect("ack", id=3)
+            assert busy["error"]["code"] == "busy"
+            release.set()
+            assert (await c.expect("ack", id=1))["result"] == 1
+            assert (await c.expect("ack", id=2))["result"] == 2
+            assert await c.ok("slow", 4) == 4  # room again once they are done
 
 
 async def test_oversized_frame_closes_1009(start_node: Callable[..., Any]) -> None:

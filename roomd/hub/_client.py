@@ -21,27 +21,37 @@ class Outlet(Protocol):
 
 
 class RateLimiter:
-    """Token bucket: ``rate`` tokens a second, at most ``burst`` saved up."""
+    """Token bucket: ``rate`` tokens a second, at most ``burst`` saved up.
 
-    __slots__ = ("_burst", "_rate", "_stamp", "_tokens", "strikes")
+    Each refused frame adds a strike and strikes fade at one a second, so a client that keeps
+    sending over the rate (even slightly) accumulates them, while an occasional refusal does not.
+    """
+
+    __slots__ = ("_burst", "_rate", "_stamp", "_strikes", "_struck", "_tokens")
 
     def __init__(self, rate: float, burst: int, now: float) -> None:
         self._rate = rate
         self._burst = float(burst)
         self._tokens = float(burst)
         self._stamp = now
-        self.strikes = 0  # refusals in a row
+        self._strikes = 0.0
+        self._struck = now
 
     def take(self, now: float) -> bool:
         tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
         self._stamp = now
         if tokens >= 1.0:
             self._tokens = tokens - 1.0
-            self.strikes = 0
             return True
         self._tokens = tokens
-        self.strikes += 1
+        self._strikes = max(0.0, self._strikes - (now - self._struck)) + 1.0
+        self._struck = now
         return False
+
+    @property
+    def strikes(self) -> float:
+        """Strikes as of the last refusal."""
+        return self._strikes
 
 
 class Client:
