@@ -198,6 +198,8 @@ def typing(node: Node, client: Client, data: Any) -> Any:
 def status(node: Node, client: Client, data: Any) -> Any:
     args = structure(data, StatusArgs)
     limits = node.payload_limits
+    if not args.status:
+        raise RemoteProtocolError(ErrorCode.INVALID, "status: must not be empty")
     for field, value in (("status", args.status), ("text", args.text)):
         if value is not None and len(value) > limits.max_status_chars:
             raise RemoteProtocolError(

@@ -41,6 +41,17 @@ async def test_metrics_count_traffic(node: Node) -> None:
     assert float(lines["roomd_frames_out_total"]) == 3  # welcome, error, ack
     assert float(lines['roomd_errors_total{code="bad_frame"}']) == 1
     assert float(lines["roomd_bytes_in_total"]) > 0
+    assert float(lines["roomd_dropped_total"]) == 0
+
+
+async def test_metrics_count_close_codes(node: Node) -> None:
+    with trio.fail_after(5):
+        async with connect(node, "alice") as a:
+            await a.ws.send_message("x" * (node.config.limits.max_frame_bytes + 1))
+            assert (await a.closed())[0] == 1009
+        _, body = await raw_http(node.port or 0, get("/metrics"))
+    lines = dict(line.rsplit(" ", 1) for line in body.decode().splitlines() if line[0] != "#")
+    assert float(lines['roomd_closes_total{code="1009"}']) == 1
 
 
 async def test_unknown_paths_and_methods(node: Node) -> None:

@@ -99,3 +99,6 @@ async def test_status_reaches_room_members_and_own_connections(node: Node) -> No
                 assert members["members"][0]["status"] == "away"
                 await c.ok("users.online", {})
                 assert not [f for f in c.backlog if f.get("event") == "status"]
+                empty = await a1.call("status", {"status": ""})
+                assert empty["error"]["code"] == "invalid"
+                assert empty["error"]["message"] == "status: must not be empty"
