@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
+import attrs
 import orjson
 import pytest
 import trio
@@ -21,10 +23,12 @@ from roomd.client import (
     Closed,
     ConnectFailed,
     ConnectionLost,
+    EmitFailed,
     Lifecycle,
     OfflineQueue,
     OfflineQueueFull,
     Opened,
+    Pacer,
     PendingCalls,
     Reconnect,
     Reconnecting,
@@ -106,10 +110,15 @@ def echo_handlers(node: Node) -> list[Any]:
     return notes
 
 
+Answer = Callable[[int, dict[str, Any]], dict[str, Any] | str | None]
+
+
 async def serve_fake(
-    nursery: trio.Nursery, *, welcome: bool = True, version: int = 1
+    nursery: trio.Nursery, *, welcome: bool = True, version: int = 1, answer: Answer | None = None
 ) -> tuple[int, list[dict[str, Any]]]:
-    """A WebSocket server that answers the hello (or not) and then ignores everything.
+    """A WebSocket server that answers the hello (or not) and then ignores everything, except
+    what ``answer(connection number, frame)`` answers: a frame, ``"close"`` (close with 1011),
+    or ``None`` (silence).
 
     Returns its port and the hello frames it received.
     """
@@ -132,8 +141,14 @@ async def serve_fake(
                     seq=0,
                 )
                 await ws.send_message(encode_frame(frame, False).decode())
+            number = len(hellos)
             while True:
-                await ws.get_message()  # read, never answer
+                received = orjson.loads(await ws.get_message())
+                reply = answer(number, received) if answer is not None else None
+                if reply == "close":
+                    await ws.aclose(CloseCode.INTERNAL_ERROR)
+                elif reply is not None:
+                    await ws.send_message(orjson.dumps(reply).decode())
         except ConnectionClosed:
             pass
 
@@ -183,6 +198,18 @@ def test_offline_queue_is_ordered_and_bounded() -> None:
     queue.put_front(first)
     assert [i.data for i in queue] == [0, 2]
     assert queue.clear() == [items[0], items[2]] and queue.popleft() is None
+
+
+def test_pacer_keeps_below_the_announced_limit() -> None:
+    limits = LimitsInfo(65536, rate=10.0, burst=5, max_rooms=100, max_text_chars=4096)
+    pacer = Pacer.from_limits(limits, 0.0, spent=1)  # 9 frames/s, 4.5 at once; the hello spent 1
+    assert pacer is not None and (pacer.rate, pacer.burst) == (9.0, 4.5)
+    assert [pacer.reserve(0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert pacer.reserve(0.0) == pytest.approx(0.5 / 9)  # the bucket is in debt: wait
+    assert pacer.reserve(0.0) == pytest.approx(1.5 / 9)  # queued behind the previous one
+    assert pacer.reserve(0.1) == pytest.approx(1.6 / 9)  # 0.9 refilled, one more taken
+    assert pacer.reserve(60.0) == 0.0 and pacer.tokens == pytest.approx(3.5)  # capped at burst
+    assert Pacer.from_limits(attrs.evolve(limits, rate=0.0), 0.0) is None
 
 
 def test_pending_calls_resolve_once_and_fail_all() -> None:
@@ -432,6 +459,137 @@ async def test_queued_call_that_times_out_is_never_sent(nursery: trio.Nursery) -
         assert (await opens.receive()).flushed == 1
         await client.call("echo", None)
         assert notes == ["kept"]
+        await client.aclose()
+
+
+async def test_offline_flush_keeps_to_the_node_rate_limit(nursery: trio.Nursery) -> None:
+    limits = {"rate": 40.0, "burst": 5, "max_strikes": 2}
+    first = Node(make_config(limits=limits))
+    done = await run_node(nursery, first)
+    port = first.port
+    assert port is not None
+    client = Client(url(port), user="alice", backoff=FAST, offline_queue=40)
+    opens = client.subscribe(Lifecycle.OPEN)
+    closes = client.subscribe(Lifecycle.CLOSE)
+    problems = client.subscribe(Lifecycle.ERROR)
+    failures = client.subscribe(Lifecycle.EMIT_FAILED)
+    with trio.fail_after(10):
+        await nursery.start(client.run)
+        await opens.receive()
+        first.shutdown()
+        await done.wait()
+        await closes.receive()
+        for n in range(30):  # six times the node's burst
+            await client.emit("note", n)
+        answered = trio.Event()
+
+        async def queued_call() -> None:
+            assert await client.call("echo", "last") == "last"
+            answered.set()
+
+        nursery.start_soon(queued_call)
+        await trio.testing.wait_all_tasks_blocked()
+        assert client.queued == 31
+
+        second = Node(make_config(node={"port": port}, limits=limits))
+        notes = echo_handlers(second)
+        await run_node(nursery, second)
+        reopened: Opened = await opens.receive()
+        assert reopened.flushed == 31
+        await answered.wait()
+        for n in range(10):  # right after the flush, the bucket is empty: these wait their turn
+            assert await client.call("echo", n) == n
+        assert notes == list(range(30))  # all of them, in order
+        assert second.stats.errors["rate_limited"] == 0 and second.stats.close_codes[4009] == 0
+        assert len(closes) == len(problems) == len(failures) == 0
+        assert client.state is ClientState.OPEN and client.reconnects == 1
+        await client.aclose()
+
+
+async def test_queued_emits_that_are_not_handled_are_reported(nursery: trio.Nursery) -> None:
+    first = fast_node()
+    done = await run_node(nursery, first)
+    port = first.port
+    assert port is not None
+    client = Client(url(port), user="alice", backoff=FAST)
+    opens = client.subscribe(Lifecycle.OPEN)
+    closes = client.subscribe(Lifecycle.CLOSE)
+    failures = client.subscribe(Lifecycle.EMIT_FAILED)
+    with trio.fail_after(10):
+        await nursery.start(client.run)
+        await opens.receive()
+        first.shutdown()
+        await done.wait()
+        await closes.receive()
+        await client.emit("no.such.event", 1)
+        await client.emit("note", 2)
+        second = fast_node(node={"port": port})
+        notes = echo_handlers(second)
+        done = await run_node(nursery, second)
+        assert (await opens.receive()).flushed == 2
+        refused: EmitFailed = await failures.receive()
+        assert (refused.event, refused.data, refused.code) == ("no.such.event", 1, "unknown_event")
+        await client.call("echo", None)
+        assert notes == [2]
+
+        second.shutdown()
+        await done.wait()
+        await closes.receive()
+        await client.emit("note", 3)
+        await client.aclose()  # with the emit still queued
+        closed: EmitFailed = await failures.receive()
+        assert (closed.event, closed.data, closed.code) == ("note", 3, "closed")
+
+
+async def test_rejoin_without_an_answer_drops_the_connection(nursery: trio.Nursery) -> None:
+    """Connection 1 answers everything; 2 never answers a re-join; 3 refuses it for now (busy);
+    4 re-joins the lobby and refuses ops for good."""
+    received: list[tuple[int, str]] = []
+
+    def answer(number: int, frame: dict[str, Any]) -> dict[str, Any] | str | None:
+        if frame["type"] != "event":
+            return None
+        received.append((number, frame["event"]))
+        if frame["event"] == "bye":
+            return "close"
+        ack: dict[str, Any] = {"type": "ack", "id": frame["id"]}
+        if frame["event"] != "room.join" or number == 1:
+            return {**ack, "result": frame.get("data")}
+        if number == 2:
+            return None
+        if number == 3:
+            return {**ack, "error": {"code": "busy", "message": "later"}}
+        if frame["data"]["room"] == "ops":
+            return {**ack, "error": {"code": "room_full", "message": "full"}}
+        return {**ack, "result": frame.get("data")}
+
+    port, hellos = await serve_fake(nursery, answer=answer)
+    client = Client(url(port), user="alice", backoff=FAST, call_timeout=0.2)
+    opens = client.subscribe(Lifecycle.OPEN)
+    closes = client.subscribe(Lifecycle.CLOSE)
+    retries = client.subscribe(Lifecycle.RECONNECTING)
+    with trio.fail_after(10):
+        await nursery.start(client.run)
+        await client.join("lobby")
+        await client.join("ops")
+        await client.emit("bye")
+        assert (await closes.receive()).code == CloseCode.INTERNAL_ERROR
+        await client.emit("note", "queued")
+        silent: Closed = await closes.receive()
+        assert (silent.code, silent.local, silent.reconnect) == (4000, True, True)
+        assert "no answer to the re-join of 'lobby' within 0.2 s" in silent.reason
+        busy: Closed = await closes.receive()
+        assert (busy.code, busy.local, busy.reconnect) == (1013, True, True)
+        assert "busy" in busy.reason
+        await opens.receive()
+        reopened: Opened = await opens.receive()
+        assert reopened.rejoined == (("/", "lobby"),)
+        assert reopened.rejoin_failed == (("/", "ops"),)
+        assert reopened.flushed == 1 and client.rooms == [("/", "lobby")]
+        assert client.state is ClientState.OPEN and len(hellos) == 4
+        # No connection opened in between: the backoff kept growing.
+        assert [(await retries.receive()).attempt for _ in range(3)] == [1, 2, 3]
+        assert [n for n, event in received if event == "note"] == [4]  # queued until open
         await client.aclose()
 
 

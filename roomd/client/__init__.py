@@ -17,10 +17,12 @@ from ._client import ClientState as ClientState
 from ._client import open_client as open_client
 from ._core import ANY_PUSH as ANY_PUSH
 from ._core import Closed as Closed
+from ._core import EmitFailed as EmitFailed
 from ._core import GaveUp as GaveUp
 from ._core import Lifecycle as Lifecycle
 from ._core import OfflineQueue as OfflineQueue
 from ._core import Opened as Opened
+from ._core import Pacer as Pacer
 from ._core import PendingCalls as PendingCalls
 from ._core import ProtocolProblem as ProtocolProblem
 from ._core import Reconnecting as Reconnecting

@@ -4,12 +4,14 @@ A :class:`Client` connects, says ``hello``, and from the ``welcome`` on serves t
 reader task dispatches acks, pushes, server requests and pongs; a heartbeat task pings. When the
 connection ends it decides (:func:`._backoff.decide`) whether to reconnect, waits out a jittered
 delay and connects again: rooms are re-joined, then the offline queue is flushed, and only then is
-the client ``OPEN`` again for new emits (so the order of emits is kept).
+the client ``OPEN`` again for new emits (so the order of emits is kept). Every event it sends waits
+for its turn under the rate limit the node announced in its welcome (:class:`._core.Pacer`).
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
 import logging
 import random as _random
@@ -42,12 +44,14 @@ from ..protocol import (
     Request,
     RequestTimeout,
     ResumeRequest,
+    RoomdError,
     Welcome,
 )
 from ._backoff import Backoff, RandomSource, Reconnect, decide
 from ._connection import (
     CallWaiter,
     Connection,
+    EmitWaiter,
     RequestHandler,
     SendFailed,
     closed_by_peer,
@@ -59,6 +63,7 @@ from ._core import (
     ANY_PUSH,
     Closed,
     CmidSource,
+    EmitFailed,
     GaveUp,
     Lifecycle,
     OfflineQueue,
@@ -95,6 +100,11 @@ DEFAULT_HEARTBEAT_TIMEOUT: Final = 10.0
 DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 DEFAULT_CLOSE_TIMEOUT: Final = 2.0
 WS_MESSAGE_QUEUE: Final = 32  # trio-websocket's buffer between its reader and ours
+# Error codes of a re-join that say "not now" rather than "never": the connection is dropped and
+# the client reconnects with backoff (other error codes drop the room, see Opened.rejoin_failed).
+TRANSIENT_REJOIN_ERRORS: Final = frozenset(
+    {ErrorCode.RATE_LIMITED, ErrorCode.BUSY, ErrorCode.TIMEOUT}
+)
 
 TokenSource = str | Callable[[], str | Awaitable[str]]
 
@@ -321,6 +331,7 @@ class Client:
                 await waiter.event.wait()
         finally:
             if not waiter.event.is_set():  # timed out or cancelled: forget it everywhere
+                waiter.abandoned = True
                 self._offline.remove(item.cmid)
                 if waiter.call_id is not None:
                     self._pending.discard(waiter.call_id)
@@ -337,27 +348,49 @@ class Client:
         if self._state is ClientState.CLOSED or self._closing:
             raise self._closed_error()
         conn = self._open
-        if conn is not None:
+        while conn is not None:
             try:
                 await self._send_item(conn, item)
                 return
             except SendFailed:
                 if self._is_closed():
                     raise self._closed_error() from None
+            # While this waited for its turn, the connection may have been replaced: use the new
+            # one if it is open already (the flush is over), else the offline queue.
+            conn = self._open if self._open is not conn else None
         self._offline.put(item)
 
-    async def _send_item(self, conn: Connection, item: Outgoing[CallWaiter]) -> None:
+    async def _send_item(
+        self, conn: Connection, item: Outgoing[CallWaiter], waiter: CallWaiter | None = None
+    ) -> bool:
+        """Send ``item`` on ``conn`` in its turn under the node's rate limit, its ack awaited by
+        ``waiter`` (default: the item's own). ``False`` when its caller gave up meanwhile: not
+        sent."""
+        waiter = waiter if waiter is not None else item.waiter
+        await conn.pace()
+        if waiter is not None and waiter.abandoned:
+            return False
         call_id: int | None = None
-        if item.waiter is not None:
-            call_id = item.waiter.call_id = self._pending.open(item.waiter)
+        if waiter is not None:
+            call_id = waiter.call_id = self._pending.open(waiter)
         try:
-            await conn.send(item.frame(call_id))
+            await conn.send(item.frame(call_id), paced=True)
         except BaseException:
-            if call_id is not None:
+            if waiter is not None and call_id is not None:
                 self._pending.discard(call_id)
-                assert item.waiter is not None
-                item.waiter.call_id = None
+                waiter.call_id = None
             raise
+        return True
+
+    def _emit_failed(self, item: Outgoing[CallWaiter], error: Exception) -> None:
+        """Report a queued emit that will not be handled (its caller returned long ago)."""
+        code = error.code if isinstance(error, RoomdError) else type(error).__name__
+        message = error.message if isinstance(error, RoomdError) else str(error)
+        log.warning(
+            "%s: queued %r (%s) not handled: %s: %s", self.url, item.event, item.cmid, code, message
+        )
+        failed = EmitFailed(item.event, item.data, item.cmid, code, message)
+        self._events.publish(Lifecycle.EMIT_FAILED, failed)
 
     def _is_closed(self) -> bool:
         """Closed or closing (a method: mypy must not narrow it across awaits)."""
@@ -464,6 +497,8 @@ class Client:
         for item in self._offline.clear():
             if item.waiter is not None:
                 item.waiter.fail(error)
+            else:
+                self._emit_failed(item, error)
         self._events.close()
 
     async def _supervise(self, task_status: trio.TaskStatus[None]) -> ConnectFailed | None:
@@ -560,7 +595,7 @@ class Client:
             return False, Closed(CloseCode.ABNORMAL, "no WebSocket upgrade in time", True, True)
         finally:
             await trio.aclose_forcefully(stream)
-        opened = conn is not None and conn.welcome is not None
+        opened = conn is not None and conn.opened
         if conn is not None and conn.verdict is not None:
             return opened, conn.verdict
         if closed is None:  # cancelled: aclose() while connecting
@@ -602,7 +637,7 @@ class Client:
                 code = CloseCode.UNSUPPORTED_VERSION
                 await conn.ws.aclose(code, "unsupported protocol version")
                 return Closed(code, f"node speaks protocol version {frame.v}", False, True)
-            conn.welcome = frame
+            conn.welcomed(frame)
             self._last_welcome = frame
             if not frame.resumed:
                 self._last_seq = frame.seq
@@ -610,33 +645,36 @@ class Client:
         return Closed(CloseCode.HANDSHAKE_TIMEOUT, "no welcome in time", True, True)
 
     async def _after_open(self, conn: Connection, task_status: trio.TaskStatus[None]) -> None:
-        """Re-join rooms, flush the offline queue, then declare the client open."""
+        """Re-join rooms, flush the offline queue, then declare the client open.
+
+        Error handling: a re-join that gets no ack in time, or a "not now" error
+        (:data:`TRANSIENT_REJOIN_ERRORS`), drops the connection (the client reconnects with
+        backoff); any other error ack drops that room (``Opened.rejoin_failed``) and goes on.
+        A queued emit is sent with an id, so that a refusal is reported (``EMIT_FAILED``).
+        """
         welcome = conn.welcome
         assert welcome is not None
         rejoined: list[RoomKey] = []
         failed: list[RoomKey] = []
         try:
             for key in self._rooms:
-                data = {"ns": key[0], "room": key[1]}
-                try:
-                    await self._call_on(conn, "room.join", data)
-                except AckError as exc:
-                    log.warning("%s: cannot re-join %s: %s", self.url, key, exc)
-                    self._rooms.discard(key)
-                    failed.append(key)
-                else:
-                    rejoined.append(key)
+                joined = await self._rejoin(conn, key)
+                if joined is None:
+                    return  # dropped: the reader sees the connection end
+                (rejoined if joined else failed).append(key)
             flushed = 0
             while (item := self._offline.popleft()) is not None:
+                waiter = item.waiter or EmitWaiter(functools.partial(self._emit_failed, item))
                 try:
-                    await self._send_item(conn, item)
+                    sent = await self._send_item(conn, item, waiter)
                 except BaseException:
                     self._offline.put_front(item)
                     raise
-                flushed += 1
-        except (SendFailed, RequestTimeout):
+                flushed += sent
+        except SendFailed:
             return  # the connection is going; the reader will see it end
         # No checkpoint from the empty queue to OPEN: new emits go after the flushed ones.
+        conn.opened = True
         self._state = ClientState.OPEN
         self._open = conn
         reconnect = self._opened_once
@@ -657,6 +695,30 @@ class Client:
         if not self._started:
             self._started = True
             task_status.started()
+
+    async def _rejoin(self, conn: Connection, key: RoomKey) -> bool | None:
+        """Re-join one room on ``conn``: whether it was re-joined (``False``: the node refused it
+        and it is forgotten), or ``None`` when the connection was dropped for it."""
+        room = f"{key[1]!r}" + ("" if key[0] == "/" else f" (namespace {key[0]!r})")
+        try:
+            await self._call_on(conn, "room.join", {"ns": key[0], "room": key[1]})
+        except AckError as exc:
+            if exc.code in TRANSIENT_REJOIN_ERRORS:
+                reason = f"re-join of {room} refused for now: {exc.code}"
+                self._drop(conn, Closed(CloseCode.TRY_AGAIN_LATER, reason, True, local=True))
+                return None
+            log.warning("%s: cannot re-join %s: %s", self.url, room, exc)
+            self._rooms.discard(key)
+            return False
+        except RequestTimeout:
+            reason = f"no answer to the re-join of {room} within {self.call_timeout:g} s"
+            self._drop(conn, Closed(CloseCode.HANDSHAKE_TIMEOUT, reason, True, local=True))
+            return None
+        return True
+
+    def _drop(self, conn: Connection, verdict: Closed) -> None:
+        log.warning("%s: %s: dropping the connection", self.url, verdict.reason)
+        conn.kill(verdict)
 
     async def _call_on(self, conn: Connection, event: str, data: Any) -> Any:
         """A call on ``conn`` now, bypassing the offline queue (used while re-joining)."""
@@ -685,9 +747,8 @@ class Client:
             frame = decode(raw)
             if isinstance(frame, Ack):
                 waiter = self._pending.resolve(frame.id)
-                if waiter is not None and not waiter.event.is_set():
-                    waiter.ack = frame
-                    waiter.event.set()
+                if waiter is not None:
+                    waiter.resolve(frame)
             elif isinstance(frame, Push):
                 if frame.seq is not None:
                     self._last_seq = frame.seq
@@ -737,8 +798,7 @@ class Client:
                 await conn.pong.wait()
                 continue
             reason = f"no pong within {self.heartbeat_timeout:g} s"
-            log.warning("%s: %s: dropping the connection", self.url, reason)
-            conn.kill(Closed(CloseCode.HEARTBEAT_TIMEOUT, reason, True, local=True))
+            self._drop(conn, Closed(CloseCode.HEARTBEAT_TIMEOUT, reason, True, local=True))
             return
 
 

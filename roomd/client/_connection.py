@@ -1,8 +1,9 @@
 """One WebSocket connection of a client, and answering the node's requests on it.
 
 The :class:`~._client.Client` owns a series of connections; each is a :class:`Connection`: the
-trio-websocket connection, the handshake's welcome, the heartbeat's last ping, and the client's own
-verdict when it drops the connection (a missed pong ...).
+trio-websocket connection, the handshake's welcome, the pacer that keeps to the node's rate limit,
+the heartbeat's last ping, and the client's own verdict when it drops the connection (a missed
+pong ...).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnec
 
 from ..protocol import (
     Ack,
+    AckError,
     CloseCode,
     ErrorCode,
     ErrorInfo,
@@ -30,7 +32,7 @@ from ..protocol import (
     decode_server_frame,
     encode_frame,
 )
-from ._core import Closed
+from ._core import Closed, Pacer
 
 log = logging.getLogger("roomd.client")
 
@@ -42,18 +44,49 @@ _SEND_ERRORS: Final = (ConnectionClosed, trio.BrokenResourceError, trio.ClosedRe
 
 
 class CallWaiter:
-    __slots__ = ("ack", "call_id", "error", "event")
+    """Where the ack of one call arrives. ``abandoned`` is set when its caller stopped waiting
+    (timeout, cancellation): a call still queued is then never sent."""
+
+    __slots__ = ("abandoned", "ack", "call_id", "error", "event")
 
     def __init__(self) -> None:
         self.event = trio.Event()
         self.ack: Ack | None = None
         self.error: Exception | None = None
         self.call_id: int | None = None
+        self.abandoned = False
+
+    def resolve(self, ack: Ack) -> None:
+        if not self.event.is_set():
+            self.ack = ack
+            self.event.set()
 
     def fail(self, error: Exception) -> None:
         if not self.event.is_set():
             self.error = error
             self.event.set()
+
+
+class EmitWaiter(CallWaiter):
+    """The ack of an emit sent from the offline queue. Its caller returned long ago, so no one
+    awaits it: a failure (error ack, connection lost, client closed) goes to ``on_failure``."""
+
+    __slots__ = ("on_failure",)
+
+    def __init__(self, on_failure: Callable[[Exception], None]) -> None:
+        super().__init__()
+        self.on_failure = on_failure
+
+    def resolve(self, ack: Ack) -> None:
+        if ack.error is not None:
+            self.fail(AckError(ack.error.code, ack.error.message))
+        else:
+            super().resolve(ack)
+
+    def fail(self, error: Exception) -> None:
+        if not self.event.is_set():
+            super().fail(error)
+            self.on_failure(error)
 
 
 class SendFailed(Exception):
@@ -68,13 +101,33 @@ class Connection:
         self.binary = binary
         self.scope = scope
         self.welcome: Welcome | None = None
+        self.pacer: Pacer | None = None  # from the welcome's limits
+        self.opened = False  # the client became OPEN on this connection
         self.verdict: Closed | None = None  # the client's own reason to drop it
         self.ping_ts: float | None = None
         self.pong = trio.Event()
         self.requests = 0  # server requests being answered
         self.close_done = trio.Event()  # set when a close handshake we started is over
 
-    async def send(self, frame: Any) -> None:
+    def welcomed(self, welcome: Welcome) -> None:
+        """The handshake is done: pace from now on (the hello already counted on the node)."""
+        self.welcome = welcome
+        self.pacer = Pacer.from_limits(welcome.limits, trio.current_time(), spent=1)
+
+    async def pace(self) -> None:
+        """Wait for this connection's turn to send one frame within the node's rate limit.
+
+        The frame must then be sent with ``send(frame, paced=True)``.
+        """
+        if self.pacer is not None:
+            delay = self.pacer.reserve(trio.current_time())
+            if delay > 0:
+                await trio.sleep(delay)
+
+    async def send(self, frame: Any, *, paced: bool = False) -> None:
+        """Send ``frame`` now; unless it waited in :meth:`pace`, it still counts in the pacer."""
+        if not paced and self.pacer is not None:
+            self.pacer.reserve(trio.current_time())
         data = encode_frame(frame, self.binary)
         try:
             await self.ws.send_message(data if self.binary else data.decode())

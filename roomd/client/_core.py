@@ -1,4 +1,5 @@
-"""The client's protocol state (sans-I/O): calls awaiting acks, the offline queue, rooms, RTT.
+"""The client's protocol state (sans-I/O): calls awaiting acks, the offline queue, rooms, RTT,
+and the node's rate limit as seen from the client (:class:`Pacer`).
 
 Nothing here does I/O or imports trio; the Trio layer (:mod:`._client`) drives these objects and
 they can be tested synchronously.
@@ -14,13 +15,16 @@ from typing import Any, Final, Generic, TypeVar
 
 import attrs
 
-from ..protocol import DEFAULT_NAMESPACE, Ack, AckError, Event
+from ..protocol import DEFAULT_NAMESPACE, Ack, AckError, Event, LimitsInfo
 from ._errors import OfflineQueueFull
 
 W = TypeVar("W")
 RoomKey = tuple[str, str]  # (namespace, room)
 
 RTT_GAIN: Final = 0.125  # weight of a new sample in the smoothed RTT (RFC 6298's alpha)
+# The client keeps below the node's announced rate limit by this share of it: frames arrive with
+# some jitter, so the node's bucket may see two frames closer together than they were sent.
+PACE_SHARE: Final = 0.9
 
 
 # URLs -------------------------------------------------------------------------------------------
@@ -167,6 +171,52 @@ def ack_result(ack: Ack) -> Any:
     return ack.result
 
 
+# Rate ------------------------------------------------------------------------------------------
+
+
+class Pacer:
+    """The node's rate limit kept from the client's side: a token bucket of ``rate`` tokens a
+    second holding at most ``burst``, one token a frame.
+
+    :meth:`reserve` takes a token at once, even one the bucket does not hold yet (the bucket goes
+    into debt, so reservations queue up in order), and says how long to wait before sending.
+    Frames that must not wait (pings, answers to the node's requests) reserve too and ignore the
+    delay: they count, as they do on the node.
+    """
+
+    __slots__ = ("_stamp", "_tokens", "burst", "rate")
+
+    def __init__(self, rate: float, burst: float, now: float, spent: int = 0) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("pacer: need rate > 0 and burst >= 1")
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst - spent
+        self._stamp = now
+
+    @classmethod
+    def from_limits(cls, limits: LimitsInfo, now: float, spent: int = 0) -> Pacer | None:
+        """A pacer keeping :data:`PACE_SHARE` of a welcome's limits (``None``: no usable limit).
+
+        ``spent`` counts the frames the node has already seen on this connection (the hello).
+        """
+        if limits.rate <= 0 or limits.burst < 1:
+            return None
+        return cls(limits.rate * PACE_SHARE, max(1.0, limits.burst * PACE_SHARE), now, spent)
+
+    def reserve(self, now: float) -> float:
+        """Take a token; the seconds to wait before the frame may be sent (0: at once)."""
+        self._tokens = min(self.burst, self._tokens + max(0.0, now - self._stamp) * self.rate)
+        self._stamp = now
+        self._tokens -= 1.0
+        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
+    @property
+    def tokens(self) -> float:
+        """Tokens left as of the last reservation (negative: frames are waiting for their turn)."""
+        return self._tokens
+
+
 # Rooms ------------------------------------------------------------------------------------------
 
 
@@ -254,6 +304,7 @@ class Lifecycle:
     GAVE_UP: Final = "$gave_up"  # -> GaveUp
     RTT: Final = "$rtt"  # -> Rtt sample: RttSample
     ERROR: Final = "$error"  # -> ProtocolProblem (an error frame not tied to a call)
+    EMIT_FAILED: Final = "$emit_failed"  # -> EmitFailed (a queued emit that was not handled)
 
 
 ANY_PUSH: Final = "*"  # subscribe to every push from the node
@@ -307,5 +358,18 @@ class RttSample:
 class ProtocolProblem:
     """An ``error`` frame from the node, or a frame the client could not decode."""
 
+    code: str
+    message: str
+
+
+@attrs.frozen
+class EmitFailed:
+    """An emit that waited in the offline queue and was not handled: the node refused it
+    (``code`` is the node's), the connection dropped before its ack (``connection_lost``), or the
+    client closed before it could be sent (``closed``). Its caller had already returned."""
+
+    event: str
+    data: Any
+    cmid: str
     code: str
     message: str
