@@ -25,6 +25,7 @@ log = logging.getLogger("roomd.node")
 
 CallHandler = Callable[[Any, str], Awaitable[Any]]
 ROOM_REQUEST = "roomd.room-request"  # the cluster call behind room sends with ack
+ROOM_REPLY_MARGIN = 0.5  # seconds a node's count of its members' acks may take to come back
 
 
 @attrs.frozen
@@ -111,17 +112,18 @@ class Requests:
     ) -> dict[str, Any]:
         """Send a request to every member connection of a room, on every node, and count the
         acknowledgements that arrive within ``timeout``: ``{"acked", "missing", "errors",
-        "nodesMissing"}`` (a node that did not report counts its members as missing: unknown)."""
+        "nodesMissing"}`` (the members of a node that did not report are not counted at all)."""
         local = self.request_room_local(key, event, data, sender, exclude, timeout)
         totals = {"acked": 0, "missing": 0, "errors": 0}
         nodes_missing: list[str] = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._sum_into, totals, local)
-            if self.cluster is not None and len(self.view.nodes_up()) > 1:
+            remote = [n for n in self.view.nodes_in_room(key) if n != self.name]
+            if self.cluster is not None and remote:
                 body = {"ns": key[0], "room": key[1], "event": event, "data": data}
                 body |= {"from": sender, "timeout": timeout}
                 out = await self.cluster_call(
-                    ROOM_REQUEST, body, except_self=True, timeout=timeout + 1.0
+                    ROOM_REQUEST, body, targets=remote, timeout=timeout + ROOM_REPLY_MARGIN
                 )
                 for counts in out.replies.values():
                     for name in totals:
@@ -227,6 +229,9 @@ class Requests:
         remote = [n for n in names if n != self.name]
         send, receive = trio.open_memory_channel[Reply](max(1, len(names)))
         call_id = None
+        deadline = trio.current_time() + timeout
+        # The caller's block runs inside this nursery: the deadline bounds the replies and the
+        # local handler, never the caller's own code.
         async with trio.open_nursery() as nursery:
             if remote and self.cluster is not None:
                 call_id = self.cluster.start_call(event, data, remote, send)
@@ -236,20 +241,20 @@ class Requests:
                         Reply(name, False, {"code": "not_found", "message": "no cluster"})
                     )
             if self.name in names:
-                nursery.start_soon(self._call_self, event, data, send.clone())
-            nursery.cancel_scope.deadline = trio.current_time() + timeout
-            expected = len(names)
+                nursery.start_soon(self._call_self, event, data, send.clone(), deadline)
             try:
                 async with receive:
-                    yield names, Replies(receive, expected, nursery.cancel_scope.deadline)
+                    yield names, Replies(receive, len(names), deadline)
             finally:
                 if call_id is not None and self.cluster is not None:
                     self.cluster.end_call(call_id)
                 send.close()
                 nursery.cancel_scope.cancel()
 
-    async def _call_self(self, event: str, data: Any, send: trio.MemorySendChannel[Reply]) -> None:
-        async with send:
+    async def _call_self(
+        self, event: str, data: Any, send: trio.MemorySendChannel[Reply], deadline: float
+    ) -> None:
+        with trio.move_on_at(deadline), send:
             handler = self._cluster_handlers.get(event)
             if handler is None:
                 error = {"code": "unknown_event", "message": f"no handler for {event!r}"}
