@@ -290,7 +290,7 @@ class Node(Requests):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.flusher.run)  # first: the bus writes through it too
             if self.cluster is not None:
-                await self._start_cluster(nursery, self.cluster)
+                await nursery.start(self.cluster.run)  # at most cluster.ready_timeout
             accept = trio.CancelScope()
             sweep = trio.CancelScope()
             nursery.start_soon(self._accept, listeners, nursery, accept)
@@ -309,15 +309,6 @@ class Node(Requests):
                 await self.cluster.leave()
             nursery.cancel_scope.cancel()
         log.info("%s stopped", self.name)
-
-    async def _start_cluster(self, nursery: trio.Nursery, cluster: Cluster) -> None:
-        timeout = self.config.cluster.ready_timeout
-        with trio.move_on_after(timeout) as waited:
-            await nursery.start(cluster.run)
-        if waited.cancelled_caught:
-            # Serve local clients anyway; the bus keeps trying in the background.
-            log.warning("%s: bus not ready after %.0f s; serving anyway", self.name, timeout)
-            nursery.start_soon(cluster.run)
 
     async def _accept(
         self,

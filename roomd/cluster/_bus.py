@@ -73,7 +73,12 @@ class Bus:
     def ready(self) -> bool:
         return self._ready.is_set()
 
+    async def wait_ready(self) -> None:
+        """Return once this node's subscriptions are live (its probe came back)."""
+        await self._ready.wait()
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Open the sockets (started then), and probe until the subscriptions are live."""
         ctx = make_context()
         try:
             async with (
@@ -86,7 +91,7 @@ class Bus:
                 self._pub, self._sub = pub, sub
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._receive, sub)
-                    await self._until_ready(pub)
+                    nursery.start_soon(self._until_ready, pub)
                     task_status.started()
                     await trio.sleep_forever()
         finally:
@@ -140,14 +145,16 @@ class Bus:
         if pub is None:
             self.dropped += len(outgoing)
             return
+        sent = 0
         try:
             for message in outgoing:
                 if pub.send_nowait(message):
                     self.published += 1
                 else:
                     self.dropped += 1
+                sent += 1
         except (trio.ClosedResourceError, zmq.ZMQError):
-            self.dropped += len(outgoing) - self.published
+            self.dropped += len(outgoing) - sent
 
     def subscribe(self, topic: bytes) -> None:
         if self._sub is not None:

@@ -10,6 +10,7 @@ import contextlib
 import itertools
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("roomd.cluster")
 
 MAX_CONCURRENT_CALLS: Final = 256
+MAX_GONE_NODES: Final = 100  # nodes that went down or left, listed in the stats until they return
 BYE_FLUSH: Final = 0.05  # seconds for libzmq's I/O thread to send the goodbye
 
 CallHandler = Callable[[Any, str], Awaitable[Any]]
@@ -87,51 +89,73 @@ class Cluster:
         self._nursery: trio.Nursery | None = None
         self._call_slots = trio.Semaphore(MAX_CONCURRENT_CALLS)
         self._own_marker = _wire.origin_marker(self.name)
-        self._snapshot_applied = trio.Event()
+        self._view_settled = trio.Event()  # a snapshot arrived or a node expired
+        self._ticking = trio.CancelScope()  # the heartbeat ticker's
         self._deltas: list[list[Any]] = []
         self._deltas_first = 0
         self._published_seq = 0  # the last delta sequence number on the bus
+        self._echo_at = -math.inf  # when this node last heard its own heartbeat from the bus
+        self.bus_live = False  # our own heartbeats come back: publishing and subscriptions work
+        self._gone: dict[str, tuple[str, float]] = {}  # node -> ("down" | "left", wall time)
         self.bad_messages = 0
         self.snapshots_requested = 0
 
     # Running -----------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Join the cluster; started once the bus is live and the view holds the state of
-        every node heard from (so that the first clients see the whole cluster)."""
+        """Join the cluster. Started once the bus is live and the view holds the state of every
+        node heard from (so that the first clients see the whole cluster), or at the latest
+        ``ready_timeout`` seconds after it began: then the node serves its own clients while the
+        bus goes on trying in the background."""
+        deadline = trio.current_time() + self.section.ready_timeout
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.bus.run)
+            with trio.move_on_at(deadline):
+                await self.bus.wait_ready()
             self._heartbeat()
             nursery.start_soon(self._ticker)
-            await self._sync_view()
-            up = len(self.view.nodes_up()) - 1
-            log.info(
-                "%s: cluster ready (%s mode, epoch %d, %d other nodes)",
-                self.name,
-                self.bus.mode,
-                self.epoch,
-                up,
-            )
+            if not self.bus.ready:
+                log.warning(
+                    "%s: bus not ready after %.0f s (%s mode); serving anyway",
+                    self.name,
+                    self.section.ready_timeout,
+                    self.bus.mode,
+                )
+            else:
+                await self._sync_view(deadline)
+                up = len(self.view.nodes_up()) - 1
+                log.info(
+                    "%s: cluster ready (%s mode, epoch %d, %d other nodes)",
+                    self.name,
+                    self.bus.mode,
+                    self.epoch,
+                    up,
+                )
             task_status.started()
 
-    async def _sync_view(self) -> None:
+    async def _sync_view(self, deadline: float) -> None:
         """Listen for one and a half heartbeat intervals, then until every node heard from
-        has sent its snapshot (bounded by ``ready_timeout``)."""
-        await trio.sleep(self.section.heartbeat_interval * 1.5)
-        with trio.move_on_after(self.section.ready_timeout):
+        has sent its snapshot or is gone (at the latest until ``deadline``)."""
+        with trio.move_on_at(deadline):
+            await trio.sleep(self.section.heartbeat_interval * 1.5)
             while any(n.syncing for n in self.view.nodes.values()):
-                self._snapshot_applied = trio.Event()
-                await self._snapshot_applied.wait()
+                self._view_settled = trio.Event()
+                await self._view_settled.wait()
 
     async def leave(self) -> None:
         """Tell the other nodes this one is leaving, and give the message time to go out."""
+        self._ticking.cancel()  # no heartbeat after the goodbye: it would announce us again
         self._publish(_wire.CONTROL, Kind.BYE, None)
         with trio.CancelScope(shield=True):
             await trio.sleep(BYE_FLUSH)
 
     async def _ticker(self) -> None:
         interval = self.section.heartbeat_interval
+        with self._ticking:
+            await self._tick(interval)
+
+    async def _tick(self, interval: float) -> None:
         while True:
             await trio.sleep(interval)
             self._heartbeat()
@@ -141,9 +165,34 @@ class Cluster:
                 log.warning(
                     "%s: node %s is down (no heartbeat for %.1f s)", self.name, name, self.timeout
                 )
+            for name in dead:
+                self._forget(name, "down")
+            if dead:
+                self._view_settled.set()
+            self._check_bus(now)
             self.node.apply_effects(effects)
             for name in self.view.resync_due(now, self.section.snapshot_retry):
                 self._ask_snapshot(name)
+
+    def _check_bus(self, now: float) -> None:
+        """The bus is live while this node's own heartbeats come back through it."""
+        live = now - self._echo_at <= self.timeout
+        if live != self.bus_live:
+            self.bus_live = live
+            if live:
+                log.info("%s: bus is live (its own heartbeats come back)", self.name)
+            else:
+                log.warning(
+                    "%s: bus is down (none of its own heartbeats came back for %.1f s)",
+                    self.name,
+                    self.timeout,
+                )
+
+    def _forget(self, name: str, why: str) -> None:
+        self._gone[name] = (why, time.time())
+        if len(self._gone) > MAX_GONE_NODES:
+            oldest = min(self._gone, key=lambda n: self._gone[n][1])
+            del self._gone[oldest]
 
     def _heartbeat(self) -> None:
         info = self.node.load()
@@ -208,11 +257,18 @@ class Cluster:
                 log.exception("%s: bad bus message %r", self.name, message[:80])
 
     def _own(self, message: bytes) -> None:
-        """One of this node's messages, echoed by the broker: check only that it is ours."""
+        """One of this node's messages, back from the bus: only heartbeats matter (they tell
+        that the bus is live, or that another node uses this name)."""
         if _wire.CONTROL in message[:2]:
             envelope = _wire.decode(message)
-            if envelope.kind == Kind.HEARTBEAT and envelope.epoch != self.epoch:
+            if envelope.kind != Kind.HEARTBEAT:
+                return
+            if envelope.epoch != self.epoch:
                 log.error("%s: another node uses the name %s", self.name, self.name)
+                return
+            self._echo_at = trio.current_time()
+            if not self.bus_live:
+                self._check_bus(self._echo_at)
 
     def _dispatch(self, env: Envelope, now: float) -> None:
         node = self.node
@@ -246,10 +302,11 @@ class Cluster:
             self._publish(_wire.node_topic(body), Kind.SNAPSHOT, [own.seq, own.snapshot()])
         elif kind == Kind.SNAPSHOT:
             self.node.apply_effects(self.view.snapshot(env.node, env.epoch, body[0], body[1], now))
-            self._snapshot_applied.set()
+            self._view_settled.set()
         elif kind == Kind.BYE:
             if env.node in self.view.nodes:
                 log.info("%s: node %s left", self.name, env.node)
+                self._forget(env.node, "left")
             self.node.apply_effects(self.view.bye(env.node))
         elif kind == Kind.CALL:
             self._on_call(env)
@@ -259,6 +316,7 @@ class Cluster:
     def _track(self, name: str) -> None:
         if name not in self.view.nodes:
             log.info("%s: node %s is up", self.name, name)
+            self._gone.pop(name, None)
 
     def _after(self, name: str, wants_snapshot: bool, effects: list[Any]) -> None:
         if wants_snapshot:
@@ -352,10 +410,14 @@ class Cluster:
                     **{k: v for k, v in info.items() if k != "status"},
                 }
             )
+        for name, (why, since) in sorted(self._gone.items()):
+            if name not in self.view.nodes:
+                nodes.append({"name": name, "status": why, "since": round(since, 3)})
         return {
             "mode": self.bus.mode,
             "nodes": nodes,
             "bus": {
+                "live": self.bus_live,
                 "published": self.bus.published,
                 "received": self.bus.received,
                 "dropped": self.bus.dropped,
