@@ -100,7 +100,6 @@ class ClusterSection:
     mode: ClusterMode = "none"
     broker_frontend: str = "tcp://127.0.0.1:5555"  # nodes publish to the broker's XSUB
     broker_backend: str = "tcp://127.0.0.1:5556"  # nodes subscribe at the broker's XPUB
-    broker_control: str | None = None  # the broker's control socket (for `roomd cluster`)
     bus: str | None = None  # mesh: this node's PUB endpoint (default: from `nodes`)
     peers: list[str] = attrs.field(factory=list)  # mesh: the others' (default: from `nodes`)
     nodes: list[ClusterNode] = attrs.field(factory=list)

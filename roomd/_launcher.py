@@ -30,6 +30,7 @@ _COLORS: Final = (36, 33, 32, 35, 34, 31, 96, 93)
 class Child:
     name: str
     argv: list[str]
+    stop_last: bool = False  # the broker: stopped once the nodes are gone (their goodbyes)
     process: trio.Process | None = None
 
 
@@ -38,7 +39,8 @@ def plan(config: Config, config_path: str | Path, node_args: Sequence[str] = ())
     python = sys.executable
     children = []
     if config.cluster.mode == "broker":
-        children.append(Child("broker", [python, "-m", "broker", "--config", str(config_path)]))
+        broker = [python, "-m", "broker", "--config", str(config_path)]
+        children.append(Child("broker", broker, stop_last=True))
     for entry in config.cluster.nodes:
         argv = [python, "-m", "roomd.cli", "--name", entry.name, "--config", str(config_path)]
         children.append(Child(entry.name, [*argv, *node_args]))
@@ -87,15 +89,24 @@ async def _pump(child: Child, prefix: str) -> None:
 async def _on_signal(
     signals: AsyncIterator[int], children: list[Child], scope: trio.CancelScope
 ) -> None:
+    """On the first signal stop the nodes (SIGTERM), then the broker, so that the nodes'
+    goodbyes still travel; kill what is still running ``STOP_GRACE`` seconds after its SIGTERM."""
     with scope:
         async for signum in signals:
             print(f"{signal.Signals(signum).name}: stopping every process", flush=True)
-            for child in children:
-                if child.process is not None and child.process.returncode is None:
-                    child.process.send_signal(signal.SIGTERM)
             break
-        await trio.sleep(STOP_GRACE)
-        for child in children:
-            if child.process is not None and child.process.returncode is None:
-                print(f"{child.name} did not stop: killing it", flush=True)
-                child.process.kill()
+        for last in (False, True):
+            group = [c for c in children if c.stop_last is last and c.process is not None]
+            for child in group:
+                assert child.process is not None
+                if child.process.returncode is None:
+                    child.process.send_signal(signal.SIGTERM)
+            with trio.move_on_after(STOP_GRACE):
+                for child in group:
+                    assert child.process is not None
+                    await child.process.wait()
+            for child in group:
+                assert child.process is not None
+                if child.process.returncode is None:
+                    print(f"{child.name} did not stop: killing it", flush=True)
+                    child.process.kill()
