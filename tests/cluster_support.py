@@ -139,6 +139,8 @@ def write_config(
         "[auth]",
         "dev = true",
         f'secret = "{SECRET}"',
+        "[permissions]",
+        'client_send = ["room", "user", "users", "all"]',
         "[cluster]",
         f'mode = "{mode}"',
         f'broker_frontend = "tcp://127.0.0.1:{broker[0]}"',

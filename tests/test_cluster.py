@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import trio
 
-from tests.cluster_support import running_cluster
+from tests.cluster_support import health, running_cluster
 from tests.support import RawClient, connect
 
 pytestmark = pytest.mark.cluster
@@ -73,9 +73,14 @@ async def test_every_send_mode_across_nodes(tmp_path: Path, mode: str) -> None:
                     )
                     for x in (bob, bob2, carol, alice2):
                         assert (await x.push("message"))["data"]["payload"]["content"] == "group"
+                    # To everyone: every connection on every node, the sender's own included.
+                    await bob2.ok("send", {"to": {"all": True}, "data": text("everyone")})
+                    for x in (alice, alice2, bob, bob2, carol):
+                        push = await x.push("message")
+                        assert push["data"]["payload"]["content"] == "everyone"
                 # Nothing was delivered twice.
                 for x in (alice, bob, carol, bob2):
-                    await x.ok("users.online", {})
+                    await x.ok("users.online", {})  # (alice2 has gone)
                     assert not [f for f in x.backlog if f.get("event") == "message"]
 
 
@@ -125,6 +130,26 @@ async def test_killed_node_users_leave_everywhere(tmp_path: Path) -> None:
                 assert (await alice.ok("users.online", {}))["users"] == ["alice"]
                 members = await alice.ok("room.members", {"room": "r"})
                 assert [m["user"] for m in members["members"]] == ["alice"]
+
+
+async def test_health_shows_the_bus_and_nodes_that_left_or_went_down(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with running_cluster(tmp_path) as cluster:
+            port_a = cluster.ports["nodeA"]
+            before = await trio.to_thread.run_sync(health, port_a)
+            nodes = {n["name"]: n for n in before["cluster"]["nodes"]}
+            assert {n: nodes[n]["status"] for n in nodes} == dict.fromkeys(nodes, "up")
+            assert len(nodes) == 3 and before["cluster"]["bus"]["live"] is True
+            mark = len(cluster.nodes["nodeA"].lines)
+            # A graceful stop says goodbye: nodeA forgets nodeB at once, not heartbeats later.
+            assert await cluster.nodes["nodeB"].stop() == 0
+            await cluster.nodes["nodeA"].wait_for("node nodeB left", mark)
+            cluster.nodes["nodeC"].kill()
+            await cluster.nodes["nodeA"].wait_for("node nodeC is down", mark)
+            after = await trio.to_thread.run_sync(health, port_a)
+            statuses = {n["name"]: n["status"] for n in after["cluster"]["nodes"]}
+            assert statuses == {"nodeA": "up", "nodeB": "left", "nodeC": "down"}
+            assert after["cluster"]["bus"]["live"] is True
 
 
 async def test_broker_restart_loses_only_what_was_sent_while_it_was_down(

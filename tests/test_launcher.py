@@ -1,0 +1,44 @@
+"""`roomd cluster`: a broker and nodes in one terminal, and Ctrl-C stops them all cleanly."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+import trio
+
+from tests.cluster_support import Proc, free_ports
+
+
+async def test_roomd_cluster_runs_every_process_and_ctrl_c_stops_them(tmp_path: Path) -> None:
+    front, back, port_a, port_b = free_ports(4)
+    config = tmp_path / "cluster.toml"
+    config.write_text(
+        "[auth]\ndev = true\n"
+        f'[broker]\nfrontend = "tcp://127.0.0.1:{front}"\nbackend = "tcp://127.0.0.1:{back}"\n'
+        "stats_interval = 0\n"
+        f'[cluster]\nmode = "broker"\nbroker_frontend = "tcp://127.0.0.1:{front}"\n'
+        f'broker_backend = "tcp://127.0.0.1:{back}"\nheartbeat_interval = 0.2\n'
+        f'[[cluster.nodes]]\nname = "nodeA"\nport = {port_a}\n'
+        f'[[cluster.nodes]]\nname = "nodeB"\nport = {port_b}\n'
+    )
+    launcher = Proc(
+        "launcher",
+        [sys.executable, "-m", "roomd.cli", "cluster", "--config", str(config), "--no-color"],
+    )
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await launcher.start(nursery)
+            await launcher.wait_for(r"^nodeA +\| .*node nodeB is up")
+            await launcher.wait_for(r"^nodeB +\| .*node nodeA is up")
+            assert launcher.process is not None
+            launcher.process.send_signal(signal.SIGINT)
+            assert await launcher.process.wait() == 0
+    output = "\n".join(launcher.lines)
+    for name in ("broker", "nodeA", "nodeB"):
+        assert f"{name} exited with status 0" in output, output
+    # The nodes stopped before the broker: each one's goodbye reached the other (unless that
+    # one had already stopped listening).
+    assert "node nodeA left" in output or "node nodeB left" in output, output
+    assert "did not stop" not in output
