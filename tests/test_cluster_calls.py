@@ -18,8 +18,23 @@ from tests.support import connect, make_config
 pytestmark = pytest.mark.cluster
 
 
+class Nodes(dict[str, Node]):
+    """Embedded nodes by name; :meth:`crash` stops one without a goodbye."""
+
+    scopes: dict[str, trio.CancelScope]
+
+    async def run(self, node: Node, *, task_status: trio.TaskStatus[int]) -> None:
+        if not hasattr(self, "scopes"):
+            self.scopes = {}
+        with trio.CancelScope() as self.scopes[node.name]:
+            await node.run(task_status=task_status)
+
+    def crash(self, name: str) -> None:
+        self.scopes[name].cancel()
+
+
 @asynccontextmanager
-async def embedded_cluster(names: list[str]) -> AsyncIterator[dict[str, Node]]:
+async def embedded_cluster(names: list[str]) -> AsyncIterator[Nodes]:
     front, back = free_ports(2)
     broker = Proc(
         "broker",
@@ -46,9 +61,9 @@ async def embedded_cluster(names: list[str]) -> AsyncIterator[dict[str, Node]]:
                 "heartbeat_interval": HEARTBEAT,
                 "call_timeout": 1.0,
             }
-            nodes = {name: Node(make_config(cluster=cluster), name=name) for name in names}
+            nodes = Nodes({name: Node(make_config(cluster=cluster), name=name) for name in names})
             for node in nodes.values():
-                await nursery.start(node.run)
+                await nursery.start(nodes.run, node)
             for node in nodes.values():  # every node sees every other one
                 for _ in range(200):
                     if len(node.view.nodes_up()) == len(names):
@@ -107,6 +122,46 @@ async def test_dead_node_is_missing_after_the_timeout() -> None:
             out = await nodes["n1"].cluster_call("slow", targets=["n2"], timeout=0.5)
             assert out.missing == ["n2"] and out.replies == {}
             assert 0.5 <= trio.current_time() - start < 2
+
+
+async def test_a_crashed_node_is_missing_then_no_longer_called() -> None:
+    with trio.fail_after(20):
+        async with embedded_cluster(["n1", "n2", "n3"]) as nodes:
+            for node in nodes.values():
+
+                @node.on_cluster("name")
+                async def name(data: Any, origin: str, node: Node = node) -> Any:
+                    return node.name
+
+            nodes.crash("n2")  # no goodbye: n1 still counts it as up for a while
+            out = await nodes["n1"].cluster_call("name", timeout=0.5)
+            assert out.replies == {"n1": "n1", "n3": "n3"} and out.missing == ["n2"]
+            for _ in range(100):  # three missed heartbeats later it is down
+                if "n2" not in nodes["n1"].view.nodes_up():
+                    break
+                await trio.sleep(HEARTBEAT)
+            out = await nodes["n1"].cluster_call("name", timeout=0.5)
+            assert out.replies == {"n1": "n1", "n3": "n3"} and out.missing == []
+
+
+async def test_the_call_deadline_does_not_cancel_the_callers_block() -> None:
+    with trio.fail_after(20):
+        async with embedded_cluster(["n1", "n2"]) as nodes:
+
+            @nodes["n2"].on_cluster("slow")
+            async def slow(data: Any, origin: str) -> Any:
+                await trio.sleep(10)
+
+            finished = False
+            async with nodes["n1"].cluster_replies("slow", targets=["n2"], timeout=0.2) as (
+                _,
+                replies,
+            ):
+                async for reply in replies:
+                    raise AssertionError(reply)
+                await trio.sleep(0.3)  # the caller's own work, past the call's deadline
+                finished = True
+            assert finished
 
 
 async def test_clients_on_embedded_nodes_talk(start_node: Any) -> None:
