@@ -9,8 +9,9 @@ import orjson
 import pytest
 import trio
 
-from roomd import Node
+from roomd import Context, Node
 from roomd.client import (
+    ConnectFailed,
     InvalidServer,
     MultiEvent,
     MultiServerClient,
@@ -27,8 +28,11 @@ from tests.test_client import FAST, fast_node, run_node, url
 OPTIONS: dict[str, Any] = {"backoff": FAST}
 
 
-async def serve_http(nursery: trio.Nursery, status: str, body: bytes, ctype: str) -> int:
-    """A plain HTTP server that answers every request with the same response."""
+async def serve_http(
+    nursery: trio.Nursery, status: str, body: bytes, ctype: str, *, other: str | None = None
+) -> int:
+    """A plain HTTP server that answers every request with the same response, or only
+    ``GET /health`` when ``other`` is the status for every other request (with no body)."""
 
     async def handler(stream: trio.SocketStream) -> None:
         data = b""
@@ -37,8 +41,11 @@ async def serve_http(nursery: trio.Nursery, status: str, body: bytes, ctype: str
             if not chunk:
                 return
             data += chunk
-        head = f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-        await stream.send_all(head.encode() + b"Connection: close\r\n\r\n" + body)
+        answer, length = status, len(body)
+        if other is not None and not data.startswith(b"GET /health "):
+            answer, length = other, 0
+        head = f"HTTP/1.1 {answer}\r\nContent-Type: {ctype}\r\nContent-Length: {length}\r\n"
+        await stream.send_all(head.encode() + b"Connection: close\r\n\r\n" + body[:length])
         await stream.aclose()
 
     serve = functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1")
@@ -189,12 +196,9 @@ async def test_sync_state_is_queued_for_a_failing_server_and_applied_on_return(
             outcomes = await multi.sync_state(status="away", status_text="lunch", nickname="Al")
             assert outcomes["a"].result == "applied"
             assert outcomes["b"].result == "queued"
+            assert outcomes["a"].local == outcomes["b"].local == ("nickname",)  # no state_event
             assert await status_on("a") == "away"
-            assert multi.pending_sync("b") == {
-                "status": "away",
-                "status_text": "lunch",
-                "nickname": "Al",
-            }
+            assert multi.pending_sync("b") == {"status": "away", "status_text": "lunch"}
             assert multi.pending_sync("a") == {}
 
             again = fast_node(node={"name": "B", "port": port_b})
@@ -207,6 +211,86 @@ async def test_sync_state_is_queued_for_a_failing_server_and_applied_on_return(
                 changes, lambda c: c.info.id == "b" and c.info.status is ServerStatus.ONLINE
             )
             assert online.info.latency is None or online.info.latency >= 0
+
+
+async def test_sync_state_is_retried_while_the_server_is_online(node: Node) -> None:
+    """A server that is online but does not answer in time gets the change again, with backoff,
+    without waiting for a reconnect."""
+    received: list[Any] = []
+    release = trio.Event()
+
+    @node.on("profile")
+    async def profile(ctx: Context, data: Any) -> None:
+        received.append(data)
+        if len(received) == 1:
+            await release.wait()  # too slow for the first sync
+
+    with trio.fail_after(10):
+        async with open_multi_client(
+            user="alice",
+            client_options=OPTIONS,
+            state_event="profile",
+            sync_timeout=0.1,
+            sync_backoff=FAST,
+        ) as multi:
+            synced = multi.subscribe(MultiEvent.SYNCED)
+            changes = multi.subscribe(MultiEvent.CHANGED)
+            await multi.add_server(url(node), server_id="a")
+            # Once the user count is refreshed, the connect's own sync (of nothing) is over.
+            await next_matching(changes, lambda c: c.info.users == 1)
+            outcomes = await multi.sync_state(nickname="Al")
+            assert outcomes["a"].result == "queued" and "0.1 s" in (outcomes["a"].error or "")
+            assert multi.pending_sync("a") == {"nickname": "Al"}
+            release.set()
+            applied: SyncApplied = await synced.receive()
+            assert (applied.server, applied.fields) == ("a", {"nickname": "Al"})
+            assert multi.pending_sync("a") == {} and multi.client("a").reconnects == 0
+            assert received == [{"nickname": "Al"}, {"nickname": "Al"}]
+
+
+async def test_sync_state_reports_local_fields_and_stopped_servers(
+    nursery: trio.Nursery,
+) -> None:
+    a, b = fast_node(node={"name": "A"}), fast_node(node={"name": "B"})
+    await run_node(nursery, a)
+    await run_node(nursery, b)
+    with trio.fail_after(5):
+        async with open_multi_client(user="alice", client_options=OPTIONS) as multi:
+            changes = multi.subscribe(MultiEvent.CHANGED)
+            await multi.add_server(url(a), server_id="a")
+            await multi.add_server(url(b), server_id="b")
+            outcomes = await multi.sync_state(nickname="Al", draft="x")
+            assert {o.result for o in outcomes.values()} == {"local"}  # sent nowhere
+            assert outcomes["a"].local == ("nickname", "draft")
+            assert multi.global_state == {"nickname": "Al", "draft": "x"}
+
+            assert b.kick("alice") == 1  # terminal: b stops for good
+            await next_matching(
+                changes, lambda c: c.info.id == "b" and c.info.status is ServerStatus.ERROR
+            )
+            outcomes = await multi.sync_state(status="away")
+            assert outcomes["a"].result == "applied" and outcomes["a"].local == ()
+            assert outcomes["b"].result == "failed" and "4010" in (outcomes["b"].error or "")
+            assert multi.pending_sync("b") == {}
+
+
+async def test_add_server_gives_up_when_the_websocket_never_opens(nursery: trio.Nursery) -> None:
+    """/health answers like a node, but every WebSocket upgrade is refused with 503 (a status
+    that means "try again later")."""
+    health = {"name": "x", "status": "ok", "version": "1", "protocol": 1, "uptime": 1.0}
+    health |= {"connections": 0, "users": 0, "rooms": 0}
+    port = await serve_http(
+        nursery, "200 OK", orjson.dumps(health), "application/json", other="503 Unavailable"
+    )
+    with trio.fail_after(5):
+        async with open_multi_client(
+            user="alice", client_options=OPTIONS, connect_timeout=0.5
+        ) as multi:
+            with pytest.raises(ConnectFailed) as exc:
+                await multi.add_server(url(port))
+            assert "no WebSocket connection opened within 0.5 s" in str(exc.value)
+            assert exc.value.close_code == 1013 and "HTTP 503" in exc.value.reason
+            assert multi.servers == [] and multi.active is None
 
 
 async def test_latency_is_reported_as_a_change(node: Node) -> None:

@@ -8,7 +8,8 @@ User state comes in two layers:
 
 * **global** state (``nickname``, ``status`` ...) is the user's everywhere; :meth:`sync_state`
   changes it and pushes it to every server, queueing it for the servers that could not take it
-  now (they get the full synced state again each time they (re)connect);
+  now: retried with backoff while the server stays online, and sent in full each time a server
+  (re)connects;
 * **local** state is per server (the room shown, a draft ...): :attr:`local_state` is the active
   server's, saved on switch-away and restored on switch-back.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import random as _random
 import urllib.parse
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -29,9 +31,10 @@ import attrs
 import trio
 
 from ..protocol import AckError, Push, RequestTimeout
-from ._client import Client, ClientState, TokenSource
+from ._backoff import Backoff, RandomSource
+from ._client import DEFAULT_CONNECT_TIMEOUT, Client, ClientState, TokenSource
 from ._core import ANY_PUSH, Closed, GaveUp, Lifecycle, Opened, Reconnecting, RttSample
-from ._errors import ClientClosed, InvalidServer, OfflineQueueFull
+from ._errors import ClientClosed, ConnectFailed, InvalidServer, OfflineQueueFull
 from ._health import DEFAULT_HEALTH_TIMEOUT, Health, fetch_health
 from ._subscription import (
     DEFAULT_SUBSCRIPTION_SIZE,
@@ -47,6 +50,7 @@ log = logging.getLogger("roomd.client.multi")
 
 DEFAULT_HEALTH_INTERVAL: Final = 30.0
 DEFAULT_SYNC_TIMEOUT: Final = 5.0
+DEFAULT_SYNC_BACKOFF: Final = Backoff(base=1.0, max_delay=30.0)  # retries on an online server
 STATUS_FIELDS: Final = ("status", "status_text")  # carried by the built-in ``status`` event
 
 
@@ -100,17 +104,26 @@ class SyncApplied:
     fields: dict[str, Any]
 
 
+SyncResult = Literal["applied", "queued", "refused", "failed", "local"]
+
+
 @attrs.frozen
 class SyncOutcome:
     """What :meth:`MultiServerClient.sync_state` achieved on one server.
 
-    ``applied``: the server took it. ``queued``: the server is unreachable now; it gets the state
-    when it is back. ``refused``: the server answered with an error (not retried).
+    * ``applied``: the server took every field that travels (``local`` lists those that do not);
+    * ``queued``: not taken yet (offline, or no answer in time): the fields stay pending
+      (:meth:`MultiServerClient.pending_sync`), retried with backoff while the server is online
+      and sent in full when it reconnects;
+    * ``refused``: the server answered with an error (not retried);
+    * ``failed``: the server is stopped for good (``error`` status): nothing will be sent;
+    * ``local``: none of the fields travels (no ``state_event`` configured): client-side only.
     """
 
     server: str
-    result: Literal["applied", "queued", "refused"]
+    result: SyncResult
     error: str | None = None
+    local: tuple[str, ...] = ()  # fields kept client-side (no state_event to carry them)
 
 
 @attrs.frozen
@@ -149,7 +162,8 @@ class _Server:
         self.last_error: str | None = None
         self.saved: dict[str, Any] = {}  # local state, while another server is active
         self.pending: dict[str, Any] = {}  # synced fields this server has not taken yet
-        self.poll_scope = trio.CancelScope()
+        self.retry = trio.Event()  # set when pending fields should be retried (server online)
+        self.scope = trio.CancelScope()  # its health poller and sync retrier
 
 
 def default_server_id(url: str) -> str:
@@ -171,8 +185,9 @@ class MultiServerClient:
 
     Error handling: :meth:`add_server` raises :class:`InvalidServer` for a URL that is not a
     reachable roomd node of a supported protocol version, and :class:`ConnectFailed` when the
-    node refuses the connection for good (bad credentials ...). Calls raise what
-    :meth:`Client.call` raises; naming an unknown server raises ``KeyError``.
+    node refuses the connection for good (bad credentials ...) or no connection opens within
+    ``connect_timeout``. Calls raise what :meth:`Client.call` raises; naming an unknown server
+    raises ``KeyError``.
     """
 
     def __init__(
@@ -185,7 +200,10 @@ class MultiServerClient:
         health_interval: float = DEFAULT_HEALTH_INTERVAL,
         validate_timeout: float = DEFAULT_HEALTH_TIMEOUT,
         sync_timeout: float = DEFAULT_SYNC_TIMEOUT,
+        sync_backoff: Backoff = DEFAULT_SYNC_BACKOFF,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         state_event: str | None = None,
+        random: RandomSource | None = None,
     ) -> None:
         self.user = user
         self.token = token
@@ -194,6 +212,9 @@ class MultiServerClient:
         self.health_interval = health_interval
         self.validate_timeout = validate_timeout
         self.sync_timeout = sync_timeout
+        self.sync_backoff = sync_backoff
+        self.connect_timeout = connect_timeout  # add_server: the wait for the first connection
+        self._random: RandomSource = random if random is not None else _random.Random().random
         self.state_event = state_event  # app event carrying non-status fields, if any
         self.global_state: dict[str, Any] = {}
         self._synced: dict[str, Any] = {}  # the global fields every server should have
@@ -219,8 +240,13 @@ class MultiServerClient:
     ) -> ServerInfo:
         """Validate ``url`` (``GET /health``, protocol version) and connect to it.
 
-        With ``wait`` (default) it returns once connected; the first server added becomes the
-        active one. ``user``, ``token`` and ``params`` default to the multi-client's.
+        With ``wait`` (default) it returns once connected, within ``validate_timeout`` plus
+        ``connect_timeout``; the first server added becomes the active one. ``user``, ``token``
+        and ``params`` default to the multi-client's.
+
+        Error handling: :class:`InvalidServer` (not a usable roomd node), :class:`ConnectFailed`
+        (refused for good, or no WebSocket connection within ``connect_timeout``: the server is
+        not added).
         """
         if self._nursery is None:
             raise RuntimeError("the MultiServerClient is not running")
@@ -242,11 +268,21 @@ class MultiServerClient:
         self._watch(server)
         self._servers[sid] = server
         try:
-            await self._nursery.start(client.run)
+            with trio.move_on_after(self.connect_timeout) as bound:
+                await self._nursery.start(client.run)
         except BaseException:
             self._servers.pop(sid, None)
             raise
-        self._nursery.start_soon(self._poll_health, server)
+        if bound.cancelled_caught:  # the client was cancelled with it, before it ever opened
+            self._servers.pop(sid, None)
+            last = f"{client.close_code or ''} {client.close_reason}".strip() or "none"
+            raise ConnectFailed(
+                f"{url}: GET /health answered, but no WebSocket connection opened within "
+                f"{self.connect_timeout:g} s (last attempt: {last})",
+                client.close_code,
+                client.close_reason,
+            )
+        self._nursery.start_soon(self._maintain, server)
         self._events.publish(MultiEvent.ADDED, self._info(server))
         if self._active is None:
             self.switch(sid)
@@ -255,7 +291,7 @@ class MultiServerClient:
     async def remove_server(self, server_id: str) -> None:
         """Disconnect from a server and forget it (and its saved local state)."""
         server = self._servers.pop(server_id)
-        server.poll_scope.cancel()
+        server.scope.cancel()
         await server.client.aclose()
         if self._active == server_id:
             self._active = None
@@ -356,11 +392,17 @@ class MultiServerClient:
         client.on(Lifecycle.RTT, rtt)
         client.on(ANY_PUSH, push, size=1024)
 
+    async def _maintain(self, server: _Server) -> None:
+        """The server's own tasks, until it is removed: health polls and sync retries."""
+        with server.scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._poll_health, server)
+                nursery.start_soon(self._retry_sync, server)
+
     async def _poll_health(self, server: _Server) -> None:
-        with server.poll_scope:
-            while True:
-                await trio.sleep(self.health_interval)
-                await self._refresh_health(server)
+        while True:
+            await trio.sleep(self.health_interval)
+            await self._refresh_health(server)
 
     async def _refresh_health(self, server: _Server) -> None:
         try:
@@ -393,16 +435,24 @@ class MultiServerClient:
         """Change global state and push it to every server; per-server outcomes.
 
         ``status`` and ``status_text`` travel as the built-in ``status`` event; other fields as
-        ``state_event`` if one is configured, else they stay client-side. Servers that cannot
-        take the change now keep it pending and get the synced state when they reconnect.
+        ``state_event`` if one is configured, else they stay client-side (outcome ``local``, or
+        listed in ``SyncOutcome.local``). A server that cannot take the change now keeps it
+        pending (``queued``): retried with ``sync_backoff`` while the server is online, sent in
+        full when it reconnects. A server stopped for good gets nothing (``failed``).
         """
         self.global_state.update(fields)
         self._synced.update(fields)
+        sent = self._travelling(fields)
+        local = tuple(k for k in fields if k not in sent)
         outcomes: dict[str, SyncOutcome] = {}
 
         async def apply(server: _Server) -> None:
-            server.pending.update(fields)
-            outcomes[server.id] = await self._apply(server, dict(server.pending))
+            if not sent:
+                outcomes[server.id] = SyncOutcome(server.id, "local", local=local)
+                return
+            server.pending.update(sent)
+            outcome = await self._apply(server, dict(server.pending))
+            outcomes[server.id] = attrs.evolve(outcome, local=local)
 
         async with trio.open_nursery() as nursery:
             for server in list(self._servers.values()):
@@ -413,17 +463,50 @@ class MultiServerClient:
         """The synced fields a server has not taken yet (its retry queue)."""
         return dict(self._servers[server_id].pending)
 
+    def _travelling(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """The fields that are sent to servers (the others stay client-side)."""
+        return {
+            k: v for k, v in fields.items() if k in STATUS_FIELDS or self.state_event is not None
+        }
+
+    @staticmethod
+    def _stopped(server: _Server) -> bool:
+        return server.status is ServerStatus.ERROR or server.client.state is ClientState.CLOSED
+
     async def _apply_synced(self, server: _Server) -> None:
         """On (re)connect: a new session knows nothing of the synced state; give all of it."""
-        if not self._synced:
+        fields = self._travelling(self._synced)
+        if not fields:
             return
-        fields = dict(self._synced)
+        server.pending.update(fields)
         outcome = await self._apply(server, fields)
-        if outcome.result != "queued":
+        if outcome.result == "applied":
             self._events.publish(MultiEvent.SYNCED, SyncApplied(server.id, fields))
+
+    async def _retry_sync(self, server: _Server) -> None:
+        """Retry the pending fields with backoff while the server is online; a reconnect sends
+        them anyway (:meth:`_apply_synced`), so an offline server is left to it."""
+        attempt = 0
+        while True:
+            await server.retry.wait()
+            server.retry = trio.Event()
+            attempt += 1
+            await trio.sleep(self.sync_backoff.delay(attempt, self._random))
+            if not server.pending or server.client.state is not ClientState.OPEN:
+                attempt = 0
+                continue
+            fields = dict(server.pending)
+            outcome = await self._apply(server, fields)
+            if not server.retry.is_set():  # else _apply asked for another round, later
+                attempt = 0
+            if outcome.result == "applied":
+                self._events.publish(MultiEvent.SYNCED, SyncApplied(server.id, fields))
 
     async def _apply(self, server: _Server, fields: dict[str, Any]) -> SyncOutcome:
         client = server.client
+        if self._stopped(server):
+            server.pending.clear()
+            return SyncOutcome(server.id, "failed", f"server stopped: {server.last_error}")
         if client.state is not ClientState.OPEN:
             return SyncOutcome(server.id, "queued", f"server is {server.status.value}")
         try:
@@ -440,7 +523,12 @@ class MultiServerClient:
             self._forget(server, fields)
             self._update(server, last_error=f"sync refused: {exc.code}: {exc.message}")
             return SyncOutcome(server.id, "refused", f"{exc.code}: {exc.message}")
-        except (RequestTimeout, ClientClosed, OfflineQueueFull) as exc:
+        except ClientClosed as exc:
+            server.pending.clear()
+            return SyncOutcome(server.id, "failed", str(exc))
+        except (RequestTimeout, OfflineQueueFull) as exc:
+            if client.state is ClientState.OPEN:
+                server.retry.set()
             return SyncOutcome(server.id, "queued", str(exc))
         self._forget(server, fields)
         return SyncOutcome(server.id, "applied")
@@ -513,7 +601,7 @@ class MultiServerClient:
                 await self._stop.wait()
                 async with trio.open_nursery() as closing:
                     for server in list(self._servers.values()):
-                        server.poll_scope.cancel()
+                        server.scope.cancel()
                         closing.start_soon(server.client.aclose)
                 nursery.cancel_scope.cancel()
         finally:
