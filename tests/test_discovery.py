@@ -13,9 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
-pytest.importorskip("zeroconf", reason="discovery needs zeroconf (pip install zeroconf)")
-
-from roomd.client._discovery import SERVICE_TYPE, _node_of, service_info
+from roomd.client._discovery import SERVICE_TYPE, _node_of, loopback_only, service_info
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,9 +38,10 @@ def _can_unshare() -> str | None:
 
 NO_NAMESPACE = _can_unshare()
 
-# Runs inside `unshare -n`: a node advertised on loopback, found by the API and by the command.
+# Runs inside `unshare -n`: a node advertised on loopback, found by the API and by the command;
+# then `roomd --mdns` with its default host, which warns that it advertises a loopback address.
 SCRIPT = """
-import json, subprocess, sys
+import json, logging, signal, subprocess, sys
 import trio
 from roomd import Node
 from roomd.client import fetch_health
@@ -51,6 +50,36 @@ from tests.support import make_config
 
 for cmd in ("link set lo up", "link set lo multicast on", "route add 224.0.0.0/4 dev lo"):
     subprocess.run(["ip", *cmd.split()], check=True)
+
+class Warnings(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+warnings = Warnings()
+logging.getLogger("roomd.client.discovery").addHandler(warnings)
+
+async def node_stderr_until(text):
+    command = [sys.executable, "-m", "roomd.cli", "--dev", "--port", "0", "--mdns"]
+    proc = await trio.lowlevel.open_process(command, stderr=subprocess.PIPE)
+    seen = b""
+    try:
+        with trio.move_on_after(15):
+            for _ in range(1000):
+                chunk = await proc.stderr.receive_some(4096)
+                seen += chunk
+                if not chunk or text.encode() in seen:
+                    break
+    finally:
+        proc.send_signal(signal.SIGINT)
+        with trio.move_on_after(10):
+            await proc.wait()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return seen.decode()
 
 async def main():
     async with trio.open_nursery() as nursery:
@@ -68,11 +97,13 @@ async def main():
             capture_stdout=True, check=False)
         scope.cancel()  # unregisters (goodbye packets) and closes the advertiser's zeroconf
         after = await discover(1.0)
+        stderr = await node_stderr_until("loopback address")
         print(json.dumps({
             "port": port, "name": name, "found": [vars_(n) for n in found],
             "health": health.name if health else None,
             "cli": cli.stdout.decode().splitlines(), "cli_status": cli.returncode,
             "after": [n.name for n in after],
+            "warnings": warnings.messages, "cli_stderr": stderr,
         }))
         node.shutdown()
 
@@ -81,6 +112,11 @@ def vars_(n):
 
 trio.run(main)
 """
+
+
+def test_loopback_only_addresses_are_recognised() -> None:
+    assert loopback_only(["127.0.0.1"]) and loopback_only(["127.0.1.1", "::1"])
+    assert not loopback_only(["127.0.0.1", "192.168.1.20"]) and not loopback_only(["10.0.0.7"])
 
 
 def test_service_record_round_trip() -> None:
@@ -98,7 +134,7 @@ def test_service_record_round_trip() -> None:
 @pytest.mark.skipif(NO_NAMESPACE is not None, reason=str(NO_NAMESPACE))
 async def test_advertise_and_discover_in_a_private_network_namespace() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with trio.fail_after(40):
+    with trio.fail_after(60):
         result = await trio.run_process(
             ["unshare", "-n", sys.executable, "-c", SCRIPT],
             capture_stdout=True,
@@ -115,3 +151,7 @@ async def test_advertise_and_discover_in_a_private_network_namespace() -> None:
     assert report["cli_status"] == 0
     assert [json.loads(line)["url"] for line in report["cli"]] == [url]
     assert report["after"] == []  # unregistered when the advertiser was cancelled
+    # Advertising a loopback address is allowed (here it is the point) but warned about.
+    assert len(report["warnings"]) == 1 and "127.0.0.1, a loopback address" in report["warnings"][0]
+    assert "loopback address: only this machine can reach it" in report["cli_stderr"]
+    assert "roomd --host" in report["cli_stderr"]

@@ -2,7 +2,10 @@
 
 zeroconf is threaded: it is created, registered and browsed through ``trio.to_thread.run_sync``,
 and its browser's callbacks (in its own thread) hand names to Trio with ``trio.from_thread``.
-zeroconf is imported only when these functions run, so the rest of the client does not need it.
+It is imported when these functions run, not when the client is imported.
+
+A node listening on a loopback address (``127.0.0.1``, the default) can only be advertised at
+that address, which no other machine can reach: :func:`advertise` logs a warning then.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import argparse
 import contextlib
 import ipaddress
 import json
+import logging
 import socket
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
@@ -23,6 +27,8 @@ from ..protocol import PROTOCOL_VERSION
 
 if TYPE_CHECKING:
     from zeroconf import ServiceInfo, ServiceStateChange, Zeroconf
+
+log = logging.getLogger("roomd.client.discovery")
 
 SERVICE_TYPE: Final = "_roomd._tcp.local."
 DEFAULT_DISCOVER_TIMEOUT: Final = 3.0  # the browser re-asks after 1 s, then 2 s ...
@@ -69,6 +75,11 @@ def _addresses(host: str) -> list[str]:
         return sorted({str(i[4][0]) for i in socket.getaddrinfo(host, None, socket.AF_INET)})
 
 
+def loopback_only(addresses: Sequence[str]) -> bool:
+    """Whether every advertised address is a loopback one (reachable from this machine only)."""
+    return all(ipaddress.ip_address(a).is_loopback for a in addresses)
+
+
 def service_info(name: str, host: str, port: int, version: str) -> ServiceInfo:
     """The DNS-SD record of a node: ``NAME._roomd._tcp.local.`` with name/version/protocol."""
     from zeroconf import ServiceInfo
@@ -100,9 +111,18 @@ async def advertise(
     Resource handling: owns a Zeroconf instance; on cancellation the service is unregistered
     (a goodbye packet) and the instance closed, shielded from the cancellation.
     Error handling: ``OSError`` if no multicast socket can be opened; a name already taken on
-    the network is changed (``name (2)``) rather than refused.
+    the network is changed (``name (2)``) rather than refused; a warning is logged when the only
+    address to advertise is a loopback one.
     """
     info = service_info(name, host, port, version)
+    addresses = info.parsed_addresses()
+    if loopback_only(addresses):
+        log.warning(
+            "advertising %s at %s, a loopback address: only this machine can reach it; to be "
+            "found from other machines, listen on 0.0.0.0 or a LAN address (roomd --host)",
+            name,
+            ", ".join(addresses),
+        )
     zc = await trio.to_thread.run_sync(_zeroconf, interfaces)
     registered = False
     try:
@@ -195,8 +215,6 @@ def discover_main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(argv)
     try:
         nodes = trio.run(discover, args.timeout)
-    except ImportError:
-        raise SystemExit("roomd discover: needs zeroconf (pip install zeroconf)") from None
     except OSError as exc:
         raise SystemExit(f"roomd discover: {exc}") from None
     for node in nodes:
