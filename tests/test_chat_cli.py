@@ -64,7 +64,10 @@ async def test_chat_commands_between_two_users(node: Node) -> None:
             await alice_out.expect("[lobby] alice: hi all")  # a room send reaches the sender
             await bob.handle("/msg alice psst")
             await alice_out.expect("[bob -> you] psst")
-            await bob_out.expect("[you -> alice] psst")
+            await bob_out.expect("[you -> alice] psst (accepted by the node as ")
+            await bob.handle("/msg carol anyone?")  # carol is not online: the node takes it all
+            line = await bob_out.expect("[you -> carol] anyone? (accepted by the node as ")
+            assert line.endswith(", delivery not confirmed)")
             await alice.handle("/typing")
             await bob_out.expect("* alice is typing in lobby")
             await alice.handle("/status away lunch")

@@ -27,7 +27,7 @@ from ._errors import ClientError
 HELP: Final = """commands:
   /join ROOM            join a room and make it the current one
   /leave [ROOM]         leave a room (default: the current one)
-  /msg USER TEXT        send a private message
+  /msg USER TEXT        send a private message (the node confirms it took it, not delivery)
   /who                  users online on the node
   /members              members of the current room, with their status
   /rooms                rooms joined (* marks the current one)
@@ -175,17 +175,19 @@ class ChatSession:
         user, _, text = rest.partition(" ")
         if not user or not text.strip():
             raise ValueError("usage: /msg USER TEXT")
-        await self._send({"user": user}, text.strip())
-        self.out(f"[you -> {user}] {text.strip()}")  # the node copies it to our other connections
+        result = await self._send({"user": user}, text.strip())
+        if result is not None:  # the node copies it to our other connections, not to this one
+            self.out(f"[you -> {user}] {text.strip()} ({_accepted(result)})")
 
-    async def _send(self, to: dict[str, str], text: str) -> None:
-        """Send a text message; while offline it is queued (the input never blocks on it)."""
+    async def _send(self, to: dict[str, str], text: str) -> Any:
+        """Send a text message: the node's answer, or ``None`` when offline (it is queued: the
+        input never blocks on it)."""
         data = {"to": to, "data": {"type": "text", "payload": {"content": text}}}
         if self.client.connected:
-            await self.client.call("send", data)
-        else:
-            await self.client.emit("send", data)
-            self.out(f"* offline: queued ({self.client.queued} waiting)")
+            return await self.client.call("send", data)
+        await self.client.emit("send", data)
+        self.out(f"* offline: queued ({self.client.queued} waiting)")
+        return None
 
     async def _who(self, rest: str) -> None:
         users = await self.client.online_users()
@@ -228,6 +230,14 @@ class ChatSession:
 
     async def _help(self, rest: str) -> None:
         self.out(HELP)
+
+
+def _accepted(result: Any) -> str:
+    """What the node's answer to a direct ``send`` says: it took the message. Whether the
+    addressee is online it does not say: a message to nobody online is accepted too."""
+    message_id = result.get("messageId") if isinstance(result, dict) else None
+    name = f" as {str(message_id)[:8]}" if message_id else ""
+    return f"accepted by the node{name}, delivery not confirmed"
 
 
 def _text_of(data: dict[str, Any]) -> str:
