@@ -65,6 +65,7 @@ from roomd.protocol import (
     validate_name,
     wire_name,
 )
+from roomd.protocol._codec import converter, make_converter
 from roomd.protocol._session import DEDUPE_WINDOW
 
 FAST = settings(
@@ -976,3 +977,41 @@ def test_fuzz_builtin_payloads(case: tuple[type[Any], Any]) -> None:
             assert target.mode in ("room", "user", "users", "all")
     except RemoteProtocolError as exc:
         assert exc.code == ErrorCode.INVALID
+
+
+PLAIN_CONVERTER = make_converter(fast=False)
+
+
+def _outcome(conv: Any, obj: Any, cls: type[Any]) -> tuple[str, Any]:
+    try:
+        return "ok", conv.structure(obj, cls)
+    except Exception as exc:
+        return "error", type(exc)
+
+
+FIELD_VALUES = st.sampled_from(
+    [
+        *("x", "", "text", "kick", 0, 1, -1, 1.5, True, False, None, [], ["a"], [1], {}),
+        *({"a": 1}, {"user": "b"}, {"room": "r", "ns": "n"}, {"ns": 1}),
+        *({"code": "c", "message": "m"}, {"interval": 1, "timeout": 2.5}),
+        {"session": "s", "token": "t", "seq": 3},
+    ]
+)
+
+
+def _typed_objects(cls: type[Any]) -> st.SearchStrategy[tuple[type[Any], dict[str, Any]]]:
+    """Objects with some of ``cls``'s fields, each a value of a plausible or a wrong type."""
+    fields = {wire_name(f.name, cls): FIELD_VALUES for f in attrs.fields(cls)}
+    return st.tuples(st.just(cls), st.fixed_dictionaries({}, optional=fields))
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(
+    case=st.sampled_from(FRAME_CLASSES + ARG_CLASSES).flatmap(_typed_objects)
+    | arg_objects
+    | st.tuples(st.sampled_from(FRAME_CLASSES), frame_objects)
+)
+def test_fast_structuring_agrees_with_the_converter(case: tuple[type[Any], Any]) -> None:
+    """The fast path accepts exactly what the generated one does, with the same result."""
+    cls, obj = case
+    assert _outcome(converter, obj, cls) == _outcome(PLAIN_CONVERTER, obj, cls)
