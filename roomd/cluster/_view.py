@@ -167,10 +167,14 @@ class ClusterView:
         """The other nodes where any of ``users`` is connected, and which of them."""
         hosts: dict[str, list[str]] = {}
         for node in self.nodes.values():
-            if node.name != self.self_name and node.users:
-                here = [u for u in users if u in node.users]
-                if here:
-                    hosts[node.name] = here
+            connected = node.users
+            if connected and node.name != self.self_name:
+                for user in users:
+                    if user in connected:
+                        if node.name in hosts:
+                            hosts[node.name].append(user)
+                        else:
+                            hosts[node.name] = [user]
         return hosts
 
     def room_members(self, key: RoomKey) -> list[str]:

@@ -75,8 +75,11 @@ def origin_marker(node: str) -> bytes:
     return node.encode() + b"\x00"
 
 
+_packer: Final = msgpack.Packer(use_bin_type=True)  # reused: packb builds one per call
+
+
 def encode(topic: bytes, kind: str, node: str, epoch: int, seq: int, body: Any) -> bytes:
-    packed: bytes = msgpack.packb([kind, epoch, seq, body], use_bin_type=True)
+    packed: bytes = _packer.pack([kind, epoch, seq, body])
     return topic + origin_marker(node) + packed
 
 

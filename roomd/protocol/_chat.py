@@ -112,21 +112,12 @@ class SendTarget:
     @property
     def mode(self) -> str:
         """``room``, ``user``, ``users`` or ``all``."""
-        chosen = [
-            name
-            for name, on in (
-                ("room", self.room is not None),
-                ("user", self.user is not None),
-                ("users", self.users is not None),
-                ("all", self.all),
-            )
-            if on
-        ]
-        if len(chosen) != 1:
+        room, user, users = self.room is not None, self.user is not None, self.users is not None
+        if room + user + users + self.all != 1:
             raise RemoteProtocolError(
                 ErrorCode.INVALID, "to: give exactly one of room, user, users, all"
             )
-        return chosen[0]
+        return "room" if room else "user" if user else "users" if users else "all"
 
 
 @attrs.frozen
