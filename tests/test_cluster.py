@@ -61,8 +61,12 @@ async def test_every_send_mode_across_nodes(tmp_path: Path, mode: str) -> None:
                     assert (await x.push("message"))["data"]["payload"]["content"] == "to room"
                 # To a user: all of bob's connections on two nodes, and alice's own others.
                 async with connect(b, "alice") as alice2:
+                    # Until nodeA knows of alice's connection on nodeB, it sends her no copy.
                     await converge(
-                        alice, "users.online", lambda r: r["users"] == ["alice", "bob", "carol"]
+                        alice,
+                        "room.members",
+                        lambda r: [m["connections"] for m in r["members"]] == [2, 2, 1],
+                        {"room": "lobby"},
                     )
                     await carol.ok("send", {"to": {"user": "bob"}, "data": text("dm")})
                     for x in (bob, bob2):
