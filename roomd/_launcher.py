@@ -11,9 +11,9 @@ import logging
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 import attrs
 import trio
@@ -96,17 +96,36 @@ async def _on_signal(
             print(f"{signal.Signals(signum).name}: stopping every process", flush=True)
             break
         for last in (False, True):
-            group = [c for c in children if c.stop_last is last and c.process is not None]
-            for child in group:
-                assert child.process is not None
-                if child.process.returncode is None:
-                    child.process.send_signal(signal.SIGTERM)
-            with trio.move_on_after(STOP_GRACE):
-                for child in group:
-                    assert child.process is not None
-                    await child.process.wait()
-            for child in group:
-                assert child.process is not None
-                if child.process.returncode is None:
-                    print(f"{child.name} did not stop: killing it", flush=True)
-                    child.process.kill()
+            group = [c for c in children if c.stop_last is last]
+            await stop_processes(group, STOP_GRACE, on_kill=_say_killed)
+
+
+def _say_killed(name: str) -> None:
+    print(f"{name} did not stop: killing it", flush=True)
+
+
+class Stoppable(Protocol):
+    name: str
+    process: trio.Process | None
+
+
+async def stop_processes(
+    children: Sequence[Stoppable], grace: float, on_kill: Callable[[str], None] | None = None
+) -> None:
+    """SIGTERM every child still running, wait ``grace`` seconds at most, then SIGKILL (and
+    reap) those still running."""
+    running = [c for c in children if c.process is not None and c.process.returncode is None]
+    for child in running:
+        assert child.process is not None
+        child.process.send_signal(signal.SIGTERM)
+    with trio.move_on_after(grace):
+        for child in running:
+            assert child.process is not None
+            await child.process.wait()
+    for child in running:
+        assert child.process is not None
+        if child.process.returncode is None:
+            if on_kill is not None:
+                on_kill(child.name)
+            child.process.kill()
+            await child.process.wait()

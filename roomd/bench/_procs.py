@@ -17,7 +17,6 @@ from __future__ import annotations
 import collections
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -32,7 +31,7 @@ import orjson
 import trio
 
 from .._config import load_config
-from .._launcher import plan
+from .._launcher import plan, stop_processes
 
 STOP_GRACE: Final = 5.0
 KEEP_LINES: Final = 10_000  # output lines kept per process
@@ -155,19 +154,7 @@ class Child:
 
 async def stop_all(children: Sequence[Child]) -> None:
     """SIGTERM every running child, SIGKILL those still running after the grace; wait."""
-    running = [c for c in children if c.process is not None and c.process.returncode is None]
-    for child in running:
-        assert child.process is not None
-        child.process.send_signal(signal.SIGTERM)
-    with trio.move_on_after(STOP_GRACE):
-        for child in running:
-            assert child.process is not None
-            await child.process.wait()
-    for child in running:
-        assert child.process is not None
-        if child.process.returncode is None:
-            child.process.kill()
-            await child.process.wait()
+    await stop_processes(children, STOP_GRACE)
 
 
 # The local cluster ------------------------------------------------------------------------------
