@@ -174,6 +174,7 @@ class Node:
 class Cluster:
     nodes: list[Node]
     broker_pid: int | None = None
+    broker_endpoints: tuple[str, str] | None = None  # frontend, backend (when started here)
 
 
 def cluster_toml(names: Sequence[str], ports: Sequence[int], broker: tuple[int, int]) -> str:
@@ -236,6 +237,7 @@ async def local_cluster(
                             for c, port in zip(nodes, ports, strict=False)
                         ],
                         broker.pid,
+                        (f"tcp://127.0.0.1:{ports[-2]}", f"tcp://127.0.0.1:{ports[-1]}"),
                     )
                 except BenchError as exc:
                     dead = [c for c in children if c.process and c.process.returncode is not None]
@@ -313,18 +315,21 @@ class Driver:
 
 
 @asynccontextmanager
-async def drivers(count: int) -> AsyncIterator[list[Driver]]:
-    """Start ``count`` driver processes; stop them on exit."""
+async def drivers(
+    count: int, module: str = "roomd.bench._driver", name: str = "driver"
+) -> AsyncIterator[list[Driver]]:
+    """Start ``count`` processes of ``module`` (the WebSocket driver, or ``roomd.bench._bus``)
+    that speak the driver's protocol; stop them on exit."""
     started: list[Driver] = []
     try:
         for i in range(count):
             process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "roomd.bench._driver"],
+                [sys.executable, "-m", module],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 start_new_session=True,
             )
-            started.append(Driver(f"driver{i + 1}", process))
+            started.append(Driver(f"{name}{i + 1}", process))
         yield started
     finally:
         with trio.CancelScope(shield=True):
