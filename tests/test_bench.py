@@ -14,8 +14,11 @@ import trio
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
-from roomd.bench import _profile, _report, _stats, _ws
+from roomd.bench import _bus, _profile, _report, _stats, _ws
+from roomd.bench._run import _exact
 from roomd.bench._workloads import WORKLOADS, Settings, merge_phase
+from roomd.cluster import _wire
+from roomd.io._zmq import make_context
 
 # Statistics -------------------------------------------------------------------------------------
 
@@ -106,6 +109,7 @@ def test_default_sizes_are_the_issues() -> None:
     assert Settings().default_sizes()
     assert Settings(drivers=2, workloads=["w1-rate"]).default_sizes()
     assert not Settings(receivers=10).default_sizes()
+    assert Settings(bus_messages=10, bus_direct=False).default_sizes()  # no target for the bus
 
 
 def test_profile_ranks_self_and_inclusive_time() -> None:
@@ -144,6 +148,101 @@ def test_medians_take_the_middle_and_the_worst_loss() -> None:
     assert table["w3-idle"]["target"]["met"] is True
     text = _report.render_medians(table, documents)
     assert "medians of 3 runs" in text and "130,000" in text
+
+
+# The bus workload -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seq", [0, 1, 127, 128, 255, 256, 65_535, 65_536, 2**32 - 1, 2**32])
+def test_bus_sequence_number_is_read_where_the_codec_put_it(seq: int) -> None:
+    messages = _bus.build(1, 150)
+    body = [b"x", False, ["u1"]]
+    message = _wire.encode(_bus.TOPIC, _wire.Kind.USERS, _bus.SENDER, _bus.EPOCH, seq, body)
+    assert message.startswith(messages.prefix)
+    assert _bus.seq_at(message, len(messages.prefix)) == _wire.decode(message).seq == seq
+    assert _bus.seq_at(messages.prefix, len(messages.prefix)) == -1  # too short
+    assert _bus.seq_at(messages.prefix + b"\xc0", len(messages.prefix)) == -1  # not a uint
+
+
+def test_bus_messages_are_users_pushes_of_the_size_asked() -> None:
+    built = _bus.build(300, 150)
+    assert len(built.messages) == 300
+    for seq in (0, 299):
+        envelope = _wire.decode(built.messages[seq])
+        assert (envelope.topic, envelope.kind, envelope.seq) == (_bus.TOPIC, "users", seq)
+        assert abs(len(built.messages[seq]) - len(_bus.TOPIC) - 150) <= 3
+    assert 150 <= built.mean_bytes - len(_bus.TOPIC) <= 153
+
+
+def test_bus_tally_counts_strays_duplicates_and_unexpected() -> None:
+    built = _bus.build(5, 100)
+    tally = _bus.Tally(4, built.prefix)
+    tally.take([built.messages[0], _bus.PROBE, built.messages[0], built.messages[4]], 10)
+    tally.take([built.messages[3]], 20)
+    assert (tally.receipts.received, tally.receipts.duplicates) == (2, 1)
+    assert (tally.stray, tally.unexpected, tally.batches) == (1, 1, 2)
+    assert (tally.first_ns, tally.last_ns) == (10, 20)
+    tally.take([built.messages[3]], 30)  # nothing new: the last arrival stays
+    assert tally.last_ns == 20
+
+
+async def test_bus_ends_count_every_message_of_a_direct_run() -> None:
+    """The publisher's and the subscriber's commands, in one process (the smoke test below
+    runs them as two processes, through the broker)."""
+    size = {"messages": 3000, "bytes": 150}
+    with make_context() as ctx:
+        async with trio.open_nursery() as nursery:
+            pub, sub = _bus.BusEnd(ctx, nursery), _bus.BusEnd(ctx, nursery)
+            opened = await pub.handle({"cmd": "pub", "path": "direct"} | size)
+            assert (await sub.handle({"cmd": "sub", "endpoint": opened["endpoint"]})) == {}
+            for _ in range(500):
+                await pub.handle({"cmd": "probe"})
+                if (await sub.handle({"cmd": "probed", "wait": 0.02}))["arrived"]:
+                    break
+            else:
+                pytest.fail("no probe came through")
+            await sub.handle({"cmd": "arm"} | size)
+            sent = await pub.handle({"cmd": "publish", "checkpoint": 256, "timeout": 10})
+            assert (sent["sent"], sent["refused"], sent["timed_out"]) == (3000, 0, False)
+            command = {"cmd": "collect", "sent": 3000, "quiet": 2, "grace": 0.05, "timeout": 10}
+            got = await sub.handle(command)
+            assert (got["received"], got["lost"], got["duplicates"]) == (3000, 0, 0)
+            assert (got["unexpected"], got["timed_out"]) == (0, False)
+            assert got["last_ns"] >= got["first_ns"] > 0
+            assert (await sub.handle({"cmd": "collect"}))["error"].startswith("KeyError")
+            await pub.handle({"cmd": "close"})
+            await sub.handle({"cmd": "close"})
+            assert "error" in await pub.handle({"cmd": "probe"})  # no socket any more
+            nursery.cancel_scope.cancel()
+
+
+def _bus_result(rate: float, lost: int = 0) -> dict[str, Any]:
+    path = {"messages_per_s": rate, "lost": lost, "duplicates": 0, "timed_out": False}
+    path["cpu_s"] = {"broker": 0.2, "pub": 0.4, "sub": 0.3, "nodes": 0.0}
+    paths = {"broker": path, "direct": path | {"messages_per_s": 2 * rate}}
+    return {"lost": 2 * lost, "duplicates": 0, "timed_out": False, "paths": paths}
+
+
+def test_bus_medians_and_skipped_runs() -> None:
+    documents = [{"results": {"bus": _bus_result(r, lost)}} for r, lost in
+                 ((200_000.0, 0), (100_000.0, 3), (300_000.0, 0))]  # fmt: skip
+    table = _report.medians(documents)
+    bus = table["bus"]
+    assert bus["messages_per_s"] == 200_000.0 and bus["lost"] == 6
+    assert bus["paths"]["direct"]["messages_per_s"] == 400_000.0
+    assert bus["paths"]["broker"]["lost"] == 3 and "target" not in bus
+    text = _report.render_medians(table, documents)
+    assert "200,000" in text and "400,000" in text and "targets" not in text
+    skipped = {"skipped": "with --urls the broker's endpoints are not known"}
+    assert _exact(skipped) and not _exact({"error": "x"}) and not _exact(_bus_result(1.0, 1))
+    assert _report.medians([{"results": {"bus": skipped}}])["bus"] == skipped
+    results = {"bus": dict(skipped)}
+    _report.add_verdicts(results)
+    meta = {"nodes": 2, "local": False, "drivers": 1, "cpus": 2, "load_start": [0.0],
+            "load_end": [0.0], "command": "roomd bench", "started": "now",
+            "default_sizes": True}  # fmt: skip
+    text = _report.render({"run": meta, "results": results})
+    assert "bus: skipped: with --urls" in text and "targets" not in text
 
 
 # The client WebSocket codec -----------------------------------------------------------------------
@@ -241,7 +340,8 @@ async def test_bench_smoke(tmp_path: Path) -> None:
         sys.executable, "-m", "roomd.cli", "bench", "--nodes", "2",
         "--receivers", "10", "--messages", "20", "--rate-messages", "10", "--rate", "50",
         "--pairs", "4", "--pair-messages", "5", "--pair-rate", "50", "--pair-burst", "20",
-        "--connections", "50", "--hold", "1", "--timeout", "15", "--json", str(out),
+        "--connections", "50", "--hold", "1", "--bus-messages", "2000", "--timeout", "15",
+        "--json", str(out),
     ]  # fmt: skip
     with trio.fail_after(45):
         done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
@@ -270,3 +370,13 @@ async def test_bench_smoke(tmp_path: Path) -> None:
     assert w3["server_connections"] == 50
     assert w3["teardown"]["server_connections_after"] == 0
     assert w3["rss_per_connection_kb"] is not None
+    bus = results["bus"]
+    assert set(bus["paths"]) == {"broker", "direct"}
+    for path, r in bus["paths"].items():
+        assert (r["sent"], r["received"], r["lost"]) == (2000, 2000, 0), (path, r)
+        assert (r["duplicates"], r["unexpected"], r["timed_out"]) == (0, 0, False), (path, r)
+        assert r["messages_per_s"] > 0 and r["setup"]["probes"] >= 1
+        assert set(r["cpu_s"]) == {"broker", "pub", "sub", "nodes"}
+        assert r["cpu_s"]["pub"] is not None and r["cpu_s"]["broker"] is not None
+    assert (bus["lost"], bus["duplicates"]) == (0, 0)
+    assert "bus path" in report

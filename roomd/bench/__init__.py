@@ -2,9 +2,10 @@
 
 See docs/performance.md. :func:`main` is the command; the modules are private:
 ``_run`` (options, orchestration), ``_procs`` (the cluster and driver processes, /proc),
-``_workloads`` (W1-W3 and merging the drivers' answers), ``_driver`` and ``_engine`` (the
-load-generating process), ``_ws`` (the client side of the WebSocket protocol), ``_stats``
-(bitmaps, percentiles), ``_report`` (targets, tables, medians), ``_profile`` (py-spy).
+``_workloads`` (W1-W3, the bus, and merging the drivers' answers), ``_driver`` and ``_engine``
+(the load-generating process), ``_bus`` (the bus workload's publisher and subscriber),
+``_ws`` (the client side of the WebSocket protocol), ``_stats`` (bitmaps, percentiles),
+``_report`` (targets, tables, medians), ``_profile`` (py-spy).
 """
 
 from ._run import main as main

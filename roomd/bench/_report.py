@@ -74,6 +74,8 @@ TARGETS: Final[dict[str, Target]] = {
 
 def add_verdicts(results: dict[str, dict[str, Any]]) -> None:
     for name, result in results.items():
+        if name not in TARGETS or "skipped" in result:
+            continue
         if "error" in result:
             result["target"] = {"text": TARGETS[name].text, "measured": "failed", "met": False}
             continue
@@ -148,7 +150,7 @@ def render(document: dict[str, Any]) -> str:
         ]
     ]
     for name, r in results.items():
-        if name == "w3-idle" or "error" in r:
+        if not _is_phase(name) or "error" in r:
             continue
         lat = r["latency_ms"]
         flag = " TIMEOUT" if r["timed_out"] else ""
@@ -183,9 +185,14 @@ def render(document: dict[str, Any]) -> str:
             f"({w3['dropped_during_hold']} dropped); "
             f"CPU s nodes/broker/drv opening {_cpu(w3['cpu_s']['open'])}",
         ]
+    bus = results.get("bus")
+    if bus is not None and "paths" in bus:
+        lines += [*([""] if lines[-1] else []), *_bus_lines(bus)]
     for name, r in results.items():
         if "error" in r:
             lines.append(f"{name}: FAILED: {r['error']}")
+        if "skipped" in r:
+            lines.append(f"{name}: skipped: {r['skipped']}")
     for name, r in results.items():
         profile = r.get("profile")
         if profile:
@@ -203,16 +210,17 @@ def render(document: dict[str, Any]) -> str:
             "",
             "node RSS MB (end of last phase): " + ", ".join(f"{k} {_n(v)}" for k, v in rss.items()),
         ]
-    lines += [
-        "",
-        "targets"
-        + (
-            ""
-            if meta["default_sizes"]
-            else " (stated for the default sizes; this run's sizes differ)"
-        )
-        + ":",
-    ]
+    if any("target" in r for r in results.values()):
+        lines += [
+            "",
+            "targets"
+            + (
+                ""
+                if meta["default_sizes"]
+                else " (stated for the default sizes; this run's sizes differ)"
+            )
+            + ":",
+        ]
     for name, r in results.items():
         target = r.get("target")
         if target is None:
@@ -220,6 +228,63 @@ def render(document: dict[str, Any]) -> str:
         verdict = {True: "met", False: "MISSED", None: "n/a"}[target["met"]]
         lines.append(f"  {name:<9} {verdict:<7} {target['text']:<48} {target['measured']}")
     return "\n".join(lines)
+
+
+def _is_phase(name: str) -> bool:
+    """Whether a workload is one of the measured WebSocket phases (W1, W2)."""
+    return name.startswith(("w1-", "w2-"))
+
+
+_BUS_CPU: Final = ("broker", "pub", "sub", "nodes")
+
+
+def _bus_cpu(cpu: dict[str, Any]) -> str:
+    return "/".join("-" if cpu.get(k) is None else f"{cpu[k]:.2f}" for k in _BUS_CPU)
+
+
+def _bus_lines(bus: dict[str, Any]) -> list[str]:
+    """The bus workload: one row per path (through the broker, direct)."""
+    rows = [
+        [
+            "bus path",
+            "sent",
+            "received",
+            "lost",
+            "dup",
+            "stray",
+            "messages/s",
+            "MB/s",
+            "sent/s",
+            "mean batch",
+            "CPU s broker/pub/sub/nodes",
+            "wall s",
+        ]
+    ]
+    for path, r in bus["paths"].items():
+        flag = " TIMEOUT" if r["timed_out"] else ""
+        mb = r["messages_per_s"] * r["message_bytes"] / 1e6
+        rows.append(
+            [
+                path + flag,
+                _n(r["sent"]),
+                _n(r["received"]),
+                _n(r["lost"]),
+                _n(r["duplicates"]),
+                _n(r["stray"]),
+                _n(r["messages_per_s"]),
+                f"{mb:.1f}",
+                _n(r["sent_per_s"]),
+                _n(r["mean_batch"]),
+                _bus_cpu(r["cpu_s"]),
+                f"{r['wall_s']:.2f}",
+            ]
+        )
+    return [
+        *_table(rows),
+        f"bus: {bus['messages']:,} messages of {bus['message_bytes']:.0f} bytes (users pushes) "
+        f"from a PUB process to a SUB process, a checkpoint every {bus['checkpoint']} sends; "
+        "messages/s = received / (last arrival - first send)",
+    ]
 
 
 def _load(values: list[float]) -> str:
@@ -243,6 +308,12 @@ def _problems(results: dict[str, dict[str, Any]]) -> list[str]:
                 out.append(f"{name}: {key}: {r[key]}")
         if r.get("lost_examples"):
             out.append(f"{name}: lost (receiver: message numbers): {r['lost_examples']}")
+        for path, p in r.get("paths", {}).items():
+            for key in ("unexpected", "refused"):
+                if p.get(key):
+                    out.append(f"{name} {path}: {key}: {p[key]}")
+            if p.get("lost_examples"):
+                out.append(f"{name} {path}: lost (first message numbers): {p['lost_examples']}")
         if r.get("error_messages"):
             out.append(f"{name}: error frames: {r['error_messages']}")
         setup = r.get("setup", {})
@@ -279,6 +350,12 @@ def medians(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     the worst of any run (a target of 0 lost is met only if every run lost nothing)."""
     out: dict[str, dict[str, Any]] = {}
     names = [n for n in TARGETS if any(n in d["results"] for d in documents)]
+    bus = [d["results"]["bus"] for d in documents if "paths" in d["results"].get("bus", {})]
+    if bus:
+        out["bus"] = _bus_medians(bus)
+    elif any("bus" in d["results"] for d in documents):
+        skipped = [d["results"]["bus"] for d in documents if "skipped" in d["results"]["bus"]]
+        out["bus"] = skipped[0] if skipped else {"error": "failed in every run"}
     for name in names:
         runs = [d["results"][name] for d in documents if "error" not in d["results"].get(name, {})]
         if not runs:
@@ -321,6 +398,29 @@ def medians(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _bus_medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per path, the median rate and CPU; losses, duplicates and timeouts of the worst run."""
+    paths: dict[str, dict[str, Any]] = {}
+    for path in runs[0]["paths"]:
+        of = [r["paths"][path] for r in runs if path in r["paths"]]
+        paths[path] = {
+            "messages_per_s": _median([p["messages_per_s"] for p in of]),
+            "lost": max(p["lost"] for p in of),
+            "duplicates": max(p["duplicates"] for p in of),
+            "timed_out": any(p["timed_out"] for p in of),
+            "cpu_s": {k: _median([p["cpu_s"][k] for p in of]) for k in _BUS_CPU},
+            "values": {"messages_per_s": [p["messages_per_s"] for p in of]},
+        }
+    return {
+        "runs": len(runs),
+        "messages_per_s": paths["broker"]["messages_per_s"],
+        "lost": max(r["lost"] for r in runs),
+        "duplicates": max(r["duplicates"] for r in runs),
+        "timed_out": any(r["timed_out"] for r in runs),
+        "paths": paths,
+    }
+
+
 def _median(values: list[Any]) -> float | None:
     clean = [float(v) for v in values if v is not None]
     if not clean:
@@ -345,7 +445,7 @@ def render_medians(table: dict[str, dict[str, Any]], documents: list[dict[str, A
         ]
     ]
     for name, m in table.items():
-        if name == "w3-idle" or "error" in m:
+        if not _is_phase(name) or "error" in m:
             continue
         lat = m["latency_ms"]
         rows.append(
@@ -370,7 +470,33 @@ def render_medians(table: dict[str, dict[str, Any]], documents: list[dict[str, A
             f"{'n/a' if kb is None else f'{kb:.2f} KB'} per connection, "
             f"all alive in every run: {w3['all_alive']}"
         )
-    lines.append("targets (on the medians):")
+    bus = table.get("bus")
+    if bus is not None and "paths" in bus:
+        rows = [
+            [
+                "bus path",
+                "messages/s",
+                "runs' messages/s",
+                "lost",
+                "dup",
+                "CPU s broker/pub/sub/nodes",
+            ]
+        ]
+        for path, p in bus["paths"].items():
+            values = ", ".join(_n(v) for v in p["values"]["messages_per_s"])
+            rows.append(
+                [
+                    path + (" TIMEOUT" if p["timed_out"] else ""),
+                    _n(p["messages_per_s"]),
+                    values,
+                    _n(p["lost"]),
+                    _n(p["duplicates"]),
+                    _bus_cpu(p["cpu_s"]),
+                ]
+            )
+        lines += _table(rows)
+    if any("target" in m for m in table.values()):
+        lines.append("targets (on the medians):")
     for name, m in table.items():
         if "target" in m:
             t = m["target"]

@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import attrs
@@ -28,7 +28,9 @@ import trio
 
 from . import _report
 from ._procs import BenchError, Cluster, Node, drivers, get_json, local_cluster
-from ._workloads import WORKLOADS, Bench, Settings, run_w1, run_w2, run_w3
+from ._workloads import WORKLOADS, Bench, Settings, run_bus, run_w1, run_w2, run_w3
+
+BUS_SKIPPED: Final = "with --urls the broker's endpoints are not known"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,6 +67,23 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--hold", type=float, default=d.hold, help=f"seconds ({d.hold:g})")
     g.add_argument(
         "--concurrency", type=int, default=d.concurrency, help="handshakes at a time (200)"
+    )
+    g = p.add_argument_group("bus: raw bus messages through the broker (no nodes in the path)")
+    g.add_argument("--bus-messages", type=int, default=d.bus_messages, help=f"({d.bus_messages:,})")
+    g.add_argument(
+        "--bus-bytes", type=int, default=d.bus_bytes, help=f"each, after the topic ({d.bus_bytes})"
+    )
+    g.add_argument(
+        "--bus-checkpoint",
+        type=int,
+        default=d.bus_checkpoint,
+        help=f"messages sent between checkpoints ({d.bus_checkpoint})",
+    )
+    g.add_argument(
+        "--bus-direct",
+        action=argparse.BooleanOptionalAction,
+        default=d.bus_direct,
+        help="also PUB -> SUB without the broker, for comparison (yes)",
     )
     g = p.add_argument_group("run")
     g.add_argument("--padding", type=int, default=d.padding, help="payload padding bytes (64)")
@@ -112,6 +131,10 @@ def parse_settings(argv: Sequence[str]) -> tuple[Settings, str | None, int]:
         connections=args.connections,
         hold=args.hold,
         concurrency=args.concurrency,
+        bus_messages=args.bus_messages,
+        bus_bytes=args.bus_bytes,
+        bus_checkpoint=args.bus_checkpoint,
+        bus_direct=args.bus_direct,
         padding=args.padding,
         timeout=args.timeout,
         profile=args.profile,
@@ -121,6 +144,8 @@ def parse_settings(argv: Sequence[str]) -> tuple[Settings, str | None, int]:
         raise SystemExit("roomd bench: --nodes and --drivers must be at least 1")
     if args.repeat < 1:
         raise SystemExit("roomd bench: --repeat must be at least 1")
+    if settings.bus_messages < 1 or settings.bus_checkpoint < 1:
+        raise SystemExit("roomd bench: --bus-messages and --bus-checkpoint must be at least 1")
     return settings, args.json, args.repeat
 
 
@@ -181,25 +206,47 @@ async def run(settings: Settings, command: str) -> dict[str, Any]:
 
 
 async def _workloads(settings: Settings, results: dict[str, dict[str, Any]]) -> None:
-    """W1 and W2 on one cluster; W3 on a fresh one (when this run starts the cluster), so that
-    its memory per connection is not flattered by memory the nodes freed after W1 and W2."""
+    """The bus, then W1 and W2, on one cluster (the bus first, while the nodes are idle); W3 on
+    a fresh one (when this run starts the cluster), so that its memory per connection is not
+    flattered by memory the nodes freed after W1 and W2."""
     w1 = [w for w in settings.workloads if w.startswith("w1-")]
     w2 = [w for w in settings.workloads if w.startswith("w2-")]
-    if w1 or w2:
-        async with _cluster(settings) as cluster, drivers(settings.drivers) as started:
-            bench = Bench(settings, cluster.nodes, cluster.broker_pid, started)
-            if w1:
-                _say(f"W1: {settings.receivers} receivers in one room ...")
-                await _guarded(results, w1, run_w1(bench, sorted(w1, key=WORKLOADS.index)))
-            if w2:
-                _say(f"W2: {settings.pairs} pairs ...")
-                await _guarded(results, w2, run_w2(bench, sorted(w2, key=WORKLOADS.index)))
+    bus = "bus" in settings.workloads
+    if bus and settings.urls:
+        results["bus"] = {"skipped": BUS_SKIPPED}
+        _say(f"bus: skipped: {BUS_SKIPPED}")
+        bus = False
+    if w1 or w2 or bus:
+        async with _cluster(settings) as cluster:
+            if bus:
+                _say(f"bus: {settings.bus_messages:,} messages through the broker ...")
+                await _guarded(results, ["bus"], _one("bus", _bus(settings, cluster)))
+            if w1 or w2:
+                async with drivers(settings.drivers) as started:
+                    bench = Bench(settings, cluster.nodes, cluster.broker_pid, started)
+                    if w1:
+                        _say(f"W1: {settings.receivers} receivers in one room ...")
+                        await _guarded(results, w1, run_w1(bench, sorted(w1, key=WORKLOADS.index)))
+                    if w2:
+                        _say(f"W2: {settings.pairs} pairs ...")
+                        await _guarded(results, w2, run_w2(bench, sorted(w2, key=WORKLOADS.index)))
     if "w3-idle" in settings.workloads:
         async with _cluster(settings) as cluster, drivers(settings.drivers) as started:
             bench = Bench(settings, cluster.nodes, cluster.broker_pid, started)
             _say(f"W3: {settings.connections} idle connections, held {settings.hold:g} s ...")
             await _guarded(results, ["w3-idle"], _one("w3-idle", run_w3(bench)))
             results["w3-idle"]["fresh_cluster"] = not settings.urls
+
+
+async def _bus(settings: Settings, cluster: Cluster) -> dict[str, Any]:
+    if cluster.broker_endpoints is None:
+        return {"skipped": BUS_SKIPPED}
+    async with (
+        drivers(1, "roomd.bench._bus", "bus-pub") as pub,
+        drivers(1, "roomd.bench._bus", "bus-sub") as sub,
+    ):
+        bench = Bench(settings, cluster.nodes, cluster.broker_pid, [*pub, *sub])
+        return await run_bus(bench, cluster.broker_endpoints)
 
 
 async def _on_signal(
@@ -306,6 +353,8 @@ def _exact(result: dict[str, Any]) -> bool:
     """Whether a workload lost nothing (targets aside): the exit status is 2 otherwise."""
     if "error" in result:
         return False
+    if "skipped" in result:
+        return True
     if "connections" in result:
         return bool(result["all_alive"]) and result["opened"] == result["connections"]
     return result["lost"] == 0 and result["duplicates"] == 0 and not result["timed_out"]

@@ -5,7 +5,9 @@ sender on the first node. The server only lets members send to a room, so the se
 member too and sends with ``exceptSelf``: it gets none of its own messages, and every delivery
 counted is to a receiver. W2 (``w2-rate``, ``w2-burst``): pairs of users on neighbouring nodes
 sending direct messages (``to: {user}``) to each other. W3 (``w3-idle``): idle connections
-opened a batch at a time, held, checked alive, closed.
+opened a batch at a time, held, checked alive, closed. ``bus``: raw bus messages from a
+publisher process to a subscriber process (:mod:`._bus`) through the broker, and directly (PUB
+to SUB), with no node in the path.
 
 Between phases the drivers read until the connections are quiet, so a phase never measures the
 join/leave pushes of the one before.
@@ -30,7 +32,10 @@ from ._procs import BenchError, Driver, Node, alive, cpu_seconds, get_json, rss_
 
 ROOM: Final = "bench"
 MARGIN: Final = 30.0  # seconds a driver may take beyond the timeout it was given
-WORKLOADS: Final = ("w1-rate", "w1-burst", "w2-rate", "w2-burst", "w3-idle")
+WORKLOADS: Final = ("w1-rate", "w1-burst", "w2-rate", "w2-burst", "w3-idle", "bus")
+BUS_PATHS: Final = ("broker", "direct")
+BUS_JOIN_TIMEOUT: Final = 10.0  # seconds for a probe to get through a new PUB/SUB pair
+BUS_PROBE_WAIT: Final = 0.02  # seconds the subscriber waits for each probe
 
 
 @attrs.define
@@ -52,6 +57,10 @@ class Settings:
     connections: int = 5000
     hold: float = 30.0
     concurrency: int = 200
+    bus_messages: int = 100_000
+    bus_bytes: int = 150  # of each bus message after its topic
+    bus_checkpoint: int = 256  # bus messages sent between two checkpoints
+    bus_direct: bool = True  # the bus also PUB -> SUB directly, for comparison
     padding: int = 64
     timeout: float = 60.0  # a phase's limit beyond its sending time
     grace: float = 0.3  # seconds of listening for duplicates after the last expected delivery
@@ -61,10 +70,14 @@ class Settings:
     logs: str | None = None  # a directory for the broker's and nodes' output
 
     def default_sizes(self) -> bool:
-        """Whether the sizes are those the issue's targets are stated for."""
+        """Whether the sizes are those the issue's targets are stated for (the bus workload's
+        have no target)."""
         same = attrs.evolve(self, urls=[], drivers=1, workloads=list(WORKLOADS))
         same = attrs.evolve(same, profile=None, logs=None)
-        return same == Settings()
+        d = Settings()
+        same = attrs.evolve(same, bus_messages=d.bus_messages, bus_bytes=d.bus_bytes)
+        same = attrs.evolve(same, bus_checkpoint=d.bus_checkpoint, bus_direct=d.bus_direct)
+        return same == d
 
 
 @attrs.define
@@ -396,6 +409,90 @@ async def run_w3(bench: Bench) -> dict[str, Any]:
         **({"dead_nodes": bench.dead_nodes()} if bench.dead_nodes() else {}),
         **_problems([*hold, *pings]),
     }
+
+
+# bus -------------------------------------------------------------------------------------------
+
+
+async def run_bus(bench: Bench, endpoints: tuple[str, str]) -> dict[str, Any]:
+    """The bus through the broker at ``endpoints`` (frontend, backend), then directly. The
+    drivers of ``bench`` are the publisher and the subscriber process (:mod:`._bus`)."""
+    paths = BUS_PATHS if bench.settings.bus_direct else BUS_PATHS[:1]
+    results = {path: await _bus_path(bench, path, endpoints) for path in paths}
+    broker = results["broker"]
+    return {
+        "messages": broker["messages"],
+        "message_bytes": broker["message_bytes"],
+        "checkpoint": broker["checkpoint"],
+        "messages_per_s": broker["messages_per_s"],
+        **{k: sum(r[k] for r in results.values()) for k in ("sent", "received", "lost")},
+        "duplicates": sum(r["duplicates"] for r in results.values()),
+        "timed_out": any(r["timed_out"] for r in results.values()),
+        "paths": results,
+        **({"dead_nodes": bench.dead_nodes()} if bench.dead_nodes() else {}),
+    }
+
+
+async def _bus_path(bench: Bench, path: str, endpoints: tuple[str, str]) -> dict[str, Any]:
+    """One run over ``path``; CPU is read around the publishing and collecting only."""
+    s, (pub, sub) = bench.settings, bench.drivers
+    size = {"messages": s.bus_messages, "bytes": s.bus_bytes}
+    opening = {"cmd": "pub", "path": path, "frontend": endpoints[0], "backend": endpoints[1]}
+    opened = await pub.request(opening | size, MARGIN)
+    await sub.request({"cmd": "sub", "endpoint": opened["endpoint"]}, MARGIN)
+    setup = await _join(pub, sub, path)
+    setup |= await sub.request({"cmd": "arm"} | size, MARGIN)
+    load = os.getloadavg()[0]
+    cpu = bench.cpu()
+    started = time.monotonic()
+    publish = {"cmd": "publish", "checkpoint": s.bus_checkpoint, "timeout": s.timeout}
+    sent = await pub.request(publish, s.timeout + MARGIN)
+    limits = {"timeout": s.timeout, "quiet": s.quiet, "grace": s.grace}
+    got = await sub.request({"cmd": "collect", "sent": sent["sent"]} | limits, s.timeout + MARGIN)
+    wall = time.monotonic() - started
+    used = bench.cpu_used(cpu, bench.cpu())
+    for end in (pub, sub):
+        await end.request({"cmd": "close"}, MARGIN)
+    first, last = sent["first_ns"], got["last_ns"]
+    return {
+        "messages": s.bus_messages,
+        "message_bytes": opened["message_bytes"],
+        "checkpoint": s.bus_checkpoint,
+        "sent": sent["sent"],
+        "refused": sent["refused"],
+        **{k: got[k] for k in ("received", "lost", "duplicates", "unexpected", "stray")},
+        "lost_examples": got["lost_examples"],
+        "timed_out": sent["timed_out"] or got["timed_out"],
+        "messages_per_s": round(_stats.rate(got["received"], first, last), 1),
+        "sent_per_s": round(_stats.rate(sent["sent"], first, sent["last_ns"]), 1),
+        "send_s": sent["send_s"],
+        "duration_s": round((last - first) / 1e9, 4) if last else None,
+        "batches": got["batches"],
+        "mean_batch": got["mean_batch"],
+        "setup": setup,
+        "wall_s": round(wall, 3),
+        "cpu_s": _rounded(
+            {
+                "broker": used["broker"],
+                "pub": used["per_driver"][pub.name],
+                "sub": used["per_driver"][sub.name],
+                "nodes": used["nodes"],
+            }
+        ),
+        "load_before": load,
+    }
+
+
+async def _join(pub: Driver, sub: Driver, path: str) -> dict[str, Any]:
+    """Probe until one gets through: a SUB misses what is published before its subscription
+    reached the publisher (the slow joiner)."""
+    started = time.monotonic()
+    for probes in range(1, int(BUS_JOIN_TIMEOUT / BUS_PROBE_WAIT) + 1):
+        await pub.request({"cmd": "probe"}, MARGIN)
+        probed = await sub.request({"cmd": "probed", "wait": BUS_PROBE_WAIT}, MARGIN)
+        if probed["arrived"]:
+            return {"probes": probes, "join_s": round(time.monotonic() - started, 4)}
+    raise BenchError(f"bus: no probe came through the {path} path in {BUS_JOIN_TIMEOUT:g} s")
 
 
 # Helpers ---------------------------------------------------------------------------------------
