@@ -109,7 +109,7 @@ def test_default_sizes_are_the_issues() -> None:
     assert Settings().default_sizes()
     assert Settings(drivers=2, workloads=["w1-rate"]).default_sizes()
     assert not Settings(receivers=10).default_sizes()
-    assert Settings(bus_messages=10, bus_direct=False).default_sizes()  # no target for the bus
+    assert Settings(bus_messages=10, bus_window=0).default_sizes()  # no target for the bus
 
 
 def test_profile_ranks_self_and_inclusive_time() -> None:
@@ -194,15 +194,17 @@ async def test_bus_ends_count_every_message_of_a_direct_run() -> None:
         async with trio.open_nursery() as nursery:
             pub, sub = _bus.BusEnd(ctx, nursery), _bus.BusEnd(ctx, nursery)
             opened = await pub.handle({"cmd": "pub", "path": "direct"} | size)
-            assert (await sub.handle({"cmd": "sub", "endpoint": opened["endpoint"]})) == {}
+            subscribing = {"cmd": "sub", "endpoint": opened["endpoint"], "acks": opened["acks"]}
+            assert (await sub.handle(subscribing)) == {}
             for _ in range(500):
                 await pub.handle({"cmd": "probe"})
                 if (await sub.handle({"cmd": "probed", "wait": 0.02}))["arrived"]:
                     break
             else:
                 pytest.fail("no probe came through")
-            await sub.handle({"cmd": "arm"} | size)
-            sent = await pub.handle({"cmd": "publish", "checkpoint": 256, "timeout": 10})
+            await sub.handle({"cmd": "arm", "ack_every": 50} | size)
+            publish = {"cmd": "publish", "checkpoint": 256, "timeout": 10, "quiet": 2}
+            sent = await pub.handle(publish | {"window": 500})  # the window has to move
             assert (sent["sent"], sent["refused"], sent["timed_out"]) == (3000, 0, False)
             command = {"cmd": "collect", "sent": 3000, "quiet": 2, "grace": 0.05, "timeout": 10}
             got = await sub.handle(command)
@@ -213,6 +215,18 @@ async def test_bus_ends_count_every_message_of_a_direct_run() -> None:
             await pub.handle({"cmd": "close"})
             await sub.handle({"cmd": "close"})
             assert "error" in await pub.handle({"cmd": "probe"})  # no socket any more
+            nursery.cancel_scope.cancel()
+
+
+async def test_bus_publisher_gives_up_when_nothing_is_acknowledged() -> None:
+    with make_context() as ctx:
+        async with trio.open_nursery() as nursery:
+            pub = _bus.BusEnd(ctx, nursery)
+            await pub.handle({"cmd": "pub", "path": "direct", "messages": 1000, "bytes": 50})
+            publish = {"cmd": "publish", "checkpoint": 64, "window": 100, "quiet": 0.05}
+            sent = await pub.handle(publish | {"timeout": 10})
+            assert (sent["sent"], sent["stalled"], sent["timed_out"]) == (100, True, True)
+            await pub.handle({"cmd": "close"})
             nursery.cancel_scope.cancel()
 
 

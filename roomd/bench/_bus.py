@@ -10,22 +10,35 @@ command per line on stdin and answers with one JSON line on stdout; the orchestr
 
 Publisher side:
 
-``pub``      build the messages (``messages``, ``bytes``) and open the PUB (``path``: ``broker``
-             connects to ``frontend``, ``direct`` binds a port); answers the endpoint for the SUB
+``pub``      build the messages (``messages``, ``bytes``), open the PUB (``path``: ``broker``
+             connects to ``frontend``, ``direct`` binds a port) and a PULL for acknowledgements;
+             answers the endpoints for the subscriber
 ``probe``    publish one probe
-``publish``  publish every message with ``send_nowait`` and a checkpoint every ``checkpoint``
-             messages (at most ``timeout`` seconds); answers when the first and the last went
+``publish``  publish every message with ``send_nowait``, a checkpoint every ``checkpoint``
+             messages, at most ``window`` of them unacknowledged (0: no limit; when the window
+             is full it waits until half of it is acknowledged); answers when the first and the
+             last went (it gives up when the window stays full for ``quiet`` seconds, and at
+             ``timeout``)
 
 Subscriber side:
 
-``sub``      open the SUB, subscribe to :data:`TOPIC`, connect to ``endpoint``
+``sub``      open the SUB (subscribed to :data:`TOPIC`, connected to ``endpoint``) and a PUSH to
+             the publisher's ``acks`` endpoint
 ``probed``   whether a probe arrived within ``wait`` seconds (a SUB misses what is published
              before its subscription reached the publisher: the slow joiner)
-``arm``      read until nothing arrived for 0.1 s, then count ``messages`` in the background
+``arm``      read until nothing arrived for 0.1 s, then count ``messages`` in the background,
+             acknowledging the count received whenever ``ack_every`` more arrived
 ``collect``  wait until ``sent`` messages arrived (then ``grace`` seconds more), nothing arrived
              for ``quiet`` seconds, or ``timeout``; answers the counts
 
-Both: ``close`` closes the socket; ``quit`` (or the end of stdin) exits.
+Both: ``close`` closes the sockets; ``quit`` (or the end of stdin) exits.
+
+The window is flow control a node's bus does not have: ZeroMQ drops silently at a high-water
+mark (a PUB's is 20,000 messages), and a publisher that runs ahead of the path loses messages.
+With a window below every high-water mark on the path nothing can be dropped, and the rate
+measured is what the path carries without loss; with no window the run shows what is lost.
+The acknowledgements travel on their own TCP connection, one 8-byte message per eighth of the
+window received.
 
 Each message is a ``users`` push built with :func:`roomd.cluster._wire.encode`. The subscriber
 reads its sequence number at a fixed offset instead of decoding it (decoding is the node's
@@ -100,6 +113,27 @@ def seq_at(message: bytes, offset: int) -> int:
     return int.from_bytes(message[offset + 1 : offset + 1 + width], "big")
 
 
+class Progress:
+    """A count that only grows, and a way to wait until it grows."""
+
+    def __init__(self) -> None:
+        self.value = 0
+        self._event = trio.Event()
+
+    def advance(self, value: int) -> None:
+        if value > self.value:
+            self.value = value
+            self._event.set()
+            self._event = trio.Event()
+
+    async def moved(self, within: float) -> bool:
+        """Wait until the count grows; False if it did not within ``within`` seconds."""
+        event = self._event
+        with trio.move_on_after(within):
+            await event.wait()
+        return event.is_set()
+
+
 class Tally:
     """What arrived during one run."""
 
@@ -111,7 +145,7 @@ class Tally:
         self.batches = 0
         self.first_ns = 0  # when the first and the last new message arrived
         self.last_ns = 0
-        self.progress = trio.Event()  # set (and replaced) after each batch
+        self.progress = Progress()  # batches taken
 
     def take(self, batch: list[bytes], now_ns: int) -> None:
         prefix, offset, size = self.prefix, len(self.prefix), len(self.receipts)
@@ -130,22 +164,28 @@ class Tally:
         if new:
             self.first_ns = self.first_ns or now_ns
             self.last_ns = now_ns
-        self.progress.set()
-        self.progress = trio.Event()
-
-    async def advanced(self, within: float) -> bool:
-        """Wait for the next batch; False if none arrived within ``within`` seconds."""
-        event = self.progress
-        with trio.move_on_after(within):
-            await event.wait()
-        return event.is_set()
+        self.progress.advance(self.batches)
 
 
-async def _count(sub: ZmqSocket, tally: Tally) -> None:
-    """Count until cancelled (``collect`` or ``close`` cancels it)."""
+async def _count(sub: ZmqSocket, tally: Tally, acks: ZmqSocket, every: int) -> None:
+    """Count until cancelled (``collect`` or ``close`` cancels it); acknowledge the count
+    whenever ``every`` more messages arrived (never if 0). An acknowledgement refused (none is, in
+    practice: the publisher reads them) is made good by the next one."""
+    acked = 0
+    receipts = tally.receipts
     while True:
         batch = await sub.receive_batch(RECEIVE_BATCH)
         tally.take(batch, time.monotonic_ns())
+        if every and receipts.received - acked >= every:
+            acked = receipts.received
+            acks.send_nowait(acked.to_bytes(8, "big"))
+
+
+async def _read_acks(acks: ZmqSocket, acked: Progress) -> None:
+    """Follow the subscriber's count until cancelled."""
+    while True:
+        batch = await acks.receive_batch(RECEIVE_BATCH)
+        acked.advance(max(int.from_bytes(m, "big") for m in batch))
 
 
 class BusEnd:
@@ -158,7 +198,8 @@ class BusEnd:
     def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], nursery: trio.Nursery) -> None:
         self.ctx = ctx
         self.nursery = nursery
-        self.sock: ZmqSocket | None = None
+        self.sock: ZmqSocket | None = None  # the PUB or the SUB
+        self.acks: ZmqSocket | None = None  # the PULL or the PUSH
         self.messages = Messages([], b"")
         self._built_for = (0, -1)  # (count, size) of self.messages
         self.tally: Tally | None = None
@@ -180,10 +221,10 @@ class BusEnd:
         except Exception as exc:
             return {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
 
-    def _socket(self) -> ZmqSocket:
-        if self.sock is None:
+    def _sockets(self) -> tuple[ZmqSocket, ZmqSocket]:
+        if self.sock is None or self.acks is None:
             raise RuntimeError("no socket open")
-        return self.sock
+        return self.sock, self.acks
 
     # Publisher ---------------------------------------------------------------------------------
 
@@ -193,6 +234,7 @@ class BusEnd:
             self.messages, self._built_for = build(*wanted), wanted
         await self.close(cmd)
         self.sock = pub = open_socket(self.ctx, SocketType.PUB)
+        self.acks = acks = open_socket(self.ctx, SocketType.PULL)
         if cmd["path"] == "broker":
             pub.connect(cmd["frontend"])
             endpoint = cmd["backend"]
@@ -200,28 +242,45 @@ class BusEnd:
             endpoint = pub.bind("tcp://127.0.0.1:*")
         else:
             raise ValueError(f"unknown path {cmd['path']!r}")
-        return {"endpoint": endpoint, "message_bytes": round(self.messages.mean_bytes, 1)}
+        return {
+            "endpoint": endpoint,
+            "acks": acks.bind("tcp://127.0.0.1:*"),
+            "message_bytes": round(self.messages.mean_bytes, 1),
+        }
 
     async def probe(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        return {"sent": self._socket().send_nowait(PROBE)}
+        return {"sent": self._sockets()[0].send_nowait(PROBE)}
 
     async def publish(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        pub, every = self._socket(), max(1, int(cmd["checkpoint"]))
+        (pub, acks), every = self._sockets(), max(1, int(cmd["checkpoint"]))
+        window, quiet = int(cmd["window"]), float(cmd["quiet"])
         sent = refused = 0
+        stalled = False
+        acked = Progress()
         first_ns = time.monotonic_ns()
         with trio.move_on_after(float(cmd["timeout"])) as deadline:
-            for index, message in enumerate(self.messages.messages):
-                if pub.send_nowait(message):
-                    sent += 1
-                else:  # a PUB never refuses: it drops at its high-water mark instead
-                    refused += 1
-                if index % every == every - 1:
-                    await trio.lowlevel.checkpoint()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_read_acks, acks, acked)
+                for index, message in enumerate(self.messages.messages):
+                    if window and sent - acked.value >= window:
+                        # Full: wait until half of it is acknowledged (fewer, longer turns).
+                        while sent - acked.value > window // 2 and not stalled:
+                            stalled = not await acked.moved(quiet)  # each turn needs an ack
+                    if stalled:
+                        break
+                    if pub.send_nowait(message):
+                        sent += 1
+                    else:  # a PUB never refuses: it drops at its high-water mark instead
+                        refused += 1
+                    if index % every == every - 1:
+                        await trio.lowlevel.checkpoint()
+                nursery.cancel_scope.cancel()
         last_ns = time.monotonic_ns()
         return {
             "sent": sent,
             "refused": refused,
-            "timed_out": deadline.cancelled_caught,
+            "stalled": stalled,
+            "timed_out": deadline.cancelled_caught or stalled,
             "first_ns": first_ns,
             "last_ns": last_ns,
             "send_s": round((last_ns - first_ns) / 1e9, 4),
@@ -232,19 +291,21 @@ class BusEnd:
     async def sub(self, cmd: dict[str, Any]) -> dict[str, Any]:
         await self.close(cmd)
         self.sock = sub = open_socket(self.ctx, SocketType.SUB)
+        self.acks = acks = open_socket(self.ctx, SocketType.PUSH)
         sub.subscribe(TOPIC)
         sub.connect(cmd["endpoint"])
+        acks.connect(cmd["acks"])
         return {}
 
     async def probed(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        sub, arrived = self._socket(), False
+        (sub, _), arrived = self._sockets(), False
         with trio.move_on_after(float(cmd["wait"])):
             while not arrived:  # bounded by the scope; each turn needs a batch
                 arrived = PROBE in await sub.receive_batch(RECEIVE_BATCH)
         return {"arrived": arrived}
 
     async def arm(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        sub, settled = self._socket(), 0
+        (sub, acks), settled = self._sockets(), 0
         with trio.move_on_after(SETTLE_MAX):
             while True:  # bounded by the scope; each turn needs a batch
                 with trio.move_on_after(SETTLE_QUIET) as quiet:
@@ -253,7 +314,8 @@ class BusEnd:
                     break
         prefix = build(1, int(cmd["bytes"])).prefix
         self.tally = tally = Tally(int(cmd["messages"]), prefix)
-        self._counting = await self.nursery.start(_scoped, _count, sub, tally)
+        every = int(cmd["ack_every"])  # 0: none (no window)
+        self._counting = await self.nursery.start(_scoped, _count, sub, tally, acks, every)
         return {"settled_messages": settled}
 
     async def collect(self, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -264,7 +326,7 @@ class BusEnd:
         receipts = tally.receipts
         with trio.move_on_after(float(cmd["timeout"])) as deadline:
             while receipts.received < sent:  # each turn needs a batch
-                if not await tally.advanced(quiet):
+                if not await tally.progress.moved(quiet):
                     break
             await trio.sleep(float(cmd["grace"]))  # duplicates and strays would show meanwhile
         self._stop_counting()
@@ -292,9 +354,10 @@ class BusEnd:
 
     async def close(self, cmd: dict[str, Any]) -> dict[str, Any]:
         self._stop_counting()
-        if self.sock is not None:
-            await self.sock.aclose()
-            self.sock = None
+        for sock in (self.sock, self.acks):
+            if sock is not None:
+                await sock.aclose()
+        self.sock = self.acks = None
         return {}
 
 

@@ -279,11 +279,12 @@ def _bus_lines(bus: dict[str, Any]) -> list[str]:
                 f"{r['wall_s']:.2f}",
             ]
         )
+    window = f"at most {bus['window']:,} unacknowledged" if bus["window"] else "no window"
     return [
         *_table(rows),
         f"bus: {bus['messages']:,} messages of {bus['message_bytes']:.0f} bytes (users pushes) "
-        f"from a PUB process to a SUB process, a checkpoint every {bus['checkpoint']} sends; "
-        "messages/s = received / (last arrival - first send)",
+        f"from a PUB process to a SUB process, {window}, a checkpoint every "
+        f"{bus['checkpoint']} sends; messages/s = received / (last arrival - first send)",
     ]
 
 
@@ -309,7 +310,7 @@ def _problems(results: dict[str, dict[str, Any]]) -> list[str]:
         if r.get("lost_examples"):
             out.append(f"{name}: lost (receiver: message numbers): {r['lost_examples']}")
         for path, p in r.get("paths", {}).items():
-            for key in ("unexpected", "refused"):
+            for key in ("unexpected", "refused", "stalled"):
                 if p.get(key):
                     out.append(f"{name} {path}: {key}: {p[key]}")
             if p.get("lost_examples"):

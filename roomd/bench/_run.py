@@ -80,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
         help=f"messages sent between checkpoints ({d.bus_checkpoint})",
     )
     g.add_argument(
+        "--bus-window",
+        type=int,
+        default=d.bus_window,
+        help=f"messages unacknowledged at most, 0 for no limit ({d.bus_window:,})",
+    )
+    g.add_argument(
         "--bus-direct",
         action=argparse.BooleanOptionalAction,
         default=d.bus_direct,
@@ -134,6 +140,7 @@ def parse_settings(argv: Sequence[str]) -> tuple[Settings, str | None, int]:
         bus_messages=args.bus_messages,
         bus_bytes=args.bus_bytes,
         bus_checkpoint=args.bus_checkpoint,
+        bus_window=args.bus_window,
         bus_direct=args.bus_direct,
         padding=args.padding,
         timeout=args.timeout,
@@ -144,8 +151,11 @@ def parse_settings(argv: Sequence[str]) -> tuple[Settings, str | None, int]:
         raise SystemExit("roomd bench: --nodes and --drivers must be at least 1")
     if args.repeat < 1:
         raise SystemExit("roomd bench: --repeat must be at least 1")
-    if settings.bus_messages < 1 or settings.bus_checkpoint < 1:
-        raise SystemExit("roomd bench: --bus-messages and --bus-checkpoint must be at least 1")
+    if settings.bus_messages < 1 or settings.bus_checkpoint < 1 or settings.bus_window < 0:
+        raise SystemExit(
+            "roomd bench: --bus-messages and --bus-checkpoint must be at least 1, "
+            "--bus-window at least 0"
+        )
     return settings, args.json, args.repeat
 
 

@@ -36,6 +36,7 @@ WORKLOADS: Final = ("w1-rate", "w1-burst", "w2-rate", "w2-burst", "w3-idle", "bu
 BUS_PATHS: Final = ("broker", "direct")
 BUS_JOIN_TIMEOUT: Final = 10.0  # seconds for a probe to get through a new PUB/SUB pair
 BUS_PROBE_WAIT: Final = 0.02  # seconds the subscriber waits for each probe
+BUS_ACKS_PER_WINDOW: Final = 8  # the subscriber acknowledges every eighth of the window
 
 
 @attrs.define
@@ -60,6 +61,7 @@ class Settings:
     bus_messages: int = 100_000
     bus_bytes: int = 150  # of each bus message after its topic
     bus_checkpoint: int = 256  # bus messages sent between two checkpoints
+    bus_window: int = 10_000  # bus messages unacknowledged at most (0: no limit)
     bus_direct: bool = True  # the bus also PUB -> SUB directly, for comparison
     padding: int = 64
     timeout: float = 60.0  # a phase's limit beyond its sending time
@@ -76,7 +78,8 @@ class Settings:
         same = attrs.evolve(same, profile=None, logs=None)
         d = Settings()
         same = attrs.evolve(same, bus_messages=d.bus_messages, bus_bytes=d.bus_bytes)
-        same = attrs.evolve(same, bus_checkpoint=d.bus_checkpoint, bus_direct=d.bus_direct)
+        same = attrs.evolve(same, bus_checkpoint=d.bus_checkpoint, bus_window=d.bus_window)
+        same = attrs.evolve(same, bus_direct=d.bus_direct)
         return same == d
 
 
@@ -424,6 +427,7 @@ async def run_bus(bench: Bench, endpoints: tuple[str, str]) -> dict[str, Any]:
         "messages": broker["messages"],
         "message_bytes": broker["message_bytes"],
         "checkpoint": broker["checkpoint"],
+        "window": broker["window"],
         "messages_per_s": broker["messages_per_s"],
         **{k: sum(r[k] for r in results.values()) for k in ("sent", "received", "lost")},
         "duplicates": sum(r["duplicates"] for r in results.values()),
@@ -439,16 +443,21 @@ async def _bus_path(bench: Bench, path: str, endpoints: tuple[str, str]) -> dict
     size = {"messages": s.bus_messages, "bytes": s.bus_bytes}
     opening = {"cmd": "pub", "path": path, "frontend": endpoints[0], "backend": endpoints[1]}
     opened = await pub.request(opening | size, MARGIN)
-    await sub.request({"cmd": "sub", "endpoint": opened["endpoint"]}, MARGIN)
+    await sub.request(
+        {"cmd": "sub", "endpoint": opened["endpoint"], "acks": opened["acks"]}, MARGIN
+    )
     setup = await _join(pub, sub, path)
-    setup |= await sub.request({"cmd": "arm"} | size, MARGIN)
+    ack_every = max(1, s.bus_window // BUS_ACKS_PER_WINDOW) if s.bus_window else 0
+    arm = {"cmd": "arm", "ack_every": ack_every}
+    setup |= await sub.request(arm | size, MARGIN)
     load = os.getloadavg()[0]
     cpu = bench.cpu()
     started = time.monotonic()
-    publish = {"cmd": "publish", "checkpoint": s.bus_checkpoint, "timeout": s.timeout}
-    sent = await pub.request(publish, s.timeout + MARGIN)
-    limits = {"timeout": s.timeout, "quiet": s.quiet, "grace": s.grace}
-    got = await sub.request({"cmd": "collect", "sent": sent["sent"]} | limits, s.timeout + MARGIN)
+    limits = {"timeout": s.timeout, "quiet": s.quiet}
+    publish = {"cmd": "publish", "checkpoint": s.bus_checkpoint, "window": s.bus_window}
+    sent = await pub.request(publish | limits, s.timeout + MARGIN)
+    collect = {"cmd": "collect", "sent": sent["sent"], "grace": s.grace}
+    got = await sub.request(collect | limits, s.timeout + MARGIN)
     wall = time.monotonic() - started
     used = bench.cpu_used(cpu, bench.cpu())
     for end in (pub, sub):
@@ -458,8 +467,10 @@ async def _bus_path(bench: Bench, path: str, endpoints: tuple[str, str]) -> dict
         "messages": s.bus_messages,
         "message_bytes": opened["message_bytes"],
         "checkpoint": s.bus_checkpoint,
+        "window": s.bus_window,
         "sent": sent["sent"],
         "refused": sent["refused"],
+        "stalled": sent["stalled"],
         **{k: got[k] for k in ("received", "lost", "duplicates", "unexpected", "stray")},
         "lost_examples": got["lost_examples"],
         "timed_out": sent["timed_out"] or got["timed_out"],
