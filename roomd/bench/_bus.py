@@ -254,7 +254,7 @@ class BusEnd:
     async def publish(self, cmd: dict[str, Any]) -> dict[str, Any]:
         (pub, acks), every = self._sockets(), max(1, int(cmd["checkpoint"]))
         window, quiet = int(cmd["window"]), float(cmd["quiet"])
-        sent = refused = 0
+        sent = refused = waits = 0
         stalled = False
         acked = Progress()
         first_ns = time.monotonic_ns()
@@ -264,6 +264,7 @@ class BusEnd:
                 for index, message in enumerate(self.messages.messages):
                     if window and sent - acked.value >= window:
                         # Full: wait until half of it is acknowledged (fewer, longer turns).
+                        waits += 1
                         while sent - acked.value > window // 2 and not stalled:
                             stalled = not await acked.moved(quiet)  # each turn needs an ack
                     if stalled:
@@ -280,6 +281,7 @@ class BusEnd:
             "sent": sent,
             "refused": refused,
             "stalled": stalled,
+            "window_waits": waits,
             "timed_out": deadline.cancelled_caught or stalled,
             "first_ns": first_ns,
             "last_ns": last_ns,

@@ -471,6 +471,7 @@ async def _bus_path(bench: Bench, path: str, endpoints: tuple[str, str]) -> dict
         "sent": sent["sent"],
         "refused": sent["refused"],
         "stalled": sent["stalled"],
+        "window_waits": sent["window_waits"],
         **{k: got[k] for k in ("received", "lost", "duplicates", "unexpected", "stray")},
         "lost_examples": got["lost_examples"],
         "timed_out": sent["timed_out"] or got["timed_out"],
