@@ -37,6 +37,6 @@ cluster:
 mesh:
     {{bin}}/roomd cluster --config conf/mesh.toml
 
-# Benchmark: a broker and five nodes, workloads W1-W3 from a driver process (see docs/performance.md).
+# Benchmark: a broker and five nodes; WebSocket workloads W1-W3 and the raw bus (see docs/performance.md).
 bench *args:
     {{bin}}/roomd bench {{args}}
