@@ -300,46 +300,56 @@ class Transport:
             deadline = trio.current_time() + self._close_timeout
             self._scope.deadline = min(self._scope.deadline, deadline)
 
+    def _handle_buffered(self, on_message: MessageHandler, owner: Any) -> bool | None:
+        """Handle every complete frame received so far; ``False`` once the close handshake is
+        done (or the peer broke the protocol), ``None`` to read on. (A method of its own, so
+        that nothing of the last message stays referenced while the reader waits.)"""
+        parser = self._ws
+        try:
+            while (item := parser.next()) is not None:
+                opcode, payload = item
+                if opcode <= _wsframe.OP_BINARY:
+                    if not self._closing:
+                        self._stats.frames_in += 1
+                        message = cast(bytes | str, payload)
+                        on_message(owner, message, opcode == _wsframe.OP_BINARY)
+                elif opcode == _wsframe.OP_PING:
+                    self._enqueue_control(_wsframe.control(_wsframe.OP_PONG, cast(bytes, payload)))
+                elif opcode == _wsframe.OP_CLOSE:
+                    code, reason = cast(tuple[int, str], payload)
+                    if self.close_code is None:
+                        self.close_code, self.close_reason = code, reason
+                    if self._state == OPEN:  # the peer starts the close: answer it
+                        self._closing = True
+                        self._enqueue_control(_wsframe.close_frame(code, reason))
+                    self._state = CLOSED
+                    return False
+        except _wsframe.FrameError as exc:
+            log.debug("WebSocket protocol error from peer: %s", exc)
+            self.close(exc.code, exc.reason[:120], discard=True)
+            return False
+        return None
+
     async def _reader(self, on_message: MessageHandler, owner: Any) -> bool:
         """Read until the close handshake; ``True`` if the peer vanished without one."""
-        parser, sock = self._ws, self._sock
+        sock = self._sock
         while True:
-            try:
-                while (item := parser.next()) is not None:
-                    opcode, payload = item
-                    if opcode <= _wsframe.OP_BINARY:
-                        if not self._closing:
-                            self._stats.frames_in += 1
-                            message = cast(bytes | str, payload)
-                            on_message(owner, message, opcode == _wsframe.OP_BINARY)
-                    elif opcode == _wsframe.OP_PING:
-                        pong = _wsframe.control(_wsframe.OP_PONG, cast(bytes, payload))
-                        self._enqueue_control(pong)
-                    elif opcode == _wsframe.OP_CLOSE:
-                        code, reason = cast(tuple[int, str], payload)
-                        if self.close_code is None:
-                            self.close_code, self.close_reason = code, reason
-                        if self._state == OPEN:  # the peer starts the close: answer it
-                            self._closing = True
-                            self._enqueue_control(_wsframe.close_frame(code, reason))
-                        self._state = CLOSED
-                        return False
-            except _wsframe.FrameError as exc:
-                log.debug("WebSocket protocol error from peer: %s", exc)
-                self.close(exc.code, exc.reason[:120], discard=True)
-                return False
+            done = self._handle_buffered(on_message, owner)
+            if done is not None:
+                return done
             await trio.lowlevel.checkpoint()
             while True:
                 try:
                     data = sock.recv(RECEIVE_SIZE)
                     break
                 except BlockingIOError:
-                    await trio.lowlevel.wait_readable(sock)
+                    pass  # (not awaited in the handler: the exception would live on meanwhile)
                 except OSError:
                     return True
+                await trio.lowlevel.wait_readable(sock)
             if not data:
                 return True
             self.last_seen = trio.current_time()
             self._stats.bytes_in += len(data)
-            parser.feed(data)
+            self._ws.feed(data)
             del data  # not kept alive while waiting for more
