@@ -170,7 +170,6 @@ class Cluster:
                 log.warning(
                     "%s: node %s is down (no heartbeat for %.1f s)", self.name, name, self.timeout
                 )
-            for name in dead:
                 self._forget(name, "down")
             if dead:
                 self._view_settled.set()
