@@ -341,19 +341,18 @@ class ClusterView:
     def _apply(self, node: NodeState, delta: Delta) -> list[Effect]:
         effects: list[Effect] = []
         if isinstance(delta, Online):
-            before = node.users.get(delta.user, 0)
-            total_before = self.connections_of(delta.user)
+            user = delta.user
+            was_here = user in node.users
             if delta.count > 0:
-                node.users[delta.user] = delta.count
+                node.users[user] = delta.count
             else:
-                node.users.pop(delta.user, None)
-                if node.statuses.pop(delta.user, None) is not None:  # status ends with presence
-                    self._recompute_status(delta.user, effects)
-            total = total_before + max(delta.count, 0) - before
-            if total <= 0 < total_before:
-                effects.append(UserOffline(delta.user))
-            elif total_before <= 0 < total:
-                effects.append(UserOnline(delta.user))
+                node.users.pop(user, None)
+                if node.statuses.pop(user, None) is not None:  # status ends with presence
+                    self._recompute_status(user, effects)
+            # Online or offline cluster-wide when the first connection anywhere opens, or the
+            # last one closes.
+            if was_here != (delta.count > 0) and not self._connected_elsewhere(user, node):
+                effects.append(UserOnline(user) if delta.count > 0 else UserOffline(user))
         elif isinstance(delta, Joined):
             key = (delta.ns, delta.room)
             users = node.rooms.setdefault(key, set())
@@ -381,6 +380,9 @@ class ClusterView:
             node.statuses[delta.user] = delta
             self._recompute_status(delta.user, effects)
         return effects
+
+    def _connected_elsewhere(self, user: str, node: NodeState) -> bool:
+        return any(user in other.users for other in self.nodes.values() if other is not node)
 
     def _recompute_status(self, user: str, effects: list[Effect]) -> None:
         candidates = [n.statuses[user] for n in self.nodes.values() if user in n.statuses]
