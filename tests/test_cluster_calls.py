@@ -201,3 +201,42 @@ async def test_room_send_with_ack_across_nodes() -> None:
                 await c.expect("request")  # carol does not answer
                 ack = await a.expect("ack", id=5)
                 assert ack["result"] == {"acked": 2, "errors": 0, "missing": 1, "nodesMissing": []}
+
+
+async def test_a_node_serves_while_the_broker_is_down_and_joins_once_it_is_up() -> None:
+    front, back = free_ports(2)
+    cluster = {
+        "mode": "broker",
+        "broker_frontend": f"tcp://127.0.0.1:{front}",
+        "broker_backend": f"tcp://127.0.0.1:{back}",
+        "heartbeat_interval": HEARTBEAT,
+        "ready_timeout": 0.5,
+    }
+    endpoints = ["--frontend", cluster["broker_frontend"], "--backend", cluster["broker_backend"]]
+    broker = Proc("broker", [sys.executable, "-m", "broker", *endpoints, "--stats-interval", "0"])
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            n1 = Node(make_config(cluster=cluster), name="n1")
+            started = trio.current_time()
+            await nursery.start(n1.run)  # no broker: ready_timeout, then it serves anyway
+            assert trio.current_time() - started < 2
+            assert n1.cluster is not None and not n1.cluster.bus.ready
+            async with connect(n1, "alice") as alice:
+                assert await alice.ok("users.online", {}) == {"users": ["alice"]}
+                await broker.start(nursery)
+                try:
+                    await broker.wait_for(r'^\{"frontend"')
+                    await n1.cluster.bus.wait_ready()  # it kept trying: now it is live
+                    n2 = Node(make_config(cluster=cluster), name="n2")
+                    await nursery.start(n2.run)
+                    async with connect(n2, "bob") as bob:
+                        await alice.ok("room.join", {"room": "r"})
+                        await bob.ok("room.join", {"room": "r"})
+                        for _ in range(10):  # n2 learns of alice, n1 of bob
+                            if (await bob.push("room.joined"))["data"]["user"] == "alice":
+                                break
+                        members = await bob.ok("room.members", {"room": "r"})
+                        assert [m["user"] for m in members["members"]] == ["alice", "bob"]
+                finally:
+                    broker.kill()
+                    nursery.cancel_scope.cancel()

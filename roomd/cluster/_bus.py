@@ -89,13 +89,18 @@ class Bus:
                 for topic in (_wire.CONTROL, _wire.ALL, _wire.node_topic(self.name)):
                     sub.subscribe(topic)
                 self._pub, self._sub = pub, sub
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._receive, sub)
-                    nursery.start_soon(self._until_ready, pub)
-                    task_status.started()
-                    await trio.sleep_forever()
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._receive, sub)
+                        nursery.start_soon(self._until_ready, pub)
+                        task_status.started()
+                        await trio.sleep_forever()
+                finally:
+                    # Before the sockets close (closing checkpoints): other tasks unwinding
+                    # meanwhile (a connection leaving its rooms) must find no socket, not a
+                    # closed one.
+                    self._pub = self._sub = None
         finally:
-            self._pub = self._sub = None
             ctx.destroy(linger=0)
 
     def _connect(self, pub: ZmqSocket, sub: ZmqSocket) -> None:
