@@ -535,6 +535,7 @@ class Node(Requests):
         if self.cluster is not None:
             gauges["cluster_nodes_up"] = len(self.view.nodes_up())
             gauges["cluster_users_online"] = self.view.online_count()
+            gauges["bus_live"] = int(self.cluster.bus_live)
         return gauges
 
     def _counters(self) -> dict[str, tuple[str, float]]:

@@ -221,6 +221,16 @@ async def running_cluster(
             nursery.cancel_scope.cancel()
 
 
+def metrics(port: int) -> dict[str, float]:
+    """GET /metrics synchronously: the samples by name (with labels)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples = (line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+    return {name: float(value) for name, value in samples}
+
+
 def health(port: int) -> dict[str, Any]:
     """GET /health synchronously (tests call it through trio.to_thread)."""
     import urllib.request

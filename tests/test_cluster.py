@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import trio
 
-from tests.cluster_support import health, running_cluster
+from tests.cluster_support import health, metrics, running_cluster
 from tests.support import RawClient, connect
 
 pytestmark = pytest.mark.cluster
@@ -154,6 +154,8 @@ async def test_health_shows_the_bus_and_nodes_that_left_or_went_down(tmp_path: P
             statuses = {n["name"]: n["status"] for n in after["cluster"]["nodes"]}
             assert statuses == {"nodeA": "up", "nodeB": "left", "nodeC": "down"}
             assert after["cluster"]["bus"]["live"] is True
+            samples = await trio.to_thread.run_sync(metrics, port_a)
+            assert samples["roomd_bus_live"] == 1 and samples["roomd_cluster_nodes_up"] == 1
 
 
 async def test_broker_restart_loses_only_what_was_sent_while_it_was_down(
@@ -173,6 +175,8 @@ async def test_broker_restart_loses_only_what_was_sent_while_it_was_down(
                 await cluster.broker.process.wait()
                 for proc, mark in zip(procs, marks, strict=True):
                     await proc.wait_for("bus is down", mark)
+                samples = await trio.to_thread.run_sync(metrics, cluster.ports["nodeA"])
+                assert samples["roomd_bus_live"] == 0
                 for i in range(20):
                     await bob.ok("send", {"to": {"room": "r"}, "event": "during", "data": i})
                 async with connect(b, "carol") as carol:  # presence changes meanwhile
