@@ -156,27 +156,27 @@ class Cluster:
             await trio.sleep(BYE_FLUSH)
 
     async def _ticker(self) -> None:
-        interval = self.section.heartbeat_interval
         with self._ticking:
-            await self._tick(interval)
+            while True:
+                await self._tick()
 
-    async def _tick(self, interval: float) -> None:
-        while True:
-            await trio.sleep(interval)
-            self._heartbeat()
-            now = trio.current_time()
-            dead, effects = self.view.expire(now, self.timeout)
-            for name in dead:
-                log.warning(
-                    "%s: node %s is down (no heartbeat for %.1f s)", self.name, name, self.timeout
-                )
-                self._forget(name, "down")
-            if dead:
-                self._view_settled.set()
-            self._check_bus(now)
-            self.node.apply_effects(effects)
-            for name in self.view.resync_due(now, self.section.snapshot_retry):
-                self._ask_snapshot(name)
+    async def _tick(self) -> None:
+        """Every heartbeat interval: publish ours, expire silent nodes, check the bus."""
+        await trio.sleep(self.section.heartbeat_interval)
+        self._heartbeat()
+        now = trio.current_time()
+        dead, effects = self.view.expire(now, self.timeout)
+        for name in dead:
+            log.warning(
+                "%s: node %s is down (no heartbeat for %.1f s)", self.name, name, self.timeout
+            )
+            self._forget(name, "down")
+        if dead:
+            self._view_settled.set()
+        self._check_bus(now)
+        self.node.apply_effects(effects)
+        for name in self.view.resync_due(now, self.section.snapshot_retry):
+            self._ask_snapshot(name)
 
     def _check_bus(self, now: float) -> None:
         """The bus is live while this node's own heartbeats come back through it."""
