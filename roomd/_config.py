@@ -38,6 +38,7 @@ class AuthSection:
 class LimitsSection:
     max_connections: int = 10_000
     max_frame_bytes: int = 64 * 1024
+    max_depth: int = 32  # objects and arrays nested in one frame (the frame is the first)
     handshake_timeout: float = 10.0  # TCP accept to welcome
     rate: float = 50.0  # frames per second per connection, on average
     burst: int = 100

@@ -6,7 +6,9 @@ room sends with acknowledgements run in a per-connection event worker, in order.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -51,9 +53,38 @@ class Dispatcher:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.handlers: dict[str, Handler] = {}
+        self.max_depth = node.config.limits.max_depth
 
     def on_message(self, client: Client, raw: bytes | str, binary: bool) -> None:
-        """One complete message from ``client`` (called by its transport's reader)."""
+        """One complete message from ``client`` (called by its transport's reader).
+
+        Error handling: nothing escapes. A frame whose handling fails unexpectedly (any
+        exception, a ``RecursionError`` or a ``MemoryError`` included) ends its connection with
+        1011 and is logged with a reference the client is told; the node serves on.
+        """
+        try:
+            self._on_message(client, raw, binary)
+        except Exception:
+            self.failed(client, f"a {'binary' if binary else 'text'} frame")
+
+    def on_control(self, client: Client) -> None:
+        """A ping or pong from ``client``: it counts in the rate like every frame. (Its pong
+        needs no refusal: the transport keeps at most one unsent.)"""
+        limiter = client.limiter
+        over = not limiter.take(trio.current_time())
+        if over and limiter.strikes > self.node.config.limits.max_strikes:
+            client.close(CloseCode.RATE_LIMITED)
+
+    def failed(self, client: Client, what: str) -> None:
+        """Handling ``what`` for ``client`` raised: log it with a reference, close 1011."""
+        ref = secrets.token_hex(4)
+        log.exception("handling %s of %r failed (ref %s); closing it with 1011", what, client, ref)
+        self.node.stats.errors[ErrorCode.INTERNAL] += 1
+        with contextlib.suppress(Exception):
+            client.send(Error(ErrorCode.INTERNAL, f"internal error (ref {ref})"))
+        client.close(CloseCode.INTERNAL_ERROR, f"internal error (ref {ref})")
+
+    def _on_message(self, client: Client, raw: bytes | str, binary: bool) -> None:
         limiter = client.limiter
         if not limiter.take(trio.current_time()):
             self._refuse_rate(client, raw, binary)
@@ -62,7 +93,7 @@ class Dispatcher:
         if handshaking:
             client.binary = binary  # until the hello, answer in the encoding of each frame
         try:
-            frame = decode_client_frame(raw, binary)
+            frame = decode_client_frame(raw, binary, self.max_depth)
             client.session.receive(frame)
         except RemoteProtocolError as exc:
             if handshaking and exc.close_code is None:
@@ -113,7 +144,7 @@ class Dispatcher:
         ref: int | None = None
         if len(raw) < 256:  # cheap best effort: tell which event was refused
             try:
-                frame = decode_client_frame(raw, binary)
+                frame = decode_client_frame(raw, binary, self.max_depth)
                 ref = frame.id if isinstance(frame, Event | Ack) else None
             except RemoteProtocolError:
                 pass
@@ -165,6 +196,9 @@ class Dispatcher:
                     self._handle_builtin(client, event)
                 else:
                     await self._handle_app_event(client, event)
+            except Exception:
+                self.failed(client, f"event {event.event!r}")
+                return
             finally:
                 client.inflight -= 1
 

@@ -369,7 +369,11 @@ class Node(Requests):
         """
         limits = self.config.limits
         deadline = trio.current_time() + limits.handshake_timeout
-        upgrade = await self._handshake(sock, deadline)
+        try:
+            upgrade = await self._handshake(sock, deadline)
+        except Exception:  # a defect: it ends this connection, never the node
+            log.exception("handshake failed; the connection is dropped")
+            upgrade = None
         if upgrade is None:
             trio.lowlevel.notify_closing(sock)
             sock.close()
@@ -402,7 +406,9 @@ class Node(Requests):
         self._connected.add(client)
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         try:
-            await transport.run(self._dispatch.on_message, client)
+            await transport.run(self._dispatch.on_message, client, self._dispatch.on_control)
+        except Exception:  # a defect: it ends this connection, never the node
+            log.exception("connection %r failed; it is closed", client)
         finally:
             self._disconnected(client)
 

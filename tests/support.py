@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import collections
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import msgpack
 import orjson
+import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from roomd import Config, Node
@@ -132,8 +133,11 @@ async def connect(
         yield client
 
 
-async def silent_websocket(port: int, query: str = "?user=mute") -> tuple[Any, Any]:
-    """A WebSocket that completes the upgrade and then neither reads nor answers anything.
+async def silent_websocket(
+    port: int, query: str = "?user=mute", *, sock: Any = None
+) -> tuple[Any, Any]:
+    """A WebSocket that completes the upgrade and then neither reads nor answers anything
+    (over ``sock``, a connected trio socket, if given).
 
     Returns the TCP stream and a wsproto client connection to parse what arrives.
     """
@@ -141,7 +145,10 @@ async def silent_websocket(port: int, query: str = "?user=mute") -> tuple[Any, A
     from wsproto import ConnectionType, WSConnection
     from wsproto.events import Request
 
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    if sock is not None:
+        stream = trio.SocketStream(sock)
+    else:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
     ws = WSConnection(ConnectionType.CLIENT)
     await stream.send_all(ws.send(Request(host="127.0.0.1", target=f"/ws{query}")))
     return stream, ws
@@ -162,3 +169,14 @@ async def read_until_close(stream: Any, ws: Any) -> tuple[int | None, list[Any]]
             if isinstance(event, CloseConnection):
                 return event.code, events
     raise AssertionError("no close")
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Return once ``predicate()`` holds; raise ``trio.TooSlowError`` after ``timeout`` seconds.
+
+    For conditions that nothing can be awaited for (a counter of another process, a node's
+    internal state); it checks every 5 ms.
+    """
+    with trio.fail_after(timeout):
+        while not predicate():  # noqa: ASYNC110 (nothing to await: a polled condition)
+            await trio.sleep(0.005)

@@ -36,6 +36,7 @@ log = logging.getLogger("roomd.transport")
 RECEIVE_SIZE: Final = 64 * 1024
 
 MessageHandler = Callable[[Any, bytes | str, bool], None]
+ControlHandler = Callable[[Any], None]
 
 # The close handshake (RFC 6455, section 7).
 OPEN, LOCAL_CLOSING, REMOTE_CLOSING, CLOSED = range(4)
@@ -95,6 +96,8 @@ class Transport:
         "_emptied",
         "_flusher",
         "_max_bytes",
+        "_partial",
+        "_pong",
         "_queue",
         "_queued_bytes",
         "_scope",
@@ -131,6 +134,8 @@ class Transport:
         self._close_timeout = close_timeout
         self._queue: list[bytes] = []
         self._queued_bytes = 0
+        self._pong: bytes | None = None  # the one pong not yet written (RFC 6455, 5.5.3)
+        self._partial = False  # the queue's head is the unwritten rest of a frame
         self._dirty = False  # waiting in the flusher's list
         self._blocked = False  # the kernel buffer is full: a drain task owns writing
         self._broken = False  # writing failed: the peer is gone
@@ -148,6 +153,11 @@ class Transport:
     @property
     def closing(self) -> bool:
         return self._closing
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes queued and not yet taken by the kernel (the outbox and a pending pong)."""
+        return self._queued_bytes + (len(self._pong) if self._pong is not None else 0)
 
     def send_frame(self, frame: bytes, volatile: bool = False) -> bool:
         """Queue a complete WebSocket frame; ``False`` if it was dropped (or we are closing)."""
@@ -199,6 +209,15 @@ class Transport:
     def _enqueue_control(self, frame: bytes) -> None:
         self._queue.append(frame)
         self._queued_bytes += len(frame)
+        self._mark_dirty()
+
+    def _answer_ping(self, payload: bytes) -> None:
+        """Queue the pong; one not yet written is replaced (RFC 6455 allows answering only the
+        latest ping), so pings from a client that never reads cost no memory."""
+        self._pong = _wsframe.control(_wsframe.OP_PONG, payload)
+        self._mark_dirty()
+
+    def _mark_dirty(self) -> None:
         if not (self._dirty or self._blocked):
             self._dirty = True
             self._flusher.mark(self)
@@ -221,6 +240,10 @@ class Transport:
     def _write(self) -> bool:
         """One ``send`` of everything queued; whether the outbox is empty afterwards."""
         queue = self._queue
+        if self._pong is not None:  # ahead of what is queued, behind a half-written frame
+            queue.insert(1 if self._partial else 0, self._pong)
+            self._queued_bytes += len(self._pong)
+            self._pong = None
         if not queue or self._broken:
             return True
         data = queue[0] if len(queue) == 1 else b"".join(queue)
@@ -237,8 +260,10 @@ class Transport:
             rest = data[sent:]
             queue.append(rest)
             self._queued_bytes = len(rest)
+            self._partial = True
             return False
         self._queued_bytes = 0
+        self._partial = False
         if self._emptied is not None:
             self._emptied.set()
         return True
@@ -261,16 +286,20 @@ class Transport:
         self._closing = True
         self._queue.clear()
         self._queued_bytes = 0
+        self._pong = None
         if self._scope is not None:
             self._scope.cancel()
 
     # Running ------------------------------------------------------------------------------------
 
-    async def run(self, on_message: MessageHandler, owner: Any) -> None:
+    async def run(
+        self, on_message: MessageHandler, owner: Any, on_control: ControlHandler | None = None
+    ) -> None:
         """Serve the connection until it is closed; ``on_message(owner, message, binary)`` gets
-        each complete message.
+        each complete message, ``on_control(owner)`` is told of each ping and pong (to count
+        them in a rate, say).
 
-        ``on_message`` must not block: it runs in the reader, between two reads.
+        Neither may block: they run in the reader, between two reads.
         """
         try:
             async with trio.open_nursery() as nursery:
@@ -279,7 +308,7 @@ class Transport:
                 if self._closing:
                     self._arm_deadline()
                 try:
-                    peer_gone = await self._reader(on_message, owner)
+                    peer_gone = await self._reader(on_message, owner, on_control)
                     self._closing = True
                     if not peer_gone:  # flush the close frame, within the deadline
                         self._arm_deadline()
@@ -300,7 +329,9 @@ class Transport:
             deadline = trio.current_time() + self._close_timeout
             self._scope.deadline = min(self._scope.deadline, deadline)
 
-    def _handle_buffered(self, on_message: MessageHandler, owner: Any) -> bool | None:
+    def _handle_buffered(
+        self, on_message: MessageHandler, owner: Any, on_control: ControlHandler | None
+    ) -> bool | None:
         """Handle every complete frame received so far; ``False`` once the close handshake is
         done (or the peer broke the protocol), ``None`` to read on. (A method of its own, so
         that nothing of the last message stays referenced while the reader waits.)"""
@@ -313,8 +344,11 @@ class Transport:
                         self._stats.frames_in += 1
                         message = cast(bytes | str, payload)
                         on_message(owner, message, opcode == _wsframe.OP_BINARY)
-                elif opcode == _wsframe.OP_PING:
-                    self._enqueue_control(_wsframe.control(_wsframe.OP_PONG, cast(bytes, payload)))
+                elif opcode == _wsframe.OP_PING or opcode == _wsframe.OP_PONG:
+                    if on_control is not None:
+                        on_control(owner)
+                    if opcode == _wsframe.OP_PING and self._state == OPEN:
+                        self._answer_ping(cast(bytes, payload))
                 elif opcode == _wsframe.OP_CLOSE:
                     code, reason = cast(tuple[int, str], payload)
                     if self.close_code is None:
@@ -330,11 +364,13 @@ class Transport:
             return False
         return None
 
-    async def _reader(self, on_message: MessageHandler, owner: Any) -> bool:
+    async def _reader(
+        self, on_message: MessageHandler, owner: Any, on_control: ControlHandler | None
+    ) -> bool:
         """Read until the close handshake; ``True`` if the peer vanished without one."""
         sock = self._sock
         while True:
-            done = self._handle_buffered(on_message, owner)
+            done = self._handle_buffered(on_message, owner, on_control)
             if done is not None:
                 return done
             await trio.lowlevel.checkpoint()

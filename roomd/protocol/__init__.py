@@ -21,6 +21,7 @@ from ._close import CloseCode as CloseCode
 from ._close import CloseInfo as CloseInfo
 from ._close import close_info as close_info
 from ._close import should_reconnect as should_reconnect
+from ._codec import DEFAULT_MAX_DEPTH as DEFAULT_MAX_DEPTH
 from ._codec import PushTemplate as PushTemplate
 from ._codec import converter as converter
 from ._codec import decode_client_frame as decode_client_frame
@@ -28,6 +29,7 @@ from ._codec import decode_server_frame as decode_server_frame
 from ._codec import dump as dump
 from ._codec import encode_frame as encode_frame
 from ._codec import load as load
+from ._codec import nesting_depth_exceeds as nesting_depth_exceeds
 from ._codec import structure as structure
 from ._codec import unstructure as unstructure
 from ._codec import wire_name as wire_name

@@ -311,8 +311,45 @@ def unstructure(value: Any) -> Any:
 # Frames -------------------------------------------------------------------------------------------
 
 
-def load(raw: bytes | str, binary: bool) -> dict[str, Any]:
-    """Parse one WebSocket message into a frame object (a dict), or raise ``bad_frame``."""
+DEFAULT_MAX_DEPTH: Final = 32  # objects and arrays nested in one frame, the frame included
+
+# Every msgpack map or array starts with one of these bytes (fixmap, fixarray, array 16/32,
+# map 16/32); other bytes may too, so their count is an upper bound of a frame's containers.
+_MSGPACK_CONTAINER_BYTES: Final = bytes([*range(0x80, 0xA0), 0xDC, 0xDD, 0xDE, 0xDF])
+_NOT_MSGPACK_CONTAINER: Final = bytes(b for b in range(256) if b not in _MSGPACK_CONTAINER_BYTES)
+
+
+def _containers_at_most(raw: bytes | str, binary: bool) -> int:
+    """An upper bound of the objects and arrays in a message, counted at C speed."""
+    if isinstance(raw, str):
+        return raw.count("{") + raw.count("[")
+    if binary:
+        return len(raw.translate(None, _NOT_MSGPACK_CONTAINER))
+    return raw.count(b"{") + raw.count(b"[")
+
+
+def nesting_depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether objects and arrays in ``value`` nest deeper than ``limit`` (iterative: any
+    depth is measured without recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        container, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = container.values() if type(container) is dict else container
+        for child in children:
+            if type(child) is dict or type(child) is list:
+                stack.append((child, depth + 1))
+    return False
+
+
+def load(raw: bytes | str, binary: bool, max_depth: int = DEFAULT_MAX_DEPTH) -> dict[str, Any]:
+    """Parse one WebSocket message into a frame object (a dict), or raise ``bad_frame``.
+
+    Objects and arrays may nest at most ``max_depth`` levels (the frame itself is the first):
+    deeper data is refused here, before any code walks it recursively. Most frames hold fewer
+    containers than the limit, which a byte count shows without walking them.
+    """
     try:
         if binary:
             obj = msgpack.unpackb(raw, raw=False, strict_map_key=True)
@@ -323,6 +360,13 @@ def load(raw: bytes | str, binary: bool) -> dict[str, Any]:
         raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"not valid {what}") from None
     if type(obj) is not dict:
         raise RemoteProtocolError(ErrorCode.BAD_FRAME, "a frame must be an object")
+    if _containers_at_most(raw, binary) > max_depth and nesting_depth_exceeds(obj, max_depth):
+        ref = obj.get("id")
+        raise RemoteProtocolError(
+            ErrorCode.BAD_FRAME,
+            f"objects and arrays nested deeper than {max_depth} levels",
+            ref=ref if type(ref) is int else None,
+        )
     return obj
 
 
@@ -340,8 +384,14 @@ def dump(obj: Any, binary: bool) -> bytes:
     return orjson.dumps(obj, default=_plain)
 
 
-def _decode(raw: bytes | str, binary: bool, table: typing.Mapping[str, type[T]], side: str) -> T:
-    obj = load(raw, binary)
+def _decode(
+    raw: bytes | str,
+    binary: bool,
+    table: typing.Mapping[str, type[T]],
+    side: str,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+) -> T:
+    obj = load(raw, binary, max_depth)
     ref = obj.get("id")
     ref = ref if type(ref) is int else None
     tag = obj.get("type")
@@ -355,9 +405,11 @@ def _decode(raw: bytes | str, binary: bool, table: typing.Mapping[str, type[T]],
     return structure(obj, cls, ref=ref)
 
 
-def decode_client_frame(raw: bytes | str, binary: bool) -> ClientFrame:
+def decode_client_frame(
+    raw: bytes | str, binary: bool, max_depth: int = DEFAULT_MAX_DEPTH
+) -> ClientFrame:
     """Decode a frame sent by a client. Raises only :class:`RemoteProtocolError`."""
-    return _decode(raw, binary, CLIENT_FRAME_TYPES, "client")
+    return _decode(raw, binary, CLIENT_FRAME_TYPES, "client", max_depth)
 
 
 def decode_server_frame(raw: bytes | str, binary: bool) -> ServerFrame:
