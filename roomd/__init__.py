@@ -5,8 +5,8 @@ __version__ = "0.1.0"
 from ._config import Config as Config
 from ._config import ConfigError as ConfigError
 from ._config import load_config as load_config
-from ._node import Node as Node
-from ._requests import Context as Context
+from .node import Context as Context
+from .node import Node as Node
 from .protocol import AckError as AckError
 from .protocol import CloseCode as CloseCode
 from .protocol import HandlerError as HandlerError

@@ -131,21 +131,26 @@ class Config:
     # The [broker] table of a cluster file belongs to `roomd-broker`; nodes ignore it.
     broker: dict[str, Any] = attrs.field(factory=dict)
 
-    def for_node(
-        self, name: str | None = None, host: str | None = None, port: int | None = None
-    ) -> Config:
-        """Apply a node name and overrides; a node listed in ``cluster.nodes`` takes its
-        host, port and bus endpoint from there unless overridden."""
-        node = self.node
-        node.name = name if name is not None else node.name
-        entry = self.cluster.entry(node.name)
-        if entry is not None:
-            node.host, node.port = entry.host, entry.port
-            if self.cluster.bus is None:
-                self.cluster.bus = entry.bus
-        node.host = host if host is not None else node.host
-        node.port = port if port is not None else node.port
-        return self
+
+def configure_node(
+    config: Config, name: str | None = None, host: str | None = None, port: int | None = None
+) -> Config:
+    """A copy of ``config`` for one node: its name and overrides applied; a node listed in
+    ``cluster.nodes`` takes its host, port and bus endpoint from there unless overridden."""
+    node_name = name if name is not None else config.node.name
+    node, cluster = config.node, config.cluster
+    entry = cluster.entry(node_name)
+    if entry is not None:
+        node = attrs.evolve(node, host=entry.host, port=entry.port)
+        if cluster.bus is None:
+            cluster = attrs.evolve(cluster, bus=entry.bus)
+    node = attrs.evolve(
+        node,
+        name=node_name,
+        host=host if host is not None else node.host,
+        port=port if port is not None else node.port,
+    )
+    return attrs.evolve(config, node=node, cluster=cluster)
 
 
 class ConfigError(Exception):

@@ -14,9 +14,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import trio
 
 from . import __version__
-from ._auth import mint_token
 from ._config import Config, ConfigError, load_config
-from ._node import Node
+from .node import Node, mint_token
 
 log = logging.getLogger("roomd")
 

@@ -11,7 +11,7 @@ import trio
 from trio_websocket import ConnectionRejected, open_websocket_url
 
 from roomd import Node
-from roomd._auth import mint_token
+from roomd.node import mint_token
 from tests.support import SECRET, connect, upgrade
 
 

@@ -13,7 +13,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
 from roomd import Context, HandlerError, Node
-from roomd._auth import mint_token
+from roomd.node import mint_token
 from roomd.client import (
     AckError,
     Backoff,
@@ -105,7 +105,7 @@ def echo_handlers(node: Node) -> list[Any]:
 
     @node.on("close")
     async def close(ctx: Context, data: Any) -> None:
-        ctx.client.close(int(data))
+        ctx.connection.close(int(data))
 
     return notes
 
@@ -599,7 +599,7 @@ async def test_rejoin_without_an_answer_drops_the_connection(nursery: trio.Nurse
 async def test_call_in_flight_when_connection_drops_raises_connection_lost(node: Node) -> None:
     @node.on("drop")
     async def drop(ctx: Context, data: Any) -> None:
-        ctx.client.close(CloseCode.INTERNAL_ERROR)
+        ctx.connection.close(CloseCode.INTERNAL_ERROR)
         await trio.sleep_forever()
 
     with trio.fail_after(5):

@@ -22,7 +22,7 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 from wsproto.events import Ping, TextMessage
 
 from roomd import Node
-from roomd._builtins import BUILTINS
+from roomd.node import BUILTIN_EVENTS
 from tests.support import connect, make_config, read_until_close, silent_websocket, wait_until
 
 PLACEHOLDER = "\x00deep\x00"
@@ -94,7 +94,7 @@ def frames_holding(value: Any) -> list[dict[str, Any]]:
         {**event, "event": "send", "data": {"to": value, "data": CHAT}},
         {**event, "event": "send", "data": {"to": {"room": "r"}, "ack": True, "data": value}},
     ]
-    for name in BUILTINS:
+    for name in sorted(BUILTIN_EVENTS):
         frames.append({**event, "event": name, "data": value})
         frames.append({**event, "event": name, "data": {"room": "r", "extra": value}})
     return frames
@@ -235,10 +235,10 @@ async def test_a_failing_frame_closes_only_its_connection_1011(
     is told and the log holds; everyone else is served on."""
     node: Node = await start_node()
 
-    def broken(node: Any, client: Any, data: Any) -> Any:
+    def broken(conn: Any, data: Any) -> Any:
         raise RecursionError("maximum recursion depth exceeded")
 
-    monkeypatch.setitem(BUILTINS, "users.online", broken)
+    monkeypatch.setitem(node._dispatch.builtins.table, "users.online", broken)
     with trio.fail_after(5), caplog.at_level(logging.ERROR, logger="roomd.node"):
         async with connect(node, "bob") as bob, connect(node, "alice") as alice:
             await alice.send({"type": "event", "id": 1, "event": "users.online"})

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from roomd.io._http import MAX_HEADERS, BadRequest, parse_head
+from roomd.ws import MAX_HEADERS, BadRequest, parse_head
 
 
 def test_upgrade_request() -> None:

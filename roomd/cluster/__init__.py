@@ -1,1 +1,48 @@
-"""The cluster layer: bus, membership and presence view, cross-node routing and calls."""
+"""The cluster layer: bus, membership and presence view, cross-node routing and calls.
+
+It depends on the layers below (protocol, io, configuration) and on what its node hands it (a
+:class:`ClusterHost` and plain values), never on the node itself.
+"""
+
+from __future__ import annotations
+
+from .._config import ClusterSection
+from ..io import Flusher
+from ._bus import Bus as Bus
+from ._calls import CallHandler as CallHandler
+from ._calls import Calls as Calls
+from ._calls import ClusterReplies as ClusterReplies
+from ._calls import Replies as Replies
+from ._calls import Reply as Reply
+from ._cluster import BusFactory as BusFactory
+from ._cluster import BusPort as BusPort
+from ._cluster import Cluster as Cluster
+from ._host import ClusterHost as ClusterHost
+from ._host import ClusterLink as ClusterLink
+from ._single import SingleNode as SingleNode
+from ._view import ClusterView as ClusterView
+from ._view import Delta as Delta
+from ._view import Effect as Effect
+from ._view import Joined as Joined
+from ._view import Left as Left
+from ._view import MemberJoined as MemberJoined
+from ._view import MemberLeft as MemberLeft
+from ._view import Online as Online
+from ._view import Status as Status
+from ._view import StatusChanged as StatusChanged
+
+
+def make_cluster(
+    name: str,
+    epoch: int,
+    *,
+    view: ClusterView,
+    section: ClusterSection,
+    host: ClusterHost,
+    flusher: Flusher,
+    bus: BusFactory | None = None,
+) -> ClusterLink:
+    """The cluster layer for ``section.mode``: a :class:`Cluster`, or a :class:`SingleNode`."""
+    if section.mode == "none":
+        return SingleNode(name, view=view, host=host, timeout=section.call_timeout)
+    return Cluster(name, epoch, view=view, section=section, host=host, flusher=flusher, bus=bus)

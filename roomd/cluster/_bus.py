@@ -16,10 +16,8 @@ from collections.abc import Callable
 from typing import Final
 
 import trio
-import zmq
 
-from ..io._transport import Flusher
-from ..io._zmq import SocketType, ZmqSocket, make_context, open_socket
+from ..io import Flusher, SocketType, ZmqSocket, make_context, open_socket
 from . import _wire
 
 log = logging.getLogger("roomd.bus")
@@ -158,7 +156,7 @@ class Bus:
                 else:
                     self.dropped += 1
                 sent += 1
-        except (trio.ClosedResourceError, zmq.ZMQError):
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
             self.dropped += len(outgoing) - sent
 
     def subscribe(self, topic: bytes) -> None:

@@ -1,31 +1,30 @@
 """A node's membership in a cluster: the bus, heartbeats, presence sync, routing, calls.
 
 Resource handling: :meth:`Cluster.run` owns the bus and every task of the cluster layer (the
-ticker and the handlers of incoming calls); the node starts it in its own nursery.
+ticker, the delta publisher and the handlers of incoming calls); the node starts it in its own
+nursery.
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable, Iterable
+from typing import Any, Final, Protocol
 
 import attrs
 import trio
 
+from .._config import ClusterSection
+from ..io import Flusher
 from ..protocol import PushTemplate
 from . import _wire
 from ._bus import Bus
-from ._view import ClusterView, Delta, Effect, Joined, Left, delta_from_wire, delta_to_wire
+from ._calls import Calls, Reply, run_handler
+from ._host import ClusterHost
+from ._view import ClusterView, Delta, Effect, Joined, Left, RoomKey, delta_from_wire, delta_to_wire
 from ._wire import Envelope, Kind
-
-if TYPE_CHECKING:
-    from .._config import ClusterSection
-    from .._node import Node
 
 log = logging.getLogger("roomd.cluster")
 
@@ -36,73 +35,100 @@ BYE_FLUSH: Final = 0.05  # seconds for libzmq's I/O thread to send the goodbye
 # opened in a second cost a hundred messages, not a thousand (each of which every node decodes).
 DELTA_WINDOW: Final = 0.01
 
-CallHandler = Callable[[Any, str], Awaitable[Any]]
+
+class BusPort(Protocol):
+    """What the cluster uses of its bus (:class:`~roomd.cluster.Bus`, or a test double)."""
+
+    mode: str
+    published: int
+    received: int
+    dropped: int
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None: ...
+
+    async def wait_ready(self) -> None: ...
+
+    def publish(self, message: bytes) -> None: ...
+
+    def subscribe(self, topic: bytes) -> None: ...
+
+    def unsubscribe(self, topic: bytes) -> None: ...
+
+
+BatchHandler = Callable[[list[bytes]], None]
+BusFactory = Callable[[BatchHandler], BusPort]
 
 
 @attrs.frozen
-class Reply:
-    """One node's answer to a cluster call."""
-
-    node: str
-    ok: bool
-    result: Any = None  # the handler's return value, or {"code", "message"} if not ok
-
-
-@attrs.define
-class ClusterReplies:
-    """The outcome of :meth:`Node.cluster_call`."""
-
-    replies: dict[str, Any] = attrs.field(factory=dict)  # node -> result
-    errors: dict[str, dict[str, str]] = attrs.field(factory=dict)  # node -> {code, message}
-    missing: list[str] = attrs.field(factory=list)  # nodes that did not answer in time
-
-
-class _PendingCall:
-    __slots__ = ("remaining", "send")
-
-    def __init__(self, send: trio.MemorySendChannel[Reply], remaining: set[str]) -> None:
-        self.send = send
-        self.remaining = remaining
+class _Gone:
+    why: str  # "down" (missed heartbeats) or "left" (said goodbye)
+    since: float  # wall-clock time
+    epoch: int  # the life that went
 
 
 class Cluster:
-    """The cluster layer of one node."""
+    """The cluster layer of one node (broker or mesh mode)."""
 
-    def __init__(self, node: Node, section: ClusterSection, peers: tuple[str, ...]) -> None:
-        self.node = node
-        self.view: ClusterView = node.view
-        self.name = node.name
-        self.epoch = node.epoch
+    def __init__(
+        self,
+        name: str,
+        epoch: int,
+        *,
+        view: ClusterView,
+        section: ClusterSection,
+        host: ClusterHost,
+        flusher: Flusher,
+        bus: BusFactory | None = None,
+    ) -> None:
+        self.name = name
+        self.epoch = epoch
+        self.view = view
         self.section = section
+        self.host = host
+        self.mode: str = section.mode
         self.timeout = section.heartbeat_interval * section.heartbeat_misses
-        self.bus = Bus(
-            node.name,
-            flusher=node.flusher,
-            mode=section.mode,
-            on_batch=self._on_batch,
-            frontend=section.broker_frontend,
-            backend=section.broker_backend,
-            bind=section.bus,
-            peers=peers,
+        self.bus: BusPort = (
+            bus(self._on_batch)
+            if bus is not None
+            else Bus(
+                name,
+                flusher=flusher,
+                mode=section.mode,
+                on_batch=self._on_batch,
+                frontend=section.broker_frontend,
+                backend=section.broker_backend,
+                bind=section.bus,
+                peers=section.mesh_peers(name),
+            )
         )
-        self.handlers: dict[str, CallHandler] = {}
+        self.calls = Calls(
+            name, timeout=section.call_timeout, nodes_up=view.nodes_up, publish=self._publish_call
+        )
         self._seq = 0
-        self._calls: dict[int, _PendingCall] = {}
-        self._call_ids = itertools.count(1)
+        self._left = False  # said goodbye: nothing more is published
         self._nursery: trio.Nursery | None = None
         self._call_slots = trio.Semaphore(MAX_CONCURRENT_CALLS)
-        self._own_marker = _wire.origin_marker(self.name)
+        self._own_marker = _wire.origin_marker(name)
         self._view_settled = trio.Event()  # a snapshot arrived or a node expired
-        self._ticking = trio.CancelScope()  # the heartbeat ticker's
+        self._ticking = trio.CancelScope()  # the heartbeat ticker's and the delta publisher's
         self._deltas: list[list[Any]] = []
         self._deltas_due = trio.Event()
         self._deltas_first = 0
         self._published_seq = 0  # the last delta sequence number on the bus
         self._echo_at = -math.inf  # when this node last heard its own heartbeat from the bus
-        self.bus_live = False  # our own heartbeats come back: publishing and subscriptions work
-        self._gone: dict[str, tuple[str, float]] = {}  # node -> ("down" | "left", wall time)
+        self._bus_live = False  # our own heartbeats come back: publishing and subscriptions work
+        self._gone: dict[str, _Gone] = {}
         self.bad_messages = 0
         self.snapshots_requested = 0
+
+    @property
+    def bus_live(self) -> bool:
+        return self._bus_live
 
     # Running -----------------------------------------------------------------------------------
 
@@ -119,13 +145,12 @@ class Cluster:
                 await self.bus.wait_ready()
             self._heartbeat()
             nursery.start_soon(self._ticker)
-            nursery.start_soon(self._delta_publisher)
             if not self.bus.ready:
                 log.warning(
                     "%s: bus not ready after %.0f s (%s mode); serving anyway",
                     self.name,
                     self.section.ready_timeout,
-                    self.bus.mode,
+                    self.mode,
                 )
             else:
                 await self._sync_view(deadline)
@@ -133,7 +158,7 @@ class Cluster:
                 log.info(
                     "%s: cluster ready (%s mode, epoch %d, %d other nodes)",
                     self.name,
-                    self.bus.mode,
+                    self.mode,
                     self.epoch,
                     up,
                 )
@@ -149,40 +174,48 @@ class Cluster:
                 await self._view_settled.wait()
 
     async def leave(self) -> None:
-        """Tell the other nodes this one is leaving, and give the message time to go out."""
-        self._ticking.cancel()  # no heartbeat after the goodbye: it would announce us again
+        """Tell the other nodes this one is leaving, and give the message time to go out.
+
+        The presence changes still waiting for their window go first (so that no delta follows
+        the goodbye and announces this node again); after the goodbye nothing is published.
+        """
+        self._ticking.cancel()
+        self._flush_deltas()
         self._publish(_wire.CONTROL, Kind.BYE, None)
+        self._left = True
         with trio.CancelScope(shield=True):
             await trio.sleep(BYE_FLUSH)
 
     async def _ticker(self) -> None:
         with self._ticking:
-            while True:
-                await self._tick()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._delta_publisher)
+                while True:
+                    await trio.sleep(self.section.heartbeat_interval)
+                    self._tick(trio.current_time())
 
-    async def _tick(self) -> None:
+    def _tick(self, now: float) -> None:
         """Every heartbeat interval: publish ours, expire silent nodes, check the bus."""
-        await trio.sleep(self.section.heartbeat_interval)
         self._heartbeat()
-        now = trio.current_time()
+        epochs = {name: state.epoch for name, state in self.view.nodes.items()}
         dead, effects = self.view.expire(now, self.timeout)
         for name in dead:
             log.warning(
                 "%s: node %s is down (no heartbeat for %.1f s)", self.name, name, self.timeout
             )
-            self._forget(name, "down")
+            self._forget(name, "down", epochs[name])
         if dead:
             self._view_settled.set()
         self._check_bus(now)
-        self.node.apply_effects(effects)
+        self.host.apply_effects(effects)
         for name in self.view.resync_due(now, self.section.snapshot_retry):
             self._ask_snapshot(name)
 
     def _check_bus(self, now: float) -> None:
         """The bus is live while this node's own heartbeats come back through it."""
         live = now - self._echo_at <= self.timeout
-        if live != self.bus_live:
-            self.bus_live = live
+        if live != self._bus_live:
+            self._bus_live = live
             if live:
                 log.info("%s: bus is live (its own heartbeats come back)", self.name)
             else:
@@ -192,24 +225,30 @@ class Cluster:
                     self.timeout,
                 )
 
-    def _forget(self, name: str, why: str) -> None:
-        self._gone[name] = (why, time.time())
+    def _forget(self, name: str, why: str, epoch: int) -> None:
+        self._gone[name] = _Gone(why, time.time(), epoch)
         if len(self._gone) > MAX_GONE_NODES:
-            oldest = min(self._gone, key=lambda n: self._gone[n][1])
+            oldest = min(self._gone, key=lambda n: self._gone[n].since)
             del self._gone[oldest]
 
     def _heartbeat(self) -> None:
-        info = self.node.load()
-        self._publish(_wire.CONTROL, Kind.HEARTBEAT, [self._published_seq, info])
+        self._publish(_wire.CONTROL, Kind.HEARTBEAT, [self._published_seq, self.host.load()])
 
     # Publishing ----------------------------------------------------------------------------------
 
     def _publish(self, topic: bytes, kind: str, body: Any) -> None:
+        if self._left:
+            return
         self._seq += 1
         self.bus.publish(_wire.encode(topic, kind, self.name, self.epoch, self._seq, body))
 
-    def publish_delta(self, seq: int, delta: Delta) -> None:
-        """Queue a presence delta; those of a ``DELTA_WINDOW`` travel as one message."""
+    def presence_changed(self, seq: int, delta: Delta) -> None:
+        """Follow this node's rooms with subscriptions (routing by interest), and queue the
+        delta: those of a ``DELTA_WINDOW`` travel as one message."""
+        if isinstance(delta, Joined):
+            self.bus.subscribe(_wire.room_topic(delta.ns, delta.room))
+        elif isinstance(delta, Left):
+            self.bus.unsubscribe(_wire.room_topic(delta.ns, delta.room))
         if not self._deltas:
             self._deltas_first = seq
             self._deltas_due.set()
@@ -228,28 +267,23 @@ class Cluster:
             self._publish(_wire.CONTROL, Kind.DELTAS, [self._deltas_first, deltas])
             self._published_seq = self._deltas_first + len(deltas) - 1
 
-    def publish_room(
-        self, key: tuple[str, str], template: PushTemplate, skip_user: str | None
-    ) -> None:
+    def publish_room(self, key: RoomKey, template: PushTemplate, skip_user: str | None) -> None:
         body = [template.body, template.volatile, skip_user]
         self._publish(_wire.room_topic(*key), Kind.ROOM, body)
 
-    def publish_users(self, node: str, users: list[str], template: PushTemplate) -> None:
-        """A push for ``users``, who are connected to ``node``."""
-        body = [template.body, template.volatile, users]
-        self._publish(_wire.node_topic(node), Kind.USERS, body)
+    def publish_users(self, users: Iterable[str], template: PushTemplate) -> None:
+        """A push for ``users``: once to each other node where any of them is connected."""
+        for node, hosted in self.view.remote_hosts(users).items():
+            body = [template.body, template.volatile, hosted]
+            self._publish(_wire.node_topic(node), Kind.USERS, body)
 
     def publish_all(self, template: PushTemplate) -> None:
         self._publish(_wire.ALL, Kind.ALL, [template.body, template.volatile])
 
-    # Interest ------------------------------------------------------------------------------------
-
-    def local_delta(self, delta: Delta) -> None:
-        """Follow this node's rooms with subscriptions (routing by interest)."""
-        if isinstance(delta, Joined):
-            self.bus.subscribe(_wire.room_topic(delta.ns, delta.room))
-        elif isinstance(delta, Left):
-            self.bus.unsubscribe(_wire.room_topic(delta.ns, delta.room))
+    def _publish_call(self, call_id: int, event: str, data: Any, targets: list[str]) -> None:
+        body = [call_id, event, data, targets]
+        topic = _wire.node_topic(targets[0]) if len(targets) == 1 else _wire.CONTROL
+        self._publish(topic, Kind.CALL, body)
 
     # Receiving -----------------------------------------------------------------------------------
 
@@ -277,23 +311,22 @@ class Cluster:
                 log.error("%s: another node uses the name %s", self.name, self.name)
                 return
             self._echo_at = trio.current_time()
-            if not self.bus_live:
+            if not self._bus_live:
                 self._check_bus(self._echo_at)
 
     def _dispatch(self, env: Envelope, now: float) -> None:
-        node = self.node
+        host = self.host
         kind, body = env.kind, env.body
         if kind == Kind.ROOM:
-            template = PushTemplate(body[0], volatile=body[1])
-            node.route_room_local(env.room_key(), template, skip_user=body[2])
+            host.deliver_room(env.room_key(), PushTemplate(body[0], volatile=body[1]), body[2])
         elif kind == Kind.USERS:
-            template = PushTemplate(body[0], volatile=body[1])
-            for user in body[2]:
-                node.route_user_local(user, template)
+            host.deliver_users(body[2], PushTemplate(body[0], volatile=body[1]))
         elif kind == Kind.ALL:
-            node.route_all_local(PushTemplate(body[0], volatile=body[1]))
+            host.deliver_all(PushTemplate(body[0], volatile=body[1]))
+        elif self._said_goodbye(env):
+            return  # a presence message of a life that already left (sent before its goodbye)
         elif kind == Kind.DELTAS:
-            self._track(env.node)
+            self._track(env)
             first, deltas = body
             asked, effects = False, list[Effect]()
             for i, wire in enumerate(deltas):
@@ -304,61 +337,49 @@ class Cluster:
                 effects.extend(more)
             self._after(env.node, asked, effects)
         elif kind == Kind.HEARTBEAT:
-            self._track(env.node)
+            self._track(env)
             wants, effects = self.view.heartbeat(env.node, env.epoch, body[0], now, body[1])
             self._after(env.node, wants, effects)
         elif kind == Kind.SNAPSHOT_REQUEST:
             own = self.view.own
             self._publish(_wire.node_topic(body), Kind.SNAPSHOT, [own.seq, own.snapshot()])
         elif kind == Kind.SNAPSHOT:
-            self.node.apply_effects(self.view.snapshot(env.node, env.epoch, body[0], body[1], now))
+            host.apply_effects(self.view.snapshot(env.node, env.epoch, body[0], body[1], now))
             self._view_settled.set()
         elif kind == Kind.BYE:
             if env.node in self.view.nodes:
                 log.info("%s: node %s left", self.name, env.node)
-                self._forget(env.node, "left")
-            self.node.apply_effects(self.view.bye(env.node))
+            self._forget(env.node, "left", env.epoch)
+            host.apply_effects(self.view.bye(env.node))
         elif kind == Kind.CALL:
             self._on_call(env)
         elif kind == Kind.REPLY:
-            self._on_reply(env)
+            call_id, ok, result = body
+            self.calls.on_reply(env.node, call_id, ok, result)
 
-    def _track(self, name: str) -> None:
-        if name not in self.view.nodes:
-            log.info("%s: node %s is up", self.name, name)
-            self._gone.pop(name, None)
+    def _said_goodbye(self, env: Envelope) -> bool:
+        gone = self._gone.get(env.node)
+        return gone is not None and gone.why == "left" and gone.epoch == env.epoch
 
-    def _after(self, name: str, wants_snapshot: bool, effects: list[Any]) -> None:
+    def _track(self, env: Envelope) -> None:
+        known = self.view.nodes.get(env.node)
+        if known is None:
+            log.info("%s: node %s is up", self.name, env.node)
+            self._gone.pop(env.node, None)
+        elif known.epoch != env.epoch:
+            log.info("%s: node %s restarted (a new epoch)", self.name, env.node)
+
+    def _after(self, name: str, wants_snapshot: bool, effects: list[Effect]) -> None:
         if wants_snapshot:
             self._ask_snapshot(name)
-        self.node.apply_effects(effects)
+        self.host.apply_effects(effects)
 
     def _ask_snapshot(self, name: str) -> None:
         self.snapshots_requested += 1
         log.debug("%s: asking %s for a snapshot", self.name, name)
         self._publish(_wire.node_topic(name), Kind.SNAPSHOT_REQUEST, self.name)
 
-    # Calls ---------------------------------------------------------------------------------------
-
-    def start_call(
-        self,
-        event: str,
-        data: Any,
-        targets: list[str],
-        send: trio.MemorySendChannel[Reply],
-    ) -> int:
-        """Publish a call to ``targets`` (remote nodes); replies go to ``send``."""
-        call_id = next(self._call_ids)
-        self._calls[call_id] = _PendingCall(send, set(targets))
-        body = [call_id, event, data]
-        if len(targets) == 1:
-            self._publish(_wire.node_topic(targets[0]), Kind.CALL, [*body, targets])
-        else:
-            self._publish(_wire.CONTROL, Kind.CALL, [*body, targets])
-        return call_id
-
-    def end_call(self, call_id: int) -> None:
-        self._calls.pop(call_id, None)
+    # Calls from other nodes ----------------------------------------------------------------------
 
     def _on_call(self, env: Envelope) -> None:
         call_id, event, data, targets = env.body
@@ -367,41 +388,18 @@ class Cluster:
         self._nursery.start_soon(self._answer, env.node, call_id, event, data)
 
     async def _answer(self, origin: str, call_id: int, event: str, data: Any) -> None:
-        handler = self.handlers.get(event)
-        if handler is None:
-            body = [
-                call_id,
-                False,
-                {"code": "unknown_event", "message": f"no handler for {event!r}"},
-            ]
-        elif self._call_slots.value == 0:
-            body = [call_id, False, {"code": "busy", "message": "too many calls in progress"}]
+        if self._call_slots.value == 0:
+            reply = Reply("", False, {"code": "busy", "message": "too many calls in progress"})
         else:
             async with self._call_slots:
-                try:
-                    result = await handler(data, origin)
-                    body = [call_id, True, result]
-                except Exception as exc:
-                    code = getattr(exc, "code", "internal")
-                    message = getattr(exc, "message", "internal error")
-                    if code == "internal":
-                        log.exception("%s: cluster handler %r failed", self.name, event)
-                    body = [call_id, False, {"code": code, "message": message}]
+                reply = await run_handler(self.calls.handlers.get(event), event, data, origin)
+        topic = _wire.node_topic(origin)
         try:
-            self._publish(_wire.node_topic(origin), Kind.REPLY, body)
+            self._publish(topic, Kind.REPLY, [call_id, reply.ok, reply.result])
         except TypeError:
             log.error("%s: cluster handler %r returned data with no msgpack form", self.name, event)
             error = {"code": "internal", "message": "internal error"}
-            self._publish(_wire.node_topic(origin), Kind.REPLY, [call_id, False, error])
-
-    def _on_reply(self, env: Envelope) -> None:
-        call_id, ok, result = env.body
-        pending = self._calls.get(call_id)
-        if pending is None or env.node not in pending.remaining:
-            return
-        pending.remaining.discard(env.node)
-        with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
-            pending.send.send_nowait(Reply(env.node, ok, result))
+            self._publish(topic, Kind.REPLY, [call_id, False, error])
 
     # Stats ---------------------------------------------------------------------------------------
 
@@ -410,7 +408,7 @@ class Cluster:
         nodes = []
         for state in sorted(self.view.nodes.values(), key=lambda n: n.name):
             own = state.name == self.name
-            info = self.node.load() if own else state.info
+            info = self.host.load() if own else state.info
             age = 0.0 if own else now - state.last_seen
             nodes.append(
                 {
@@ -420,18 +418,38 @@ class Cluster:
                     **{k: v for k, v in info.items() if k != "status"},
                 }
             )
-        for name, (why, since) in sorted(self._gone.items()):
+        for name, gone in sorted(self._gone.items()):
             if name not in self.view.nodes:
-                nodes.append({"name": name, "status": why, "since": round(since, 3)})
+                nodes.append({"name": name, "status": gone.why, "since": round(gone.since, 3)})
         return {
-            "mode": self.bus.mode,
+            "mode": self.mode,
             "nodes": nodes,
             "bus": {
-                "live": self.bus_live,
+                "live": self._bus_live,
                 "published": self.bus.published,
                 "received": self.bus.received,
                 "dropped": self.bus.dropped,
                 "badMessages": self.bad_messages,
                 "snapshotsRequested": self.snapshots_requested,
             },
+        }
+
+    def gauges(self) -> dict[str, float]:
+        return {
+            "cluster_nodes_up": len(self.view.nodes_up()),
+            "cluster_users_online": self.view.online_count(),
+            "bus_live": int(self._bus_live),
+        }
+
+    def counters(self) -> dict[str, tuple[str, float]]:
+        bus = self.bus
+        return {
+            "bus_published": ("Messages published on the bus.", bus.published),
+            "bus_received": ("Messages received from the bus.", bus.received),
+            "bus_dropped": ("Messages the bus could not send.", bus.dropped),
+            "bus_bad_messages": ("Bus messages that could not be handled.", self.bad_messages),
+            "snapshots_requested": (
+                "Presence snapshots asked of other nodes.",
+                self.snapshots_requested,
+            ),
         }

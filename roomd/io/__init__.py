@@ -1,1 +1,18 @@
-"""The Trio layer: HTTP and WebSocket on one port, and the ZeroMQ adapter."""
+"""The Trio edge: sockets, the WebSocket transport, the node's flusher, ZeroMQ.
+
+Everything that waits on a file descriptor lives here; the layers above (hub, cluster, node)
+call into it and never touch trio's low-level I/O or pyzmq themselves.
+"""
+
+from ._flusher import Flushable as Flushable
+from ._flusher import Flusher as Flusher
+from ._sockets import read_request as read_request
+from ._sockets import send_all as send_all
+from ._transport import ControlHandler as ControlHandler
+from ._transport import Counters as Counters
+from ._transport import MessageHandler as MessageHandler
+from ._transport import Transport as Transport
+from ._zmq import SocketType as SocketType
+from ._zmq import ZmqSocket as ZmqSocket
+from ._zmq import make_context as make_context
+from ._zmq import open_socket as open_socket

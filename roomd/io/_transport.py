@@ -2,9 +2,9 @@
 
 After the HTTP upgrade the transport takes the connection's socket out of its trio stream and
 drives it with Trio's low-level I/O (``wait_readable`` / ``wait_writable`` on a non-blocking
-socket). :class:`._wsframe.FrameParser` parses what the client sends; the close handshake's
+socket). :class:`.ws.FrameParser` parses what the client sends; the close handshake's
 states are kept here. What the node sends is queued as ready-made frame bytes (see
-:mod:`._wsframe`) in a bounded outbox.
+:mod:`roomd.ws`) in a bounded outbox.
 
 Writing: queueing a frame marks the connection dirty with the node's :class:`Flusher`, one task
 that, once the current burst of work yields, writes every dirty connection's whole outbox with one
@@ -20,16 +20,17 @@ costs at most ``max_bytes`` of memory and never blocks anyone else.
 
 from __future__ import annotations
 
+import collections
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol, cast
 
 import trio
 
-from .._stats import Stats
+from .. import ws
 from ..protocol import CloseCode, close_info
-from . import _wsframe
+from ._flusher import Flusher
 
 log = logging.getLogger("roomd.transport")
 
@@ -42,38 +43,21 @@ ControlHandler = Callable[[Any], None]
 OPEN, LOCAL_CLOSING, REMOTE_CLOSING, CLOSED = range(4)
 
 
+class Counters(Protocol):
+    """What a transport counts (the node's statistics provide these attributes)."""
+
+    frames_in: int
+    frames_out: int
+    bytes_in: int
+    bytes_out: int
+    dropped: int  # volatile frames dropped for a slow consumer
+    close_codes: collections.Counter[int]
+
+
 class _Volatile(bytes):
     """A queued frame that may be evicted under pressure."""
 
     __slots__ = ()
-
-
-class Flushable(Protocol):
-    def flush(self) -> None: ...
-
-
-class Flusher:
-    """Writes what connections (and the bus) have queued, once per scheduling round.
-
-    Resource handling: :meth:`run` is the node's one writing task; it owns nothing else.
-    """
-
-    def __init__(self) -> None:
-        self._dirty: list[Flushable] = []
-        self._wake = trio.Event()
-
-    def mark(self, target: Flushable) -> None:
-        """Have ``target.flush()`` called soon (once per call of this)."""
-        self._dirty.append(target)
-        self._wake.set()
-
-    async def run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
-            dirty, self._dirty = self._dirty, []
-            for target in dirty:
-                target.flush()
 
 
 class Transport:
@@ -96,6 +80,7 @@ class Transport:
         "_emptied",
         "_flusher",
         "_max_bytes",
+        "_nursery",
         "_partial",
         "_pong",
         "_queue",
@@ -109,13 +94,12 @@ class Transport:
         "close_reason",
         "last_ping",
         "last_seen",
-        "nursery",
     )
 
     def __init__(
         self,
         sock: socket.socket,
-        stats: Stats,
+        stats: Counters,
         flusher: Flusher,
         *,
         trailing: bytes = b"",
@@ -127,7 +111,7 @@ class Transport:
         self._sock = sock
         self._stats = stats
         self._flusher = flusher
-        self._ws = _wsframe.FrameParser(max_message)
+        self._ws = ws.FrameParser(max_message)
         self._ws.feed(trailing)
         self._state = OPEN
         self._max_bytes = max_bytes
@@ -146,7 +130,7 @@ class Transport:
         self.close_reason = ""
         self.last_seen = trio.current_time()  # last time anything arrived
         self.last_ping = 0.0
-        self.nursery: trio.Nursery | None = None  # for tasks that live as long as the connection
+        self._nursery: trio.Nursery | None = None  # for tasks that live as long as the connection
 
     # Sending ------------------------------------------------------------------------------------
 
@@ -180,10 +164,15 @@ class Transport:
             self._flusher.mark(self)
         return True
 
+    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``fn(*args)`` in the connection's nursery (not once the connection is done)."""
+        if self._nursery is not None:
+            self._nursery.start_soon(fn, *args)
+
     def ping(self, now: float) -> None:
         """Queue a WebSocket ping (the heartbeat)."""
         self.last_ping = now
-        self._enqueue_control(_wsframe.PING)
+        self._enqueue_control(ws.PING)
 
     def close(self, code: int, reason: str | None = None, *, discard: bool = False) -> None:
         """Start the close handshake with ``code``; ``discard`` drops what is still queued.
@@ -203,7 +192,7 @@ class Transport:
             self._queued_bytes = 0
         if self._state == OPEN:
             self._state = LOCAL_CLOSING
-            self._enqueue_control(_wsframe.close_frame(code, reason))
+            self._enqueue_control(ws.close_frame(code, reason))
         self._arm_deadline()
 
     def _enqueue_control(self, frame: bytes) -> None:
@@ -214,7 +203,7 @@ class Transport:
     def _answer_ping(self, payload: bytes) -> None:
         """Queue the pong; one not yet written is replaced (RFC 6455 allows answering only the
         latest ping), so pings from a client that never reads cost no memory."""
-        self._pong = _wsframe.control(_wsframe.OP_PONG, payload)
+        self._pong = ws.control(ws.OP_PONG, payload)
         self._mark_dirty()
 
     def _mark_dirty(self) -> None:
@@ -234,8 +223,8 @@ class Transport:
         if self._blocked or self._write():
             return  # a drain task owns writing, or everything is out
         self._blocked = True
-        if self.nursery is not None:
-            self.nursery.start_soon(self._drain)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._drain)
 
     def _write(self) -> bool:
         """One ``send`` of everything queued; whether the outbox is empty afterwards."""
@@ -304,7 +293,7 @@ class Transport:
         try:
             async with trio.open_nursery() as nursery:
                 self._scope = nursery.cancel_scope
-                self.nursery = nursery
+                self._nursery = nursery
                 if self._closing:
                     self._arm_deadline()
                 try:
@@ -317,10 +306,10 @@ class Transport:
                             await self._emptied.wait()
                     nursery.cancel_scope.cancel()
                 finally:
-                    self.nursery = None  # closed to new tasks from here on
+                    self._nursery = None  # closed to new tasks from here on
         finally:
             self._closing = self._broken = True
-            self.nursery = None
+            self._nursery = None
             trio.lowlevel.notify_closing(self._sock)
             self._sock.close()
 
@@ -339,26 +328,26 @@ class Transport:
         try:
             while (item := parser.next()) is not None:
                 opcode, payload = item
-                if opcode <= _wsframe.OP_BINARY:
+                if opcode <= ws.OP_BINARY:
                     if not self._closing:
                         self._stats.frames_in += 1
                         message = cast(bytes | str, payload)
-                        on_message(owner, message, opcode == _wsframe.OP_BINARY)
-                elif opcode == _wsframe.OP_PING or opcode == _wsframe.OP_PONG:
+                        on_message(owner, message, opcode == ws.OP_BINARY)
+                elif opcode == ws.OP_PING or opcode == ws.OP_PONG:
                     if on_control is not None:
                         on_control(owner)
-                    if opcode == _wsframe.OP_PING and self._state == OPEN:
+                    if opcode == ws.OP_PING and self._state == OPEN:
                         self._answer_ping(cast(bytes, payload))
-                elif opcode == _wsframe.OP_CLOSE:
+                elif opcode == ws.OP_CLOSE:
                     code, reason = cast(tuple[int, str], payload)
                     if self.close_code is None:
                         self.close_code, self.close_reason = code, reason
                     if self._state == OPEN:  # the peer starts the close: answer it
                         self._closing = True
-                        self._enqueue_control(_wsframe.close_frame(code, reason))
+                        self._enqueue_control(ws.close_frame(code, reason))
                     self._state = CLOSED
                     return False
-        except _wsframe.FrameError as exc:
+        except ws.FrameError as exc:
             log.debug("WebSocket protocol error from peer: %s", exc)
             self.close(exc.code, exc.reason[:120], discard=True)
             return False

@@ -332,7 +332,8 @@ class ZmqSocket:
 
 
 class _MapZmqErrors:
-    """Context manager: a ``ZMQError`` meaning "socket gone" becomes ``ClosedResourceError``."""
+    """Context manager: a ``ZMQError`` meaning "socket gone" becomes ``ClosedResourceError``;
+    any other (but ``Again``, which callers handle) becomes ``BrokenResourceError``."""
 
     def __enter__(self) -> None:
         return None
@@ -343,12 +344,11 @@ class _MapZmqErrors:
         exc_value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if (
-            isinstance(exc_value, zmq.ZMQError)
-            and not isinstance(exc_value, zmq.Again)
-            and exc_value.errno in _CLOSED_ERRNOS
-        ):
+        if not isinstance(exc_value, zmq.ZMQError) or isinstance(exc_value, zmq.Again):
+            return
+        if exc_value.errno in _CLOSED_ERRNOS:
             raise trio.ClosedResourceError("the ZeroMQ socket was closed") from exc_value
+        raise trio.BrokenResourceError(f"ZeroMQ: {exc_value}") from exc_value
 
 
 _map_zmq_errors: Final = _MapZmqErrors()

@@ -1,24 +1,23 @@
-"""Plain HTTP on the WebSocket port: read a request head, answer small responses.
+"""Plain HTTP on the WebSocket port, sans-I/O: parse a request head, build small responses.
 
 The node needs little of HTTP/1.1: one request head per connection (a WebSocket upgrade, or a
 ``GET`` it answers and then closes the connection), no bodies, no keep-alive. :func:`parse_head`
 reads exactly that, strictly (RFC 9112 request line and header fields; anything else is a 400),
-in a few microseconds instead of a general-purpose parser's tens.
+in a few microseconds instead of a general-purpose parser's tens. Reading the head from a socket
+is :func:`roomd.io.read_request`.
 """
 
 from __future__ import annotations
 
 import re
-import socket
 import urllib.parse
 from typing import Final
 
 import attrs
-import trio
+import orjson
 
 MAX_HEAD_BYTES: Final = 16 * 1024
 MAX_HEADERS: Final = 100
-_RECEIVE_SIZE: Final = 16 * 1024
 _TOKEN: Final = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _FORBIDDEN_IN_VALUE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
@@ -39,43 +38,6 @@ class HttpRequest:
 
     def header(self, name: str) -> str:
         return self.headers.get(name, "")
-
-
-async def read_request(sock: socket.socket) -> HttpRequest:
-    """Read one request head from a non-blocking socket (the caller bounds the time).
-
-    Error handling: raises :class:`BadRequest` for malformed or oversized heads, and on EOF.
-    """
-    buf = b""
-    end = -1
-    while end < 0:
-        try:
-            data = sock.recv(_RECEIVE_SIZE)
-        except BlockingIOError:
-            await trio.lowlevel.wait_readable(sock)
-            continue
-        except OSError as exc:
-            raise BadRequest(f"connection failed: {exc}") from None
-        if not data:
-            raise BadRequest("connection closed before the request head")
-        start = max(0, len(buf) - 3)
-        buf += data
-        end = buf.find(b"\r\n\r\n", start)
-        if end < 0 and len(buf) > MAX_HEAD_BYTES:
-            raise BadRequest("request head too large")
-    if end > MAX_HEAD_BYTES:
-        raise BadRequest("request head too large")
-    return parse_head(buf[:end], buf[end + 4 :])
-
-
-async def send_all(sock: socket.socket, data: bytes) -> None:
-    """Write all of ``data`` to a non-blocking socket. Raises ``OSError`` if it fails."""
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[sock.send(view) :]
-        except BlockingIOError:
-            await trio.lowlevel.wait_writable(sock)
 
 
 def parse_head(head: bytes, trailing: bytes = b"") -> HttpRequest:
@@ -144,3 +106,8 @@ def response(
         *(f"{name}: {value}" for name, value in extra_headers),
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def json_response(status: int, body: object, headers: tuple[tuple[str, str], ...] = ()) -> bytes:
+    """A response whose body is ``body`` as JSON."""
+    return response(status, orjson.dumps(body), "application/json", headers)

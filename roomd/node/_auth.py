@@ -12,8 +12,8 @@ from typing import Any
 import attrs
 import jwt
 
-from .io._http import HttpRequest
-from .protocol import PayloadLimits, RemoteProtocolError, validate_name
+from ..protocol import PayloadLimits, RemoteProtocolError, validate_name
+from ..ws import HttpRequest
 
 ALGORITHM = "HS256"
 _REGISTERED_CLAIMS = frozenset({"sub", "iat", "exp", "nbf"})

@@ -6,10 +6,9 @@ import base64
 import binascii
 from typing import Final
 
-import orjson
 from wsproto.utilities import generate_accept_token
 
-from ._http import HttpRequest, response
+from ._http import HttpRequest, json_response
 
 SUBPROTOCOL: Final = "roomd.v1"
 
@@ -21,10 +20,6 @@ class HandshakeError(Exception):
         super().__init__(message)
         self.status = status
         self.reply = json_response(status, {"error": message}, headers)
-
-
-def json_response(status: int, body: object, headers: tuple[tuple[str, str], ...] = ()) -> bytes:
-    return response(status, orjson.dumps(body), "application/json", headers)
 
 
 def check_upgrade(request: HttpRequest) -> None:

@@ -1,11 +1,12 @@
-"""A client as the hub sees it: a session bound to a transport, and what it has joined."""
+"""A connection as the hub sees it: a session bound to an outlet, and the rooms it has joined."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from ..io._wsframe import frame
 from ..protocol import PushTemplate, ServerFrame, Session, encode_frame
+from ..ws import frame
 
 RoomKey = tuple[str, str]  # (namespace, room)
 
@@ -13,11 +14,19 @@ NO_ROOMS: set[RoomKey] = frozenset()  # type: ignore[assignment]  # shared, neve
 
 
 class Outlet(Protocol):
-    """Where a client's frames go (the WebSocket transport, or a test double)."""
+    """Where a connection's frames go (the WebSocket transport, or a test double)."""
 
-    def send_frame(self, frame: bytes, volatile: bool = False) -> bool: ...
+    def send_frame(self, frame: bytes, volatile: bool = False) -> bool:
+        """Queue a complete WebSocket frame; ``False`` if it was dropped."""
+        ...
 
-    def close(self, code: int, reason: str | None = None, *, discard: bool = False) -> None: ...
+    def close(self, code: int, reason: str | None = None, *, discard: bool = False) -> None:
+        """Start closing with ``code``; ``discard`` drops what is still queued."""
+        ...
+
+    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``fn(*args)`` in a task that lives no longer than the connection."""
+        ...
 
 
 class RateLimiter:
@@ -54,8 +63,8 @@ class RateLimiter:
         return self._strikes
 
 
-class Client:
-    """One connected client: its session, its outlet, the rooms it is in.
+class Connection:
+    """One client connection to this node: its session, its outlet, the rooms it is in.
 
     Resource handling: owns nothing that needs closing; the transport that created it owns the
     connection. Pending server-to-client requests live in ``pending`` (id -> waiter).
@@ -122,4 +131,4 @@ class Client:
         self.outlet.close(code, reason)
 
     def __repr__(self) -> str:
-        return f"<Client {self.user}/{self.id}>"
+        return f"<Connection {self.user}/{self.id}>"

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from wsproto.frame_protocol import FrameProtocol
 
-from roomd.io._wsframe import (
+from roomd.ws._frames import (
     OP_BINARY,
     OP_CLOSE,
     OP_PING,

@@ -1,8 +1,9 @@
 """The node: what an application embeds, and what `roomd` runs.
 
 A node accepts TCP connections on one port: plain HTTP requests get small answers (``/health``,
-``/metrics``), WebSocket upgrades become clients. It owns the hub (local clients and rooms), the
-handler registry and the node-wide heartbeat sweep.
+``/metrics``), WebSocket upgrades become connections. It composes the layers below: the hub
+(its connections and rooms), the router (where pushes go), the cluster layer (the other nodes,
+or none), the frame dispatcher with the built-in events, and server-to-client requests.
 """
 
 from __future__ import annotations
@@ -13,44 +14,34 @@ import logging
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, TypeVar
 
+import attrs
 import trio
 from prometheus_client.exposition import generate_latest
 
-from . import __version__
+from .. import __version__
+from .._config import Config, configure_node
+from ..cluster import CallHandler, ClusterReplies, ClusterView, Replies, make_cluster
+from ..hub import Connection, Hub, RateLimiter
+from ..io import Flusher, Transport, read_request, send_all
+from ..protocol import PROTOCOL_VERSION, CloseCode, Push, PushTemplate, Session
+from ..ws import (
+    BadRequest,
+    HandshakeError,
+    HttpRequest,
+    accept_response,
+    check_upgrade,
+    json_response,
+    response,
+)
 from ._auth import Authenticator, AuthError, Identity
-from ._builtins import BUILTINS
-from ._config import Config
-from ._dispatch import Dispatcher, Handler
-from ._requests import ROOM_REQUEST, CallHandler, Requests
+from ._builtins import BUILTIN_EVENTS, Builtins
+from ._dispatch import FrameDispatcher, Handler
+from ._requests import Requests
+from ._router import Router
 from ._stats import Stats, make_registry
-from .cluster._cluster import Cluster
-from .cluster._view import (
-    ClusterView,
-    Delta,
-    Effect,
-    Joined,
-    Left,
-    MemberJoined,
-    MemberLeft,
-    Online,
-    Status,
-    StatusChanged,
-)
-from .hub import Client, Hub, RateLimiter, RoomKey
-from .io._http import BadRequest, HttpRequest, read_request, response, send_all
-from .io._transport import Flusher, Transport
-from .io._upgrade import HandshakeError, accept_response, check_upgrade, json_response
-from .protocol import (
-    PROTOCOL_VERSION,
-    CloseCode,
-    PayloadLimits,
-    Push,
-    PushTemplate,
-    Session,
-)
 
 log = logging.getLogger("roomd.node")
 
@@ -62,7 +53,31 @@ Route = Callable[[HttpRequest], bytes]
 CH = TypeVar("CH", bound=CallHandler)
 
 
-class Node(Requests):
+@attrs.frozen
+class Context:
+    """What an event handler receives besides the data: the node and the sending connection."""
+
+    node: Node
+    connection: Connection
+
+    @property
+    def user(self) -> str:
+        return self.connection.user
+
+    @property
+    def session_id(self) -> str:
+        return self.connection.id
+
+    @property
+    def claims(self) -> dict[str, Any]:
+        return self.connection.claims
+
+    async def request(self, event: str, data: Any = None, timeout: float = 10.0) -> Any:
+        """Ask the sending client and wait for its acknowledgement (see :meth:`Node.request`)."""
+        return await self.node.request(self.connection.id, event, data, timeout=timeout)
+
+
+class Node:
     """A roomd node.
 
     Run it with ``await nursery.start(node.run)`` (the started value is the bound port) and stop
@@ -80,33 +95,44 @@ class Node(Requests):
         host: str | None = None,
         port: int | None = None,
     ) -> None:
-        self.config = (config if config is not None else Config()).for_node(name, host, port)
+        self.config = configure_node(config if config is not None else Config(), name, host, port)
         auth = self.config.auth
         if auth.secret is None and not auth.dev:
             raise ValueError("no auth secret: set auth.secret or ROOMD_SECRET, or use dev mode")
-        self.payload_limits: PayloadLimits = self.config.limits.payload_limits()
+        self.name = self.config.node.name
+        self.payload_limits = self.config.limits.payload_limits()
         self.authenticator = Authenticator(auth.secret, auth.dev, auth.leeway, self.payload_limits)
-        self.hub = Hub()
-        self.flusher = Flusher()  # writes connections' outboxes and the bus, once per round
-        self.epoch = secrets.randbits(62)
-        self.view = ClusterView(self.name, self.epoch)
-        section = self.config.cluster
-        self.cluster: Cluster | None = None
-        if section.mode != "none":
-            self.cluster = Cluster(self, section, section.mesh_peers(self.name))
         self.stats = Stats()
         self.port: int | None = None
         self.started_at = time.time()
-        self._dispatch = Dispatcher(self)
-        self._cluster_handlers: dict[str, CallHandler] = {ROOM_REQUEST: self._on_room_request}
-        if self.cluster is not None:
-            self.cluster.handlers.update(self._cluster_handlers)
+        self.epoch = secrets.randbits(62)
+        self.hub = Hub()
+        self.flusher = Flusher()  # writes connections' outboxes and the bus, once per round
+        self.view = ClusterView(self.name, self.epoch)
+        self.router = Router(self.hub, self.view, self.load)
+        self.cluster = make_cluster(
+            self.name,
+            self.epoch,
+            view=self.view,
+            section=self.config.cluster,
+            host=self.router,
+            flusher=self.flusher,
+        )
+        self.router.attach(self.cluster)
+        self.requests = Requests(self.name, self.hub, self.view, self.cluster)
+        builtins = Builtins(self.config, self.router, self.requests, self.view, self.cluster_stats)
+        self._dispatch = FrameDispatcher(
+            self.name, self.config, self.stats, self.router, builtins, self._context
+        )
         self._routes: dict[str, Route] = {"/health": self._health_route}
-        self._connected: set[Client] = set()  # every WebSocket client, handshaking or open
+        self._connected: dict[Connection, Transport] = {}  # every WebSocket, handshaking or open
         self._stop = trio.Event()
         self._idle = trio.Event()
-        self._registry = make_registry(self.stats, self._gauges, self._counters)
+        self._registry = make_registry(self.stats, self._gauges, self.cluster.counters)
         self._routes["/metrics"] = self._metrics_route
+
+    def _context(self, conn: Connection) -> Context:
+        return Context(self, conn)
 
     # Application API ------------------------------------------------------------------------------
 
@@ -116,7 +142,7 @@ class Node(Requests):
         The handler's return value is the acknowledgement's result; a :class:`HandlerError` it
         raises becomes an error acknowledgement. Events of one connection are handled in order.
         """
-        if event in BUILTINS:
+        if event in BUILTIN_EVENTS:
             raise ValueError(f"{event!r} is a built-in event")
 
         def register(handler: H) -> H:
@@ -129,9 +155,7 @@ class Node(Requests):
         """Register ``handler(data, origin_node)`` for cluster calls named ``event``."""
 
         def register(handler: CH) -> CH:
-            self._cluster_handlers[event] = handler
-            if self.cluster is not None:
-                self.cluster.handlers[event] = handler
+            self.cluster.calls.handlers[event] = handler
             return handler
 
         return register
@@ -143,29 +167,32 @@ class Node(Requests):
     def send_to_room(
         self, room: str, event: str, data: Any = None, *, ns: str = "/", volatile: bool = False
     ) -> int:
-        """Push ``event`` to every member of a room; the number of local clients reached."""
-        return self.route_room((ns, room), self._template(event, data, volatile))
+        """Push ``event`` to every member of a room; the number of local connections reached."""
+        template = PushTemplate.of(Push(event, data), volatile=volatile)
+        return self.router.route_room((ns, room), template)
 
     def send_to_user(self, user: str, event: str, data: Any = None, volatile: bool = False) -> int:
         """Push ``event`` to every connection of ``user``."""
-        return self.route_users([user], self._template(event, data, volatile, to=[user]))
+        template = PushTemplate.of(Push(event, data, to=[user]), volatile=volatile)
+        return self.router.route_users([user], template)
 
     def send_to_users(
         self, users: Iterable[str], event: str, data: Any = None, volatile: bool = False
     ) -> int:
         targets = sorted(set(users))
-        return self.route_users(targets, self._template(event, data, volatile, to=targets))
+        template = PushTemplate.of(Push(event, data, to=targets), volatile=volatile)
+        return self.router.route_users(targets, template)
 
     def broadcast(self, event: str, data: Any = None, volatile: bool = False) -> int:
-        """Push ``event`` to every connected client."""
-        return self.route_all(self._template(event, data, volatile))
+        """Push ``event`` to every connection."""
+        return self.router.route_all(PushTemplate.of(Push(event, data), volatile=volatile))
 
     def kick(self, user: str, reason: str = "kicked") -> int:
         """Close every connection of ``user`` with 4010; how many there were."""
-        clients = list(self.hub.user_clients(user))
-        for client in clients:
-            client.close(CloseCode.KICKED, reason)
-        return len(clients)
+        conns = list(self.hub.user_connections(user))
+        for conn in conns:
+            conn.close(CloseCode.KICKED, reason)
+        return len(conns)
 
     def online_users(self) -> list[str]:
         """Users online anywhere in the cluster, sorted."""
@@ -175,108 +202,62 @@ class Node(Requests):
         """Members of a room anywhere in the cluster, sorted."""
         return self.view.room_members((ns, room))
 
+    async def request(
+        self, session_id: str, event: str, data: Any = None, *, timeout: float = 10.0
+    ) -> Any:
+        """Send a request to one connection of this node and wait for its acknowledgement's
+        result. Error handling: :class:`RequestTimeout` if no answer comes in time (or the
+        connection is gone), :class:`AckError` if the client answers with an error."""
+        return await self.requests.request(session_id, event, data, timeout=timeout)
+
+    async def request_room(
+        self, room: str, event: str, data: Any = None, *, ns: str = "/", timeout: float = 5.0
+    ) -> dict[str, Any]:
+        """Send a request to every member connection of a room, on every node, and count the
+        acknowledgements: ``{"acked", "missing", "errors", "nodesMissing"}``."""
+        return await self.requests.request_room((ns, room), event, data, timeout=timeout)
+
+    async def cluster_call(
+        self,
+        event: str,
+        data: Any = None,
+        *,
+        targets: list[str] | None = None,
+        except_self: bool = False,
+        expected: int | None = None,
+        timeout: float | None = None,
+    ) -> ClusterReplies:
+        """Call ``event`` on several nodes and gather their replies (see
+        :meth:`roomd.cluster.Calls.call`)."""
+        return await self.cluster.calls.call(
+            event,
+            data,
+            targets=targets,
+            except_self=except_self,
+            expected=expected,
+            timeout=timeout,
+        )
+
+    @contextlib.asynccontextmanager
+    async def cluster_replies(
+        self,
+        event: str,
+        data: Any = None,
+        *,
+        targets: list[str] | None = None,
+        except_self: bool = False,
+        timeout: float | None = None,
+    ) -> AsyncIterator[tuple[list[str], Replies]]:
+        """The streaming form of :meth:`cluster_call`: ``async with node.cluster_replies(...)
+        as (targets, replies): async for reply in replies: ...``."""
+        async with self.cluster.calls.replies(
+            event, data, targets=targets, except_self=except_self, timeout=timeout
+        ) as streamed:
+            yield streamed
+
     def shutdown(self) -> None:
         """Stop accepting, close every connection with 1001 and make :meth:`run` return."""
         self._stop.set()
-
-    # Routing --------------------------------------------------------------------------------------
-
-    def _template(
-        self, event: str, data: Any, volatile: bool, to: list[str] | None = None
-    ) -> PushTemplate:
-        return PushTemplate.of(Push(event, data, to=to), volatile=volatile)
-
-    def route_room(
-        self,
-        key: RoomKey,
-        template: PushTemplate,
-        *,
-        exclude: Client | None = None,
-        skip_user: str | None = None,
-    ) -> int:
-        """Deliver to a room's members on this node and publish to the other nodes."""
-        if self.cluster is not None:
-            self.cluster.publish_room(key, template, skip_user)
-        return self.route_room_local(key, template, exclude=exclude, skip_user=skip_user)
-
-    def route_users(
-        self, users: list[str], template: PushTemplate, sender: Client | None = None
-    ) -> int:
-        """Deliver to ``users`` everywhere; the sender's other connections get a copy too."""
-        if self.cluster is not None:
-            targets = set(users)
-            if sender is not None:
-                targets.add(sender.user)
-            for name, hosted in self.view.remote_hosts(targets).items():
-                self.cluster.publish_users(name, hosted, template)
-        clients = self.hub.users_clients(users)
-        if sender is not None:
-            clients.update(self.hub.user_clients(sender.user))
-        return self.hub.deliver(clients, template, exclude=sender)
-
-    def route_all(self, template: PushTemplate, exclude: Client | None = None) -> int:
-        if self.cluster is not None:
-            self.cluster.publish_all(template)
-        return self.route_all_local(template, exclude)
-
-    # What arrives from other nodes is delivered here, and never forwarded again.
-
-    def route_room_local(
-        self,
-        key: RoomKey,
-        template: PushTemplate,
-        *,
-        exclude: Client | None = None,
-        skip_user: str | None = None,
-    ) -> int:
-        delivered = 0
-        for user, conns in list(self.hub.members(key).items()):
-            if user != skip_user:
-                delivered += self.hub.deliver(list(conns), template, exclude)
-        return delivered
-
-    def route_user_local(self, user: str, template: PushTemplate) -> int:
-        return self.hub.deliver(list(self.hub.user_clients(user)), template)
-
-    def route_all_local(self, template: PushTemplate, exclude: Client | None = None) -> int:
-        return self.hub.deliver(list(self.hub.clients.values()), template, exclude)
-
-    # Membership changes ---------------------------------------------------------------------------
-
-    def join(self, client: Client, key: RoomKey) -> None:
-        if self.hub.join(client, key):
-            self._local(Joined(key[0], key[1], client.user))
-
-    def leave(self, client: Client, key: RoomKey) -> None:
-        if self.hub.leave(client, key):
-            self._local(Left(key[0], key[1], client.user))
-
-    def set_status(self, user: str, status: str, text: str | None) -> None:
-        self._local(Status(user, status, text, time.time()))
-
-    def _local(self, delta: Delta) -> None:
-        """Apply a change of this node's presence: to the view, and to the cluster."""
-        seq, effects = self.view.apply_local(delta)
-        self.apply_effects(effects)
-        if self.cluster is not None:
-            self.cluster.local_delta(delta)
-            self.cluster.publish_delta(seq, delta)
-
-    def apply_effects(self, effects: list[Effect]) -> None:
-        """Push what changed cluster-wide to the local clients concerned."""
-        for effect in effects:
-            if isinstance(effect, MemberJoined | MemberLeft):
-                event = "room.joined" if isinstance(effect, MemberJoined) else "room.left"
-                ns, room = effect.key
-                member = {"ns": ns, "room": room, "user": effect.user}
-                template = self._template(event, member, False)
-                self.route_room_local(effect.key, template, skip_user=effect.user)
-            elif isinstance(effect, StatusChanged):
-                status = {"user": effect.user, "status": effect.status, "text": effect.text}
-                template = self._template("status", status, False)
-                clients = self.hub.rooms_clients(self.view.rooms_of(effect.user))
-                clients.update(self.hub.user_clients(effect.user))
-                self.hub.deliver(clients, template)
 
     # Running --------------------------------------------------------------------------------------
 
@@ -289,8 +270,7 @@ class Node(Requests):
         log.info("%s listening on %s:%s", self.name, cfg.node.host, self.port)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.flusher.run)  # first: the bus writes through it too
-            if self.cluster is not None:
-                await nursery.start(self.cluster.run)  # at most cluster.ready_timeout
+            await nursery.start(self.cluster.run)  # at most cluster.ready_timeout
             accept = trio.CancelScope()
             sweep = trio.CancelScope()
             nursery.start_soon(self._accept, listeners, nursery, accept)
@@ -299,14 +279,13 @@ class Node(Requests):
             await self._stop.wait()
             log.info("%s shutting down: closing %d connections", self.name, len(self._connected))
             accept.cancel()
-            for client in list(self._connected):
-                client.close(CloseCode.GOING_AWAY)
+            for transport in list(self._connected.values()):
+                transport.close(CloseCode.GOING_AWAY)
             with trio.move_on_after(cfg.shutdown.grace):
                 if self._connected:
                     await self._idle.wait()
             sweep.cancel()
-            if self.cluster is not None:
-                await self.cluster.leave()
+            await self.cluster.leave()
             nursery.cancel_scope.cancel()
         log.info("%s stopped", self.name)
 
@@ -347,11 +326,9 @@ class Node(Requests):
             while True:
                 await trio.sleep(period)
                 now = trio.current_time()
-                for client in list(self._connected):
-                    transport = client.outlet
-                    assert isinstance(transport, Transport)
-                    if not client.session.is_open:
-                        if now > client.handshake_deadline:
+                for conn, transport in list(self._connected.items()):
+                    if not conn.session.is_open:
+                        if now > conn.handshake_deadline:
                             transport.close(CloseCode.HANDSHAKE_TIMEOUT)
                     elif now - transport.last_seen > hb.timeout:
                         transport.close(CloseCode.HEARTBEAT_TIMEOUT, discard=True)
@@ -389,7 +366,7 @@ class Node(Requests):
             close_timeout=limits.close_timeout,
         )
         del upgrade, trailing  # nothing of the handshake stays with the connection
-        client = Client(
+        conn = Connection(
             Session(identity.user),
             transport,
             RateLimiter(limits.rate, limits.burst, trio.current_time()),
@@ -403,14 +380,14 @@ class Node(Requests):
             self.stats.rejected["max_connections"] += 1
             transport.close(CloseCode.TRY_AGAIN_LATER)
         self.stats.connections_total += 1
-        self._connected.add(client)
+        self._connected[conn] = transport
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         try:
-            await transport.run(self._dispatch.on_message, client, self._dispatch.on_control)
+            await transport.run(self._dispatch.on_message, conn, self._dispatch.on_control)
         except Exception:  # a defect: it ends this connection, never the node
-            log.exception("connection %r failed; it is closed", client)
+            log.exception("connection %r failed; it is closed", conn)
         finally:
-            self._disconnected(client)
+            self._disconnected(conn)
 
     async def _handshake(
         self, sock: socket.socket, deadline: float
@@ -453,16 +430,12 @@ class Node(Requests):
                 401, str(exc), (("WWW-Authenticate", 'Bearer realm="roomd"'),)
             ) from None
 
-    def _disconnected(self, client: Client) -> None:
-        self._connected.discard(client)
-        was_open = client.session.is_open
-        client.session.close()
-        remaining, left = self.hub.remove(client)
-        for key in left:
-            self._local(Left(key[0], key[1], client.user))
-        if was_open:
-            self._local(Online(client.user, remaining))
-        for waiter in client.pending.values():
+    def _disconnected(self, conn: Connection) -> None:
+        del self._connected[conn]
+        was_open = conn.session.is_open
+        conn.session.close()
+        self.router.closed(conn, was_open)
+        for waiter in conn.pending.values():
             waiter.event.set()
         if not self._connected:
             self._idle.set()
@@ -492,7 +465,7 @@ class Node(Requests):
             "users": len(self.hub.users),
             "rooms": len(self.hub.rooms),
         }
-        if self.cluster is not None:
+        if self.cluster.mode != "none":
             health["cluster"] = self.cluster_stats()
         return health
 
@@ -511,11 +484,7 @@ class Node(Requests):
         """Nodes with status and load, users online, room member counts (cluster-wide)."""
         view = self.view
         rooms = sorted(view.room_users.items(), key=lambda kv: (-len(kv[1]), kv[0]))
-        stats: dict[str, Any] = (
-            self.cluster.stats()
-            if self.cluster is not None
-            else {"mode": "none", "nodes": [{"name": self.name, **self.load(), "lastSeen": 0.0}]}
-        )
+        stats = self.cluster.stats()
         stats["usersOnline"] = view.online_count()
         stats["rooms"] = [
             {"ns": ns, "room": room, "members": len(users)}
@@ -532,29 +501,10 @@ class Node(Requests):
         return response(200, body, "text/plain; version=0.0.4; charset=utf-8")
 
     def _gauges(self) -> dict[str, float]:
-        gauges = {
+        return {
             "open_connections": len(self._connected),
             "users": len(self.hub.users),
             "rooms": len(self.hub.rooms),
             "uptime_seconds": time.time() - self.started_at,
-        }
-        if self.cluster is not None:
-            gauges["cluster_nodes_up"] = len(self.view.nodes_up())
-            gauges["cluster_users_online"] = self.view.online_count()
-            gauges["bus_live"] = int(self.cluster.bus_live)
-        return gauges
-
-    def _counters(self) -> dict[str, tuple[str, float]]:
-        if self.cluster is None:
-            return {}
-        bus, cluster = self.cluster.bus, self.cluster
-        return {
-            "bus_published": ("Messages published on the bus.", bus.published),
-            "bus_received": ("Messages received from the bus.", bus.received),
-            "bus_dropped": ("Messages the bus could not send.", bus.dropped),
-            "bus_bad_messages": ("Bus messages that could not be handled.", cluster.bad_messages),
-            "snapshots_requested": (
-                "Presence snapshots asked of other nodes.",
-                cluster.snapshots_requested,
-            ),
+            **self.cluster.gauges(),
         }

@@ -1,0 +1,92 @@
+"""The two faces of the cluster layer: what it needs of its node, and what it offers it.
+
+The cluster layer never imports the node: a node hands it a :class:`ClusterHost` (local
+deliveries, presence effects, its load) and plain values, and uses it through
+:class:`ClusterLink`, which both a real :class:`~roomd.cluster.Cluster` and the single-node
+:class:`~roomd.cluster.SingleNode` implement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+import trio
+
+from ..protocol import PushTemplate
+from ._calls import Calls
+from ._view import Delta, Effect, RoomKey
+
+
+class ClusterHost(Protocol):
+    """What the cluster layer asks of the node it serves. Deliveries are to this node's own
+    connections only (what arrives from the bus is never forwarded again); each returns how
+    many connections took the push."""
+
+    def deliver_room(self, key: RoomKey, template: PushTemplate, skip_user: str | None) -> int:
+        """To the room's members here, except ``skip_user``'s connections."""
+        ...
+
+    def deliver_users(self, users: list[str], template: PushTemplate) -> int:
+        """To every connection here of each of ``users``."""
+        ...
+
+    def deliver_all(self, template: PushTemplate) -> int:
+        """To every connection here."""
+        ...
+
+    def apply_effects(self, effects: list[Effect]) -> None:
+        """Tell the local connections concerned what changed cluster-wide (joins, leaves,
+        statuses)."""
+        ...
+
+    def load(self) -> dict[str, Any]:
+        """What this node tells the others about itself in its heartbeats (status, url,
+        connections, users, rooms)."""
+        ...
+
+
+class ClusterLink(Protocol):
+    """What a node uses of its cluster layer."""
+
+    mode: str  # "none", "broker" or "mesh"
+    calls: Calls
+
+    @property
+    def bus_live(self) -> bool: ...
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Join the cluster (started once the node may serve) and stay until cancelled."""
+        ...
+
+    async def leave(self) -> None:
+        """Say goodbye; nothing is published after it."""
+        ...
+
+    def publish_room(self, key: RoomKey, template: PushTemplate, skip_user: str | None) -> None:
+        """A push to a room's members on the other nodes."""
+        ...
+
+    def publish_users(self, users: Iterable[str], template: PushTemplate) -> None:
+        """A push to ``users`` on the other nodes where they are connected."""
+        ...
+
+    def publish_all(self, template: PushTemplate) -> None:
+        """A push to every connection of the other nodes."""
+        ...
+
+    def presence_changed(self, seq: int, delta: Delta) -> None:
+        """A change of this node's presence (numbered ``seq`` in its view), for the others."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """The mode, the nodes known with status and load, the bus."""
+        ...
+
+    def gauges(self) -> dict[str, float]:
+        """Gauges for ``/metrics`` (none without a cluster)."""
+        ...
+
+    def counters(self) -> dict[str, tuple[str, float]]:
+        """Counters for ``/metrics``: name -> (help, value) (none without a cluster)."""
+        ...

@@ -1,0 +1,259 @@
+"""The built-in client events: rooms, sends, typing, status, presence.
+
+Each takes the connection and the event's data, and returns the acknowledgement's result or
+raises :class:`RemoteProtocolError`. They never await (but a room send with ``ack``, which the
+event worker runs): a built-in event is handled completely before the next frame of the
+connection is read.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, Final
+
+import attrs
+
+from .._config import Config
+from ..cluster import ClusterView
+from ..hub import Connection, RoomKey
+from ..protocol import (
+    ChatMessage,
+    ErrorCode,
+    Push,
+    PushTemplate,
+    RemoteProtocolError,
+    RoomArgs,
+    RoomRef,
+    SendArgs,
+    StatusArgs,
+    TypingArgs,
+    structure,
+    unstructure,
+    validate_chat_message,
+    validate_name,
+)
+from ._requests import Requests
+from ._router import Router
+
+Builtin = Callable[[Connection, Any], Any]
+
+BUILTIN_EVENTS: Final = frozenset(
+    {
+        "room.join",
+        "room.leave",
+        "room.members",
+        "send",
+        "typing",
+        "status",
+        "users.online",
+        "cluster.stats",
+    }
+)
+
+
+@attrs.frozen
+class Outgoing:
+    """A checked ``send``: what to deliver, to whom, and the acknowledgement's result."""
+
+    args: SendArgs
+    push: Push
+    template: PushTemplate
+    result: dict[str, Any]
+
+
+def wants_ack(event: Any) -> bool:
+    """Whether an event frame is a ``send`` with ``ack`` (handled by the event worker)."""
+    data = event.data
+    return event.event == "send" and isinstance(data, dict) and data.get("ack") is True
+
+
+class Builtins:
+    """The built-in events of one node, with what they need of it."""
+
+    def __init__(
+        self,
+        config: Config,
+        router: Router,
+        requests: Requests,
+        view: ClusterView,
+        cluster_stats: Callable[[], dict[str, Any]],
+    ) -> None:
+        self.config = config
+        self.limits = config.limits
+        self.payload_limits = config.limits.payload_limits()
+        self.router = router
+        self.requests = requests
+        self.view = view
+        self.cluster_stats = cluster_stats
+        self.table: dict[str, Builtin] = {
+            "room.join": self.room_join,
+            "room.leave": self.room_leave,
+            "room.members": self.room_members,
+            "send": self.send,
+            "typing": self.typing_notice,
+            "status": self.status,
+            "users.online": self.users_online,
+            "cluster.stats": self.stats,
+        }
+        assert self.table.keys() == BUILTIN_EVENTS
+
+    # Rooms -------------------------------------------------------------------------------------
+
+    def _room(self, args: RoomArgs | TypingArgs) -> RoomKey:
+        limits = self.payload_limits
+        return (validate_name("ns", args.ns, limits), validate_name("room", args.room, limits))
+
+    def _member_room(self, conn: Connection, args: RoomArgs | TypingArgs) -> RoomKey:
+        key = self._room(args)
+        if key not in conn.rooms:
+            raise RemoteProtocolError(
+                ErrorCode.NOT_IN_ROOM, f"not in room {key[1]!r} of {key[0]!r}"
+            )
+        return key
+
+    def room_join(self, conn: Connection, data: Any) -> Any:
+        key = self._room(structure(data, RoomArgs))
+        limits = self.limits
+        if key not in conn.rooms:
+            if len(conn.rooms) >= limits.max_rooms_per_connection:
+                raise RemoteProtocolError(
+                    ErrorCode.TOO_MANY_ROOMS,
+                    f"a connection may be in at most {limits.max_rooms_per_connection} rooms",
+                )
+            members = self.view.room_users.get(key, ())
+            if conn.user not in members and len(members) >= limits.max_members_per_room:
+                raise RemoteProtocolError(ErrorCode.ROOM_FULL, f"room {key[1]!r} is full")
+            self.router.join(conn, key)
+        return {"ns": key[0], "room": key[1], "members": self.view.room_members(key)}
+
+    def room_leave(self, conn: Connection, data: Any) -> Any:
+        key = self._member_room(conn, structure(data, RoomArgs))
+        self.router.leave(conn, key)
+        return {"ns": key[0], "room": key[1]}
+
+    def room_members(self, conn: Connection, data: Any) -> Any:
+        key = self._member_room(conn, structure(data, RoomArgs))
+        view = self.view
+        members = [
+            {
+                "user": user,
+                "status": view.status_of(user)[0],
+                "connections": view.connections_of(user),
+            }
+            for user in view.room_members(key)
+        ]
+        return {"ns": key[0], "room": key[1], "members": members}
+
+    # Sends -------------------------------------------------------------------------------------
+
+    def prepare_send(self, conn: Connection, data: Any) -> Outgoing:
+        args = structure(data, SendArgs)
+        limits = self.payload_limits
+        mode = args.to.mode
+        if mode not in self.config.permissions.client_send:
+            raise RemoteProtocolError(ErrorCode.FORBIDDEN, f"clients may not send to {mode}")
+        if args.ack and mode != "room":
+            raise RemoteProtocolError(ErrorCode.INVALID, "ack: only room sends can be acknowledged")
+        if args.ack and not 0 < args.timeout <= self.limits.max_ack_timeout:
+            limit = self.limits.max_ack_timeout
+            raise RemoteProtocolError(ErrorCode.INVALID, f"timeout: must be within 0..{limit:g}")
+        validate_name("event", args.event, limits)
+        result: dict[str, Any] = {}
+        payload = args.data
+        if args.event == "message":
+            message = self._chat_message(conn, args.data)
+            result["messageId"] = message.message_id
+            payload = unstructure(message)
+        room: RoomRef | None = None
+        to: list[str] | None = None
+        if mode == "room":
+            assert args.to.room is not None
+            room = RoomRef(*self._member_room(conn, RoomArgs(args.to.room, args.to.ns)))
+        elif mode == "user":
+            assert args.to.user is not None
+            to = [validate_name("user", args.to.user, limits)]
+        elif mode == "users":
+            assert args.to.users is not None
+            to = sorted({validate_name("user", u, limits) for u in args.to.users})
+        push = Push(args.event, payload, room=room, sender=conn.user, to=to)
+        try:
+            template = PushTemplate.of(push, volatile=args.volatile)
+        except TypeError:
+            raise RemoteProtocolError(
+                ErrorCode.INVALID, "data: not representable as JSON"
+            ) from None
+        return Outgoing(args, push, template, result)
+
+    def send(self, conn: Connection, data: Any) -> Any:
+        out = self.prepare_send(conn, data)
+        args, push = out.args, out.push
+        if push.room is not None:
+            exclude = conn if args.except_self else None
+            self.router.route_room((push.room.ns, push.room.room), out.template, exclude=exclude)
+        elif push.to is not None:
+            self.router.route_users(push.to, out.template, sender=conn)
+        else:
+            self.router.route_all(out.template, exclude=conn if args.except_self else None)
+        return out.result
+
+    async def send_with_ack(self, conn: Connection, data: Any) -> Any:
+        """``send`` with ``ack``: wait for every member's acknowledgement, or the timeout."""
+        out = self.prepare_send(conn, data)
+        push = out.push
+        assert push.room is not None
+        counts = await self.requests.request_room(
+            (push.room.ns, push.room.room),
+            push.event,
+            push.data,
+            sender=conn.user,
+            exclude=conn if out.args.except_self else None,
+            timeout=out.args.timeout,
+        )
+        return {**out.result, **counts}
+
+    def _chat_message(self, conn: Connection, data: Any) -> ChatMessage:
+        message = structure(data, ChatMessage)
+        validate_chat_message(message, self.payload_limits)
+        if message.sender is not None and message.sender != conn.user:
+            raise RemoteProtocolError(ErrorCode.INVALID, "sender: must be the connected user")
+        return attrs.evolve(
+            message,
+            sender=conn.user,
+            message_id=str(uuid.UUID(message.message_id) if message.message_id else uuid.uuid4()),
+            timestamp=message.timestamp if message.timestamp is not None else _now_ms(),
+        )
+
+    # Presence ----------------------------------------------------------------------------------
+
+    def typing_notice(self, conn: Connection, data: Any) -> Any:
+        args = structure(data, TypingArgs)
+        key = self._member_room(conn, args)
+        body = {"ns": key[0], "room": key[1], "user": conn.user, "typing": args.typing}
+        template = PushTemplate.of(Push("typing", body), volatile=True)
+        self.router.route_room(key, template, skip_user=conn.user)
+        return {}
+
+    def status(self, conn: Connection, data: Any) -> Any:
+        args = structure(data, StatusArgs)
+        limits = self.payload_limits
+        if not args.status:
+            raise RemoteProtocolError(ErrorCode.INVALID, "status: must not be empty")
+        for field, value in (("status", args.status), ("text", args.text)):
+            if value is not None and len(value) > limits.max_status_chars:
+                raise RemoteProtocolError(
+                    ErrorCode.INVALID, f"{field}: longer than {limits.max_status_chars} characters"
+                )
+        self.router.set_status(conn.user, args.status, args.text)
+        return {}
+
+    def users_online(self, conn: Connection, data: Any) -> Any:
+        return {"users": self.view.online_users()}
+
+    def stats(self, conn: Connection, data: Any) -> Any:
+        return self.cluster_stats()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
