@@ -13,7 +13,6 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
 from roomd import Context, HandlerError, Node
-from roomd.node import mint_token
 from roomd.client import (
     AckError,
     Backoff,
@@ -43,6 +42,7 @@ from roomd.client import (
 )
 from roomd.client._core import Outgoing
 from roomd.client._subscription import Dispatcher
+from roomd.node import mint_token
 from roomd.protocol import (
     CLOSE_CODES,
     Ack,

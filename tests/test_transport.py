@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import socket
 
-from roomd.node import Stats
 from roomd.io import Flusher, Transport
+from roomd.node import Stats
 
 
 async def test_volatile_pushes_are_dropped_first_then_the_connection_closes_4008() -> None:
