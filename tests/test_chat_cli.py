@@ -9,8 +9,8 @@ from pathlib import Path
 import trio
 
 from roomd import Node
+from roomd.cli import ChatSession
 from roomd.client import Client, Lifecycle, open_client
-from roomd.client._chat import ChatSession
 from tests.test_client import FAST, fast_node, run_node, url
 
 ROOT = Path(__file__).resolve().parent.parent

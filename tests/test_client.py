@@ -41,7 +41,7 @@ from roomd.client import (
     open_client,
 )
 from roomd.client._core import Outgoing
-from roomd.client._subscription import Dispatcher
+from roomd.client._subscription import Subscriptions
 from roomd.node import mint_token
 from roomd.protocol import (
     CLOSE_CODES,
@@ -247,7 +247,7 @@ def test_client_url_injects_query_parameters() -> None:
 
 
 async def test_subscription_overflow_policies() -> None:
-    hub = Dispatcher()
+    hub = Subscriptions()
     oldest = hub.subscribe("x", 2, "drop_oldest")
     newest = hub.subscribe("x", 2, "drop_newest")
     strict = hub.subscribe("x", 2, "close")

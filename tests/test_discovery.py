@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from roomd.client._discovery import SERVICE_TYPE, _node_of, loopback_only, service_info
+from roomd.client._discovery import _node_of
+from roomd.io import SERVICE_TYPE, loopback_only, service_info
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,7 +46,8 @@ import json, logging, signal, subprocess, sys
 import trio
 from roomd import Node
 from roomd.client import fetch_health
-from roomd.client._discovery import advertise, discover
+from roomd.client import discover
+from roomd.io import advertise
 from tests.support import make_config
 
 for cmd in ("link set lo up", "link set lo multicast on", "route add 224.0.0.0/4 dev lo"):
@@ -59,7 +61,7 @@ class Warnings(logging.Handler):
         self.messages.append(record.getMessage())
 
 warnings = Warnings()
-logging.getLogger("roomd.client.discovery").addHandler(warnings)
+logging.getLogger("roomd.mdns").addHandler(warnings)
 
 async def node_stderr_until(text):
     command = [sys.executable, "-m", "roomd.cli", "--dev", "--port", "0", "--mdns"]

@@ -10,8 +10,6 @@ from ._backoff import Backoff as Backoff
 from ._backoff import Reconnect as Reconnect
 from ._backoff import Stop as Stop
 from ._backoff import decide as decide
-from ._chat import ChatSession as ChatSession
-from ._chat import chat_main as chat_main
 from ._client import Client as Client
 from ._client import ClientState as ClientState
 from ._client import open_client as open_client
@@ -30,10 +28,9 @@ from ._core import RoomSet as RoomSet
 from ._core import Rtt as Rtt
 from ._core import RttSample as RttSample
 from ._core import client_url as client_url
+from ._discovery import DEFAULT_DISCOVER_TIMEOUT as DEFAULT_DISCOVER_TIMEOUT
 from ._discovery import DiscoveredNode as DiscoveredNode
-from ._discovery import advertise as advertise
 from ._discovery import discover as discover
-from ._discovery import discover_main as discover_main
 from ._errors import ClientClosed as ClientClosed
 from ._errors import ClientError as ClientError
 from ._errors import ConnectFailed as ConnectFailed

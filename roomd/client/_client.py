@@ -82,10 +82,10 @@ from ._core import (
 from ._errors import ClientClosed, ConnectFailed, ConnectionLost
 from ._subscription import (
     DEFAULT_SUBSCRIPTION_SIZE,
-    Dispatcher,
     Handler,
     Overflow,
     Subscription,
+    Subscriptions,
     run_handler,
 )
 from ._target import Target
@@ -178,7 +178,7 @@ class Client:
         self._offline: OfflineQueue[CallWaiter] = OfflineQueue(offline_queue)
         self._pending: PendingCalls[CallWaiter] = PendingCalls()
         self._rooms = RoomSet()
-        self._events = Dispatcher()
+        self._events = Subscriptions()
         self._request_handlers: dict[str, RequestHandler] = {}
         self._handlers: list[tuple[Subscription, Handler]] = []
         self._nursery: trio.Nursery | None = None

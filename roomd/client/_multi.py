@@ -38,10 +38,10 @@ from ._errors import ClientClosed, ConnectFailed, InvalidServer, OfflineQueueFul
 from ._health import DEFAULT_HEALTH_TIMEOUT, Health, fetch_health
 from ._subscription import (
     DEFAULT_SUBSCRIPTION_SIZE,
-    Dispatcher,
     Handler,
     Overflow,
     Subscription,
+    Subscriptions,
     run_handler,
 )
 from ._util import collapse_single
@@ -221,7 +221,7 @@ class MultiServerClient:
         self._local: dict[str, Any] = {}
         self._servers: dict[str, _Server] = {}
         self._active: str | None = None
-        self._events = Dispatcher()
+        self._events = Subscriptions()
         self._nursery: trio.Nursery | None = None
         self._stop = trio.Event()
         self._done = trio.Event()

@@ -42,7 +42,7 @@ class Subscription:
 
     def __init__(
         self,
-        dispatcher: Dispatcher,
+        subscriptions: Subscriptions,
         name: str,
         size: int = DEFAULT_SUBSCRIPTION_SIZE,
         overflow: Overflow = "drop_oldest",
@@ -55,7 +55,7 @@ class Subscription:
         self.size = size
         self.overflow = overflow
         self.dropped = 0
-        self._dispatcher = dispatcher
+        self._subscriptions = subscriptions
         self._items: collections.deque[Any] = collections.deque()
         self._lot = trio.lowlevel.ParkingLot()
         self._ended = False
@@ -80,7 +80,7 @@ class Subscription:
     def end(self) -> None:
         """No more items will come; the consumer gets the queued ones first."""
         self._ended = True
-        self._dispatcher.remove(self)
+        self._subscriptions.remove(self)
         self._lot.unpark_all()
 
     close = end
@@ -129,7 +129,7 @@ class Subscription:
         return f"<Subscription {self.name!r} queued={len(self._items)} dropped={self.dropped}>"
 
 
-class Dispatcher:
+class Subscriptions:
     """Subscriptions by name; :meth:`publish` fans an item out to them without blocking."""
 
     def __init__(self) -> None:

@@ -6,6 +6,11 @@ call into it and never touch trio's low-level I/O or pyzmq themselves.
 
 from ._flusher import Flushable as Flushable
 from ._flusher import Flusher as Flusher
+from ._mdns import SERVICE_TYPE as SERVICE_TYPE
+from ._mdns import advertise as advertise
+from ._mdns import loopback_only as loopback_only
+from ._mdns import open_zeroconf as open_zeroconf
+from ._mdns import service_info as service_info
 from ._sockets import read_request as read_request
 from ._sockets import send_all as send_all
 from ._transport import ControlHandler as ControlHandler

@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 import trio
 
-from . import __version__
-from ._config import Config, ConfigError, load_config
-from .node import Node, mint_token
+from .. import __version__
+from .._config import Config, ConfigError, load_config
+from ..node import Node, mint_token
 
 log = logging.getLogger("roomd")
 
@@ -126,7 +126,7 @@ async def _run_until_signal(node: Node, mdns: bool = False) -> None:
             stopped = trio.Event()
             port = await nursery.start(_run_node, node, stopped)
             if mdns:
-                from .client import advertise
+                from ..io import advertise
 
                 await nursery.start(advertise, node.name, node.config.node.host, port, __version__)
             await stopped.wait()
@@ -164,7 +164,7 @@ def token(argv: Sequence[str]) -> int:
 
 
 def cluster(argv: Sequence[str]) -> int:
-    from ._launcher import plan, run_children
+    from .._launcher import plan, run_children
 
     args = _cluster_parser().parse_args(argv)
     config = _load(args.config)
@@ -175,19 +175,19 @@ def cluster(argv: Sequence[str]) -> int:
 
 
 def chat(argv: Sequence[str]) -> int:
-    from .client import chat_main
+    from ._chat import chat_main
 
     return chat_main(argv)
 
 
 def discover(argv: Sequence[str]) -> int:
-    from .client import discover_main
+    from ._discover import discover_main
 
     return discover_main(argv)
 
 
 def bench(argv: Sequence[str]) -> int:
-    from .bench import main as bench_main
+    from ..bench import main as bench_main
 
     return bench_main(argv)
 
@@ -206,7 +206,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args and args[0] in COMMANDS:
         return COMMANDS[args[0]](args[1:])
     return serve(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

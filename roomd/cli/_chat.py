@@ -18,11 +18,20 @@ from typing import Any, Final
 
 import trio
 
+from ..client import (
+    ANY_PUSH,
+    Backoff,
+    Client,
+    ClientError,
+    Closed,
+    GaveUp,
+    Lifecycle,
+    Opened,
+    ProtocolProblem,
+    Reconnecting,
+    open_client,
+)
 from ..protocol import AckError, Push, RequestTimeout
-from ._backoff import Backoff
-from ._client import Client, open_client
-from ._core import ANY_PUSH, Closed, GaveUp, Lifecycle, Opened, ProtocolProblem, Reconnecting
-from ._errors import ClientError
 
 HELP: Final = """commands:
   /join ROOM            join a room and make it the current one
