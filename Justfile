@@ -14,11 +14,12 @@ setup:
 test *args:
     {{bin}}/python -m pytest -q {{args}}
 
-# ruff and mypy.
+# ruff, mypy and the import contracts (the layers of docs/architecture.md).
 lint:
     {{bin}}/ruff check roomd broker tests
     {{bin}}/ruff format --check roomd broker tests
     {{bin}}/mypy
+    {{bin}}/lint-imports
 
 # Format the code.
 fmt:

@@ -1,6 +1,6 @@
 """roomd: a Trio WebSocket room server that scales out over ZeroMQ."""
 
-__version__ = "0.1.0"
+from ._version import __version__ as __version__
 
 from ._config import Config as Config
 from ._config import ConfigError as ConfigError

@@ -61,7 +61,7 @@ import trio
 import zmq
 
 from ..cluster import _wire
-from ..io._zmq import SocketType, ZmqSocket, make_context, open_socket
+from ..io import SocketType, ZmqSocket, make_context, open_socket
 from . import _stats
 
 TOPIC: Final = _wire.node_topic("bench-bus")  # no node subscribes to it

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 import trio
 
-from .. import __version__
+from .._version import __version__
 from .._config import Config, ConfigError, load_config
 from ..node import Node, mint_token
 

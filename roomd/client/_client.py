@@ -27,7 +27,7 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
-from .. import __version__
+from .._version import __version__
 from ..protocol import (
     PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,

@@ -14,7 +14,7 @@ import h11
 import orjson
 import trio
 
-from .. import __version__
+from .._version import __version__
 from ..protocol import SUPPORTED_VERSIONS
 from ._core import http_url
 from ._errors import InvalidServer

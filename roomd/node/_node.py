@@ -21,7 +21,7 @@ import attrs
 import trio
 from prometheus_client.exposition import generate_latest
 
-from .. import __version__
+from .._version import __version__
 from .._config import Config, configure_node
 from ..cluster import CallHandler, ClusterReplies, ClusterView, Replies, make_cluster
 from ..hub import Connection, Hub, RateLimiter
