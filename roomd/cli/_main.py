@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 import trio
 
-from .._version import __version__
 from .._config import Config, ConfigError, load_config
+from .._version import __version__
 from ..node import Node, mint_token
 
 log = logging.getLogger("roomd")

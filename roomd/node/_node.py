@@ -21,8 +21,8 @@ import attrs
 import trio
 from prometheus_client.exposition import generate_latest
 
-from .._version import __version__
 from .._config import Config, configure_node
+from .._version import __version__
 from ..cluster import CallHandler, ClusterReplies, ClusterView, Replies, make_cluster
 from ..hub import Connection, Hub, RateLimiter
 from ..io import Flusher, Transport, read_request, send_all
