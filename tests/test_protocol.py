@@ -979,14 +979,14 @@ def test_fuzz_builtin_payloads(case: tuple[type[Any], Any]) -> None:
         assert exc.code == ErrorCode.INVALID
 
 
-PLAIN_CONVERTER = make_converter(fast=False)
+QUICK_CONVERTER = make_converter(detailed=False)
 
 
 def _outcome(conv: Any, obj: Any, cls: type[Any]) -> tuple[str, Any]:
     try:
         return "ok", conv.structure(obj, cls)
-    except Exception as exc:
-        return "error", type(exc)
+    except Exception:
+        return "error", None
 
 
 FIELD_VALUES = st.sampled_from(
@@ -1011,7 +1011,8 @@ def _typed_objects(cls: type[Any]) -> st.SearchStrategy[tuple[type[Any], dict[st
     | arg_objects
     | st.tuples(st.sampled_from(FRAME_CLASSES), frame_objects)
 )
-def test_fast_structuring_agrees_with_the_converter(case: tuple[type[Any], Any]) -> None:
-    """The fast path accepts exactly what the generated one does, with the same result."""
+def test_quick_structuring_agrees_with_the_detailed_converter(case: tuple[type[Any], Any]) -> None:
+    """The quick converter (no error bookkeeping) accepts exactly what the detailed one does,
+    with the same result: only the wording of errors is left to the detailed one."""
     cls, obj = case
-    assert _outcome(converter, obj, cls) == _outcome(PLAIN_CONVERTER, obj, cls)
+    assert _outcome(QUICK_CONVERTER, obj, cls) == _outcome(converter, obj, cls)

@@ -188,6 +188,9 @@ def render(document: dict[str, Any]) -> str:
     bus = results.get("bus")
     if bus is not None and "paths" in bus:
         lines += [*([""] if lines[-1] else []), *_bus_lines(bus)]
+    micro = results.get("micro")
+    if micro is not None and "error" not in micro:
+        lines += [*([""] if lines[-1] else []), _micro_line(micro)]
     for name, r in results.items():
         if "error" in r:
             lines.append(f"{name}: FAILED: {r['error']}")
@@ -240,6 +243,14 @@ _BUS_CPU: Final = ("broker", "pub", "sub", "nodes")
 
 def _bus_cpu(cpu: dict[str, Any]) -> str:
     return "/".join("-" if cpu.get(k) is None else f"{cpu[k]:.2f}" for k in _BUS_CPU)
+
+
+def _micro_line(micro: dict[str, Any]) -> str:
+    return (
+        f"micro (in process, us per message): direct send {micro['direct_us']:.2f}, "
+        f"room send to 100 members {micro['room100_us']:.2f}, decoding a send "
+        f"{micro['decode_us']:.2f}"
+    )
 
 
 def _bus_lines(bus: dict[str, Any]) -> list[str]:
@@ -357,6 +368,11 @@ def medians(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     elif any("bus" in d["results"] for d in documents):
         skipped = [d["results"]["bus"] for d in documents if "skipped" in d["results"]["bus"]]
         out["bus"] = skipped[0] if skipped else {"error": "failed in every run"}
+    micro = [
+        d["results"]["micro"] for d in documents if "direct_us" in d["results"].get("micro", {})
+    ]
+    if micro:
+        out["micro"] = {k: _median([m[k] for m in micro]) for k in micro[0]}
     for name in names:
         runs = [d["results"][name] for d in documents if "error" not in d["results"].get(name, {})]
         if not runs:
@@ -496,6 +512,9 @@ def render_medians(table: dict[str, dict[str, Any]], documents: list[dict[str, A
                 ]
             )
         lines += _table(rows)
+    micro = table.get("micro")
+    if micro is not None:
+        lines.append(_micro_line(micro))
     if any("target" in m for m in table.values()):
         lines.append("targets (on the medians):")
     for name, m in table.items():

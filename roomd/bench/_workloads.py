@@ -32,7 +32,7 @@ from ._procs import BenchError, Driver, Node, alive, cpu_seconds, get_json, rss_
 
 ROOM: Final = "bench"
 MARGIN: Final = 30.0  # seconds a driver may take beyond the timeout it was given
-WORKLOADS: Final = ("w1-rate", "w1-burst", "w2-rate", "w2-burst", "w3-idle", "bus")
+WORKLOADS: Final = ("w1-rate", "w1-burst", "w2-rate", "w2-burst", "w3-idle", "bus", "micro")
 BUS_PATHS: Final = ("broker", "direct")
 BUS_JOIN_TIMEOUT: Final = 10.0  # seconds for a probe to get through a new PUB/SUB pair
 BUS_PROBE_WAIT: Final = 0.02  # seconds the subscriber waits for each probe

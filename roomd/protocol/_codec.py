@@ -80,10 +80,16 @@ def _is_dict(tp: Any) -> bool:
     return typing.get_origin(tp) is dict
 
 
-def make_converter(*, fast: bool = True) -> cattrs.Converter:
-    """Build the protocol converter (normally used through :data:`converter`); ``fast=False``
-    leaves out the fast structuring paths (the tests compare the two)."""
-    conv = cattrs.Converter(detailed_validation=True)
+def make_converter(*, detailed: bool = True) -> cattrs.Converter:
+    """Build a protocol converter.
+
+    Two are built (:data:`converter` and :data:`_quick`), from the same hooks: cattrs generates
+    each attrs class's structuring function, with per-field error bookkeeping (``detailed``,
+    which words errors with their paths) or without (a valid frame, the hot path, is structured
+    in about half the time). :func:`structure` tries the quick one and, only when it fails, lets
+    the detailed one word the error.
+    """
+    conv = cattrs.Converter(detailed_validation=detailed)
     conv.register_structure_hook(str, _expect(str, "a string"))
     conv.register_structure_hook(int, _expect(int, "an integer"))
     conv.register_structure_hook(bool, _expect(bool, "a boolean"))
@@ -115,18 +121,14 @@ def make_converter(*, fast: bool = True) -> cattrs.Converter:
         }
 
     def attrs_hook(cls: type[Any]) -> typing.Callable[[Any, Any], Any]:
-        structure_fields = make_dict_structure_fn(cls, conv, **renames(cls))
-        quick = _fast_structure_fn(cls) if fast else None
+        structure_fields = make_dict_structure_fn(
+            cls, conv, _cattrs_detailed_validation=detailed, **renames(cls)
+        )
 
         @functools.wraps(structure_fields)  # keeps .overrides, which union disambiguation reads
         def structure_object(value: Any, tp: Any) -> Any:
             if type(value) is not dict:
                 raise TypeError("expected an object")
-            if quick is not None:
-                try:
-                    return quick(value)
-                except Exception:
-                    pass
             return structure_fields(value, tp)
 
         return structure_object
@@ -135,7 +137,11 @@ def make_converter(*, fast: bool = True) -> cattrs.Converter:
         # The payload's class is the one ``type`` names, not one guessed from the payload's keys
         # (cattrs would pick by key, so an extra ``size`` could turn a text payload into a file).
         structure_fields = make_dict_structure_fn(
-            cls, conv, **renames(cls), payload=override(struct_hook=dict_hook(dict[str, Any]))
+            cls,
+            conv,
+            _cattrs_detailed_validation=detailed,
+            **renames(cls),
+            payload=override(struct_hook=dict_hook(dict[str, Any])),
         )
 
         def structure_chat(value: Any, tp: Any) -> ChatMessage:
@@ -146,6 +152,8 @@ def make_converter(*, fast: bool = True) -> cattrs.Converter:
             try:
                 payload = conv.structure(message.payload, payload_cls)
             except Exception as exc:
+                if not detailed:
+                    raise
                 exc.add_note(AttributeValidationNote("payload", "payload", payload_cls))
                 raise cattrs.ClassValidationError(
                     f"structuring {cls.__name__}", [exc], cls
@@ -182,81 +190,16 @@ def _as_is(value: Any) -> Any:
     return value
 
 
-class _Slow(Exception):
-    """The fast path of structuring gives up: the converter's own path decides."""
-
-
-_MISSING: Final = object()
-_FAST_CACHE: dict[type[Any], typing.Callable[[dict[str, Any]], Any] | None] = {}
-
-
-def _fast_structure_fn(cls: type[Any]) -> typing.Callable[[dict[str, Any]], Any] | None:
-    """A straight-line structuring function for a class whose fields are all simple (str,
-    int, bool, float, Any, a Literal of strings, ``list[str]``, ``dict[str, Any]``, another such
-    class, or one of these or ``None``), or ``None`` for other classes.
-
-    It accepts exactly what the converter's generated function accepts, and raises on anything
-    else (then that function runs and words the error): valid frames, the hot path, skip
-    cattrs' per-field dispatch (a ``send`` event is structured in a fraction of the time).
-    """
-    if cls in _FAST_CACHE:
-        return _FAST_CACHE[cls]
-    _FAST_CACHE[cls] = None  # (while building: a class that contains itself has no fast path)
-    hints = typing.get_type_hints(cls)
-    env: dict[str, Any] = {"cls": cls, "MISSING": _MISSING, "Slow": _Slow}
-    lines = ["def structure(d):", "    kw = {}"]
-    for i, f in enumerate(attrs.fields(cls)):
-        check = _fast_check(hints[f.name], f"v{i}", env, i)
-        if check is None:
-            return None
-        lines.append(f"    v{i} = d.get({wire_name(f.name, cls)!r}, MISSING)")
-        lines.append(f"    if v{i} is not MISSING:")
-        lines.extend(f"        {line}" for line in check)
-        lines.append(f"        kw[{f.alias!r}] = v{i}")
-    lines.append("    return cls(**kw)")
-    exec("\n".join(lines), env)
-    function: typing.Callable[[dict[str, Any]], Any] = env["structure"]
-    _FAST_CACHE[cls] = function
-    return function
-
-
-def _fast_check(tp: Any, var: str, env: dict[str, Any], i: int) -> list[str] | None:
-    """Lines that check (and, for floats and nested classes, convert) ``var`` as ``tp``."""
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        inner = [a for a in args if a is not type(None)]
-        if len(args) != 2 or len(inner) != 1:
-            return None
-        check = _fast_check(inner[0], var, env, i)
-        if check is None:
-            return None
-        return [f"if {var} is not None:", *(f"    {line}" for line in check)]
-    if tp is Any:
-        return ["pass"]
-    if tp in (str, int, bool):
-        return [f"if type({var}) is not {tp.__name__}: raise Slow"]
-    if tp is float:
-        return [
-            f"if type({var}) is int: {var} = float({var})",
-            f"elif type({var}) is not float: raise Slow",
-        ]
-    if typing.get_origin(tp) is typing.Literal and all(type(a) is str for a in args):
-        env[f"choices{i}"] = frozenset(args)
-        return [f"if type({var}) is not str or {var} not in choices{i}: raise Slow"]
-    if typing.get_origin(tp) is list and args == (str,):
-        return [f"if type({var}) is not list or any(type(x) is not str for x in {var}): raise Slow"]
-    if typing.get_origin(tp) is dict and args == (str, Any):
-        return [f"if type({var}) is not dict: raise Slow"]
-    if attrs.has(tp) and tp is not ChatMessage:
-        nested = _fast_structure_fn(tp)
-        if nested is None:
-            return None
-        env[f"nested{i}"] = nested
-        return [f"if type({var}) is not dict: raise Slow", f"{var} = nested{i}({var})"]
-    return None
-
-
 converter: Final = make_converter()
+_quick: Final = make_converter(detailed=False)
+# What structuring invalid data raises (the detailed converter says it in words).
+_STRUCTURE_ERRORS: Final = (
+    cattrs.BaseValidationError,
+    cattrs.errors.CattrsError,
+    ValueError,
+    TypeError,
+    KeyError,
+)
 
 
 def _type_name(tp: Any) -> str:
@@ -296,10 +239,16 @@ def structure(value: Any, cls: type[T], *, ref: int | None = None) -> T:
     if attrs.has(cls) and type(value) is not dict:
         raise RemoteProtocolError(ErrorCode.INVALID, "expected an object", ref=ref)
     try:
+        return _quick.structure(value, cls)
+    except RemoteProtocolError:
+        raise
+    except _STRUCTURE_ERRORS:
+        pass  # invalid: structure again, with the error bookkeeping, to say why
+    try:
         return converter.structure(value, cls)
     except RemoteProtocolError:
         raise
-    except (cattrs.BaseValidationError, ValueError, TypeError, KeyError) as exc:
+    except _STRUCTURE_ERRORS as exc:
         raise RemoteProtocolError(ErrorCode.INVALID, _readable(exc), ref=ref) from None
 
 
