@@ -354,7 +354,7 @@ async def test_bench_smoke(tmp_path: Path) -> None:
         sys.executable, "-m", "roomd.cli", "bench", "--nodes", "2",
         "--receivers", "10", "--messages", "20", "--rate-messages", "10", "--rate", "50",
         "--pairs", "4", "--pair-messages", "5", "--pair-rate", "50", "--pair-burst", "20",
-        "--connections", "50", "--hold", "1", "--bus-messages", "2000", "--timeout", "15",
+        "--connections", "50", "--hold", "1", "--bus-messages", "2000", "--micro-sends", "300", "--timeout", "15",
         "--json", str(out),
     ]  # fmt: skip
     with trio.fail_after(45):
@@ -394,3 +394,5 @@ async def test_bench_smoke(tmp_path: Path) -> None:
         assert r["cpu_s"]["pub"] is not None and r["cpu_s"]["broker"] is not None
     assert (bus["lost"], bus["duplicates"]) == (0, 0)
     assert "bus path" in report
+    micro = results["micro"]
+    assert micro["delivered"] > 300 and 0 < micro["decode_us"] < micro["direct_us"]

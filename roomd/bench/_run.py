@@ -92,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
         default=d.bus_direct,
         help="also PUB -> SUB without the broker, for comparison (yes)",
     )
+    g.add_argument(
+        "--micro-sends",
+        type=int,
+        default=d.micro_sends,
+        help=f"micro: in-process sends per round ({d.micro_sends:,})",
+    )
     g = p.add_argument_group("run")
     g.add_argument("--padding", type=int, default=d.padding, help="payload padding bytes (64)")
     g.add_argument(
@@ -143,6 +149,7 @@ def parse_settings(argv: Sequence[str]) -> tuple[Settings, str | None, int]:
         bus_checkpoint=args.bus_checkpoint,
         bus_window=args.bus_window,
         bus_direct=args.bus_direct,
+        micro_sends=args.micro_sends,
         padding=args.padding,
         timeout=args.timeout,
         profile=args.profile,
@@ -243,7 +250,7 @@ async def _workloads(settings: Settings, results: dict[str, dict[str, Any]]) -> 
                         await _guarded(results, w2, run_w2(bench, sorted(w2, key=WORKLOADS.index)))
     if "micro" in settings.workloads:
         _say("micro: the node's own work per message, in this process ...")
-        results["micro"] = await trio.to_thread.run_sync(run_micro)
+        results["micro"] = await trio.to_thread.run_sync(run_micro, settings.micro_sends)
     if "w3-idle" in settings.workloads:
         async with _cluster(settings) as cluster, drivers(settings.drivers) as started:
             bench = Bench(settings, cluster.nodes, cluster.broker_pid, started)

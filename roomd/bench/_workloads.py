@@ -63,6 +63,7 @@ class Settings:
     bus_checkpoint: int = 256  # bus messages sent between two checkpoints
     bus_window: int = 10_000  # bus messages unacknowledged at most (0: no limit)
     bus_direct: bool = True  # the bus also PUB -> SUB directly, for comparison
+    micro_sends: int = 20_000  # in-process sends per round of the micro workload
     padding: int = 64
     timeout: float = 60.0  # a phase's limit beyond its sending time
     grace: float = 0.3  # seconds of listening for duplicates after the last expected delivery
@@ -79,7 +80,7 @@ class Settings:
         d = Settings()
         same = attrs.evolve(same, bus_messages=d.bus_messages, bus_bytes=d.bus_bytes)
         same = attrs.evolve(same, bus_checkpoint=d.bus_checkpoint, bus_window=d.bus_window)
-        same = attrs.evolve(same, bus_direct=d.bus_direct)
+        same = attrs.evolve(same, bus_direct=d.bus_direct, micro_sends=d.micro_sends)
         return same == d
 
 
