@@ -354,7 +354,8 @@ async def test_bench_smoke(tmp_path: Path) -> None:
         sys.executable, "-m", "roomd.cli", "bench", "--nodes", "2",
         "--receivers", "10", "--messages", "20", "--rate-messages", "10", "--rate", "50",
         "--pairs", "4", "--pair-messages", "5", "--pair-rate", "50", "--pair-burst", "20",
-        "--connections", "50", "--hold", "1", "--bus-messages", "2000", "--micro-sends", "300", "--timeout", "15",
+        "--connections", "50", "--hold", "1", "--bus-messages", "2000", "--micro-sends", "300",
+        "--timeout", "15",
         "--json", str(out),
     ]  # fmt: skip
     with trio.fail_after(45):
