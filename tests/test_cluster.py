@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import trio
 
-from tests.cluster_support import health, metrics, running_cluster
+from tests.cluster_support import HEARTBEAT, health, metrics, running_cluster
 from tests.support import RawClient, connect
 
 pytestmark = pytest.mark.cluster
@@ -156,6 +156,30 @@ async def test_health_shows_the_bus_and_nodes_that_left_or_went_down(tmp_path: P
             assert after["cluster"]["bus"]["live"] is True
             samples = await trio.to_thread.run_sync(metrics, port_a)
             assert samples["roomd_bus_live"] == 1 and samples["roomd_cluster_nodes_up"] == 1
+
+
+async def test_a_node_that_stops_with_clients_is_left_and_never_up_again(tmp_path: Path) -> None:
+    """Its clients' goodbyes (presence changes still in their window) go out before its own,
+    and nothing after it: the others list it as left, not up, then down heartbeats later."""
+    with trio.fail_after(30):
+        async with running_cluster(tmp_path) as cluster:
+            b = cluster.node("nodeB")
+            async with connect(b, "bob") as bob, connect(b, "bea") as bea:
+                await bob.ok("room.join", {"room": "r"})
+                await bea.ok("room.join", {"room": "r"})
+                marks = {n: len(cluster.nodes[n].lines) for n in ("nodeA", "nodeC")}
+                assert await cluster.nodes["nodeB"].stop() == 0
+            for name, mark in marks.items():
+                await cluster.nodes[name].wait_for("node nodeB left", mark)
+            # Longer than the heartbeat timeout: a node announced again would now be "down".
+            await trio.sleep(HEARTBEAT * 3 * 2)
+            for name, mark in marks.items():
+                said = "\n".join(cluster.nodes[name].lines[mark:])
+                assert "node nodeB is up" not in said and "node nodeB is down" not in said
+                report = await trio.to_thread.run_sync(health, cluster.ports[name])
+                statuses = {n["name"]: n["status"] for n in report["cluster"]["nodes"]}
+                assert statuses["nodeB"] == "left"
+                assert report["cluster"]["usersOnline"] == 0
 
 
 async def test_broker_restart_loses_only_what_was_sent_while_it_was_down(

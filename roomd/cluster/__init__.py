@@ -19,6 +19,8 @@ from ._cluster import BusPort as BusPort
 from ._cluster import Cluster as Cluster
 from ._host import ClusterHost as ClusterHost
 from ._host import ClusterLink as ClusterLink
+from ._memory import MemoryBus as MemoryBus
+from ._memory import MemoryNetwork as MemoryNetwork
 from ._single import SingleNode as SingleNode
 from ._view import ClusterView as ClusterView
 from ._view import Delta as Delta

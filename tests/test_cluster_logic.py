@@ -1,0 +1,235 @@
+"""The cluster layer's logic, deterministic: real Cluster objects on an in-memory bus, in virtual
+time (``autojump_clock``): heartbeat expiry, snapshots on a gap or a new epoch, the delta
+window, bus liveness, goodbye. Each test takes milliseconds of real time."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+import trio
+import trio.testing
+
+from roomd._config import ClusterSection
+from roomd.cluster import (
+    Cluster,
+    ClusterView,
+    Delta,
+    Effect,
+    Joined,
+    Left,
+    MemberJoined,
+    MemberLeft,
+    MemoryNetwork,
+    Online,
+)
+from roomd.cluster._wire import Kind, decode
+from roomd.io import Flusher
+from roomd.protocol import PushTemplate
+
+SECTION = ClusterSection(mode="broker", heartbeat_interval=1.0, heartbeat_misses=3)
+LOBBY = ("/", "lobby")
+
+
+class Host:
+    """The node's side, recorded: effects and local deliveries."""
+
+    def __init__(self) -> None:
+        self.effects: list[Effect] = []
+        self.delivered: list[tuple[str, Any]] = []
+
+    def deliver_room(self, key: Any, template: PushTemplate, skip_user: str | None) -> int:
+        self.delivered.append(("room", key))
+        return 1
+
+    def deliver_users(self, users: list[str], template: PushTemplate) -> int:
+        self.delivered.append(("users", users))
+        return len(users)
+
+    def deliver_all(self, template: PushTemplate) -> int:
+        self.delivered.append(("all", None))
+        return 1
+
+    def apply_effects(self, effects: list[Effect]) -> None:
+        self.effects.extend(effects)
+
+    def load(self) -> dict[str, Any]:
+        return {"status": "up", "connections": 0}
+
+
+class SimNode:
+    """A node reduced to its cluster layer: a view, a host, presence changes by hand."""
+
+    def __init__(self, network: MemoryNetwork, name: str) -> None:
+        self.name = name
+        self.view = ClusterView(name, secrets.randbits(62))
+        self.host = Host()
+        self.cluster = Cluster(
+            name,
+            self.view.own.epoch,
+            view=self.view,
+            section=SECTION,
+            host=self.host,
+            flusher=Flusher(),
+            bus=network.bus(name),
+        )
+        self.scope = trio.CancelScope()
+
+    def change(self, delta: Delta) -> None:
+        seq, effects = self.view.apply_local(delta)
+        self.host.apply_effects(effects)
+        self.cluster.presence_changed(seq, delta)
+
+    def connect(self, user: str, room: tuple[str, str] | None = None) -> None:
+        self.change(Online(user, 1))
+        if room is not None:
+            self.change(Joined(room[0], room[1], user))
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
+        with self.scope:
+            await self.cluster.run(task_status=task_status)
+
+    def crash(self) -> None:
+        """Gone without a goodbye (kill -9)."""
+        self.scope.cancel()
+
+
+async def start(nursery: trio.Nursery, network: MemoryNetwork, name: str) -> SimNode:
+    node = SimNode(network, name)
+    await nursery.start(node._run)
+    return node
+
+
+async def until(predicate: Callable[[], bool], limit: float = 30.0) -> float:
+    """Advance virtual time until ``predicate()`` holds; the time it did."""
+    with trio.fail_after(limit):
+        while not predicate():  # noqa: ASYNC110 (virtual time: each step is exact)
+            await trio.sleep(0.01)
+    return trio.current_time()
+
+
+async def test_a_crashed_node_is_down_after_three_missed_heartbeats(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        a, b = await start(nursery, network, "a"), await start(nursery, network, "b")
+        b.connect("bob", LOBBY)
+        await until(lambda: a.view.room_members(LOBBY) == ["bob"])
+        assert MemberJoined(LOBBY, "bob") in a.host.effects
+        b.crash()
+        crashed = trio.current_time()
+        down = await until(lambda: "b" not in a.view.nodes)
+        # Its last heartbeat left at most one interval before the crash; the ticker looks once
+        # an interval: down between 3 and 4 intervals after the crash.
+        assert 2.0 <= down - crashed <= 4.0 + 0.01
+        assert MemberLeft(LOBBY, "bob") in a.host.effects
+        assert a.view.online_users() == []
+        statuses = {n["name"]: n["status"] for n in a.cluster.stats()["nodes"]}
+        assert statuses == {"a": "up", "b": "down"}
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_gap_in_the_deltas_asks_for_a_snapshot_that_repairs_the_view(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        a, b = await start(nursery, network, "a"), await start(nursery, network, "b")
+        dropped: list[bytes] = []
+
+        def lose_one_delta_batch(receiver: str, message: bytes) -> bool:
+            if receiver == "a" and not dropped and decode(message).kind == Kind.DELTAS:
+                dropped.append(message)
+                return False
+            return True
+
+        await until(lambda: "b" in a.view.nodes and not a.view.nodes["b"].syncing)
+        asked = a.cluster.snapshots_requested  # the first, when a met b
+        network.filter = lose_one_delta_batch
+        b.connect("bob")  # lost on its way to a
+        await until(lambda: bool(dropped))
+        b.connect("carol", LOBBY)  # arrives: a sees the gap
+        await until(lambda: a.view.room_members(LOBBY) == ["carol"])
+        assert a.view.online_users() == ["bob", "carol"]
+        assert a.cluster.snapshots_requested == asked + 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_restart_is_a_new_epoch_whose_old_state_goes(
+    autojump_clock: trio.testing.MockClock, caplog: Any
+) -> None:
+    network = MemoryNetwork()
+    with caplog.at_level(logging.INFO, logger="roomd.cluster"):
+        async with trio.open_nursery() as nursery:
+            a, b = await start(nursery, network, "a"), await start(nursery, network, "b")
+            b.connect("bob", LOBBY)
+            await until(lambda: a.view.room_members(LOBBY) == ["bob"])
+            b.crash()
+            b2 = await start(nursery, network, "b")  # within the heartbeat timeout
+            b2.connect("carol", LOBBY)
+            await until(lambda: a.view.room_members(LOBBY) == ["carol"])
+            assert a.view.nodes["b"].epoch == b2.view.own.epoch
+            assert MemberLeft(LOBBY, "bob") in a.host.effects
+            assert "node b restarted (a new epoch)" in caplog.text
+            nursery.cancel_scope.cancel()
+
+
+async def test_changes_within_the_delta_window_travel_as_one_message(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        a, b = await start(nursery, network, "a"), await start(nursery, network, "b")
+        before = network.kinds("b").count(Kind.DELTAS)
+        for i in range(50):
+            b.connect(f"user{i}", LOBBY)
+        await until(lambda: len(a.view.room_members(LOBBY)) == 50)
+        assert network.kinds("b").count(Kind.DELTAS) == before + 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_bus_is_live_while_a_nodes_own_heartbeats_come_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        a = await start(nursery, network, "a")
+        await until(lambda: a.cluster.bus_live)
+        network.cut("a")
+        cut = trio.current_time()
+        down = await until(lambda: not a.cluster.bus_live)
+        assert 3.0 <= down - cut <= 4.0 + 0.01
+        network.restore("a")
+        restored = trio.current_time()
+        live = await until(lambda: a.cluster.bus_live)
+        assert live - restored <= 1.0 + 0.01  # its next heartbeat
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_goodbye_follows_the_last_presence_change_and_nothing_follows_it(
+    autojump_clock: trio.testing.MockClock, caplog: Any
+) -> None:
+    network = MemoryNetwork()
+    with caplog.at_level(logging.INFO, logger="roomd.cluster"):
+        async with trio.open_nursery() as nursery:
+            a, b = await start(nursery, network, "a"), await start(nursery, network, "b")
+            b.connect("bob", LOBBY)
+            await until(lambda: a.view.room_members(LOBBY) == ["bob"])
+            caplog.clear()
+            b.change(Left("/", "lobby", "bob"))  # still in its delta window ...
+            b.change(Online("bob", 0))
+            await b.cluster.leave()  # ... when the node says goodbye
+            kinds = network.kinds("b")
+            assert kinds[-2:] == [Kind.DELTAS, Kind.BYE]
+            await until(lambda: "b" not in a.view.nodes)
+            assert MemberLeft(LOBBY, "bob") in a.host.effects
+            b.cluster._heartbeat()  # published by nothing after the goodbye
+            assert network.kinds("b") == kinds
+            await trio.sleep(SECTION.heartbeat_interval * (SECTION.heartbeat_misses + 2))
+            statuses = {n["name"]: n["status"] for n in a.cluster.stats()["nodes"]}
+            assert statuses == {"a": "up", "b": "left"}
+            assert "node b left" in caplog.text and "node b is up" not in caplog.text
+            nursery.cancel_scope.cancel()
