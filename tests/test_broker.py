@@ -19,6 +19,7 @@ import zmq
 
 from broker import Broker, BrokerStats, ConfigError, broker_stats, parse_settings
 from roomd.io._zmq import SocketType, ZmqSocket, make_context, open_socket
+from tests.support import wait_until
 
 Context = zmq.Context[zmq.Socket[bytes]]
 ANY_PORT = "tcp://127.0.0.1:*"
@@ -291,7 +292,8 @@ def test_embedded_broker_stop_and_stats(caplog: pytest.LogCaptureFixture) -> Non
             await wait_for_flow(pub, [(sub, b"r:a")])
             live = await trio.to_thread.run_sync(b.stats)
             assert live.published == live.forwarded >= 2
-            await trio.sleep(0.1)  # let periodic statistics lines be logged
+            # Until a periodic statistics line is logged (every 0.05 s).
+            await wait_until(lambda: any("last 0.05 s: in " in m for m in caplog.messages))
 
     final = trio.run(exercise)
     assert final.published >= 2

@@ -13,7 +13,7 @@ import trio
 
 from roomd import HandlerError, Node
 from tests.cluster_support import HEARTBEAT, Proc, free_ports
-from tests.support import connect, make_config
+from tests.support import connect, make_config, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -65,10 +65,7 @@ async def embedded_cluster(names: list[str]) -> AsyncIterator[Nodes]:
             for node in nodes.values():
                 await nursery.start(nodes.run, node)
             for node in nodes.values():  # every node sees every other one
-                for _ in range(200):
-                    if len(node.view.nodes_up()) == len(names):
-                        break
-                    await trio.sleep(HEARTBEAT / 4)
+                await wait_until(lambda node=node: len(node.view.nodes_up()) == len(names), 10)
             yield nodes
         finally:
             broker.kill()
@@ -136,10 +133,8 @@ async def test_a_crashed_node_is_missing_then_no_longer_called() -> None:
             nodes.crash("n2")  # no goodbye: n1 still counts it as up for a while
             out = await nodes["n1"].cluster_call("name", timeout=0.5)
             assert out.replies == {"n1": "n1", "n3": "n3"} and out.missing == ["n2"]
-            for _ in range(100):  # three missed heartbeats later it is down
-                if "n2" not in nodes["n1"].view.nodes_up():
-                    break
-                await trio.sleep(HEARTBEAT)
+            # three missed heartbeats later it is down
+            await wait_until(lambda: "n2" not in nodes["n1"].view.nodes_up(), 10)
             out = await nodes["n1"].cluster_call("name", timeout=0.5)
             assert out.replies == {"n1": "n1", "n3": "n3"} and out.missing == []
 
@@ -189,10 +184,7 @@ async def test_room_send_with_ack_across_nodes() -> None:
             ):
                 for x in (a, b, c):
                     await x.ok("room.join", {"room": "r"})
-                for _ in range(200):
-                    if len(nodes["n1"].room_members("r")) == 3:
-                        break
-                    await trio.sleep(0.01)
+                await wait_until(lambda: len(nodes["n1"].room_members("r")) == 3)
                 data = {"to": {"room": "r"}, "event": "q", "ack": True, "timeout": 0.5}
                 await a.send({"type": "event", "id": 5, "event": "send", "data": data})
                 for x in (a, b):
