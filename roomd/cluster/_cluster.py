@@ -18,10 +18,10 @@ import trio
 
 from .._config import ClusterSection
 from ..io import Flusher
-from ..protocol import PushTemplate
+from ..protocol import ErrorCode, PushTemplate
 from . import _wire
 from ._bus import Bus
-from ._calls import Calls, Reply, run_handler
+from ._calls import Calls, Reply, error_body, run_handler
 from ._host import ClusterHost
 from ._view import ClusterView, Delta, Effect, Joined, Left, RoomKey, delta_from_wire, delta_to_wire
 from ._wire import Envelope, Kind
@@ -389,7 +389,7 @@ class Cluster:
 
     async def _answer(self, origin: str, call_id: int, event: str, data: Any) -> None:
         if self._call_slots.value == 0:
-            reply = Reply("", False, {"code": "busy", "message": "too many calls in progress"})
+            reply = Reply("", False, error_body(ErrorCode.BUSY, "too many calls in progress"))
         else:
             async with self._call_slots:
                 reply = await run_handler(self.calls.handlers.get(event), event, data, origin)
@@ -398,7 +398,7 @@ class Cluster:
             self._publish(topic, Kind.REPLY, [call_id, reply.ok, reply.result])
         except TypeError:
             log.error("%s: cluster handler %r returned data with no msgpack form", self.name, event)
-            error = {"code": "internal", "message": "internal error"}
+            error = error_body(ErrorCode.INTERNAL, "internal error")
             self._publish(topic, Kind.REPLY, [call_id, False, error])
 
     # Stats ---------------------------------------------------------------------------------------
