@@ -79,6 +79,19 @@ class PermissionsSection:
 
 
 @attrs.define
+class SessionsSection:
+    resume_window: float = 120.0  # seconds a dropped session may be resumed in
+
+
+@attrs.define
+class HistorySection:
+    """What each node keeps of every stream (a room's messages, a user's inbox)."""
+
+    max_messages: int = 1000  # per stream
+    max_age: float = 120.0  # seconds; below sessions.resume_window, resumes may find gaps
+
+
+@attrs.define
 class ShutdownSection:
     grace: float = 5.0  # seconds to flush and close connections on SIGINT/SIGTERM
 
@@ -127,6 +140,8 @@ class Config:
     heartbeat: HeartbeatSection = attrs.field(factory=HeartbeatSection)
     permissions: PermissionsSection = attrs.field(factory=PermissionsSection)
     shutdown: ShutdownSection = attrs.field(factory=ShutdownSection)
+    sessions: SessionsSection = attrs.field(factory=SessionsSection)
+    history: HistorySection = attrs.field(factory=HistorySection)
     cluster: ClusterSection = attrs.field(factory=ClusterSection)
     # The [broker] table of a cluster file belongs to `roomd-broker`; nodes ignore it.
     broker: dict[str, Any] = attrs.field(factory=dict)

@@ -18,6 +18,8 @@ from roomd.cluster import (
     ClusterView,
     Delta,
     Effect,
+    Entry,
+    HistoryLimits,
     Joined,
     Left,
     MemberJoined,
@@ -52,6 +54,10 @@ class Host:
         self.delivered.append(("all", None))
         return 1
 
+    def deliver_entry(self, stream: str, entry: Entry) -> int:
+        self.delivered.append(("entry", (stream, entry.offset)))
+        return 1
+
     def apply_effects(self, effects: list[Effect]) -> None:
         self.effects.extend(effects)
 
@@ -73,6 +79,7 @@ class SimNode:
             section=SECTION,
             host=self.host,
             flusher=Flusher(),
+            history=HistoryLimits(),
             bus=network.bus(name),
         )
         self.scope = trio.CancelScope()

@@ -70,7 +70,7 @@ async def test_hello_then_events_are_answered_in_order() -> None:
         await trio.testing.wait_all_tasks_blocked()  # the event worker answers "nope"
         frames = outlet.take()
         join = next(f for f in frames if f.get("id") == 2)
-        assert join["result"] == {"ns": "/", "room": "r", "members": ["alice"]}
+        assert join["result"]["members"] == ["alice"] and join["result"]["offset"] == 0
         unknown = next(f for f in frames if f.get("id") == 3)
         assert unknown["error"]["code"] == "unknown_event"
         assert any(f["type"] == "pong" for f in frames)

@@ -23,7 +23,8 @@ async def test_room_chat_round_trip(node: Node) -> None:
         async with connect(node, "alice") as a, connect(node, "bob") as b:
             assert (await a.ok("room.join", {"room": "lobby"}))["members"] == ["alice"]
             joined = await b.ok("room.join", {"room": "lobby"})
-            assert joined == {"ns": "/", "room": "lobby", "members": ["alice", "bob"]}
+            assert joined["members"] == ["alice", "bob"] and joined["offset"] == 0
+            assert {"ns": "/", "room": "lobby"}.items() <= joined.items()
             push = await a.push("room.joined")
             assert push["data"] == {"ns": "/", "room": "lobby", "user": "bob"}
             msg = {"type": "text", "payload": {"content": "hi"}}
@@ -33,6 +34,9 @@ async def test_room_chat_round_trip(node: Node) -> None:
             assert got["data"]["sender"] == "bob" and got["from"] == "bob"
             assert got["room"] == {"ns": "/", "room": "lobby"}
             assert got["seq"] == push["seq"] + 1
+            # The room's stream: the join said where it stood; the message is the next one.
+            assert (got["epoch"], got["offset"]) == (joined["epoch"], 1)
+            assert (result["epoch"], result["offset"]) == (joined["epoch"], 1)
 
 
 async def test_binary_connection_speaks_msgpack(node: Node) -> None:

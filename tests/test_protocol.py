@@ -40,16 +40,19 @@ from roomd.protocol import (
     Pong,
     Push,
     PushTemplate,
+    Reconnect,
     RemoteProtocolError,
     Request,
     ResumeRequest,
     RoomArgs,
+    RoomPosition,
     RoomRef,
     SendArgs,
     SendTarget,
     Session,
     SessionState,
     StatusArgs,
+    StreamPosition,
     TextPayload,
     TypingArgs,
     Welcome,
@@ -115,6 +118,16 @@ CHAT = unstructure(
 CLIENT_FRAMES = {
     "hello": Hello(1),
     "hello-full": Hello(1, resume=ResumeRequest("s0", "tok", 41), client="roomd-js/0.3"),
+    "hello-resume": Hello(
+        1,
+        resume=ResumeRequest(
+            "s0",
+            "tok",
+            41,
+            rooms=[RoomPosition("/", "lobby", "a1b2c3d4", 17)],
+            inbox=StreamPosition("0f0f0f0f", 3),
+        ),
+    ),
     "event": Event("users.online"),
     "event-full": Event("send", {"to": {"room": "lobby"}, "data": CHAT}, id=7, cmid="c-1"),
     "ack": Ack(3, {"confirmed": True}),
@@ -123,10 +136,17 @@ CLIENT_FRAMES = {
 }
 SERVER_FRAMES = {
     "welcome": WELCOME,
-    "welcome-resumed": attrs.evolve(WELCOME, resumed=True, seq=12),
+    "welcome-resumed": attrs.evolve(WELCOME, resumed=True, seq=12, replayed=3),
+    "welcome-refused": attrs.evolve(WELCOME, reason="expired"),
+    "welcome-gaps": attrs.evolve(
+        WELCOME, resumed=True, seq=12, gaps=[RoomRef("/", "busy")], inbox_gap=True
+    ),
     "push": Push("typing", {"ns": "/", "room": "lobby", "user": "a", "typing": True}),
     "push-room": Push("message", CHAT, seq=3, room=RoomRef("/", "lobby"), sender="alice"),
     "push-users": Push("message", CHAT, seq=4, sender="alice", to=["bob", "carol"]),
+    "push-stream": Push(
+        "message", CHAT, seq=5, room=RoomRef("/", "lobby"), epoch="a1b2c3d4", offset=18
+    ),
     "ack": Ack(7, {"ns": "/", "room": "lobby", "members": ["alice"]}),
     "ack-null": Ack(8),
     "ack-error": Ack(9, error=ErrorInfo("not_in_room", "not in room 'x' of '/'")),
@@ -135,6 +155,7 @@ SERVER_FRAMES = {
     "pong": Pong(1.5, 1732240000.163),
     "error": Error("unknown_type", "unknown client frame type 'x'"),
     "error-ref": Error("handshake_required", "the first frame must be hello", ref=4),
+    "reconnect": Reconnect("ws://127.0.0.1:9001/ws", "serverB"),
 }
 
 

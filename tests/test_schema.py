@@ -36,14 +36,17 @@ from roomd.protocol import (
     Pong,
     Push,
     PushTemplate,
+    Reconnect,
     RemoteProtocolError,
     Request,
     ResumeRequest,
     RoomArgs,
+    RoomPosition,
     RoomRef,
     SendArgs,
     SendTarget,
     StatusArgs,
+    StreamPosition,
     TextPayload,
     TypingArgs,
     Welcome,
@@ -154,6 +157,9 @@ MODELS: dict[str, type[Any]] = {
     "request": Request,
     "pong": Pong,
     "error": Error,
+    "reconnect": Reconnect,
+    "streamPosition": StreamPosition,
+    "roomPosition": RoomPosition,
     "chatMessage": ChatMessage,
     "textPayload": TextPayload,
     "imagePayload": ImagePayload,
@@ -249,7 +255,13 @@ def test_users_online_data_may_be_left_out() -> None:
 
 
 RESULTS = {
-    "roomJoinResult": {"ns": "/", "room": "lobby", "members": ["alice", "bob"]},
+    "roomJoinResult": {
+        "ns": "/",
+        "room": "lobby",
+        "members": ["alice", "bob"],
+        "epoch": "a1b2c3d4",
+        "offset": 12,
+    },
     "roomLeaveResult": {"ns": "/", "room": "lobby"},
     "roomMembersResult": {
         "ns": "/",
@@ -274,7 +286,8 @@ def test_builtin_results_validate(definition: str, result: Any, binary: bool) ->
 
 
 def test_invalid_results_are_refused() -> None:
-    assert not is_valid("roomJoinResult", {"ns": "/", "room": "r", "members": ["a", "a"]})
+    join = {"ns": "/", "room": "r", "members": ["a", "a"], "epoch": "e", "offset": 0}
+    assert not is_valid("roomJoinResult", join)
     assert not is_valid("roomMembersResult", {"ns": "/", "room": "r", "members": [{"user": "a"}]})
     assert not is_valid("usersOnlineResult", {"users": "alice"})
     assert not is_valid("emptyResult", {"x": 1})

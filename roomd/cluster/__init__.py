@@ -22,6 +22,17 @@ from ._host import ClusterLink as ClusterLink
 from ._memory import MemoryBus as MemoryBus
 from ._memory import MemoryNetwork as MemoryNetwork
 from ._single import SingleNode as SingleNode
+from ._streaming import StreamService as StreamService
+from ._streams import Entry as Entry
+from ._streams import Gap as Gap
+from ._streams import HistoryLimits as HistoryLimits
+from ._streams import Position as Position
+from ._streams import StreamKey as StreamKey
+from ._streams import room_of as room_of
+from ._streams import room_stream as room_stream
+from ._streams import user_of as user_of
+from ._streams import user_stream as user_stream
+from ._streams import with_position as with_position
 from ._view import ClusterView as ClusterView
 from ._view import Delta as Delta
 from ._view import Effect as Effect
@@ -42,9 +53,19 @@ def make_cluster(
     section: ClusterSection,
     host: ClusterHost,
     flusher: Flusher,
+    history: HistoryLimits,
     bus: BusFactory | None = None,
 ) -> ClusterLink:
     """The cluster layer for ``section.mode``: a :class:`Cluster`, or a :class:`SingleNode`."""
     if section.mode == "none":
-        return SingleNode(name, view=view, host=host, timeout=section.call_timeout)
-    return Cluster(name, epoch, view=view, section=section, host=host, flusher=flusher, bus=bus)
+        return SingleNode(name, view=view, host=host, timeout=section.call_timeout, history=history)
+    return Cluster(
+        name,
+        epoch,
+        view=view,
+        section=section,
+        host=host,
+        flusher=flusher,
+        history=history,
+        bus=bus,
+    )

@@ -18,11 +18,23 @@ import trio
 
 from .._config import ClusterSection
 from ..io import Flusher
-from ..protocol import ErrorCode, PushTemplate
+from ..protocol import ErrorCode, PushTemplate, RequestTimeout, RoomdError
 from . import _wire
 from ._bus import Bus
 from ._calls import Calls, Reply, error_body, run_handler
 from ._host import ClusterHost
+from ._streaming import READ, TAIL, Outbound, StreamService, entry_from_wire, entry_to_wire
+from ._streams import (
+    Entry,
+    Gap,
+    HistoryLimits,
+    Position,
+    StreamKey,
+    StreamStore,
+    ranking,
+    room_of,
+    user_of,
+)
 from ._view import ClusterView, Delta, Effect, Joined, Left, RoomKey, delta_from_wire, delta_to_wire
 from ._wire import Envelope, Kind
 
@@ -83,6 +95,7 @@ class Cluster:
         section: ClusterSection,
         host: ClusterHost,
         flusher: Flusher,
+        history: HistoryLimits,
         bus: BusFactory | None = None,
     ) -> None:
         self.name = name
@@ -109,6 +122,17 @@ class Cluster:
         self.calls = Calls(
             name, timeout=section.call_timeout, nodes_up=view.nodes_up, publish=self._publish_call
         )
+        outbound = Outbound(
+            publish_entry=self._publish_entry,
+            send_to_sequencer=self._send_to_sequencer,
+            confirm=self._confirm,
+            call=self._call_one,
+        )
+        self.streams = StreamService(name, host, StreamStore(history), self.sequencer_of, outbound)
+        self.calls.handlers[READ] = self._on_read
+        self.calls.handlers[TAIL] = self._on_tail
+        self._sequencers: dict[str, str] = {}  # stream -> its sequencer, for the nodes below
+        self._sequencer_nodes: frozenset[str] = frozenset()
         self._seq = 0
         self._left = False  # said goodbye: nothing more is published
         self._nursery: trio.Nursery | None = None
@@ -210,6 +234,7 @@ class Cluster:
         self.host.apply_effects(effects)
         for name in self.view.resync_due(now, self.section.snapshot_retry):
             self._ask_snapshot(name)
+        self.streams.expire(now)
 
     def _check_bus(self, now: float) -> None:
         """The bus is live while this node's own heartbeats come back through it."""
@@ -285,6 +310,56 @@ class Cluster:
         topic = _wire.node_topic(targets[0]) if len(targets) == 1 else _wire.CONTROL
         self._publish(topic, Kind.CALL, body)
 
+    # Streams -------------------------------------------------------------------------------------
+
+    def sequencer_of(self, stream: StreamKey) -> str:
+        """The node that numbers ``stream``: first in its rendezvous ranking of the nodes up
+        (draining nodes hand their streams over)."""
+        nodes = frozenset(
+            n.name for n in self.view.nodes.values() if n.status == "up" or n.name == self.name
+        )
+        if nodes != self._sequencer_nodes:
+            self._sequencer_nodes = nodes
+            self._sequencers.clear()
+        sequencer = self._sequencers.get(stream)
+        if sequencer is None:
+            sequencer = self._sequencers[stream] = ranking(stream, nodes)[0]
+        return sequencer
+
+    def _publish_entry(self, stream: StreamKey, entry: Entry) -> None:
+        body = [stream, entry_to_wire(entry)]
+        room = room_of(stream)
+        if room is not None:
+            self._publish(_wire.room_topic(*room), Kind.ENTRY, body)
+            return
+        user = user_of(stream)
+        for node in self.view.remote_hosts([user] if user is not None else []):
+            self._publish(_wire.node_topic(node), Kind.ENTRY, body)
+
+    def _send_to_sequencer(self, node: str, stream: StreamKey, draft: Entry, hops: int) -> None:
+        self._publish(_wire.node_topic(node), Kind.SEQUENCE, [stream, entry_to_wire(draft), hops])
+
+    def _confirm(self, origin: str, stream: StreamKey, message_id: str, at: Position) -> None:
+        body = [stream, message_id, at.epoch, at.offset]
+        self._publish(_wire.node_topic(origin), Kind.CONFIRM, body)
+
+    async def _call_one(self, node: str, event: str, data: Any) -> Any:
+        out = await self.calls.call(event, data, targets=[node])
+        if node in out.replies:
+            return out.replies[node]
+        error = out.errors.get(node)
+        if error is None:
+            raise RequestTimeout(ErrorCode.TIMEOUT, f"{node} did not answer {event!r}")
+        if error.get("code") == ErrorCode.HISTORY_GAP:
+            raise Gap(str(error.get("message")))
+        raise RoomdError(str(error.get("code")), str(error.get("message")))
+
+    async def _on_read(self, body: Any, origin: str) -> Any:
+        return self.streams.on_read(body)
+
+    async def _on_tail(self, body: Any, origin: str) -> Any:
+        return self.streams.on_tail(body)
+
     # Receiving -----------------------------------------------------------------------------------
 
     def _on_batch(self, batch: list[bytes]) -> None:
@@ -323,6 +398,13 @@ class Cluster:
             host.deliver_users(body[2], PushTemplate(body[0], volatile=body[1]))
         elif kind == Kind.ALL:
             host.deliver_all(PushTemplate(body[0], volatile=body[1]))
+        elif kind == Kind.ENTRY:
+            self.streams.on_entry(body[0], entry_from_wire(body[1]))
+        elif kind == Kind.SEQUENCE:
+            self.streams.on_sequence_request(env.node, body[0], entry_from_wire(body[1]), body[2])
+        elif kind == Kind.CONFIRM:
+            stream, message_id, epoch, offset = body
+            self.streams.on_confirm(stream, message_id, Position(epoch, offset))
         elif self._said_goodbye(env):
             return  # a presence message of a life that already left (sent before its goodbye)
         elif kind == Kind.DELTAS:

@@ -15,6 +15,8 @@ import trio
 
 from ..protocol import PushTemplate
 from ._calls import Calls
+from ._streaming import StreamService
+from ._streams import Entry, StreamKey
 from ._view import Delta, Effect, RoomKey
 
 
@@ -35,6 +37,10 @@ class ClusterHost(Protocol):
         """To every connection here."""
         ...
 
+    def deliver_entry(self, stream: StreamKey, entry: Entry) -> int:
+        """A numbered message of a room's or a user's stream, to its readers here."""
+        ...
+
     def apply_effects(self, effects: list[Effect]) -> None:
         """Tell the local connections concerned what changed cluster-wide (joins, leaves,
         statuses)."""
@@ -51,6 +57,7 @@ class ClusterLink(Protocol):
 
     mode: str  # "none", "broker" or "mesh"
     calls: Calls
+    streams: StreamService
 
     @property
     def bus_live(self) -> bool: ...

@@ -15,6 +15,8 @@ import trio
 from ..protocol import PushTemplate
 from ._calls import Calls
 from ._host import ClusterHost
+from ._streaming import StreamService
+from ._streams import HistoryLimits, StreamStore
 from ._view import ClusterView, Delta, RoomKey
 
 
@@ -23,10 +25,19 @@ class SingleNode:
 
     mode = "none"
 
-    def __init__(self, name: str, *, view: ClusterView, host: ClusterHost, timeout: float) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        view: ClusterView,
+        host: ClusterHost,
+        timeout: float,
+        history: HistoryLimits,
+    ) -> None:
         self.name = name
         self.host = host
         self.calls = Calls(name, timeout=timeout, nodes_up=view.nodes_up, publish=None)
+        self.streams = StreamService(name, host, StreamStore(history), lambda stream: name)
 
     @property
     def bus_live(self) -> bool:

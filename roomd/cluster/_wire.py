@@ -38,6 +38,9 @@ class Kind:
     PROBE: Final = "probe"  # token
     CALL: Final = "call"  # [call_id, event, data, targets or None]
     REPLY: Final = "reply"  # [call_id, ok, result or [code, message]]
+    SEQUENCE: Final = "seq"  # [stream, draft entry, hops]: to the stream's sequencer
+    ENTRY: Final = "entry"  # [stream, entry]: a numbered message, to the stream's readers
+    CONFIRM: Final = "confirm"  # [stream, message_id, epoch, offset]: to the sender's node
 
 
 def room_topic(ns: str, room: str) -> bytes:

@@ -8,6 +8,7 @@ connection is read.
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import Any, Final
 import attrs
 
 from .._config import Config
-from ..cluster import ClusterView
+from ..cluster import ClusterView, Position, StreamKey, StreamService, room_stream
 from ..hub import Connection, RoomKey
 from ..protocol import (
     ChatMessage,
@@ -25,6 +26,7 @@ from ..protocol import (
     PushTemplate,
     RemoteProtocolError,
     RoomArgs,
+    RoomdError,
     RoomRef,
     SendArgs,
     StatusArgs,
@@ -37,7 +39,39 @@ from ..protocol import (
 from ._requests import Requests
 from ._router import Router
 
-Builtin = Callable[[Connection, Any], Any]
+Builtin = Callable[[Connection, Any, str | None], Any]  # (connection, data, cmid) -> result
+
+
+class Later:
+    """The result of a built-in event that is known later (a send waits for its sequencer):
+    the dispatcher answers once it is settled, with a result or a :class:`RoomdError`."""
+
+    __slots__ = ("_callback", "_outcome")
+
+    def __init__(self) -> None:
+        self._callback: Callable[[Any, RoomdError | None], None] | None = None
+        self._outcome: tuple[Any, RoomdError | None] | None = None
+
+    def settle(self, result: Any) -> None:
+        self._finish(result, None)
+
+    def fail(self, error: RoomdError) -> None:
+        self._finish(None, error)
+
+    def then(self, callback: Callable[[Any, RoomdError | None], None]) -> None:
+        """Call ``callback(result, error)`` once settled (at once if it is)."""
+        if self._outcome is not None:
+            callback(*self._outcome)
+        else:
+            self._callback = callback
+
+    def _finish(self, result: Any, error: RoomdError | None) -> None:
+        if self._outcome is not None:
+            return
+        self._outcome = (result, error)
+        if self._callback is not None:
+            self._callback(result, error)
+
 
 BUILTIN_EVENTS: Final = frozenset(
     {
@@ -78,9 +112,11 @@ class Builtins:
         router: Router,
         requests: Requests,
         view: ClusterView,
+        streams: StreamService,
         cluster_stats: Callable[[], dict[str, Any]],
     ) -> None:
         self.config = config
+        self.streams = streams
         self.limits = config.limits
         self.payload_limits = config.limits.payload_limits()
         self.router = router
@@ -113,7 +149,7 @@ class Builtins:
             )
         return key
 
-    def room_join(self, conn: Connection, data: Any) -> Any:
+    def room_join(self, conn: Connection, data: Any, cmid: str | None = None) -> Any:
         key = self._room(structure(data, RoomArgs))
         limits = self.limits
         if key not in conn.rooms:
@@ -126,14 +162,36 @@ class Builtins:
             if conn.user not in members and len(members) >= limits.max_members_per_room:
                 raise RemoteProtocolError(ErrorCode.ROOM_FULL, f"room {key[1]!r} is full")
             self.router.join(conn, key)
-        return {"ns": key[0], "room": key[1], "members": self.view.room_members(key)}
+        result = {"ns": key[0], "room": key[1], "members": self.view.room_members(key)}
+        return self._with_position(conn, room_stream(*key), result)
 
-    def room_leave(self, conn: Connection, data: Any) -> Any:
+    def _with_position(self, conn: Connection, stream: StreamKey, result: dict[str, Any]) -> Any:
+        """``result`` with the stream's position now (``epoch``, ``offset``): where the
+        client's reading of it starts. Known at once here if this node sequences it."""
+        position = self.streams.local_tail(stream)
+        if position is not None:
+            return {**result, "epoch": position.epoch, "offset": position.offset}
+        later = Later()
+        conn.outlet.spawn(self._position_later, stream, result, later)
+        return later
+
+    async def _position_later(
+        self, stream: StreamKey, result: dict[str, Any], later: Later
+    ) -> None:
+        try:
+            position = await self.streams.tail(stream)
+        except RoomdError as exc:
+            later.fail(exc)
+            return
+        self.streams.follow(stream, position)
+        later.settle({**result, "epoch": position.epoch, "offset": position.offset})
+
+    def room_leave(self, conn: Connection, data: Any, cmid: str | None = None) -> Any:
         key = self._member_room(conn, structure(data, RoomArgs))
         self.router.leave(conn, key)
         return {"ns": key[0], "room": key[1]}
 
-    def room_members(self, conn: Connection, data: Any) -> Any:
+    def room_members(self, conn: Connection, data: Any, cmid: str | None = None) -> Any:
         key = self._member_room(conn, structure(data, RoomArgs))
         view = self.view
         members = [
@@ -148,7 +206,7 @@ class Builtins:
 
     # Sends -------------------------------------------------------------------------------------
 
-    def prepare_send(self, conn: Connection, data: Any) -> Outgoing:
+    def prepare_send(self, conn: Connection, data: Any, cmid: str | None = None) -> Outgoing:
         args = structure(data, SendArgs)
         limits = self.payload_limits
         mode = args.to.mode
@@ -160,12 +218,13 @@ class Builtins:
             limit = self.limits.max_ack_timeout
             raise RemoteProtocolError(ErrorCode.INVALID, f"timeout: must be within 0..{limit:g}")
         validate_name("event", args.event, limits)
-        result: dict[str, Any] = {}
         payload = args.data
+        message_id = message_id_for(conn.user, cmid)
         if args.event == "message":
-            message = self._chat_message(conn, args.data)
-            result["messageId"] = message.message_id
+            message = self._chat_message(conn, args.data, message_id)
+            message_id = message.message_id or message_id
             payload = unstructure(message)
+        result: dict[str, Any] = {"messageId": message_id}
         room: RoomRef | None = None
         to: list[str] | None = None
         if mode == "room":
@@ -186,21 +245,37 @@ class Builtins:
             ) from None
         return Outgoing(args, push, template, result)
 
-    def send(self, conn: Connection, data: Any) -> Any:
-        out = self.prepare_send(conn, data)
+    def send(self, conn: Connection, data: Any, cmid: str | None = None) -> Any:
+        """Deliver a message. A reliable one is acknowledged once its stream numbered it (the
+        ack carries its position); sent again with the same ``cmid`` (to any node), it gets
+        the same message id and position, and is not delivered twice."""
+        out = self.prepare_send(conn, data, cmid)
         args, push = out.args, out.push
+        message_id = out.result["messageId"]
+        if push.to is None and push.room is None:
+            self.router.route_all(out.template, exclude=conn if args.except_self else None)
+            return out.result
+        if args.volatile:
+            later = None
+            done = None
+        else:
+            later = Later()
+            done = functools.partial(_settle_send, later, out.result, push.room is not None)
         if push.room is not None:
             exclude = conn if args.except_self else None
-            self.router.route_room((push.room.ns, push.room.room), out.template, exclude=exclude)
+            key = (push.room.ns, push.room.room)
+            self.router.route_room(
+                key, out.template, message_id=message_id, exclude=exclude, done=done
+            )
         elif push.to is not None:
-            self.router.route_users(push.to, out.template, sender=conn)
-        else:
-            self.router.route_all(out.template, exclude=conn if args.except_self else None)
-        return out.result
+            self.router.route_users(
+                push.to, out.template, message_id=message_id, sender=conn, done=done
+            )
+        return later if later is not None else out.result
 
-    async def send_with_ack(self, conn: Connection, data: Any) -> Any:
+    async def send_with_ack(self, conn: Connection, data: Any, cmid: str | None = None) -> Any:
         """``send`` with ``ack``: wait for every member's acknowledgement, or the timeout."""
-        out = self.prepare_send(conn, data)
+        out = self.prepare_send(conn, data, cmid)
         push = out.push
         assert push.room is not None
         counts = await self.requests.request_room(
@@ -213,7 +288,7 @@ class Builtins:
         )
         return {**out.result, **counts}
 
-    def _chat_message(self, conn: Connection, data: Any) -> ChatMessage:
+    def _chat_message(self, conn: Connection, data: Any, message_id: str) -> ChatMessage:
         message = structure(data, ChatMessage)
         validate_chat_message(message, self.payload_limits)
         if message.sender is not None and message.sender != conn.user:
@@ -221,13 +296,13 @@ class Builtins:
         return attrs.evolve(
             message,
             sender=conn.user,
-            message_id=str(uuid.UUID(message.message_id) if message.message_id else uuid.uuid4()),
+            message_id=str(uuid.UUID(message.message_id)) if message.message_id else message_id,
             timestamp=message.timestamp if message.timestamp is not None else _now_ms(),
         )
 
     # Presence ----------------------------------------------------------------------------------
 
-    def typing_notice(self, conn: Connection, data: Any) -> Any:
+    def typing_notice(self, conn: Connection, data: Any, cmid: str | None = None) -> Any:
         args = structure(data, TypingArgs)
         key = self._member_room(conn, args)
         body = {"ns": key[0], "room": key[1], "user": conn.user, "typing": args.typing}
@@ -235,7 +310,7 @@ class Builtins:
         self.router.route_room(key, template, skip_user=conn.user)
         return {}
 
-    def status(self, conn: Connection, data: Any) -> Any:
+    def status(self, conn: Connection, data: Any, cmid: str | None = None) -> Any:
         args = structure(data, StatusArgs)
         limits = self.payload_limits
         if not args.status:
@@ -248,12 +323,39 @@ class Builtins:
         self.router.set_status(conn.user, args.status, args.text)
         return {}
 
-    def users_online(self, conn: Connection, data: Any) -> Any:
+    def users_online(self, conn: Connection, data: Any, cmid: str | None = None) -> Any:
         return {"users": self.view.online_users()}
 
-    def stats(self, conn: Connection, data: Any) -> Any:
+    def stats(self, conn: Connection, data: Any, cmid: str | None = None) -> Any:
         return self.cluster_stats()
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+_MESSAGE_IDS: Final = uuid.UUID("5b0c6f1e-8d0a-4e5c-9f7a-3c2d1e0f4a6b")
+
+
+def message_id_for(user: str, cmid: str | None) -> str:
+    """A new message's id: derived from the client message id when there is one, so that a
+    message sent again (after a resume, to any node) is recognised by its stream."""
+    if cmid is None:
+        return str(uuid.uuid4())
+    return str(uuid.uuid5(_MESSAGE_IDS, f"{user}\x00{cmid}"))
+
+
+def _settle_send(
+    later: Later, result: dict[str, Any], positioned: bool, position: Position | None
+) -> None:
+    if position is None:
+        later.fail(
+            RoomdError(
+                ErrorCode.TIMEOUT,
+                "no sequencer confirmed the message; send it again with the same cmid",
+            )
+        )
+    elif positioned:
+        later.settle({**result, "epoch": position.epoch, "offset": position.offset})
+    else:
+        later.settle(result)

@@ -7,6 +7,7 @@ room sends with acknowledgements run in a per-connection event worker, in order.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import secrets
 import time
@@ -35,7 +36,7 @@ from ..protocol import (
     Welcome,
     decode_client_frame,
 )
-from ._builtins import Builtins, wants_ack
+from ._builtins import Builtins, Later, wants_ack
 from ._requests import Waiter
 from ._router import Router
 from ._stats import Stats
@@ -223,24 +224,35 @@ class FrameDispatcher:
         if self._replayed(conn, event):
             return
         try:
-            result = self.builtins.table[event.event](conn, event.data)
+            result = self.builtins.table[event.event](conn, event.data, event.cmid)
         except RoomdError as exc:
             self._fail(conn, event, exc)
             return
-        self._succeed(conn, event, result)
+        if isinstance(result, Later):
+            result.then(functools.partial(self._settled, conn, event))
+        else:
+            self._succeed(conn, event, result)
+
+    def _settled(
+        self, conn: Connection, event: Event, result: Any, error: RoomdError | None
+    ) -> None:
+        if error is not None:
+            self._fail(conn, event, error)
+        else:
+            self._succeed(conn, event, result)
 
     async def _handle_app_event(
         self,
         conn: Connection,
         event: Event,
-        builtin: Callable[[Connection, Any], Awaitable[Any]] | None = None,
+        builtin: Callable[[Connection, Any, str | None], Awaitable[Any]] | None = None,
     ) -> None:
         if self._replayed(conn, event):
             return
         handler = self.handlers.get(event.event)
         try:
             if builtin is not None:
-                result = await builtin(conn, event.data)
+                result = await builtin(conn, event.data, event.cmid)
             elif handler is None:
                 raise RemoteProtocolError(ErrorCode.UNKNOWN_EVENT, f"unknown event {event.event!r}")
             else:

@@ -23,10 +23,17 @@ from prometheus_client.exposition import generate_latest
 
 from .._config import Config, configure_node
 from .._version import __version__
-from ..cluster import CallHandler, ClusterReplies, ClusterView, Replies, make_cluster
+from ..cluster import (
+    CallHandler,
+    ClusterReplies,
+    ClusterView,
+    HistoryLimits,
+    Replies,
+    make_cluster,
+)
 from ..hub import Connection, Hub, RateLimiter
 from ..io import Flusher, Transport, read_request, send_all
-from ..protocol import PROTOCOL_VERSION, CloseCode, Push, PushTemplate, Session
+from ..protocol import PROTOCOL_VERSION, CloseCode, Push, PushTemplate, RoomRef, Session
 from ..ws import (
     BadRequest,
     HandshakeError,
@@ -40,7 +47,7 @@ from ._auth import Authenticator, AuthError, Identity
 from ._builtins import BUILTIN_EVENTS, Builtins
 from ._dispatch import FrameDispatcher, Handler
 from ._requests import Requests
-from ._router import Router
+from ._router import Router, new_message_id
 from ._stats import Stats, make_registry
 
 log = logging.getLogger("roomd.node")
@@ -117,10 +124,18 @@ class Node:
             section=self.config.cluster,
             host=self.router,
             flusher=self.flusher,
+            history=HistoryLimits(self.config.history.max_messages, self.config.history.max_age),
         )
         self.router.attach(self.cluster)
         self.requests = Requests(self.name, self.hub, self.view, self.cluster)
-        builtins = Builtins(self.config, self.router, self.requests, self.view, self.cluster_stats)
+        builtins = Builtins(
+            self.config,
+            self.router,
+            self.requests,
+            self.view,
+            self.cluster.streams,
+            self.cluster_stats,
+        )
         self._dispatch = FrameDispatcher(
             self.name, self.config, self.stats, self.router, builtins, self._context
         )
@@ -166,22 +181,28 @@ class Node:
 
     def send_to_room(
         self, room: str, event: str, data: Any = None, *, ns: str = "/", volatile: bool = False
-    ) -> int:
-        """Push ``event`` to every member of a room; the number of local connections reached."""
-        template = PushTemplate.of(Push(event, data), volatile=volatile)
-        return self.router.route_room((ns, room), template)
+    ) -> str:
+        """Push ``event`` to every member of a room, wherever connected; the message's id.
+        A reliable push joins the room's stream (replayed to members who resume)."""
+        template = PushTemplate.of(Push(event, data, room=RoomRef(ns, room)), volatile=volatile)
+        message_id = new_message_id()
+        self.router.route_room((ns, room), template, message_id=message_id)
+        return message_id
 
-    def send_to_user(self, user: str, event: str, data: Any = None, volatile: bool = False) -> int:
-        """Push ``event`` to every connection of ``user``."""
-        template = PushTemplate.of(Push(event, data, to=[user]), volatile=volatile)
-        return self.router.route_users([user], template)
+    def send_to_user(self, user: str, event: str, data: Any = None, volatile: bool = False) -> str:
+        """Push ``event`` to every connection of ``user``; the message's id."""
+        return self.send_to_users([user], event, data, volatile)
 
     def send_to_users(
         self, users: Iterable[str], event: str, data: Any = None, volatile: bool = False
-    ) -> int:
+    ) -> str:
+        """Push ``event`` to every connection of each of ``users``; the message's id. A
+        reliable push joins each user's inbox stream (replayed to sessions that resume)."""
         targets = sorted(set(users))
         template = PushTemplate.of(Push(event, data, to=targets), volatile=volatile)
-        return self.router.route_users(targets, template)
+        message_id = new_message_id()
+        self.router.route_users(targets, template, message_id=message_id)
+        return message_id
 
     def broadcast(self, event: str, data: Any = None, volatile: bool = False) -> int:
         """Push ``event`` to every connection."""

@@ -9,6 +9,7 @@ presence view first (which answers with the effects to push) and then to the clu
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -17,16 +18,55 @@ from ..cluster import (
     ClusterView,
     Delta,
     Effect,
+    Entry,
     Joined,
     Left,
     MemberJoined,
     MemberLeft,
     Online,
+    Position,
     Status,
     StatusChanged,
+    StreamKey,
+    room_of,
+    room_stream,
+    user_of,
+    user_stream,
+    with_position,
 )
 from ..hub import Connection, Hub, RoomKey
 from ..protocol import Push, PushTemplate
+
+Done = Callable[[Position | None], None]
+
+
+def new_message_id() -> str:
+    return str(uuid.uuid4())
+
+
+class _Countdown:
+    """Calls ``done`` once every part is done, with the first part's position (``None`` if any
+    part failed)."""
+
+    def __init__(self, parts: int, done: Done | None) -> None:
+        self._left = parts
+        self._done = done
+        self._first: Position | None = None
+        self._failed = False
+
+    def part(self, index: int) -> Done | None:
+        if self._done is None:
+            return None
+
+        def finished(position: Position | None) -> None:
+            if index == 0:
+                self._first = position
+            self._failed = self._failed or position is None
+            self._left -= 1
+            if self._left == 0 and self._done is not None:
+                self._done(None if self._failed else self._first)
+
+        return finished
 
 
 class Router:
@@ -56,26 +96,64 @@ class Router:
         key: RoomKey,
         template: PushTemplate,
         *,
+        message_id: str | None = None,
         exclude: Connection | None = None,
         skip_user: str | None = None,
-    ) -> int:
-        """Deliver to a room's members here and publish to the other nodes; how many local
-        connections took it."""
-        self._cluster.publish_room(key, template, skip_user)
-        return self.deliver_room(key, template, skip_user, exclude)
+        done: Done | None = None,
+    ) -> None:
+        """Deliver to a room's members everywhere. A reliable push is appended to the room's
+        stream (``done(position)`` once numbered; ``None`` if that failed); a volatile one is
+        sent as it is, to whoever is there."""
+        if template.volatile:
+            self._cluster.publish_room(key, template, skip_user)
+            self.deliver_room(key, template, skip_user, exclude)
+            if done is not None:
+                done(None)
+            return
+        self._cluster.streams.append(
+            room_stream(*key),
+            template.body,
+            message_id or new_message_id(),
+            skip_user=skip_user,
+            except_session=exclude.id if exclude is not None else None,
+            done=done,
+        )
 
     def route_users(
-        self, users: list[str], template: PushTemplate, sender: Connection | None = None
-    ) -> int:
-        """Deliver to ``users`` everywhere; the sender's other connections get a copy too."""
+        self,
+        users: list[str],
+        template: PushTemplate,
+        *,
+        message_id: str | None = None,
+        sender: Connection | None = None,
+        done: Done | None = None,
+    ) -> None:
+        """Deliver to ``users`` everywhere; the sender's other connections get a copy too. A
+        reliable push is appended to each user's inbox stream; ``done`` gets the position in
+        the first addressee's inbox once every inbox has numbered it."""
         targets = set(users)
         if sender is not None:
             targets.add(sender.user)
-        self._cluster.publish_users(targets, template)
-        conns = self.hub.users_connections(targets)
-        return self.hub.deliver(conns, template, exclude=sender)
+        if template.volatile:
+            self._cluster.publish_users(targets, template)
+            self.hub.deliver(self.hub.users_connections(targets), template, exclude=sender)
+            if done is not None:
+                done(None)
+            return
+        message_id = message_id or new_message_id()
+        ordered = [*users, *sorted(targets - set(users))]
+        countdown = _Countdown(len(ordered), done)
+        for index, user in enumerate(ordered):
+            self._cluster.streams.append(
+                user_stream(user),
+                template.body,
+                message_id,
+                except_session=sender.id if sender is not None and user == sender.user else None,
+                done=countdown.part(index),
+            )
 
     def route_all(self, template: PushTemplate, exclude: Connection | None = None) -> int:
+        """To every connection everywhere (not a stream: never replayed)."""
         self._cluster.publish_all(template)
         return self.deliver_all(template, exclude)
 
@@ -93,6 +171,17 @@ class Router:
             if user != skip_user:
                 delivered += self.hub.deliver(list(conns), template, exclude)
         return delivered
+
+    def deliver_entry(self, stream: StreamKey, entry: Entry) -> int:
+        """A numbered message of a stream, to its readers here: a room's members or a user's
+        connections (each stamped with the message's position)."""
+        template = PushTemplate(with_position(entry.body, entry.epoch, entry.offset))
+        excluded = self.hub.connections.get(entry.except_session) if entry.except_session else None
+        room = room_of(stream)
+        if room is not None:
+            return self.deliver_room(room, template, entry.skip_user, excluded)
+        user = user_of(stream) or ""
+        return self.hub.deliver(self.hub.user_connections(user), template, excluded)
 
     def deliver_users(self, users: list[str], template: PushTemplate) -> int:
         return self.hub.deliver(self.hub.users_connections(users), template)

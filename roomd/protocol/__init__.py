@@ -54,10 +54,13 @@ from ._frames import LimitsInfo as LimitsInfo
 from ._frames import Ping as Ping
 from ._frames import Pong as Pong
 from ._frames import Push as Push
+from ._frames import Reconnect as Reconnect
 from ._frames import Request as Request
 from ._frames import ResumeRequest as ResumeRequest
+from ._frames import RoomPosition as RoomPosition
 from ._frames import RoomRef as RoomRef
 from ._frames import ServerFrame as ServerFrame
+from ._frames import StreamPosition as StreamPosition
 from ._frames import Welcome as Welcome
 from ._session import Session as Session
 from ._session import SessionState as SessionState

@@ -32,6 +32,7 @@ class ErrorCode:
     TOO_MANY_ROOMS: Final = "too_many_rooms"
     NOT_FOUND: Final = "not_found"
     TIMEOUT: Final = "timeout"
+    HISTORY_GAP: Final = "history_gap"  # the messages asked for are no longer held
     INTERNAL: Final = "internal"
 
 

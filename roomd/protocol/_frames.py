@@ -30,12 +30,35 @@ class ErrorInfo:
 
 
 @attrs.frozen
+class StreamPosition:
+    """Where a client is in a stream: the ``epoch`` and ``offset`` of the last message of it
+    that the client received (pushes of a stream carry both)."""
+
+    epoch: str
+    offset: int
+
+
+@attrs.frozen
+class RoomPosition:
+    """A room the client is in, and its position in the room's stream."""
+
+    ns: str
+    room: str
+    epoch: str
+    offset: int
+
+
+@attrs.frozen
 class ResumeRequest:
-    """What a reconnecting client presents to continue its session."""
+    """What a reconnecting client presents to continue its session: the session, its resume
+    token, the last push ``seq`` it received and its position in each stream it follows (its
+    rooms, its inbox)."""
 
     session: str
     token: str
     seq: int  # the last push sequence number the client received
+    rooms: list[RoomPosition] | None = None
+    inbox: StreamPosition | None = None
 
 
 @attrs.frozen
@@ -111,6 +134,10 @@ class Welcome:
     limits: LimitsInfo
     resumed: bool  # whether a previous session was continued
     seq: int  # the last sequence number of the session's pushes
+    reason: str | None = None  # why a resume was refused (see ResumeRefusal)
+    replayed: int = 0  # pushes the client missed, sent right after the welcome
+    gaps: list[RoomRef] | None = None  # rooms whose missed messages are no longer held
+    inbox_gap: bool = False  # the inbox's missed messages are no longer held
 
 
 @attrs.frozen
@@ -126,7 +153,8 @@ class Push:
     """A server-to-client event.
 
     ``seq`` numbers the session's reliable pushes (1, 2, 3 ...); volatile pushes (typing, for
-    example) carry no ``seq`` and are never replayed.
+    example) carry no ``seq`` and are never replayed. A push that belongs to a stream (a room's,
+    or the user's inbox) carries its position there: ``epoch`` and ``offset``.
     """
 
     event: str
@@ -135,6 +163,17 @@ class Push:
     room: RoomRef | None = None  # set when sent to a room
     sender: str | None = None  # "from" on the wire: the user who sent it, if a user did
     to: list[str] | None = None  # set when sent to users: the users it was addressed to
+    epoch: str | None = None  # the stream's epoch, for a push of a stream
+    offset: int | None = None  # its offset in the stream
+
+
+@attrs.frozen
+class Reconnect:
+    """The node asks the client to resume its session now at ``url`` (the node is draining)."""
+
+    url: str
+    node: str
+    reason: str = "draining"
 
 
 @attrs.frozen
@@ -159,7 +198,7 @@ class Error:
 
 
 ClientFrame = Hello | Event | Ack | Ping
-ServerFrame = Welcome | Push | Ack | Request | Pong | Error
+ServerFrame = Welcome | Push | Ack | Request | Pong | Error | Reconnect
 
 CLIENT_FRAME_TYPES: Final[dict[str, type[ClientFrame]]] = {
     "hello": Hello,
@@ -174,6 +213,7 @@ SERVER_FRAME_TYPES: Final[dict[str, type[ServerFrame]]] = {
     "request": Request,
     "pong": Pong,
     "error": Error,
+    "reconnect": Reconnect,
 }
 FRAME_TAGS: Final[dict[type[Any], str]] = {
     cls: tag for table in (CLIENT_FRAME_TYPES, SERVER_FRAME_TYPES) for tag, cls in table.items()
