@@ -51,6 +51,7 @@ from .protocol import (
     PushTemplate,
     Session,
 )
+from .web import web_routes
 
 log = logging.getLogger("roomd.node")
 
@@ -101,7 +102,7 @@ class Node(Requests):
         self._cluster_handlers: dict[str, CallHandler] = {ROOM_REQUEST: self._on_room_request}
         if self.cluster is not None:
             self.cluster.handlers.update(self._cluster_handlers)
-        self._routes: dict[str, Route] = {"/health": self._health_route}
+        self._routes: dict[str, Route] = {"/health": self._health_route, **web_routes()}
         self._connected: set[Client] = set()  # every WebSocket client, handshaking or open
         self._stop = trio.Event()
         self._idle = trio.Event()
@@ -525,7 +526,7 @@ class Node(Requests):
         return stats
 
     def _health_route(self, request: HttpRequest) -> bytes:
-        return json_response(200, self.health())
+        return json_response(200, self.health(), (("Access-Control-Allow-Origin", "*"),))
 
     def _metrics_route(self, request: HttpRequest) -> bytes:
         body = generate_latest(self._registry)
