@@ -883,20 +883,18 @@ export class RoomdClient {
   /**
    * Connect and stay connected until close(), a terminal close code or the repeat limit.
    * Resolves with the first Opened; rejects with ConnectFailed if the first connection fails for
-   * good. Calling it again returns the same promise.
+   * good. Calling it again returns the same promise; once closed, it rejects with ClientClosed
+   * (a client runs only once).
    */
   connect() {
+    if (this._state === State.CLOSED) return Promise.reject(this._closedError());
     if (this._opened !== null) return this._opened.promise;
     let settle;
     const promise = new Promise((resolve, reject) => {
       settle = { resolve, reject };
     });
     this._opened = { promise, ...settle, done: false };
-    if (this._state === State.CLOSED) {
-      this._failStart(this._closedError());
-    } else {
-      this._connectNext();
-    }
+    this._connectNext();
     return promise;
   }
 
@@ -991,7 +989,13 @@ export class RoomdClient {
     ws.onopen = () => this._hello(conn);
     ws.onmessage = (message) => this._onMessage(conn, message.data);
     ws.onclose = (event) => this._dropped(conn, closedByPeer(event));
-    ws.onerror = () => {}; // a close event follows
+    ws.onerror = () => {
+      // Before the upgrade, some runtimes (Node.js 20) report a refused connection by an error
+      // alone. Once open, a close event with the code follows every error.
+      if (ws.readyState !== 1 && ws.readyState !== 2) {
+        this._dropped(conn, { code: CloseCode.ABNORMAL, reason: "cannot connect", local: true });
+      }
+    };
   }
 
   /** The URL to connect to: the least loaded healthy node, else the next one in turn. */
@@ -1300,7 +1304,7 @@ export class RoomdClient {
     for (const timer of ["connectTimer", "heartbeatTimer", "pongTimer", "pumpTimer", "closeTimer"]) {
       clearTimeout(conn[timer]);
     }
-    conn.ws.onopen = conn.ws.onmessage = conn.ws.onclose = null;
+    conn.ws.onopen = conn.ws.onmessage = conn.ws.onclose = conn.ws.onerror = null;
     if (this._conn === conn) this._conn = null;
     const verdict = conn.verdict ?? closed;
     const lost = new ConnectionLost(`connection closed (${verdict.code} ${verdict.reason})`);

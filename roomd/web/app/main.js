@@ -59,7 +59,9 @@ function drawNow() {
   $("server-meta").textContent = `${server.id}${users}`;
   const conn = connectionText(server);
   $("conn").className = `conn ${conn.cls}`;
-  $("conn").textContent = conn.text;
+  $("conn").title = conn.text;
+  $("conn-long").textContent = conn.text;
+  $("conn-short").textContent = conn.short;
   $("me-name").textContent = server.me ?? "";
   $("me-dot").className = `dot ${server.myStatus.status === "online" || server.myStatus.status === "away" ? server.myStatus.status : "custom"}`;
   renderConversations($("rooms"), server, "room", openConversation);

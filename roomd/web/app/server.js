@@ -92,6 +92,7 @@ export class Server {
     });
     c.on(Lifecycle.OPEN, (opened) => {
       this.name = opened.node;
+      this.client.ping(); // a round trip time at once, not at the first heartbeat
       for (const key of opened.rejoinFailed) this._forgetRoom(key.ns, key.room, "could not re-join");
       this._refreshAfterOpen();
     });
@@ -194,9 +195,12 @@ export class Server {
    * error (its validation message) after taking the pending message away.
    */
   async send(conv, message) {
+    // The id is the client's (the protocol allows it): the push and the ack name the same one.
+    const messageId = uuid4();
+    message = { ...message, messageId };
     const pending = {
-      id: `local-${Math.random().toString(36).slice(2)}`,
-      messageId: null,
+      id: messageId,
+      messageId,
       sender: this.me,
       timestamp: Date.now(),
       type: message.type,
@@ -207,17 +211,8 @@ export class Server {
     this.changed();
     const to = conv.kind === "room" ? { room: conv.room, ns: conv.ns } : { user: conv.peer };
     try {
-      const { messageId } = await this.client.call(
-        "send",
-        { to, data: message },
-        { timeout: SEND_TIMEOUT },
-      );
-      if (conv.messages.some((m) => m.messageId === messageId)) {
-        removeMessage(conv, pending.id); // its push came first
-      } else {
-        pending.messageId = messageId;
-        pending.state = "sent";
-      }
+      await this.client.call("send", { to, data: message }, { timeout: SEND_TIMEOUT });
+      pending.state = "sent"; // the push of a room message may have settled it already
     } catch (error) {
       removeMessage(conv, pending.id);
       throw error;
@@ -251,7 +246,12 @@ export class Server {
       if (!peer) return;
       conv = this.dm(peer);
     }
-    if (conv.messages.some((m) => m.messageId === message.messageId)) return;
+    const mine = conv.messages.find((m) => m.messageId === message.messageId);
+    if (mine !== undefined) {
+      mine.state = "delivered"; // the push of a message sent from this page
+      this.changed();
+      return;
+    }
     addMessage(conv, { ...message, id: message.messageId, state: "delivered" });
     conv.typing.delete(message.sender);
     if (this.active !== conv.key && message.sender !== this.me) conv.unread += 1;
@@ -348,6 +348,15 @@ export class Server {
       // its /health is not reachable from this page: keep the last figures
     }
   }
+}
+
+/** A random UUID (version 4); crypto.randomUUID needs a secure context, this does not. */
+function uuid4() {
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  b[6] = (b[6] & 0x0f) | 0x40;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  const hex = Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
 }
 
 function newConversation(fields) {

@@ -35,7 +35,8 @@ export function formatSize(bytes) {
 }
 
 export function initials(name) {
-  const words = String(name).split(/[^A-Za-z0-9]+/).filter(Boolean);
+  // "serverA" -> "SA", "eu-west" -> "EW", "lobby" -> "LO"
+  const words = String(name).split(/[^A-Za-z0-9]+|(?=[A-Z0-9])/).filter(Boolean);
   const letters = words.length > 1 ? words[0][0] + words[1][0] : String(name).slice(0, 2);
   return letters.toUpperCase();
 }
@@ -55,21 +56,28 @@ export function connectionText(server) {
   switch (server.status) {
     case "online": {
       const rtt = server.rtt;
-      return { cls: "online", text: rtt === null ? "online" : `online · ${(rtt * 1000).toFixed(rtt < 0.01 ? 1 : 0)} ms` };
+      const ms = rtt === null ? null : `${(rtt * 1000).toFixed(rtt < 0.01 ? 1 : 0)} ms`;
+      return { cls: "online", text: ms ? `online · ${ms}` : "online", short: ms ?? "online" };
     }
     case "connecting":
-      return { cls: "connecting", text: "connecting…" };
+      return { cls: "connecting", text: "connecting…", short: "connecting" };
     case "offline": {
       const next = server.reconnect;
-      if (next === null) return { cls: "offline", text: "offline · reconnecting…" };
+      if (next === null) return { cls: "offline", text: "offline · reconnecting…", short: "offline" };
       const seconds = Math.max(0, (next.at - Date.now()) / 1000);
+      const wait = seconds > 0.05 ? ` in ${seconds.toFixed(1)} s` : "…";
       return {
         cls: "offline",
-        text: `reconnecting · attempt ${next.attempt}${seconds > 0.05 ? ` in ${seconds.toFixed(1)} s` : "…"}`,
+        text: `reconnecting · attempt ${next.attempt}${wait}`,
+        short: `retry ${next.attempt}${wait}`,
       };
     }
     default:
-      return { cls: "error", text: server.lastError ? `disconnected · ${server.lastError}` : "disconnected" };
+      return {
+        cls: "error",
+        text: server.lastError ? `disconnected · ${server.lastError}` : "disconnected",
+        short: "disconnected",
+      };
   }
 }
 
@@ -159,19 +167,21 @@ function messageBody(message) {
       return h("div", { class: "text" }, p.content);
     case "image": {
       const scale = Math.min(1, 320 / p.width, 240 / p.height);
-      return h(
-        "figure",
-        { class: "image" },
-        h("img", {
-          src: p.url,
-          alt: `image ${p.width}×${p.height}`,
-          width: String(Math.max(1, Math.round(p.width * scale))),
-          height: String(Math.max(1, Math.round(p.height * scale))),
-          loading: "lazy",
-          referrerpolicy: "no-referrer",
-        }),
-        h("figcaption", { class: "muted small" }, `${p.width}×${p.height}`),
+      const figure = h("figure", { class: "image" });
+      const img = h("img", {
+        src: p.url,
+        alt: `image ${p.width}×${p.height}`,
+        width: String(Math.max(1, Math.round(p.width * scale))),
+        height: String(Math.max(1, Math.round(p.height * scale))),
+        loading: "lazy",
+        referrerpolicy: "no-referrer",
+        onerror: () => figure.classList.add("broken"),
+      });
+      figure.append(
+        img,
+        h("figcaption", { class: "muted small" }, `${p.width}×${p.height} · `, h("a", { href: p.url, target: "_blank", rel: "noopener noreferrer" }, "open")),
       );
+      return figure;
     }
     case "file":
       return h(
