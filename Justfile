@@ -10,6 +10,10 @@ setup:
     {{bin}}/python -m pip install --quiet --upgrade pip
     {{bin}}/python -m pip install --quiet -e '.[dev]'
 
+# The web side's test tools: TypeScript in tests/js (Chromium comes from `apt-get install chromium`).
+setup-web:
+    cd tests/js && npm ci --no-audit --no-fund
+
 # Run the test suite (extra arguments go to pytest).
 test *args:
     {{bin}}/python -m pytest -q {{args}}
