@@ -14,6 +14,10 @@ setup:
 setup-web:
     cd tests/js && npm ci --no-audit --no-fund
 
+# Format the web side's sources with Prettier (after setup-web).
+fmt-web:
+    tests/js/node_modules/.bin/prettier --write "roomd/web/**/*.{js,ts,css,html,json}" "tests/js/*.{mjs,ts,json}"
+
 # Run the test suite (extra arguments go to pytest).
 test *args:
     {{bin}}/python -m pytest -q {{args}}

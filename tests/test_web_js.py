@@ -11,6 +11,7 @@ import sys
 from roomd.protocol._close import CLOSE_CODES, should_reconnect
 from tests.web_support import JS_TESTS, WEB, missing, node_argv, run, tsc
 
+WEB_SOURCES = ("roomd/web/**/*.{js,ts,css,html,json}", "tests/js/*.{mjs,ts,json}")
 JS_SUITE_TIMEOUT = 240  # seconds for every file of tests/js (about 15 s here)
 
 
@@ -46,6 +47,14 @@ def test_close_code_table_is_the_protocols() -> None:
 
 def test_typescript_declarations() -> None:
     run([str(tsc()), "-p", str(JS_TESTS / "tsconfig.json")], timeout=120)
+
+
+def test_web_sources_are_formatted() -> None:
+    """Prettier's style (.prettierrc.json; `just fmt-web` applies it)."""
+    prettier = JS_TESTS / "node_modules" / ".bin" / "prettier"
+    if not prettier.exists():
+        missing("Prettier is not installed: run `npm ci` in tests/js")
+    run([str(prettier), "--check", *WEB_SOURCES], timeout=120)
 
 
 def test_npm_package_holds_the_library_and_its_types() -> None:

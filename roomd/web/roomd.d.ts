@@ -238,10 +238,7 @@ export type ChatMessage = ChatMessageInput & {
 };
 
 export type SendTarget =
-  | { room: string; ns?: string }
-  | { user: string }
-  | { users: string[] }
-  | { all: true };
+  { room: string; ns?: string } | { user: string } | { users: string[] } | { all: true };
 
 export interface Member {
   user: string;
@@ -360,7 +357,10 @@ export interface WebSocketLike {
   close(code?: number, reason?: string): void;
 }
 
-export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
+export type WebSocketConstructor = new (
+  url: string,
+  protocols?: string | string[],
+) => WebSocketLike;
 
 export interface ClientOptions {
   /** Development nodes (`roomd --dev`): the user name, as `?user=`. */

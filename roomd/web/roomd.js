@@ -33,12 +33,32 @@ export const CLOSE_CODES = Object.freeze({
   1001: closeRow("GOING_AWAY", RECONNECT, "going away", "The node is shutting down or draining."),
   1002: closeRow("PROTOCOL_ERROR", TERMINAL, "protocol error", "Invalid WebSocket framing."),
   1006: closeRow("ABNORMAL", RECONNECT, "abnormal closure", "The connection dropped (not sent)."),
-  1008: closeRow("POLICY_VIOLATION", TERMINAL, "policy violation", "The client broke a node policy."),
-  1009: closeRow("MESSAGE_TOO_BIG", RECONNECT, "message too big", "A frame exceeded the size limit."),
-  1011: closeRow("INTERNAL_ERROR", RECONNECT, "internal error", "The node hit an unexpected error."),
+  1008: closeRow(
+    "POLICY_VIOLATION",
+    TERMINAL,
+    "policy violation",
+    "The client broke a node policy.",
+  ),
+  1009: closeRow(
+    "MESSAGE_TOO_BIG",
+    RECONNECT,
+    "message too big",
+    "A frame exceeded the size limit.",
+  ),
+  1011: closeRow(
+    "INTERNAL_ERROR",
+    RECONNECT,
+    "internal error",
+    "The node hit an unexpected error.",
+  ),
   1013: closeRow("TRY_AGAIN_LATER", RECONNECT, "try again later", "The node is at its limit."),
   4000: closeRow("HANDSHAKE_TIMEOUT", RECONNECT, "handshake timeout", "No hello in time."),
-  4001: closeRow("CLOSED_BY_CLIENT", TERMINAL, "closed by client", "The client closed the session."),
+  4001: closeRow(
+    "CLOSED_BY_CLIENT",
+    TERMINAL,
+    "closed by client",
+    "The client closed the session.",
+  ),
   4002: closeRow(
     "UNSUPPORTED_VERSION",
     TERMINAL,
@@ -54,7 +74,12 @@ export const CLOSE_CODES = Object.freeze({
     "The client did not read fast enough and its outbox overflowed.",
   ),
   4009: closeRow("RATE_LIMITED", RECONNECT, "rate limited", "The client kept exceeding its rate."),
-  4010: closeRow("KICKED", TERMINAL, "kicked", "An operator or the application removed the client."),
+  4010: closeRow(
+    "KICKED",
+    TERMINAL,
+    "kicked",
+    "An operator or the application removed the client.",
+  ),
   4011: closeRow("AUTH_FAILED", TERMINAL, "auth failed", "The credentials are invalid or expired."),
   4012: closeRow("REPLACED", TERMINAL, "replaced", "A newer connection took over this session."),
 });
@@ -411,7 +436,9 @@ const DEFAULTS = Object.freeze({
 });
 
 function sleep(seconds) {
-  return seconds > 0 ? new Promise((resolve) => setTimeout(resolve, seconds * 1000)) : Promise.resolve();
+  return seconds > 0
+    ? new Promise((resolve) => setTimeout(resolve, seconds * 1000))
+    : Promise.resolve();
 }
 
 function now() {
@@ -425,7 +452,9 @@ function wallClock() {
 function randomPrefix() {
   const bytes = new Uint8Array(6);
   globalThis.crypto.getRandomValues(bytes);
-  return Array.from(bytes, (b) => b.toString(36).padStart(2, "0")).join("").slice(0, 8);
+  return Array.from(bytes, (b) => b.toString(36).padStart(2, "0"))
+    .join("")
+    .slice(0, 8);
 }
 
 function positive(name, value) {
@@ -756,10 +785,13 @@ export class RoomdClient {
       if (conn.ws.readyState !== 1) return; // closing: the queue waits for the next connection
       const wait = conn.pacer === null ? 0 : conn.pacer.wait(now());
       if (wait > 0) {
-        conn.pumpTimer = setTimeout(() => {
-          conn.pumpTimer = null;
-          this._pump();
-        }, Math.ceil(wait * 1000));
+        conn.pumpTimer = setTimeout(
+          () => {
+            conn.pumpTimer = null;
+            this._pump();
+          },
+          Math.ceil(wait * 1000),
+        );
         return;
       }
       const item = this._queue.shift();
@@ -1008,7 +1040,12 @@ export class RoomdClient {
     }
     const options = { timeout: this.healthTimeout, fetch: this._fetch };
     const answers = await Promise.all(
-      urls.map((url) => fetchHealth(url, options).then((health) => health, () => null)),
+      urls.map((url) =>
+        fetchHealth(url, options).then(
+          (health) => health,
+          () => null,
+        ),
+      ),
     );
     const ranked = urls
       .map((url, index) => ({ url, index, health: answers[index] }))
@@ -1044,7 +1081,10 @@ export class RoomdClient {
         throw new Error("not a frame object with a type");
       }
     } catch (error) {
-      this._problem({ code: "bad_frame", message: `undecodable frame from the node: ${error.message}` });
+      this._problem({
+        code: "bad_frame",
+        message: `undecodable frame from the node: ${error.message}`,
+      });
       return;
     }
     if (conn.welcome === null) {
@@ -1176,7 +1216,8 @@ export class RoomdClient {
   }
 
   _onError(frame) {
-    const item = frame.ref !== undefined && frame.ref !== null ? this._pending.get(frame.ref) : undefined;
+    const item =
+      frame.ref !== undefined && frame.ref !== null ? this._pending.get(frame.ref) : undefined;
     if (item !== undefined) this._settle(item, new AckError(frame.code, frame.message));
     else this._problem(frame);
   }
@@ -1206,7 +1247,9 @@ export class RoomdClient {
       } catch {
         const error = { code: "internal", message: "internal error" };
         this._sendNow(conn, { type: "ack", id: request.id, error });
-        console.error(`roomd: the answer to request ${JSON.stringify(request.event)} has no JSON form`);
+        console.error(
+          `roomd: the answer to request ${JSON.stringify(request.event)} has no JSON form`,
+        );
       }
     };
     const handler = this._requestHandlers.get(request.event);
@@ -1216,7 +1259,9 @@ export class RoomdClient {
       return;
     }
     if (conn.requests >= MAX_CONCURRENT_REQUESTS) {
-      answer({ error: { code: "rate_limited", message: "client busy: too many requests at once" } });
+      answer({
+        error: { code: "rate_limited", message: "client busy: too many requests at once" },
+      });
       return;
     }
     conn.requests += 1;
@@ -1264,7 +1309,8 @@ export class RoomdClient {
     const rtt = this.rtt;
     rtt.latest = sample;
     rtt.samples += 1;
-    rtt.smoothed = rtt.smoothed === null ? sample : rtt.smoothed + RTT_GAIN * (sample - rtt.smoothed);
+    rtt.smoothed =
+      rtt.smoothed === null ? sample : rtt.smoothed + RTT_GAIN * (sample - rtt.smoothed);
     this._publish(Lifecycle.PONG, { rtt: sample, smoothed: rtt.smoothed, serverTs: pong.serverTs });
     conn.beat?.();
   }
@@ -1301,7 +1347,13 @@ export class RoomdClient {
   _dropped(conn, closed) {
     if (conn.done) return;
     conn.done = true;
-    for (const timer of ["connectTimer", "heartbeatTimer", "pongTimer", "pumpTimer", "closeTimer"]) {
+    for (const timer of [
+      "connectTimer",
+      "heartbeatTimer",
+      "pongTimer",
+      "pumpTimer",
+      "closeTimer",
+    ]) {
       clearTimeout(conn[timer]);
     }
     conn.ws.onopen = conn.ws.onmessage = conn.ws.onclose = conn.ws.onerror = null;
@@ -1324,7 +1376,12 @@ export class RoomdClient {
     this.closeReason = closed.reason;
     const local = closed.local ?? false;
     if (this._closing) {
-      this._publish(Lifecycle.CLOSE, { code: closed.code, reason: closed.reason, reconnect: false, local });
+      this._publish(Lifecycle.CLOSE, {
+        code: closed.code,
+        reason: closed.reason,
+        reconnect: false,
+        local,
+      });
       this._finish();
       return;
     }
@@ -1353,7 +1410,11 @@ export class RoomdClient {
     this._attempt = decision.attempt;
     this._setState(State.RECONNECTING);
     const next = this.urls.length > 1 ? null : this.urls[0];
-    this._publish(Lifecycle.RECONNECTING, { attempt: decision.attempt, delay: decision.delay, url: next });
+    this._publish(Lifecycle.RECONNECTING, {
+      attempt: decision.attempt,
+      delay: decision.delay,
+      url: next,
+    });
     this._retryTimer = setTimeout(() => {
       this._retryTimer = null;
       this._connectNext();
@@ -1380,7 +1441,8 @@ export class RoomdClient {
 function closedByPeer(event) {
   const code = typeof event?.code === "number" ? event.code : CloseCode.ABNORMAL;
   let reason = event?.reason || "";
-  if (!reason) reason = code === CloseCode.ABNORMAL ? "connection lost" : CLOSE_CODES[code]?.reason ?? "";
+  if (!reason)
+    reason = code === CloseCode.ABNORMAL ? "connection lost" : (CLOSE_CODES[code]?.reason ?? "");
   return { code, reason, local: code === CloseCode.ABNORMAL };
 }
 

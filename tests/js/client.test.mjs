@@ -49,7 +49,10 @@ describe("calls and pushes", T, () => {
     assert.deepEqual((await bob.join("lobby")).members, ["alice", "bob"]);
     assert.deepEqual(alice.rooms, [{ ns: "/", room: "lobby" }]);
     const members = await alice.members("lobby");
-    assert.deepEqual(members.map((m) => m.user), ["alice", "bob"]);
+    assert.deepEqual(
+      members.map((m) => m.user),
+      ["alice", "bob"],
+    );
     const online = await alice.onlineUsers();
     assert.ok(online.includes("alice") && online.includes("bob"));
 
@@ -74,7 +77,10 @@ describe("calls and pushes", T, () => {
     await Promise.all([carol.connect(), dave.connect(), carol2.connect()]);
     const atDave = next(dave, "message");
     const copy = next(carol2, "message");
-    await carol.send({ user: "dave" }, { type: "image", payload: { url: "https://x.test/a.png", width: 8, height: 6 } });
+    await carol.send(
+      { user: "dave" },
+      { type: "image", payload: { url: "https://x.test/a.png", width: 8, height: 6 } },
+    );
     for (const push of await Promise.all([atDave, copy])) {
       assert.equal(push.from, "carol");
       assert.deepEqual(push.to, ["dave"]);
@@ -92,7 +98,10 @@ describe("calls and pushes", T, () => {
     assert.equal(unknown.code, "unknown_event");
     await erin.join("pics");
     const invalid = await rejection(
-      erin.send({ room: "pics" }, { type: "image", payload: { url: "https://x.test/a.png", width: 0, height: 6 } }),
+      erin.send(
+        { room: "pics" },
+        { type: "image", payload: { url: "https://x.test/a.png", width: 0, height: 6 } },
+      ),
     );
     assert.equal(invalid.code, "invalid");
     assert.match(invalid.message, /payload\.width/);
@@ -110,11 +119,15 @@ describe("calls and pushes", T, () => {
     const gina = client(app.url, { user: "gina" });
     await gina.connect();
     const result = await new Promise((resolve, reject) => {
-      const returned = gina.call("echo", { n: 1 }, (error, value) => (error ? reject(error) : resolve(value)));
+      const returned = gina.call("echo", { n: 1 }, (error, value) =>
+        error ? reject(error) : resolve(value),
+      );
       assert.equal(returned, undefined);
     });
     assert.deepEqual(result, { n: 1 });
-    const error = await new Promise((resolve) => gina.call("sleep", 2, { timeout: 0.2 }, (e) => resolve(e)));
+    const error = await new Promise((resolve) =>
+      gina.call("sleep", 2, { timeout: 0.2 }, (e) => resolve(e)),
+    );
     assert.ok(error instanceof RequestTimeout);
     assert.equal(error.code, "timeout");
     assert.match(error.message, /within 0\.2 s/);
@@ -123,24 +136,28 @@ describe("calls and pushes", T, () => {
 });
 
 describe("the node's requests", T, () => {
-  test("a handler's value answers, HandlerError answers an error, no handler is unknown_event", T, async () => {
-    const hal = client(app.url, { user: "hal" });
-    await hal.connect();
-    hal.onRequest("confirm", async (data) => ({ ok: data.question === "sure?" }));
-    hal.onRequest("refuse", () => {
-      throw new HandlerError("declined", "the user said no");
-    });
-    assert.deepEqual(await hal.call("ask", { event: "confirm", data: { question: "sure?" } }), {
-      answer: { ok: true },
-    });
-    assert.deepEqual(await hal.call("ask", { event: "refuse" }), {
-      error: "declined",
-      message: "the user said no",
-    });
-    assert.equal((await hal.call("ask", { event: "nobody" })).error, "unknown_event");
-    hal.onRequest("confirm", null);
-    assert.equal((await hal.call("ask", { event: "confirm" })).error, "unknown_event");
-  });
+  test(
+    "a handler's value answers, HandlerError answers an error, no handler is unknown_event",
+    T,
+    async () => {
+      const hal = client(app.url, { user: "hal" });
+      await hal.connect();
+      hal.onRequest("confirm", async (data) => ({ ok: data.question === "sure?" }));
+      hal.onRequest("refuse", () => {
+        throw new HandlerError("declined", "the user said no");
+      });
+      assert.deepEqual(await hal.call("ask", { event: "confirm", data: { question: "sure?" } }), {
+        answer: { ok: true },
+      });
+      assert.deepEqual(await hal.call("ask", { event: "refuse" }), {
+        error: "declined",
+        message: "the user said no",
+      });
+      assert.equal((await hal.call("ask", { event: "nobody" })).error, "unknown_event");
+      hal.onRequest("confirm", null);
+      assert.equal((await hal.call("ask", { event: "confirm" })).error, "unknown_event");
+    },
+  );
 
   test("a handler slower than the request's timeout is not answered", T, async () => {
     const ian = client(app.url, { user: "ian" });
@@ -157,7 +174,12 @@ describe("the node's requests", T, () => {
     await kim.join("poll");
     kim.onRequest("vote", (data, request) => ({ vote: data, from: request.from }));
     jo.onRequest("vote", () => "mine");
-    const result = await jo.call("send", { to: { room: "poll" }, event: "vote", data: 7, ack: true });
+    const result = await jo.call("send", {
+      to: { room: "poll" },
+      event: "vote",
+      data: 7,
+      ack: true,
+    });
     assert.equal(result.acked, 2);
     assert.equal(result.errors, 0);
   });
@@ -182,7 +204,12 @@ describe("heartbeat and closing", T, () => {
     const closed = next(max, Lifecycle.CLOSE);
     await within(max.close(), 5, "close");
     assert.equal(max.state, "closed");
-    assert.deepEqual(await closed, { code: 1000, reason: "closed by client", reconnect: false, local: false });
+    assert.deepEqual(await closed, {
+      code: 1000,
+      reason: "closed by client",
+      reconnect: false,
+      local: false,
+    });
     const error = await rejection(max.emit("typing", { room: "x" }));
     assert.ok(error instanceof ClientClosed);
     assert.equal(error.closeCode, 1000);

@@ -4,7 +4,13 @@ import assert from "node:assert/strict";
 import { createServer } from "node:http";
 import { after, before, describe, test } from "node:test";
 
-import { InvalidServer, Lifecycle, RoomdClient, fetchHealth, parseHealth } from "../../roomd/web/roomd.js";
+import {
+  InvalidServer,
+  Lifecycle,
+  RoomdClient,
+  fetchHealth,
+  parseHealth,
+} from "../../roomd/web/roomd.js";
 import { NodeProcess, next, rejection, startNodes, stopAll } from "./support.mjs";
 
 const T = { timeout: 30000 };
@@ -28,23 +34,30 @@ after(async () => {
 });
 
 describe("failover", T, () => {
-  test("the least loaded node first; when it dies, the other, with the rooms re-joined", T, async () => {
-    const load = ["u1", "u2", "u3"].map((user) => client(a.url, { user }));
-    await Promise.all(load.map((c) => c.connect()));
-    const alice = client([a.url, b.url], { user: "alice" });
-    const first = await alice.connect();
-    assert.equal(first.node, "jsB");
-    assert.equal(alice.url, b.url);
-    await alice.join("lobby");
-    const moved = next(alice, Lifecycle.OPEN);
-    await b.kill();
-    const opened = await moved;
-    assert.equal(opened.node, "jsA");
-    assert.equal(opened.url, a.url);
-    assert.deepEqual(opened.rejoined, [{ ns: "/", room: "lobby" }]);
-    assert.deepEqual((await alice.members("lobby")).map((m) => m.user), ["alice"]);
-    await b.start();
-  });
+  test(
+    "the least loaded node first; when it dies, the other, with the rooms re-joined",
+    T,
+    async () => {
+      const load = ["u1", "u2", "u3"].map((user) => client(a.url, { user }));
+      await Promise.all(load.map((c) => c.connect()));
+      const alice = client([a.url, b.url], { user: "alice" });
+      const first = await alice.connect();
+      assert.equal(first.node, "jsB");
+      assert.equal(alice.url, b.url);
+      await alice.join("lobby");
+      const moved = next(alice, Lifecycle.OPEN);
+      await b.kill();
+      const opened = await moved;
+      assert.equal(opened.node, "jsA");
+      assert.equal(opened.url, a.url);
+      assert.deepEqual(opened.rejoined, [{ ns: "/", room: "lobby" }]);
+      assert.deepEqual(
+        (await alice.members("lobby")).map((m) => m.user),
+        ["alice"],
+      );
+      await b.start();
+    },
+  );
 
   test("without /health, the URLs are tried in turn", T, async () => {
     const noFetch = () => Promise.reject(new TypeError("blocked"));
@@ -58,8 +71,16 @@ describe("failover", T, () => {
 
   test("a draining or unreachable node is not chosen", T, async () => {
     const draining = async (url) => {
-      const body = { name: "x", status: url.includes(`:${a.port}/`) ? "draining" : "ok", version: "0", protocol: 1,
-        uptime: 1, connections: url.includes(`:${a.port}/`) ? 0 : 50, users: 0, rooms: 0 };
+      const body = {
+        name: "x",
+        status: url.includes(`:${a.port}/`) ? "draining" : "ok",
+        version: "0",
+        protocol: 1,
+        uptime: 1,
+        connections: url.includes(`:${a.port}/`) ? 0 : 50,
+        users: 0,
+        rooms: 0,
+      };
       return { status: 200, text: async () => JSON.stringify(body) };
     };
     const carol = client([a.url, b.url], { user: "carol", fetch: draining });
@@ -93,8 +114,20 @@ describe("fetchHealth", T, () => {
     assert.match(unreachable.problem, /^cannot reach its \/health/);
     assert.throws(() => parseHealth("u", 404, ""), /answered HTTP 404/);
     assert.throws(() => parseHealth("u", 200, '{"name": 1}'), /lacks roomd fields \(name, status/);
-    const newer = { name: "n", status: "ok", version: "9", protocol: 2, uptime: 0, connections: 0, users: 0, rooms: 0 };
-    assert.throws(() => parseHealth("u", 200, JSON.stringify(newer)), /speaks protocol version 2; this client speaks 1/);
+    const newer = {
+      name: "n",
+      status: "ok",
+      version: "9",
+      protocol: 2,
+      uptime: 0,
+      connections: 0,
+      users: 0,
+      rooms: 0,
+    };
+    assert.throws(
+      () => parseHealth("u", 200, JSON.stringify(newer)),
+      /speaks protocol version 2; this client speaks 1/,
+    );
     assert.match((await rejection(fetchHealth("ftp://x"))).problem, /not a roomd URL/);
     assert.equal((await fetchHealth(a.url)).name, "jsA");
   });

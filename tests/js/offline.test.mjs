@@ -12,7 +12,15 @@ import {
   RequestTimeout,
   RoomdClient,
 } from "../../roomd/web/roomd.js";
-import { NodeProcess, configFile, next, record, rejection, startNodes, stopAll } from "./support.mjs";
+import {
+  NodeProcess,
+  configFile,
+  next,
+  record,
+  rejection,
+  startNodes,
+  stopAll,
+} from "./support.mjs";
 
 const T = { timeout: 30000 };
 const RATE = 20; // the node's limits in these tests: 20 frames/s, bursts of 10
@@ -68,45 +76,57 @@ describe("pacing (pure)", () => {
 });
 
 describe("offline queue", T, () => {
-  test("emits made offline are flushed in order, after the re-joins, within the rate", T, async () => {
-    const alice = client(node.url, { user: "alice", WebSocket: GatedSocket });
-    const bob = client(node.url, { user: "bob" });
-    await Promise.all([alice.connect(), bob.connect()]);
-    await alice.join("q");
-    await bob.join("q");
-    const problems = record(alice, Lifecycle.ERROR);
-    const down = next(alice, Lifecycle.CLOSE);
-    GatedSocket.cut(); // alice alone goes offline; bob stays in the room
-    assert.equal((await down).code, 4000);
-    const count = 3 * BURST;
-    const sent = [];
-    for (let i = 0; i < count; i += 1) {
-      sent.push(alice.emit("send", { to: { room: "q" }, data: { type: "text", payload: { content: `m${i}` } } }));
-    }
-    await Promise.all(sent); // queued: each emit resolves at once
-    assert.equal(alice.queued, count);
-    const received = [];
-    const all = new Promise((resolve) => {
-      bob.on("message", (push) => {
-        received.push(push.data.payload.content);
-        if (received.length === count) resolve();
+  test(
+    "emits made offline are flushed in order, after the re-joins, within the rate",
+    T,
+    async () => {
+      const alice = client(node.url, { user: "alice", WebSocket: GatedSocket });
+      const bob = client(node.url, { user: "bob" });
+      await Promise.all([alice.connect(), bob.connect()]);
+      await alice.join("q");
+      await bob.join("q");
+      const problems = record(alice, Lifecycle.ERROR);
+      const down = next(alice, Lifecycle.CLOSE);
+      GatedSocket.cut(); // alice alone goes offline; bob stays in the room
+      assert.equal((await down).code, 4000);
+      const count = 3 * BURST;
+      const sent = [];
+      for (let i = 0; i < count; i += 1) {
+        sent.push(
+          alice.emit("send", {
+            to: { room: "q" },
+            data: { type: "text", payload: { content: `m${i}` } },
+          }),
+        );
+      }
+      await Promise.all(sent); // queued: each emit resolves at once
+      assert.equal(alice.queued, count);
+      const received = [];
+      const all = new Promise((resolve) => {
+        bob.on("message", (push) => {
+          received.push(push.data.payload.content);
+          if (received.length === count) resolve();
+        });
       });
-    });
-    const reopened = next(alice, Lifecycle.OPEN);
-    const started = performance.now();
-    GatedSocket.down = false;
-    const opened = await reopened;
-    assert.deepEqual(opened.rejoined, [{ ns: "/", room: "q" }]);
-    assert.equal(opened.flushed, count);
-    assert.equal(alice.queued, 0);
-    await all;
-    const seconds = (performance.now() - started) / 1000;
-    assert.deepEqual(received, Array.from({ length: count }, (_, i) => `m${i}`));
-    assert.deepEqual(problems, []); // no rate_limited refusal
-    // hello, the re-join and `count` events through a bucket of 0.9 * BURST at 0.9 * RATE/s
-    const least = (count + 2 - 0.9 * BURST) / (0.9 * RATE);
-    assert.ok(seconds >= least - 0.1, `flushed in ${seconds} s, at least ${least} s expected`);
-  });
+      const reopened = next(alice, Lifecycle.OPEN);
+      const started = performance.now();
+      GatedSocket.down = false;
+      const opened = await reopened;
+      assert.deepEqual(opened.rejoined, [{ ns: "/", room: "q" }]);
+      assert.equal(opened.flushed, count);
+      assert.equal(alice.queued, 0);
+      await all;
+      const seconds = (performance.now() - started) / 1000;
+      assert.deepEqual(
+        received,
+        Array.from({ length: count }, (_, i) => `m${i}`),
+      );
+      assert.deepEqual(problems, []); // no rate_limited refusal
+      // hello, the re-join and `count` events through a bucket of 0.9 * BURST at 0.9 * RATE/s
+      const least = (count + 2 - 0.9 * BURST) / (0.9 * RATE);
+      assert.ok(seconds >= least - 0.1, `flushed in ${seconds} s, at least ${least} s expected`);
+    },
+  );
 
   test("a full queue refuses at once and keeps what it holds", T, async () => {
     const carol = client(node.url, { user: "carol", offlineQueue: 2 });
@@ -123,7 +143,9 @@ describe("offline queue", T, () => {
   test("a queued call: onPending, then its timeout removes it unsent", T, async () => {
     const dave = client(node.url, { user: "dave" });
     let pending = null;
-    const error = await rejection(dave.call("echo", 1, { timeout: 0.1, onPending: (info) => (pending = info) }));
+    const error = await rejection(
+      dave.call("echo", 1, { timeout: 0.1, onPending: (info) => (pending = info) }),
+    );
     assert.ok(error instanceof RequestTimeout);
     assert.equal(pending.event, "echo");
     assert.equal(pending.queued, 1);
@@ -143,18 +165,22 @@ describe("offline queue", T, () => {
     assert.match(report.cmid, /^[0-9a-z]+-\d+$/);
   });
 
-  test("a call sent when the connection drops fails with ConnectionLost (not resent)", T, async () => {
-    const frank = client(node.url, { user: "frank", WebSocket: GatedSocket });
-    GatedSocket.down = false;
-    await frank.connect();
-    const call = rejection(frank.call("sleep", 5, { timeout: 10 }));
-    const reopened = next(frank, Lifecycle.OPEN);
-    GatedSocket.cut();
-    const error = await call;
-    assert.ok(error instanceof ConnectionLost);
-    assert.equal(error.code, "connection_lost");
-    assert.match(error.message, /connection closed \(4000 cut by the test\)/);
-    GatedSocket.down = false;
-    assert.equal((await reopened).flushed, 0);
-  });
+  test(
+    "a call sent when the connection drops fails with ConnectionLost (not resent)",
+    T,
+    async () => {
+      const frank = client(node.url, { user: "frank", WebSocket: GatedSocket });
+      GatedSocket.down = false;
+      await frank.connect();
+      const call = rejection(frank.call("sleep", 5, { timeout: 10 }));
+      const reopened = next(frank, Lifecycle.OPEN);
+      GatedSocket.cut();
+      const error = await call;
+      assert.ok(error instanceof ConnectionLost);
+      assert.equal(error.code, "connection_lost");
+      assert.match(error.message, /connection closed \(4000 cut by the test\)/);
+      GatedSocket.down = false;
+      assert.equal((await reopened).flushed, 0);
+    },
+  );
 });

@@ -42,25 +42,38 @@ function rewritingHello(change) {
 describe("the decision (pure)", () => {
   test("full jitter under an exponential ceiling, and the repeat limit", () => {
     const backoff = new Backoff({ base: 0.5, maxDelay: 4, attempts: 3 });
-    assert.deepEqual([1, 2, 3, 4, 5].map((n) => backoff.ceiling(n)), [0.5, 1, 2, 4, 4]);
-    assert.deepEqual(decide(1006, 2, backoff, () => 0.5), { reconnect: true, attempt: 2, delay: 0.5 });
+    assert.deepEqual(
+      [1, 2, 3, 4, 5].map((n) => backoff.ceiling(n)),
+      [0.5, 1, 2, 4, 4],
+    );
+    assert.deepEqual(
+      decide(1006, 2, backoff, () => 0.5),
+      { reconnect: true, attempt: 2, delay: 0.5 },
+    );
     assert.equal(decide(1006, 1, backoff, () => 0).delay, 0);
-    assert.deepEqual(decide(1006, 4, backoff, () => 0.5), {
-      reconnect: false,
-      gaveUp: true,
-      reason: "gave up after 3 reconnect attempts",
-    });
-    assert.deepEqual(decide(4010, 1, backoff, () => 0.5), {
-      reconnect: false,
-      gaveUp: false,
-      reason: "terminal close code 4010",
-    });
+    assert.deepEqual(
+      decide(1006, 4, backoff, () => 0.5),
+      {
+        reconnect: false,
+        gaveUp: true,
+        reason: "gave up after 3 reconnect attempts",
+      },
+    );
+    assert.deepEqual(
+      decide(4010, 1, backoff, () => 0.5),
+      {
+        reconnect: false,
+        gaveUp: false,
+        reason: "terminal close code 4010",
+      },
+    );
     assert.throws(() => new Backoff({ base: 0 }), RangeError);
     assert.throws(() => new Backoff({ attempts: 1.5 }), RangeError);
   });
 
   test("terminal codes never reconnect; unknown ones do, except 4500-4999", () => {
-    for (const [code, row] of Object.entries(CLOSE_CODES)) assert.equal(shouldReconnect(Number(code)), row.reconnect);
+    for (const [code, row] of Object.entries(CLOSE_CODES))
+      assert.equal(shouldReconnect(Number(code)), row.reconnect);
     assert.equal(shouldReconnect(null), true);
     assert.equal(shouldReconnect(1005), true);
     assert.equal(shouldReconnect(4499), true);
@@ -71,31 +84,53 @@ describe("the decision (pure)", () => {
 });
 
 describe("reconnecting", T, () => {
-  test("a killed node: 1006, backoff attempts, then the rooms are re-joined on the new session", T, async () => {
-    const [node] = await startNodes(NodeProcess.roomd("jsR"));
-    const alice = client(node.url, { user: "alice", random: () => 0.5 });
-    const first = await alice.connect();
-    await alice.join("lobby");
-    await alice.join("kitchen", "/home");
-    const closes = record(alice, Lifecycle.CLOSE);
-    const attempts = record(alice, Lifecycle.RECONNECTING);
-    const third = next(alice, Lifecycle.RECONNECTING, (r) => r.attempt === 3);
-    await node.kill();
-    await third; // the node is still down: attempts 1, 2, 3 failed or wait
-    assert.deepEqual(closes[0], { code: 1006, reason: "connection lost", reconnect: true, local: true });
-    assert.deepEqual(attempts.slice(0, 3).map((r) => [r.attempt, r.delay]), [[1, 0.025], [2, 0.05], [3, 0.1]]);
-    assert.equal(alice.state, "reconnecting");
-    const reopened = next(alice, Lifecycle.OPEN);
-    await node.start();
-    const opened = await reopened;
-    assert.equal(opened.reconnect, true);
-    assert.notEqual(opened.session, first.session);
-    assert.equal(opened.resumed, false);
-    assert.deepEqual(opened.rejoined, [{ ns: "/", room: "lobby" }, { ns: "/home", room: "kitchen" }]);
-    assert.deepEqual((await alice.members("kitchen", "/home")).map((m) => m.user), ["alice"]);
-    assert.equal(alice.reconnects, 1);
-    await node.kill();
-  });
+  test(
+    "a killed node: 1006, backoff attempts, then the rooms are re-joined on the new session",
+    T,
+    async () => {
+      const [node] = await startNodes(NodeProcess.roomd("jsR"));
+      const alice = client(node.url, { user: "alice", random: () => 0.5 });
+      const first = await alice.connect();
+      await alice.join("lobby");
+      await alice.join("kitchen", "/home");
+      const closes = record(alice, Lifecycle.CLOSE);
+      const attempts = record(alice, Lifecycle.RECONNECTING);
+      const third = next(alice, Lifecycle.RECONNECTING, (r) => r.attempt === 3);
+      await node.kill();
+      await third; // the node is still down: attempts 1, 2, 3 failed or wait
+      assert.deepEqual(closes[0], {
+        code: 1006,
+        reason: "connection lost",
+        reconnect: true,
+        local: true,
+      });
+      assert.deepEqual(
+        attempts.slice(0, 3).map((r) => [r.attempt, r.delay]),
+        [
+          [1, 0.025],
+          [2, 0.05],
+          [3, 0.1],
+        ],
+      );
+      assert.equal(alice.state, "reconnecting");
+      const reopened = next(alice, Lifecycle.OPEN);
+      await node.start();
+      const opened = await reopened;
+      assert.equal(opened.reconnect, true);
+      assert.notEqual(opened.session, first.session);
+      assert.equal(opened.resumed, false);
+      assert.deepEqual(opened.rejoined, [
+        { ns: "/", room: "lobby" },
+        { ns: "/home", room: "kitchen" },
+      ]);
+      assert.deepEqual(
+        (await alice.members("kitchen", "/home")).map((m) => m.user),
+        ["alice"],
+      );
+      assert.equal(alice.reconnects, 1);
+      await node.kill();
+    },
+  );
 
   test("a node shutting down closes with 1001: the client reconnects", T, async () => {
     const [node] = await startNodes(NodeProcess.roomd("jsS"));
@@ -103,7 +138,12 @@ describe("reconnecting", T, () => {
     await bob.connect();
     const closed = next(bob, Lifecycle.CLOSE);
     await node.stop();
-    assert.deepEqual(await closed, { code: 1001, reason: "going away", reconnect: true, local: false });
+    assert.deepEqual(await closed, {
+      code: 1001,
+      reason: "going away",
+      reconnect: true,
+      local: false,
+    });
     const reopened = next(bob, Lifecycle.OPEN);
     await node.start();
     assert.equal((await reopened).reconnect, true);
@@ -112,7 +152,10 @@ describe("reconnecting", T, () => {
 
   test("the repeat limit: repeat-limit event, then closed", T, async () => {
     const [node] = await startNodes(NodeProcess.roomd("jsL"));
-    const carol = client(node.url, { user: "carol", backoff: { base: 0.01, maxDelay: 0.02, attempts: 3 } });
+    const carol = client(node.url, {
+      user: "carol",
+      backoff: { base: 0.01, maxDelay: 0.02, attempts: 3 },
+    });
     await carol.connect();
     const limit = next(carol, Lifecycle.REPEAT_LIMIT);
     const closed = next(carol, Lifecycle.CLOSE);
@@ -130,7 +173,10 @@ describe("reconnecting", T, () => {
     const [node] = await startNodes(NodeProcess.roomd("jsD"));
     const port = node.port;
     await node.kill();
-    const dave = client(`ws://127.0.0.1:${port}`, { user: "dave", backoff: { base: 0.01, maxDelay: 0.01, attempts: 2 } });
+    const dave = client(`ws://127.0.0.1:${port}`, {
+      user: "dave",
+      backoff: { base: 0.01, maxDelay: 0.01, attempts: 2 },
+    });
     const error = await within(rejection(dave.connect()), 10, "connect fails");
     assert.ok(error instanceof ConnectFailed);
     assert.equal(error.closeCode, 1006);
@@ -148,7 +194,12 @@ describe("terminal close codes", T, () => {
     const attempts = record(erin, Lifecycle.RECONNECTING);
     const closed = next(erin, Lifecycle.CLOSE);
     erin.emit("kick-me", "bye now");
-    assert.deepEqual(await closed, { code: 4010, reason: "bye now", reconnect: false, local: false });
+    assert.deepEqual(await closed, {
+      code: 4010,
+      reason: "bye now",
+      reconnect: false,
+      local: false,
+    });
     assert.equal(erin.state, "closed");
     assert.equal(erin.closeCode, 4010);
     assert.deepEqual(attempts, []);
@@ -157,7 +208,10 @@ describe("terminal close codes", T, () => {
   });
 
   test("unsupported version (4002): the node's error, then ConnectFailed", T, async () => {
-    const frank = client(app.url, { user: "frank", WebSocket: rewritingHello((hello) => ({ ...hello, v: 2 })) });
+    const frank = client(app.url, {
+      user: "frank",
+      WebSocket: rewritingHello((hello) => ({ ...hello, v: 2 })),
+    });
     const problem = next(frank, Lifecycle.ERROR);
     const error = await within(rejection(frank.connect()), 10, "connect fails");
     assert.ok(error instanceof ConnectFailed);

@@ -64,7 +64,9 @@ export class NodeProcess {
       };
       child.stdout.setEncoding("utf8").on("data", onData);
       child.stderr.setEncoding("utf8").on("data", onData);
-      exited.then((code) => reject(new Error(`${this.name} exited (${code}):\n${this.output.join("\n")}`)));
+      exited.then((code) =>
+        reject(new Error(`${this.name} exited (${code}):\n${this.output.join("\n")}`)),
+      );
     });
     this.port = await within(listening, START_TIMEOUT, `${this.name} listening`);
     return this;
@@ -111,7 +113,10 @@ export function configFile(lines) {
 export function within(promise, seconds, what) {
   let timer;
   const late = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${seconds} s: ${what}`)), seconds * 1000);
+    timer = setTimeout(
+      () => reject(new Error(`timed out after ${seconds} s: ${what}`)),
+      seconds * 1000,
+    );
   });
   return Promise.race([promise, late]).finally(() => clearTimeout(timer));
 }

@@ -33,7 +33,9 @@ export async function example(): Promise<void> {
   });
   void tokenClient;
 
-  const offOpen = client.on(Lifecycle.OPEN, (opened: Opened) => console.log(opened.node, opened.rejoined));
+  const offOpen = client.on(Lifecycle.OPEN, (opened: Opened) =>
+    console.log(opened.node, opened.rejoined),
+  );
   offOpen();
   client.on("$close", ({ code, reason, reconnect }) => console.log(code, reason, reconnect));
   client.on("$reconnecting", ({ attempt, delay }) => console.log(attempt, delay.toFixed(2)));
@@ -46,7 +48,9 @@ export async function example(): Promise<void> {
     if (message.type === "file") console.log(message.payload.mimeType, message.payload.size);
     console.log(push.from, push.room?.room, push.seq);
   });
-  client.onRequest("confirm", async (data: { question: string }) => ({ yes: data.question.length > 0 }));
+  client.onRequest("confirm", async (data: { question: string }) => ({
+    yes: data.question.length > 0,
+  }));
 
   const opened: Opened = await client.connect();
   console.log(opened.session);
@@ -54,11 +58,18 @@ export async function example(): Promise<void> {
   console.log(joined.members.join(", "));
   const { messageId } = await client.sendText("hi", { room: "lobby" });
   console.log(messageId);
-  await client.send({ user: "bob" }, { type: "image", payload: { url: "https://x/y.png", width: 1, height: 2 } });
+  await client.send(
+    { user: "bob" },
+    { type: "image", payload: { url: "https://x/y.png", width: 1, height: 2 } },
+  );
   await client.emit("typing", { room: "lobby", typing: true });
   const users: string[] = await client.onlineUsers();
   console.log(users);
-  const result = await client.call<{ n: number }>("echo", { n: 1 }, { timeout: 5, onPending: ({ queued }) => console.log(queued) });
+  const result = await client.call<{ n: number }>(
+    "echo",
+    { n: 1 },
+    { timeout: 5, onPending: ({ queued }) => console.log(queued) },
+  );
   console.log(result.n);
   client.call("echo", { n: 2 }, (error, answer) => {
     if (error instanceof AckError) console.log(error.code, error.message);

@@ -30,7 +30,7 @@ let typingTimer = null;
 const homeUrl = clientUrl(`${location.protocol}//${location.host}/ws`);
 
 function active() {
-  return activeId === null ? null : servers.get(activeId) ?? null;
+  return activeId === null ? null : (servers.get(activeId) ?? null);
 }
 
 function activeConversation() {
@@ -55,7 +55,8 @@ function drawNow() {
   if (server === null) return;
   const conv = activeConversation();
   $("server-name").textContent = server.name;
-  const users = server.users === null ? "" : ` · ${server.users} user${server.users === 1 ? "" : "s"} here`;
+  const users =
+    server.users === null ? "" : ` · ${server.users} user${server.users === 1 ? "" : "s"} here`;
   $("server-meta").textContent = `${server.id}${users}`;
   const conn = connectionText(server);
   $("conn").className = `conn ${conn.cls}`;
@@ -63,12 +64,18 @@ function drawNow() {
   $("conn-long").textContent = conn.text;
   $("conn-short").textContent = conn.short;
   $("me-name").textContent = server.me ?? "";
-  $("me-dot").className = `dot ${server.myStatus.status === "online" || server.myStatus.status === "away" ? server.myStatus.status : "custom"}`;
+  $("me-dot").className =
+    `dot ${server.myStatus.status === "online" || server.myStatus.status === "away" ? server.myStatus.status : "custom"}`;
   renderConversations($("rooms"), server, "room", openConversation);
   renderConversations($("dms"), server, "dm", openConversation);
   renderDirectory($("directory"), server, joinRoom);
   $("chat-title").textContent = conv ? conv.title : "Pick a room";
-  $("chat-sub").textContent = conv?.kind === "room" ? `${conv.members.size} member${conv.members.size === 1 ? "" : "s"}` : conv ? "direct message" : "";
+  $("chat-sub").textContent =
+    conv?.kind === "room"
+      ? `${conv.members.size} member${conv.members.size === 1 ? "" : "s"}`
+      : conv
+        ? "direct message"
+        : "";
   $("leave").hidden = conv?.kind !== "room";
   renderMessages($("messages"), conv, server.me);
   $("typing").textContent = typingText(conv);
@@ -109,7 +116,9 @@ async function onAddServer(event) {
   error.textContent = "";
   let url;
   try {
-    url = clientUrl(input.value.trim().includes("://") ? input.value.trim() : `ws://${input.value.trim()}`);
+    url = clientUrl(
+      input.value.trim().includes("://") ? input.value.trim() : `ws://${input.value.trim()}`,
+    );
   } catch (e) {
     error.textContent = e.message;
     return;
@@ -203,11 +212,19 @@ function composed() {
   if (kind === "image") {
     return {
       type: "image",
-      payload: { url: $("image-url").value.trim(), width: integer("image-width"), height: integer("image-height") },
+      payload: {
+        url: $("image-url").value.trim(),
+        width: integer("image-width"),
+        height: integer("image-height"),
+      },
     };
   }
   if (kind === "file") {
-    const payload = { url: $("file-url").value.trim(), size: integer("file-size"), mimeType: $("file-mime").value.trim() };
+    const payload = {
+      url: $("file-url").value.trim(),
+      size: integer("file-size"),
+      mimeType: $("file-mime").value.trim(),
+    };
     const name = $("file-name").value.trim();
     if (name) payload.name = name;
     return { type: "file", payload };
@@ -215,7 +232,11 @@ function composed() {
   return { type: "text", payload: { content: $("text").value } };
 }
 
-const FIELDS = { text: ["text"], image: ["image-url", "image-width", "image-height"], file: ["file-url", "file-size", "file-mime", "file-name"] };
+const FIELDS = {
+  text: ["text"],
+  image: ["image-url", "image-width", "image-height"],
+  file: ["file-url", "file-size", "file-mime", "file-name"],
+};
 
 async function onSend(event) {
   event.preventDefault();
@@ -234,7 +255,8 @@ async function onSend(event) {
   } catch (e) {
     for (const [id, value] of saved) if ($(id).value === "") $(id).value = value;
     autosize();
-    $("composer-error").textContent = e.code === "invalid" ? `The node refused it: ${e.message}` : e.message;
+    $("composer-error").textContent =
+      e.code === "invalid" ? `The node refused it: ${e.message}` : e.message;
   }
 }
 
@@ -285,7 +307,9 @@ async function onStatus() {
 }
 
 async function applyStatus(status, text) {
-  const results = await Promise.allSettled([...servers.values()].map((s) => s.setStatus(status, text)));
+  const results = await Promise.allSettled(
+    [...servers.values()].map((s) => s.setStatus(status, text)),
+  );
   const failed = results.find((r) => r.status === "rejected");
   $("composer-error").textContent = failed ? `Status not set: ${failed.reason.message}` : "";
 }
@@ -308,7 +332,8 @@ function setPanel(name) {
 async function describeHome() {
   try {
     const health = await fetchHealth(homeUrl, { timeout: 5 });
-    $("signin-node").textContent = `${health.name} · roomd ${health.version} · ${health.users} user${health.users === 1 ? "" : "s"} here`;
+    $("signin-node").textContent =
+      `${health.name} · roomd ${health.version} · ${health.users} user${health.users === 1 ? "" : "s"} here`;
   } catch (e) {
     $("signin-node").textContent = e instanceof InvalidServer ? e.problem : String(e);
   }
@@ -333,7 +358,8 @@ async function signIn(credentials) {
     activeId = server.id;
     const opened = server.start();
     const first = await Promise.race([opened.then(() => null), refused]);
-    if (first !== null) throw new Error("the node refused to sign you in: check the name or the token");
+    if (first !== null)
+      throw new Error("the node refused to sign you in: check the name or the token");
     await opened;
   } catch (e) {
     servers.clear();
@@ -386,6 +412,7 @@ function wire() {
   $("close-sidebar").addEventListener("click", () => setPanel(null));
   $("open-people").addEventListener("click", () => setPanel("people"));
   $("close-people").addEventListener("click", () => setPanel(null));
+  $("scrim").addEventListener("click", () => setPanel(null));
 }
 
 function start() {

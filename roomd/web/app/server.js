@@ -93,7 +93,8 @@ export class Server {
     c.on(Lifecycle.OPEN, (opened) => {
       this.name = opened.node;
       this.client.ping(); // a round trip time at once, not at the first heartbeat
-      for (const key of opened.rejoinFailed) this._forgetRoom(key.ns, key.room, "could not re-join");
+      for (const key of opened.rejoinFailed)
+        this._forgetRoom(key.ns, key.room, "could not re-join");
       this._refreshAfterOpen();
     });
     c.on(Lifecycle.PONG, () => this.changed());
@@ -179,7 +180,10 @@ export class Server {
       conv.members = new Map(members.map((m) => [m.user, m]));
       for (const m of members) {
         const known = this.statuses.get(m.user);
-        this.statuses.set(m.user, { status: m.status, text: known?.status === m.status ? known.text : null });
+        this.statuses.set(m.user, {
+          status: m.status,
+          text: known?.status === m.status ? known.text : null,
+        });
       }
       this.changed();
     } catch (error) {
@@ -242,7 +246,7 @@ export class Server {
       conv = this._room(push.room.ns, push.room.room);
     } else {
       const me = this.me;
-      const peer = push.from === me ? (push.to ?? []).find((u) => u !== me) ?? me : push.from;
+      const peer = push.from === me ? ((push.to ?? []).find((u) => u !== me) ?? me) : push.from;
       if (!peer) return;
       conv = this.dm(peer);
     }
@@ -365,7 +369,8 @@ function newConversation(fields) {
 
 function addMessage(conv, message) {
   conv.messages.push(message);
-  if (conv.messages.length > MAX_MESSAGES) conv.messages.splice(0, conv.messages.length - MAX_MESSAGES);
+  if (conv.messages.length > MAX_MESSAGES)
+    conv.messages.splice(0, conv.messages.length - MAX_MESSAGES);
 }
 
 function removeMessage(conv, id) {
@@ -380,7 +385,9 @@ function removeMessage(conv, id) {
 export async function clusterUrls(url) {
   const urls = [url];
   try {
-    const answer = await fetch(new URL("/health", url.replace(/^ws/, "http")), { cache: "no-store" });
+    const answer = await fetch(new URL("/health", url.replace(/^ws/, "http")), {
+      cache: "no-store",
+    });
     const health = await answer.json();
     for (const node of health?.cluster?.nodes ?? []) {
       if (typeof node.url === "string" && node.status === "up" && node.name !== health.name) {

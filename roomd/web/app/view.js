@@ -36,7 +36,9 @@ export function formatSize(bytes) {
 
 export function initials(name) {
   // "serverA" -> "SA", "eu-west" -> "EW", "lobby" -> "LO"
-  const words = String(name).split(/[^A-Za-z0-9]+|(?=[A-Z0-9])/).filter(Boolean);
+  const words = String(name)
+    .split(/[^A-Za-z0-9]+|(?=[A-Z0-9])/)
+    .filter(Boolean);
   const letters = words.length > 1 ? words[0][0] + words[1][0] : String(name).slice(0, 2);
   return letters.toUpperCase();
 }
@@ -48,7 +50,10 @@ export function statusOf(entry) {
   if (!entry) return { dot: "online", label: "online" };
   const known = STATUS_LABELS[entry.status];
   const label = known ?? entry.status;
-  return { dot: known ? entry.status : "custom", label: entry.text ? `${label}: ${entry.text}` : label };
+  return {
+    dot: known ? entry.status : "custom",
+    label: entry.text ? `${label}: ${entry.text}` : label,
+  };
 }
 
 /** The connection line of a server. */
@@ -63,7 +68,8 @@ export function connectionText(server) {
       return { cls: "connecting", text: "connecting…", short: "connecting" };
     case "offline": {
       const next = server.reconnect;
-      if (next === null) return { cls: "offline", text: "offline · reconnecting…", short: "offline" };
+      if (next === null)
+        return { cls: "offline", text: "offline · reconnecting…", short: "offline" };
       const seconds = Math.max(0, (next.at - Date.now()) / 1000);
       const wait = seconds > 0.05 ? ` in ${seconds.toFixed(1)} s` : "…";
       return {
@@ -113,7 +119,8 @@ export function renderConversations(list, server, kind, onPick) {
   const items = [...server.conversations.values()].filter((c) => c.kind === kind);
   items.sort((a, b) => a.title.localeCompare(b.title));
   if (items.length === 0) {
-    const hint = kind === "room" ? "No rooms yet: join one above." : "Pick someone online to write to.";
+    const hint =
+      kind === "room" ? "No rooms yet: join one above." : "Pick someone online to write to.";
     list.replaceChildren(h("li", { class: "empty" }, hint));
     return;
   }
@@ -129,7 +136,9 @@ export function renderConversations(list, server, kind, onPick) {
             dataset: { conv: conv.key },
             onclick: () => onPick(conv.key),
           },
-          kind === "dm" ? h("span", { class: `dot ${statusOf(server.statuses.get(conv.peer)).dot}` }) : null,
+          kind === "dm"
+            ? h("span", { class: `dot ${statusOf(server.statuses.get(conv.peer)).dot}` })
+            : null,
           h("span", { class: "item-name" }, kind === "room" ? `# ${conv.room}` : conv.peer),
           conv.unread > 0 ? h("span", { class: "badge" }, String(conv.unread)) : null,
         ),
@@ -139,24 +148,28 @@ export function renderConversations(list, server, kind, onPick) {
 }
 
 export function renderDirectory(list, server, onJoin) {
-  const rooms = server.directory.filter((r) => !server.conversations.has(`room:${JSON.stringify([r.ns, r.room])}`));
+  const rooms = server.directory.filter(
+    (r) => !server.conversations.has(`room:${JSON.stringify([r.ns, r.room])}`),
+  );
   if (rooms.length === 0) {
     list.replaceChildren(h("li", { class: "empty" }, "None"));
     return;
   }
   list.replaceChildren(
-    ...rooms.slice(0, 50).map((r) =>
-      h(
-        "li",
-        {},
+    ...rooms
+      .slice(0, 50)
+      .map((r) =>
         h(
-          "button",
-          { class: "item", dataset: { room: r.room }, onclick: () => onJoin(r.room, r.ns) },
-          h("span", { class: "item-name" }, `# ${r.room}`),
-          h("span", { class: "muted small" }, `${r.members}`),
+          "li",
+          {},
+          h(
+            "button",
+            { class: "item", dataset: { room: r.room }, onclick: () => onJoin(r.room, r.ns) },
+            h("span", { class: "item-name" }, `# ${r.room}`),
+            h("span", { class: "muted small" }, `${r.members}`),
+          ),
         ),
       ),
-    ),
   );
 }
 
@@ -179,7 +192,12 @@ function messageBody(message) {
       });
       figure.append(
         img,
-        h("figcaption", { class: "muted small" }, `${p.width}×${p.height} · `, h("a", { href: p.url, target: "_blank", rel: "noopener noreferrer" }, "open")),
+        h(
+          "figcaption",
+          { class: "muted small" },
+          `${p.width}×${p.height} · `,
+          h("a", { href: p.url, target: "_blank", rel: "noopener noreferrer" }, "open"),
+        ),
       );
       return figure;
     }
@@ -207,7 +225,9 @@ const STATES = { sending: "sending…", queued: "waiting for the connection…" 
 export function renderMessages(list, conv, me) {
   const stick = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
   if (conv === null) {
-    list.replaceChildren(h("li", { class: "placeholder" }, "Join a room, or pick someone online to write to."));
+    list.replaceChildren(
+      h("li", { class: "placeholder" }, "Join a room, or pick someone online to write to."),
+    );
     return;
   }
   let previous = null;
@@ -217,7 +237,10 @@ export function renderMessages(list, conv, me) {
       return h("li", { class: "notice" }, `${m.text} · ${formatTime(m.timestamp)}`);
     }
     const mine = m.sender === me;
-    const grouped = previous !== null && previous.sender === m.sender && m.timestamp - previous.timestamp < 120000;
+    const grouped =
+      previous !== null &&
+      previous.sender === m.sender &&
+      m.timestamp - previous.timestamp < 120000;
     previous = m;
     return h(
       "li",
@@ -227,12 +250,19 @@ export function renderMessages(list, conv, me) {
       },
       grouped
         ? null
-        : h("div", { class: "meta" }, h("strong", {}, m.sender), h("time", { class: "muted small" }, formatTime(m.timestamp))),
+        : h(
+            "div",
+            { class: "meta" },
+            h("strong", {}, m.sender),
+            h("time", { class: "muted small" }, formatTime(m.timestamp)),
+          ),
       messageBody(m),
       m.state in STATES ? h("div", { class: "muted small state" }, STATES[m.state]) : null,
     );
   });
-  list.replaceChildren(...(items.length ? items : [h("li", { class: "placeholder" }, "No messages yet. Say hi!")]));
+  list.replaceChildren(
+    ...(items.length ? items : [h("li", { class: "placeholder" }, "No messages yet. Say hi!")]),
+  );
   if (stick) list.scrollTop = list.scrollHeight;
 }
 
@@ -268,12 +298,16 @@ function personItem(server, user, onPick) {
 
 export function renderPeople(membersList, onlineList, server, conv, onPick) {
   if (conv === null || conv.kind !== "room") {
-    membersList.replaceChildren(h("li", { class: "empty" }, conv ? "A direct conversation" : "No room open"));
+    membersList.replaceChildren(
+      h("li", { class: "empty" }, conv ? "A direct conversation" : "No room open"),
+    );
   } else {
     const members = [...conv.members.keys()].sort();
     membersList.replaceChildren(...members.map((user) => personItem(server, user, onPick)));
   }
   onlineList.replaceChildren(
-    ...(server.online.length ? server.online.map((user) => personItem(server, user, onPick)) : [h("li", { class: "empty" }, "Nobody")]),
+    ...(server.online.length
+      ? server.online.map((user) => personItem(server, user, onPick))
+      : [h("li", { class: "empty" }, "Nobody")]),
   );
 }
