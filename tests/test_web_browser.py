@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
+from roomd._auth import mint_token
 from tests.cluster_support import free_ports, write_config
+from tests.support import SECRET
 from tests.web_support import REPO, LoggedProcess, chromium, missing
 
 pytestmark = pytest.mark.browser
@@ -186,6 +188,19 @@ def test_sign_in_page(browser: Any, cluster: Cluster) -> None:
         person.page.wait_for_selector("#signin-error:has-text('control characters')")
         person.shot(name)
         person.close()
+
+
+def test_sign_in_with_a_token_in_the_page_url(browser: Any, cluster: Cluster) -> None:
+    person = Person(browser, LAPTOP)
+    page = person.page
+    page.goto(f"{cluster.url('nodeA')}?token={mint_token(SECRET, 'tara')}")
+    page.wait_for_selector("#conn.online")
+    assert page.text_content("#me-name") == "tara"
+    assert "token" not in page.url  # taken out of the address bar and the history
+    page.goto(f"{cluster.url('nodeA')}?token=not-a-jwt")
+    page.wait_for_selector("#signin-error:has-text('refused to sign you in')")
+    assert page.is_visible("#signin")
+    person.close()
 
 
 def test_chat_room_direct_messages_presence_and_typing(

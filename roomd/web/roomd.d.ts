@@ -365,7 +365,7 @@ export type WebSocketConstructor = new (
 export interface ClientOptions {
   /** Development nodes (`roomd --dev`): the user name, as `?user=`. */
   user?: string | null;
-  /** A JWT, or a function called for each (re)connect; sent as `?token=`. */
+  /** A JWT, or a function called for each connection attempt; sent as `?token=`. */
   token?: TokenSource | null;
   /** More query parameters for the WebSocket URL. */
   params?: Record<string, string | number | boolean>;

@@ -1,6 +1,7 @@
 // Reconnect: backoff with full jitter, the repeat limit, terminal close codes, re-joined rooms.
 
 import assert from "node:assert/strict";
+import { createHmac } from "node:crypto";
 import { after, describe, test } from "node:test";
 
 import {
@@ -13,7 +14,16 @@ import {
   decide,
   shouldReconnect,
 } from "../../roomd/web/roomd.js";
-import { NodeProcess, next, record, rejection, startNodes, stopAll, within } from "./support.mjs";
+import {
+  NodeProcess,
+  configFile,
+  next,
+  record,
+  rejection,
+  startNodes,
+  stopAll,
+  within,
+} from "./support.mjs";
 
 const T = { timeout: 30000 };
 const clients = [];
@@ -225,5 +235,42 @@ describe("terminal close codes", T, () => {
     const gina = client(app.url, { user: "gina", WebSocket: rewritingHello(event) });
     const error = await within(rejection(gina.connect()), 10, "connect fails");
     assert.equal(error.closeCode, 4003);
+  });
+});
+
+describe("tokens", T, () => {
+  const secret = "a-secret-for-the-js-tests-0123456789";
+
+  /** An HS256 JWT for `sub`, as `roomd token` mints them. */
+  function mint(sub, ttl = 3600) {
+    const part = (object) => Buffer.from(JSON.stringify(object)).toString("base64url");
+    const signed = `${part({ alg: "HS256", typ: "JWT" })}.${part({ sub, exp: Date.now() / 1000 + ttl })}`;
+    return `${signed}.${createHmac("sha256", secret).update(signed).digest("base64url")}`;
+  }
+
+  test("a token function is called for every connection attempt (?token=)", T, async () => {
+    const [node] = await startNodes(
+      NodeProcess.app({ config: configFile(["[auth]", `secret = "${secret}"`]) }),
+    );
+    let minted = 0;
+    const tina = client(node.url, {
+      token: async () => {
+        minted += 1;
+        return mint("tina");
+      },
+    });
+    assert.equal((await tina.connect()).user, "tina");
+    const reopened = next(tina, Lifecycle.OPEN);
+    const attempts = record(tina, Lifecycle.RECONNECTING);
+    await node.stop();
+    await node.start();
+    assert.equal((await reopened).user, "tina");
+    assert.equal(minted, 1 + attempts.length); // one token per connection attempt
+    // A refused upgrade (HTTP 401) shows as a lost connection in a WebSocket API: bounded here.
+    const ursula = client(node.url, { token: "not-a-jwt", backoff: { base: 0.01, attempts: 1 } });
+    const error = await within(rejection(ursula.connect()), 10, "connect fails");
+    assert.ok(error instanceof ConnectFailed);
+    assert.equal(error.closeCode, 1006);
+    await node.kill();
   });
 });

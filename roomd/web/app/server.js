@@ -2,13 +2,14 @@
 // members, users online, typing, connection state). It renders nothing: `onChange` tells the
 // view to draw again.
 
-import { AckError, Lifecycle, RoomdClient, fetchHealth } from "/roomd.js";
+import { AckError, Lifecycle, RoomdClient, fetchHealth, httpUrl } from "/roomd.js";
 
 export const MAX_MESSAGES = 500; // kept per conversation
 const TYPING_SHOWN_MS = 6000; // a typing notice without news expires
 const POLL_MS = 10000; // /health and the room directory, while online
 const ONLINE_REFRESH_MS = 250; // presence pushes come in bursts: one users.online per burst
 const SEND_TIMEOUT = 30; // seconds: a message may wait that long in the offline queue
+const HEALTH_TIMEOUT_MS = 3000;
 
 export const roomKey = (ns, room) => `room:${JSON.stringify([ns, room])}`;
 export const dmKey = (user) => `dm:${user}`;
@@ -385,8 +386,9 @@ function removeMessage(conv, id) {
 export async function clusterUrls(url) {
   const urls = [url];
   try {
-    const answer = await fetch(new URL("/health", url.replace(/^ws/, "http")), {
+    const answer = await fetch(httpUrl(url, "/health"), {
       cache: "no-store",
+      signal: AbortSignal.timeout(HEALTH_TIMEOUT_MS),
     });
     const health = await answer.json();
     for (const node of health?.cluster?.nodes ?? []) {
