@@ -225,9 +225,9 @@ def test_chat_room_direct_messages_presence_and_typing(
 
     # Images and files; the node's validation error shows next to the input.
     alice.page.click(".kinds [data-kind=image]")
-    # Loopback URLs only: the browser fetches the image (a 404 here, shown by its size).
-    alice.page.fill("#image-url", f"{cluster.url('nodeA')}app/cat.png")
-    alice.page.fill("#image-width", "800")
+    # Loopback URLs only: the browser fetches the image (the app's icon, served by the node).
+    alice.page.fill("#image-url", f"{cluster.url('nodeA')}app/icon.svg")
+    alice.page.fill("#image-width", "600")
     alice.page.fill("#image-height", "0")
     alice.page.click("#send")
     alice.page.wait_for_selector("#composer-error:has-text('payload.height')")
@@ -235,8 +235,7 @@ def test_chat_room_direct_messages_presence_and_typing(
     alice.page.fill("#image-height", "600")
     alice.page.click("#send")
     bob.page.wait_for_selector(
-        ".message[data-type=image] img[alt='image 800\N{MULTIPLICATION SIGN}600']",
-        state="attached",  # hidden once it fails to load (nothing is served at that URL)
+        ".message[data-type=image] img[alt='image 600\N{MULTIPLICATION SIGN}600']"
     )
     alice.page.click(".kinds [data-kind=file]")
     alice.page.fill("#file-url", f"{cluster.url('nodeA')}files/report.pdf")
