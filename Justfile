@@ -10,6 +10,14 @@ setup:
     {{bin}}/python -m pip install --quiet --upgrade pip
     {{bin}}/python -m pip install --quiet -e '.[dev]'
 
+# The web side's test tools: TypeScript in tests/js (Chromium comes from `apt-get install chromium`).
+setup-web:
+    cd tests/js && npm ci --no-audit --no-fund
+
+# Format the web side's sources with Prettier (after setup-web).
+fmt-web:
+    tests/js/node_modules/.bin/prettier --write "roomd/web/**/*.{js,ts,css,html,json}" "tests/js/*.{mjs,ts,json}"
+
 # Run the test suite (extra arguments go to pytest).
 test *args:
     {{bin}}/python -m pytest -q {{args}}

@@ -28,3 +28,12 @@ async def start_node(nursery: trio.Nursery) -> Callable[..., Any]:
 async def node(start_node: Callable[..., Any]) -> Node:
     n: Node = await start_node()
     return n
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Mark a test whose call failed (``item.failed_call``), for fixtures that keep evidence."""
+    report = yield
+    if report.when == "call" and report.failed:
+        item.failed_call = True  # type: ignore[attr-defined]
+    return report

@@ -34,6 +34,7 @@ from ..cluster import (
 from ..hub import Connection, Hub, RateLimiter
 from ..io import Flusher, Transport, read_request, send_all
 from ..protocol import PROTOCOL_VERSION, CloseCode, Push, PushTemplate, RoomRef, Session
+from ..web import web_routes
 from ..ws import (
     BadRequest,
     HandshakeError,
@@ -139,7 +140,7 @@ class Node:
         self._dispatch = FrameDispatcher(
             self.name, self.config, self.stats, self.router, builtins, self._context
         )
-        self._routes: dict[str, Route] = {"/health": self._health_route}
+        self._routes: dict[str, Route] = {"/health": self._health_route, **web_routes()}
         self._connected: dict[Connection, Transport] = {}  # every WebSocket, handshaking or open
         self._stop = trio.Event()
         self._idle = trio.Event()
@@ -515,7 +516,8 @@ class Node:
         return stats
 
     def _health_route(self, request: HttpRequest) -> bytes:
-        return json_response(200, self.health())
+        # Readable from other origins: the web app checks the other servers it is given.
+        return json_response(200, self.health(), (("Access-Control-Allow-Origin", "*"),))
 
     def _metrics_route(self, request: HttpRequest) -> bytes:
         body = generate_latest(self._registry)

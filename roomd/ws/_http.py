@@ -81,6 +81,7 @@ def parse_head(head: bytes, trailing: bytes = b"") -> HttpRequest:
 
 _REASONS: Final = {
     200: "OK",
+    304: "Not Modified",
     400: "Bad Request",
     401: "Unauthorized",
     404: "Not Found",
@@ -95,6 +96,8 @@ def response(
     body: bytes,
     content_type: str,
     extra_headers: tuple[tuple[str, str], ...] = (),
+    *,
+    cache_control: str = "no-store",
 ) -> bytes:
     """A complete HTTP/1.1 response that closes the connection."""
     lines = [
@@ -102,7 +105,7 @@ def response(
         f"Content-Type: {content_type}",
         f"Content-Length: {len(body)}",
         "Connection: close",
-        "Cache-Control: no-store",
+        f"Cache-Control: {cache_control}",
         *(f"{name}: {value}" for name, value in extra_headers),
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
