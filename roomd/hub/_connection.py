@@ -75,6 +75,7 @@ class Connection:
         "binary",
         "events",
         "handshake_deadline",
+        "held",
         "inflight",
         "limiter",
         "outlet",
@@ -101,6 +102,7 @@ class Connection:
         self.pending: dict[int, Any] = {}  # (an empty dict costs 64 bytes: cheap enough)
         self.events: Any = None  # send side of the event worker's queue, once it runs
         self.inflight = 0  # events queued for or being handled by the worker
+        self.held: list[PushTemplate] | None = None  # pushes held while a resume catches up
 
     @property
     def claims(self) -> dict[str, Any]:
@@ -119,8 +121,34 @@ class Connection:
         """Encode and queue a frame for this client alone."""
         return self.outlet.send_frame(frame(encode_frame(message, self.binary), self.binary))
 
+    def hold(self) -> None:
+        """Hold pushes (not other frames) until :meth:`release`: a resuming session is sent
+        what it missed first."""
+        self.held = []
+
+    def release(self, replayed: dict[str, int]) -> int:
+        """Send the pushes held, but those of a stream already replayed up to their offset
+        (``replayed``: stream -> last offset sent); how many went out."""
+        held, self.held = self.held or [], None
+        sent = 0
+        for template in held:
+            stream, offset = template.stream, template.offset
+            if stream is not None and offset is not None and offset <= replayed.get(stream, 0):
+                continue
+            sent += self.send_push(template)
+        return sent
+
     def push(self, template: PushTemplate) -> bool:
-        """Queue a push, numbered with the session's next ``seq`` unless it is volatile."""
+        """Queue a push, numbered with the session's next ``seq`` unless it is volatile (or
+        hold it, while held)."""
+        if self.held is not None:
+            if not template.volatile:
+                self.held.append(template)
+            return True
+        return self.send_push(template)
+
+    def send_push(self, template: PushTemplate) -> bool:
+        """Queue a push now, held or not."""
         if template.volatile:
             payload = template.render(None, self.binary)
         else:

@@ -39,8 +39,9 @@ class Hub:
     def remove(self, conn: Connection) -> tuple[int, list[RoomKey]]:
         """Forget a connection: how many connections its user has left here, and the rooms the
         user has left entirely because of it."""
-        if self.connections.pop(conn.id, None) is None:
+        if self.connections.get(conn.id) is not conn:  # never added, or replaced (resumed)
             return len(self.users.get(conn.user, ())), []
+        del self.connections[conn.id]
         left = [key for key in list(conn.rooms) if self.leave(conn, key)]
         conns = self.users.get(conn.user)
         remaining = 0
@@ -51,6 +52,23 @@ class Hub:
             if not conns:
                 del self.users[conn.user]
         return remaining, left
+
+    def replace(self, old: Connection, new: Connection) -> None:
+        """``new`` takes ``old``'s place (a resumed session): its session id, its user's
+        connection, its rooms. Nothing changes for the user's presence."""
+        self.connections.pop(old.id, None)
+        self.connections[new.id] = new
+        conns = self.users.setdefault(new.user, [])
+        if old in conns:
+            conns[conns.index(old)] = new
+        elif new not in conns:
+            conns.append(new)
+        for key in old.rooms:
+            room = self.rooms.get(key, {}).get(new.user)
+            if room is not None and old in room:
+                room[room.index(old)] = new
+        new.rooms = old.rooms
+        old.rooms = NO_ROOMS
 
     def join(self, conn: Connection, key: RoomKey) -> bool:
         """Put ``conn`` in room ``key``; ``True`` if its user was not in the room before."""

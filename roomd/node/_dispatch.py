@@ -17,6 +17,7 @@ from typing import Any
 import trio
 
 from .._config import Config
+from ..cluster import Position, user_stream
 from ..hub import Connection
 from ..protocol import (
     PROTOCOL_VERSION,
@@ -32,13 +33,16 @@ from ..protocol import (
     Ping,
     Pong,
     RemoteProtocolError,
+    ResumeRequest,
     RoomdError,
+    StreamPosition,
     Welcome,
     decode_client_frame,
 )
 from ._builtins import Builtins, Later, wants_ack
 from ._requests import Waiter
 from ._router import Router
+from ._sessions import Outcome, ResumeRefused, Sessions
 from ._stats import Stats
 
 log = logging.getLogger("roomd.node")
@@ -61,6 +65,7 @@ class FrameDispatcher:
         stats: Stats,
         router: Router,
         builtins: Builtins,
+        sessions: Sessions,
         context: ContextFactory,
     ) -> None:
         self.name = name
@@ -69,6 +74,8 @@ class FrameDispatcher:
         self.stats = stats
         self.router = router
         self.builtins = builtins
+        self.sessions = sessions
+        self.streams = sessions.streams
         self.context = context
         self.handlers: dict[str, Handler] = {}
         self.max_depth = config.limits.max_depth
@@ -128,13 +135,58 @@ class FrameDispatcher:
                 waiter.ack = frame
                 waiter.event.set()
         elif isinstance(frame, Hello):
-            self._welcome(conn, binary)
+            self._welcome(conn, frame, binary)
 
-    def _welcome(self, conn: Connection, binary: bool) -> None:
+    def _welcome(self, conn: Connection, hello: Hello, binary: bool) -> None:
+        """Open a session, or continue one (``hello.resume``). Pushes to the connection are
+        held until its welcome is out (and, for a resumed session, what it missed)."""
         conn.binary = binary
+        conn.hold()
+        if hello.resume is not None:
+            conn.outlet.spawn(self._resume, conn, hello.resume)
+            return
+        self.router.opened(conn)
+        inbox = self.streams.local_tail(user_stream(conn.user))
+        if inbox is None:
+            conn.outlet.spawn(self._open, conn, None)
+        else:
+            self._send_welcome(conn, inbox=inbox)
+
+    async def _open(self, conn: Connection, reason: str | None) -> None:
+        """A new session whose inbox is sequenced by another node: its position there first."""
+        stream = user_stream(conn.user)
+        inbox: Position | None = None
+        try:
+            inbox = await self.streams.tail(stream)
+        except RoomdError as exc:
+            log.warning("%s: no inbox position for %s: %s", self.name, conn.user, exc)
+        else:
+            self.streams.follow(stream, inbox)
+        self._send_welcome(conn, inbox=inbox, reason=reason)
+
+    async def _resume(self, conn: Connection, request: ResumeRequest) -> None:
+        try:
+            self.sessions.take(conn, request)
+        except ResumeRefused as refused:
+            self.stats.resumes[refused.reason] += 1
+            self.router.opened(conn)
+            await self._open(conn, refused.reason)
+            return
+        outcome = await self.sessions.replay(conn, request)
+        self.stats.resumes["resumed"] += 1
+        self._send_welcome(conn, outcome=outcome)
+
+    def _send_welcome(
+        self,
+        conn: Connection,
+        *,
+        inbox: Position | None = None,
+        outcome: Outcome | None = None,
+        reason: str | None = None,
+    ) -> None:
         cfg = self.config
         session = conn.session
-        self.router.opened(conn)
+        session.resume_token = self.sessions.tokens.issue(session.id, session.user, self.name)
         conn.send(
             Welcome(
                 v=PROTOCOL_VERSION,
@@ -150,10 +202,19 @@ class FrameDispatcher:
                     max_rooms=cfg.limits.max_rooms_per_connection,
                     max_text_chars=cfg.limits.max_text_chars,
                 ),
-                resumed=False,
+                resumed=outcome is not None,
                 seq=session.seq,
+                reason=reason,
+                replayed=len(outcome.pushes) if outcome is not None else 0,
+                gaps=(outcome.gaps or None) if outcome is not None else None,
+                inbox_gap=outcome.inbox_gap if outcome is not None else False,
+                inbox=StreamPosition(inbox.epoch, inbox.offset) if inbox is not None else None,
             )
         )
+        if outcome is not None:
+            for template in outcome.pushes:
+                conn.send_push(template)
+        conn.release(outcome.offsets if outcome is not None else {})
 
     def _refuse_rate(self, conn: Connection, raw: bytes | str, binary: bool) -> None:
         if conn.limiter.strikes > self.limits.max_strikes:

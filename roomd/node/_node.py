@@ -49,6 +49,7 @@ from ._builtins import BUILTIN_EVENTS, Builtins
 from ._dispatch import FrameDispatcher, Handler
 from ._requests import Requests
 from ._router import Router, new_message_id
+from ._sessions import DEV_TOKEN_KEY, ResumeTokens, Sessions, detaches
 from ._stats import Stats, make_registry
 
 log = logging.getLogger("roomd.node")
@@ -137,8 +138,23 @@ class Node:
             self.cluster.streams,
             self.cluster_stats,
         )
+        self.sessions = Sessions(
+            self.name,
+            self.hub,
+            self.router,
+            self.cluster.streams,
+            ResumeTokens(auth.secret or DEV_TOKEN_KEY),
+            self.config.sessions.resume_window,
+            ended=self._session_ended,
+        )
         self._dispatch = FrameDispatcher(
-            self.name, self.config, self.stats, self.router, builtins, self._context
+            self.name,
+            self.config,
+            self.stats,
+            self.router,
+            builtins,
+            self.sessions,
+            self._context,
         )
         self._routes: dict[str, Route] = {"/health": self._health_route, **web_routes()}
         self._connected: dict[Connection, Transport] = {}  # every WebSocket, handshaking or open
@@ -307,6 +323,7 @@ class Node:
                 if self._connected:
                     await self._idle.wait()
             sweep.cancel()
+            self.sessions.end_all()
             await self.cluster.leave()
             nursery.cancel_scope.cancel()
         log.info("%s stopped", self.name)
@@ -348,6 +365,7 @@ class Node:
             while True:
                 await trio.sleep(period)
                 now = trio.current_time()
+                self.sessions.expire(now)
                 for conn, transport in list(self._connected.items()):
                     if not conn.session.is_open:
                         if now > conn.handshake_deadline:
@@ -453,14 +471,23 @@ class Node:
             ) from None
 
     def _disconnected(self, conn: Connection) -> None:
-        del self._connected[conn]
-        was_open = conn.session.is_open
-        conn.session.close()
-        self.router.closed(conn, was_open)
+        transport = self._connected.pop(conn)
+        current = self.hub.connections.get(conn.id) is conn
+        if conn.session.is_open and current and detaches(transport.close_code):
+            self.sessions.detach(conn)  # resumable for sessions.resume_window
+        else:
+            was_open = conn.session.is_open
+            conn.session.close()
+            self.router.closed(conn, was_open)
         for waiter in conn.pending.values():
             waiter.event.set()
         if not self._connected:
             self._idle.set()
+
+    def _session_ended(self, conn: Connection) -> None:
+        """A detached session that was not resumed in time (or the node stops)."""
+        conn.session.close()
+        self.router.closed(conn, True)
 
     # HTTP -----------------------------------------------------------------------------------------
 

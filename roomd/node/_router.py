@@ -175,7 +175,11 @@ class Router:
     def deliver_entry(self, stream: StreamKey, entry: Entry) -> int:
         """A numbered message of a stream, to its readers here: a room's members or a user's
         connections (each stamped with the message's position)."""
-        template = PushTemplate(with_position(entry.body, entry.epoch, entry.offset))
+        template = PushTemplate(
+            with_position(entry.body, entry.epoch, entry.offset),
+            stream=stream,
+            offset=entry.offset,
+        )
         excluded = self.hub.connections.get(entry.except_session) if entry.except_session else None
         room = room_of(stream)
         if room is not None:
@@ -211,7 +215,10 @@ class Router:
         self._change(Online(conn.user, self.hub.add(conn)))
 
     def closed(self, conn: Connection, was_open: bool) -> None:
-        """``conn`` is gone: out of its rooms, and out of its user's connections."""
+        """``conn``'s session is over: out of its rooms, and out of its user's connections
+        (nothing to do for a connection whose session another one took over)."""
+        if self.hub.connections.get(conn.id) is not conn:
+            return
         remaining, left = self.hub.remove(conn)
         for key in left:
             self._change(Left(key[0], key[1], conn.user))

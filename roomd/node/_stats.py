@@ -23,6 +23,7 @@ class Stats:
         "frames_out",
         "http_requests",
         "rejected",
+        "resumes",
     )
 
     def __init__(self) -> None:
@@ -34,6 +35,7 @@ class Stats:
         self.errors: collections.Counter[str] = collections.Counter()  # by error code
         self.close_codes: collections.Counter[int] = collections.Counter()
         self.rejected: collections.Counter[str] = collections.Counter()  # upgrades, by reason
+        self.resumes: collections.Counter[str] = collections.Counter()  # by outcome
         self.connections_total = 0
         self.http_requests = 0
 
@@ -71,6 +73,7 @@ class StatsCollector(Collector):
             ("errors", "Errors reported to clients, by code.", "code", s.errors),
             ("closes", "Connections closed by the node, by close code.", "code", s.close_codes),
             ("rejected", "Upgrades refused, by reason.", "reason", s.rejected),
+            ("resumes", "Resume attempts, by outcome (resumed, or why not).", "outcome", s.resumes),
         ):
             family = CounterMetricFamily(f"roomd_{metric}", doc, labels=[label])
             for key, value in sorted(counter.items()):

@@ -390,11 +390,20 @@ class PushTemplate:
     encoded once, at the node where it was sent.
     """
 
-    __slots__ = ("_msgpack", "body", "volatile")
+    __slots__ = ("_msgpack", "body", "offset", "stream", "volatile")
 
-    def __init__(self, body: bytes, *, volatile: bool = False) -> None:
+    def __init__(
+        self,
+        body: bytes,
+        *,
+        volatile: bool = False,
+        stream: str | None = None,
+        offset: int | None = None,
+    ) -> None:
         self.body = body  # the JSON object without its opening brace
         self.volatile = volatile
+        self.stream = stream  # for a push of a stream: which, and its offset there
+        self.offset = offset
         self._msgpack: tuple[int, bytes] | None = None
 
     @classmethod

@@ -138,6 +138,7 @@ class Welcome:
     replayed: int = 0  # pushes the client missed, sent right after the welcome
     gaps: list[RoomRef] | None = None  # rooms whose missed messages are no longer held
     inbox_gap: bool = False  # the inbox's missed messages are no longer held
+    inbox: StreamPosition | None = None  # where the user's inbox stream stands at the welcome
 
 
 @attrs.frozen

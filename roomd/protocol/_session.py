@@ -92,6 +92,15 @@ class Session:
     def is_open(self) -> bool:
         return self.state is SessionState.OPEN
 
+    def continue_from(self, previous: Session, seq: int) -> None:
+        """Take over ``previous`` (a resumed session): its id, the acknowledgements it is owed
+        (client message ids), and push numbering from ``seq``, the last the client received."""
+        self.id = previous.id
+        self.seq = seq
+        self._dedupe = previous._dedupe
+        self._next_request_id = previous._next_request_id
+        previous.state = SessionState.CLOSED
+
     # Numbering -----------------------------------------------------------------------------------
 
     def next_seq(self) -> int:

@@ -1,0 +1,240 @@
+"""Sessions that outlive their connections: resume tokens, detached sessions, resuming.
+
+A session whose connection drops without the client closing it is *detached*, not ended: it
+keeps its rooms (other members see no leave), its user stays online, and for
+``sessions.resume_window`` seconds a new connection may take it over with its resume token and
+its positions in the streams it follows. What it missed comes from the streams' logs (rooms,
+inbox), on this node or any other: a session can resume anywhere, also after the node that held
+it died. See docs/sessions.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+import attrs
+import orjson
+import trio
+
+from ..cluster import Gap, Position, StreamService, room_stream, user_stream, with_position
+from ..hub import Connection, Hub, RoomKey
+from ..protocol import CloseCode, PushTemplate, ResumeRequest, RoomRef, should_reconnect
+from ._router import Router
+
+log = logging.getLogger("roomd.node")
+
+_TOKEN_CONTEXT: Final = b"roomd resume token v1"
+REMEMBER_EXPIRED: Final = 10_000  # ids of sessions that expired here, to say so
+# Nodes in development mode without a secret sign resume tokens with this key (any client could
+# forge them: development only, as ?user=NAME is).
+DEV_TOKEN_KEY: Final = "roomd development mode: resume tokens are not secret"
+
+
+class ResumeRefused(Exception):
+    """A resume that cannot go on; ``reason`` is what the welcome says."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Reason:
+    """Why a resume was refused (``welcome.reason``)."""
+
+    INVALID_TOKEN: Final = "invalid_token"  # forged, another user's, or for another session
+    EXPIRED: Final = "expired"  # the resume window passed
+    UNKNOWN_SESSION: Final = "unknown_session"  # it ended (closed by its client, kicked ...)
+
+
+@attrs.frozen
+class TokenClaims:
+    session: str
+    user: str
+    node: str  # where the session was when the token was issued
+    issued: float  # wall-clock time
+
+
+class ResumeTokens:
+    """Resume tokens any node of the cluster can check: signed (HMAC-SHA256) with a key derived
+    from the nodes' shared secret, so a node that never saw the session (it resumes there after
+    its node died) can still trust one."""
+
+    def __init__(self, secret: str) -> None:
+        self._key = hmac.new(secret.encode(), _TOKEN_CONTEXT, hashlib.sha256).digest()
+
+    def issue(self, session: str, user: str, node: str) -> str:
+        payload = orjson.dumps([session, user, node, round(time.time(), 3)])
+        return f"{_b64(payload)}.{_b64(self._sign(payload))}"
+
+    def check(self, token: str, session: str, user: str) -> TokenClaims:
+        """The token's claims. Error handling: :class:`ResumeRefused` (``invalid_token``) for a
+        token that is malformed, forged, or for another session or user."""
+        try:
+            head, _, signature = token.partition(".")
+            payload = _unb64(head)
+            if not hmac.compare_digest(_unb64(signature), self._sign(payload)):
+                raise ValueError("bad signature")
+            sid, owner, node, issued = orjson.loads(payload)
+        except (ValueError, TypeError, orjson.JSONDecodeError):
+            raise ResumeRefused(Reason.INVALID_TOKEN) from None
+        if sid != session or owner != user:
+            raise ResumeRefused(Reason.INVALID_TOKEN)
+        return TokenClaims(sid, owner, node, float(issued))
+
+    def _sign(self, payload: bytes) -> bytes:
+        return hmac.new(self._key, payload, hashlib.sha256).digest()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def detaches(close_code: int | None) -> bool:
+    """Whether a connection that ended with ``close_code`` leaves its session resumable: it
+    vanished (no close frame), or ended with a code that asks the client to reconnect. A
+    client that closes on purpose, a kick, a protocol violation end it; so does the node
+    going away (its sessions resume elsewhere, from the streams)."""
+    if close_code is None:
+        return True
+    return close_code != CloseCode.GOING_AWAY and should_reconnect(close_code)
+
+
+@attrs.define
+class Outcome:
+    """What a resume found: the pushes to replay (after the welcome), the last offset replayed
+    of each stream, and the streams whose missed messages are no longer held."""
+
+    pushes: list[PushTemplate] = attrs.field(factory=list)
+    offsets: dict[str, int] = attrs.field(factory=dict)
+    gaps: list[RoomRef] = attrs.field(factory=list)
+    inbox_gap: bool = False
+
+
+class Sessions:
+    """The sessions of one node that outlived their connection, and resuming."""
+
+    def __init__(
+        self,
+        name: str,
+        hub: Hub,
+        router: Router,
+        streams: StreamService,
+        tokens: ResumeTokens,
+        window: float,
+        ended: Callable[[Connection], None],
+    ) -> None:
+        self.name = name
+        self.hub = hub
+        self.router = router
+        self.streams = streams
+        self.tokens = tokens
+        self.window = window
+        self._ended = ended  # takes a session out of the hub and the presence for good
+        self._detached: dict[str, tuple[Connection, float]] = {}  # session id -> (conn, since)
+        self._expired: collections.OrderedDict[str, None] = collections.OrderedDict()
+
+    @property
+    def detached_count(self) -> int:
+        return len(self._detached)
+
+    # Detaching -----------------------------------------------------------------------------------
+
+    def detach(self, conn: Connection) -> None:
+        """Keep ``conn``'s session for the resume window (its connection is gone)."""
+        conn.outlet = DETACHED
+        self._detached[conn.id] = (conn, trio.current_time())
+
+    def expire(self, now: float) -> None:
+        """End the sessions detached longer than the window."""
+        for sid, (conn, since) in list(self._detached.items()):
+            if now - since > self.window:
+                del self._detached[sid]
+                log.debug("%s: session %s of %s expired", self.name, sid, conn.user)
+                self._expired[sid] = None
+                if len(self._expired) > REMEMBER_EXPIRED:
+                    self._expired.popitem(last=False)
+                self._ended(conn)
+
+    def end_all(self) -> None:
+        """End every detached session (the node stops)."""
+        for conn, _ in list(self._detached.values()):
+            self._ended(conn)
+        self._detached.clear()
+
+    # Resuming ------------------------------------------------------------------------------------
+
+    def take(self, conn: Connection, request: ResumeRequest) -> None:
+        """Let ``conn`` continue the session ``request`` names, held on this node (detached, or
+        still attached to an older connection, which is closed with 4012).
+
+        Error handling: :class:`ResumeRefused`.
+        """
+        self.tokens.check(request.token, request.session, conn.user)
+        held = self._detached.pop(request.session, None)
+        old = held[0] if held is not None else self.hub.connections.get(request.session)
+        if old is None or old.user != conn.user:
+            expired = request.session in self._expired
+            raise ResumeRefused(Reason.EXPIRED if expired else Reason.UNKNOWN_SESSION)
+        if held is None:
+            old.close(CloseCode.REPLACED)
+        conn.session.continue_from(old.session, request.seq)
+        self.hub.replace(old, conn)
+        for waiter in old.pending.values():
+            waiter.event.set()
+
+    async def replay(self, conn: Connection, request: ResumeRequest) -> Outcome:
+        """What ``conn``'s session missed in each stream it follows, from the position the
+        client reports there (rooms it is not in any more are joined again)."""
+        outcome = Outcome()
+        for position in request.rooms or ():
+            key: RoomKey = (position.ns, position.room)
+            if key not in conn.rooms:
+                self.router.join(conn, key)
+            at = Position(position.epoch, position.offset)
+            if not await self._missed(conn, room_stream(*key), at, outcome):
+                outcome.gaps.append(RoomRef(*key))
+        if request.inbox is not None:
+            at = Position(request.inbox.epoch, request.inbox.offset)
+            outcome.inbox_gap = not await self._missed(conn, user_stream(conn.user), at, outcome)
+        return outcome
+
+    async def _missed(self, conn: Connection, stream: str, at: Position, outcome: Outcome) -> bool:
+        try:
+            entries = await self.streams.read(stream, at)
+        except Gap:
+            return False
+        for entry in entries:
+            outcome.offsets[stream] = entry.offset
+            if entry.except_session == conn.id or entry.skip_user == conn.user:
+                continue
+            body = with_position(entry.body, entry.epoch, entry.offset)
+            outcome.pushes.append(PushTemplate(body, stream=stream, offset=entry.offset))
+        return True
+
+
+class _Detached:
+    """The outlet of a detached session: nothing is written (what it misses of its streams is
+    in their logs, and replayed when it resumes)."""
+
+    def send_frame(self, frame: bytes, volatile: bool = False) -> bool:
+        return False
+
+    def close(self, code: int, reason: str | None = None, *, discard: bool = False) -> None:
+        pass
+
+    def spawn(self, fn: Any, *args: Any) -> None:
+        pass
+
+
+DETACHED: Final = _Detached()
