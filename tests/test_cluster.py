@@ -264,7 +264,8 @@ async def test_gap_on_the_bus_triggers_a_snapshot(tmp_path: Path) -> None:
                         raise AssertionError("no snapshot request")
 
                     # A node nobody knew: its state is fetched.
-                    send(_wire.CONTROL, _wire.Kind.HEARTBEAT, [0, {"status": "up"}])
+                    # (draining: it is asked to number no stream, which a fake node cannot do)
+                    send(_wire.CONTROL, _wire.Kind.HEARTBEAT, [0, {"status": "draining"}])
                     asked_by = {await snapshot_request(), await snapshot_request()}
                     assert asked_by == {"nodeA", "nodeB"}
                     state = {"users": {"ghostuser": 1}, "rooms": [], "statuses": []}

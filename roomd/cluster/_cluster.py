@@ -23,7 +23,15 @@ from . import _wire
 from ._bus import Bus
 from ._calls import Calls, Reply, error_body, run_handler
 from ._host import ClusterHost
-from ._streaming import READ, TAIL, Outbound, StreamService, entry_from_wire, entry_to_wire
+from ._streaming import (
+    COPY,
+    READ,
+    TAIL,
+    Outbound,
+    StreamService,
+    entry_from_wire,
+    entry_to_wire,
+)
 from ._streams import (
     Entry,
     Gap,
@@ -127,10 +135,20 @@ class Cluster:
             send_to_sequencer=self._send_to_sequencer,
             confirm=self._confirm,
             call=self._call_one,
+            gather=self._gather,
         )
-        self.streams = StreamService(name, host, StreamStore(history), self.sequencer_of, outbound)
+        self.streams = StreamService(
+            name,
+            host,
+            StreamStore(history),
+            self.sequencer_of,
+            outbound,
+            append_timeout=max(1.0, 2 * self.timeout),
+            is_up=self.is_up,
+        )
         self.calls.handlers[READ] = self._on_read
         self.calls.handlers[TAIL] = self._on_tail
+        self.calls.handlers[COPY] = self._on_copy
         self._sequencers: dict[str, str] = {}  # stream -> its sequencer, for the nodes below
         self._sequencer_nodes: frozenset[str] = frozenset()
         self._seq = 0
@@ -164,6 +182,7 @@ class Cluster:
         deadline = trio.current_time() + self.section.ready_timeout
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            self.streams.start(nursery.start_soon)
             await nursery.start(self.bus.run)
             with trio.move_on_at(deadline):
                 await self.bus.wait_ready()
@@ -315,9 +334,7 @@ class Cluster:
     def sequencer_of(self, stream: StreamKey) -> str:
         """The node that numbers ``stream``: first in its rendezvous ranking of the nodes up
         (draining nodes hand their streams over)."""
-        nodes = frozenset(
-            n.name for n in self.view.nodes.values() if n.status == "up" or n.name == self.name
-        )
+        nodes = self._sequencer_candidates()
         if nodes != self._sequencer_nodes:
             self._sequencer_nodes = nodes
             self._sequencers.clear()
@@ -326,15 +343,47 @@ class Cluster:
             sequencer = self._sequencers[stream] = ranking(stream, nodes)[0]
         return sequencer
 
-    def _publish_entry(self, stream: StreamKey, entry: Entry) -> None:
+    def _sequencer_candidates(self) -> frozenset[str]:
+        return frozenset(
+            n.name for n in self.view.nodes.values() if n.status == "up" or n.name == self.name
+        )
+
+    def _publish_entry(self, stream: StreamKey, entry: Entry, readers: set[str]) -> None:
+        """To the stream's readers: a room's on its topic; an inbox's to the nodes where the
+        user is connected, as presence says, and those that asked for its tail lately
+        (``readers``: they may know of a connection presence has not told of yet)."""
         body = [stream, entry_to_wire(entry)]
         room = room_of(stream)
         if room is not None:
             self._publish(_wire.room_topic(*room), Kind.ENTRY, body)
             return
         user = user_of(stream)
-        for node in self.view.remote_hosts([user] if user is not None else []):
+        nodes = readers | set(self.view.remote_hosts([user] if user is not None else []))
+        nodes.discard(self.name)
+        for node in sorted(nodes):
             self._publish(_wire.node_topic(node), Kind.ENTRY, body)
+
+    async def _gather(self, stream: StreamKey) -> list[list[Any]]:
+        """The copies of ``stream`` held by the nodes that may hold one: those where its
+        readers are (as presence says), and the node that would number it without this one
+        (its sequencer until this node joined, if it did). A takeover starts from them. A node
+        that does not answer within a heartbeat interval is not waited for."""
+        room = room_of(stream)
+        user = user_of(stream)
+        if room is not None:
+            targets = set(self.view.nodes_in_room(room))
+        else:
+            targets = set(self.view.remote_hosts([user] if user is not None else []))
+        others = self._sequencer_candidates() - {self.name}
+        if others:
+            targets.add(ranking(stream, others)[0])
+        targets &= others
+        if not targets:
+            return []
+        timeout = max(0.2, self.section.heartbeat_interval)
+        out = await self.calls.call(COPY, stream, targets=sorted(targets), timeout=timeout)
+        copies: list[list[Any]] = list(out.replies.values())
+        return copies
 
     def _send_to_sequencer(self, node: str, stream: StreamKey, draft: Entry, hops: int) -> None:
         self._publish(_wire.node_topic(node), Kind.SEQUENCE, [stream, entry_to_wire(draft), hops])
@@ -358,7 +407,10 @@ class Cluster:
         return self.streams.on_read(body)
 
     async def _on_tail(self, body: Any, origin: str) -> Any:
-        return self.streams.on_tail(body)
+        return await self.streams.on_tail(body, origin)
+
+    async def _on_copy(self, body: Any, origin: str) -> Any:
+        return self.streams.on_copy(body)
 
     # Receiving -----------------------------------------------------------------------------------
 
@@ -484,6 +536,13 @@ class Cluster:
             self._publish(topic, Kind.REPLY, [call_id, False, error])
 
     # Stats ---------------------------------------------------------------------------------------
+
+    def is_up(self, node: str) -> bool:
+        return node in self.view.nodes
+
+    def gone_since(self, node: str) -> float | None:
+        gone = self._gone.get(node)
+        return gone.since if gone is not None and node not in self.view.nodes else None
 
     def stats(self) -> dict[str, Any]:
         now = trio.current_time()

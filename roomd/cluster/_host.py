@@ -86,6 +86,14 @@ class ClusterLink(Protocol):
         """A change of this node's presence (numbered ``seq`` in its view), for the others."""
         ...
 
+    def is_up(self, node: str) -> bool:
+        """Whether ``node`` is a live member of the cluster (this node is)."""
+        ...
+
+    def gone_since(self, node: str) -> float | None:
+        """When ``node`` went down or left (wall-clock time), if it did and is not back."""
+        ...
+
     def stats(self) -> dict[str, Any]:
         """The mode, the nodes known with status and load, the bus."""
         ...

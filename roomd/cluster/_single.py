@@ -61,6 +61,12 @@ class SingleNode:
     def presence_changed(self, seq: int, delta: Delta) -> None:
         pass
 
+    def is_up(self, node: str) -> bool:
+        return node == self.name
+
+    def gone_since(self, node: str) -> float | None:
+        return None
+
     def stats(self) -> dict[str, Any]:
         return {
             "mode": self.mode,

@@ -5,7 +5,16 @@ sequencer (this node, or another over the bus), numbered there, then delivered w
 stream has readers: the sequencer's own connections, and every node hosting them (room
 messages on the room's topic, inbox messages on the topics of the nodes where the user is
 connected). Every node keeps a copy of what it delivers (:class:`StreamStore`), which is what
-a resuming session is replayed from.
+a resuming session is replayed from, and what a new sequencer starts from.
+
+**Taking a stream over.** A node that finds itself the sequencer of a stream it holds no
+numbering for (the stream is new, its sequencer died, or it now ranks first) first gathers the
+copies the other nodes hold, continues the numbering from the most complete one in a new epoch,
+and only then numbers what was sent meanwhile. The previous sequencer, if alive, stops numbering
+the stream when asked for its copy.
+
+**Gaps.** A node that receives a message past a hole in its copy holds it, fetches the missing
+ones from the sequencer, and delivers all in order.
 
 ``done`` callbacks tell the sender's node the position its message got (or ``None`` if no
 sequencer confirmed it in time): the node acknowledges a send only once it is numbered, so an
@@ -21,11 +30,16 @@ from typing import Any, Final, Protocol
 
 import trio
 
-from ._streams import Entry, Position, StreamKey, StreamStore
+from ._streams import Entry, Gap, Position, StreamKey, StreamStore, user_of
 
 log = logging.getLogger("roomd.cluster")
 
-APPEND_TIMEOUT: Final = 5.0  # seconds for a sequencer to confirm a message
+READ: Final = "roomd.stream-read"  # [stream, position or None] -> entries after it
+TAIL: Final = "roomd.stream-tail"  # stream -> [epoch, offset]; the caller reads the stream
+COPY: Final = "roomd.stream-copy"  # stream -> the entries a node holds (a takeover gathers)
+APPEND_ATTEMPTS: Final = 3  # a message is sent to the stream's sequencer at most this often
+MAX_HELD: Final = 10_000  # messages held past a hole, per stream, while it is repaired
+READER_MEMORY: Final = 60.0  # seconds a node that asked for an inbox's tail is sent its messages
 Done = Callable[[Position | None], None]
 
 
@@ -41,26 +55,39 @@ class Outbound:
     def __init__(
         self,
         *,
-        publish_entry: Callable[[StreamKey, Entry], None],
+        publish_entry: Callable[[StreamKey, Entry, set[str]], None],
         send_to_sequencer: Callable[[str, StreamKey, Entry, int], None],
         confirm: Callable[[str, StreamKey, str, Position], None],
         call: Callable[[str, str, Any], Awaitable[Any]],
+        gather: Callable[[StreamKey], Awaitable[list[list[Any]]]],
     ) -> None:
         self.publish_entry = publish_entry
         self.send_to_sequencer = send_to_sequencer
         self.confirm = confirm
         self.call = call
+        self.gather = gather
+
+
+class _Takeover:
+    """A stream this node takes over: what waits to be numbered, and when it may be."""
+
+    __slots__ = ("ready", "waiting")
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[str, Entry]] = []  # (origin, draft)
+        self.ready = trio.Event()
 
 
 class _Pending:
-    __slots__ = ("deadline", "done", "entry", "retried", "stream")
+    __slots__ = ("attempts", "deadline", "done", "entry", "stream", "target")
 
-    def __init__(self, stream: StreamKey, entry: Entry, done: Done | None, deadline: float):
+    def __init__(self, stream: StreamKey, entry: Entry, done: Done | None, target: str):
         self.stream = stream
         self.entry = entry  # unnumbered: offset 0
         self.done = done
-        self.deadline = deadline
-        self.retried = False
+        self.target = target
+        self.attempts = 1
+        self.deadline = 0.0
 
 
 class StreamService:
@@ -73,13 +100,30 @@ class StreamService:
         store: StreamStore,
         sequencer_of: Callable[[StreamKey], str],
         outbound: Outbound | None = None,
+        *,
+        append_timeout: float = 5.0,
+        is_up: Callable[[str], bool] = lambda node: True,
     ) -> None:
         self.name = name
         self.host = host
         self.store = store
         self.sequencer_of = sequencer_of
         self.outbound = outbound
+        self.append_timeout = append_timeout
+        self.is_up = is_up
+        self._spawn: Callable[..., None] | None = None
         self._pending: dict[tuple[StreamKey, str], _Pending] = {}
+        self._taking: dict[StreamKey, _Takeover] = {}
+        self._held: dict[StreamKey, dict[int, Entry]] = {}
+        self._repairing: set[StreamKey] = set()
+        self._readers: dict[StreamKey, dict[str, float]] = {}  # inbox -> node -> when
+        self.takeovers = 0
+        self.repairs = 0
+        self.lost = 0  # messages a repair found no longer held anywhere
+
+    def start(self, spawn: Callable[..., None]) -> None:
+        """Run takeovers and repairs with ``spawn`` (a nursery's ``start_soon``)."""
+        self._spawn = spawn
 
     # Appending -----------------------------------------------------------------------------------
 
@@ -94,30 +138,18 @@ class StreamService:
         done: Done | None = None,
     ) -> None:
         """Number a message in ``stream`` and deliver it everywhere; ``done(position)`` once
-        numbered (at once when this node is the sequencer)."""
+        numbered (at once when this node is the sequencer and already numbers the stream)."""
         draft = Entry(0, "", body, message_id, time.time(), skip_user, except_session)
         sequencer = self.sequencer_of(stream)
         if sequencer == self.name or self.outbound is None:
-            entry = self.number(stream, draft)
             if done is not None:
-                done(entry.position)
+                self._pending[(stream, message_id)] = _Pending(stream, draft, done, self.name)
+            self._sequence(self.name, stream, draft)
             return
-        if done is not None:
-            deadline = trio.current_time() + APPEND_TIMEOUT
-            self._pending[(stream, message_id)] = _Pending(stream, draft, done, deadline)
+        pending = _Pending(stream, draft, done, sequencer)
+        pending.deadline = trio.current_time() + self.append_timeout
+        self._pending[(stream, message_id)] = pending
         self.outbound.send_to_sequencer(sequencer, stream, draft, 0)
-
-    def number(self, stream: StreamKey, draft: Entry) -> Entry:
-        """As the sequencer: number ``draft`` (once: a message id seen lately gets its first
-        entry back), deliver it here and publish it."""
-        entry, new = self.store.sequencer(stream).number(
-            draft.body, draft.message_id, time.time(), draft.skip_user, draft.except_session
-        )
-        if new:
-            self.host.deliver_entry(stream, entry)
-            if self.outbound is not None:
-                self.outbound.publish_entry(stream, entry)
-        return entry
 
     def on_sequence_request(self, origin: str, stream: StreamKey, draft: Entry, hops: int) -> None:
         """Another node asks this one to number a message (it thinks this node sequences it)."""
@@ -126,9 +158,79 @@ class StreamService:
         if sequencer != self.name and hops == 0 and sequencer != origin:
             self.outbound.send_to_sequencer(sequencer, stream, draft, hops + 1)  # our view differs
             return
-        entry = self.number(stream, draft)
-        if origin != self.name:
+        self._sequence(origin, stream, draft)
+
+    def _sequence(self, origin: str, stream: StreamKey, draft: Entry) -> None:
+        takeover = self._taking.get(stream)
+        if takeover is not None:
+            takeover.waiting.append((origin, draft))
+        elif stream in self.store.sequencers or self.outbound is None or self._spawn is None:
+            self._number(origin, stream, draft)
+        else:
+            self._begin_takeover(stream).waiting.append((origin, draft))
+
+    def _begin_takeover(self, stream: StreamKey) -> _Takeover:
+        takeover = self._taking.get(stream)
+        if takeover is None:
+            takeover = self._taking[stream] = _Takeover()
+            assert self._spawn is not None
+            self._spawn(self._take_over, stream, takeover)
+        return takeover
+
+    def _number(self, origin: str, stream: StreamKey, draft: Entry) -> Entry:
+        entry, new = self.store.sequencer(stream).number(
+            draft.body, draft.message_id, time.time(), draft.skip_user, draft.except_session
+        )
+        if new:
+            self.host.deliver_entry(stream, entry)
+            if self.outbound is not None:
+                self.outbound.publish_entry(stream, entry, self._inbox_readers(stream))
+        if origin == self.name:
+            self.on_confirm(stream, entry.message_id, entry.position)
+        elif self.outbound is not None:
             self.outbound.confirm(origin, stream, draft.message_id, entry.position)
+        return entry
+
+    async def _take_over(self, stream: StreamKey, takeover: _Takeover) -> None:
+        """Gather the other nodes' copies of ``stream``, continue its numbering from the most
+        complete in a new epoch, then number what waited."""
+        assert self.outbound is not None
+        self.takeovers += 1
+        try:
+            copies = await self.outbound.gather(stream)
+        except Exception:  # an unreachable node must not stop the stream: go on without it
+            log.exception("%s: gathering %r failed; numbering from its own copy", self.name, stream)
+            copies = []
+        merged: dict[int, Entry] = {entry.offset: entry for entry in self.store.log(stream)}
+        for copy in sorted(copies, key=len, reverse=True):
+            for item in copy:
+                entry = entry_from_wire(item)
+                merged.setdefault(entry.offset, entry)
+        log_ = self.store.log(stream)
+        now = time.time()
+        for offset in sorted(merged):
+            if offset > log_.tail:
+                log_.append(merged[offset], now)
+        self.store.sequencer(stream)
+        del self._taking[stream]
+        takeover.ready.set()
+        if merged:
+            log.info(
+                "%s: numbers %r from offset %d (epoch %s)",
+                self.name,
+                stream,
+                log_.tail,
+                self.store.sequencers[stream].epoch,
+            )
+        for origin, draft in takeover.waiting:
+            self._number(origin, stream, draft)
+
+    def on_copy(self, stream: StreamKey) -> list[list[Any]]:
+        """The handler of :data:`COPY` calls: this node's copy of ``stream``. A node that
+        numbered it until now and is no longer its sequencer stops numbering it."""
+        if stream in self.store.sequencers and self.sequencer_of(stream) != self.name:
+            del self.store.sequencers[stream]
+        return [entry_to_wire(e) for e in self.store.log(stream)]
 
     def on_confirm(self, stream: StreamKey, message_id: str, position: Position) -> None:
         pending = self._pending.pop((stream, message_id), None)
@@ -136,35 +238,83 @@ class StreamService:
             pending.done(position)
 
     def expire(self, now: float) -> None:
-        """Unconfirmed appends past their deadline: sent once more to the stream's sequencer
-        (it may have changed), then failed (``done(None)``)."""
+        """Unconfirmed appends past their deadline, or whose sequencer is gone: sent again to
+        the stream's sequencer now (it may have changed), at most ``APPEND_ATTEMPTS`` times in
+        all; then failed (``done(None)``)."""
         for key, pending in list(self._pending.items()):
-            if now < pending.deadline:
+            if pending.target == self.name or (
+                now < pending.deadline and self.is_up(pending.target)
+            ):
                 continue
-            if not pending.retried and self.outbound is not None:
-                pending.retried = True
-                pending.deadline = now + APPEND_TIMEOUT
-                sequencer = self.sequencer_of(pending.stream)
-                if sequencer == self.name:
-                    del self._pending[key]
-                    entry = self.number(pending.stream, pending.entry)
-                    if pending.done is not None:
-                        pending.done(entry.position)
-                else:
-                    self.outbound.send_to_sequencer(sequencer, pending.stream, pending.entry, 0)
+            if pending.attempts >= APPEND_ATTEMPTS or self.outbound is None:
+                del self._pending[key]
+                log.warning("%s: no sequencer confirmed a message of %r", self.name, pending.stream)
+                if pending.done is not None:
+                    pending.done(None)
                 continue
-            del self._pending[key]
-            log.warning("%s: no sequencer confirmed a message of %r", self.name, pending.stream)
-            if pending.done is not None:
-                pending.done(None)
+            pending.attempts += 1
+            pending.deadline = now + self.append_timeout
+            pending.target = self.sequencer_of(pending.stream)
+            if pending.target == self.name:
+                self._sequence(self.name, pending.stream, pending.entry)
+            else:
+                self.outbound.send_to_sequencer(pending.target, pending.stream, pending.entry, 0)
 
     # Receiving -----------------------------------------------------------------------------------
 
     def on_entry(self, stream: StreamKey, entry: Entry) -> None:
-        """A numbered message from its sequencer: kept and delivered here, once."""
+        """A numbered message from its sequencer: kept and delivered here, once, in order (a
+        message past a hole waits for the hole to be filled from the sequencer)."""
+        self.on_confirm(stream, entry.message_id, entry.position)
+        log_ = self.store.log(stream)
+        if entry.offset <= log_.tail:
+            return  # a duplicate (or older than what this node keeps)
+        if (len(log_) or log_.start) and entry.offset > log_.tail + 1:
+            held = self._held.setdefault(stream, {})
+            if len(held) < MAX_HELD:
+                held[entry.offset] = entry
+            if stream not in self._repairing and self._spawn is not None:
+                self._repairing.add(stream)
+                self._spawn(self._repair, stream)
+            return
+        self._keep(stream, entry)
+        self._deliver_held(stream)
+
+    def _keep(self, stream: StreamKey, entry: Entry) -> None:
         if self.store.record(stream, entry, time.time()):
             self.host.deliver_entry(stream, entry)
-        self.on_confirm(stream, entry.message_id, entry.position)
+
+    def _deliver_held(self, stream: StreamKey) -> None:
+        held = self._held.get(stream)
+        if not held:
+            return
+        log_ = self.store.log(stream)
+        while (entry := held.pop(log_.tail + 1, None)) is not None:
+            self._keep(stream, entry)
+        if not held:
+            del self._held[stream]
+
+    async def _repair(self, stream: StreamKey) -> None:
+        self.repairs += 1
+        log_ = self.store.log(stream)
+        last = log_.last
+        try:
+            missing = await self.read(stream, Position(last.epoch if last else "", log_.tail))
+        except Exception as exc:  # the sequencer no longer holds them, or did not answer
+            missing = []
+            log.warning(
+                "%s: could not repair %r after offset %d: %s", self.name, stream, log_.tail, exc
+            )
+        finally:
+            self._repairing.discard(stream)
+        for entry in missing:
+            if entry.offset == log_.tail + 1:
+                self._keep(stream, entry)
+        held = self._held.pop(stream, {})
+        for offset in sorted(held):  # what could not be repaired is skipped over
+            if offset > log_.tail:
+                self.lost += offset - log_.tail - 1
+                self._keep(stream, held[offset])
 
     # Reading -------------------------------------------------------------------------------------
 
@@ -181,42 +331,67 @@ class StreamService:
         return [entry_from_wire(item) for item in result]
 
     def local_tail(self, stream: StreamKey) -> Position | None:
-        """The position of the last message of ``stream`` if this node sequences it, else
+        """The position of the last message of ``stream`` if this node numbers it now, else
         ``None`` (ask with :meth:`tail`)."""
-        if self.sequencer_of(stream) != self.name and self.outbound is not None:
-            return None
-        numbering = self.store.sequencer(stream)
-        return Position(numbering.epoch, numbering.log.tail)
-
-    def follow(self, stream: StreamKey, position: Position) -> None:
-        """This node reads ``stream`` from ``position`` on: a later message past a hole is then
-        noticed (a copy that starts empty would take any offset as its first)."""
-        log = self.store.log(stream)
-        if not len(log) and log.start < position.offset:
-            log.start = position.offset
+        if self.outbound is None or (
+            self.sequencer_of(stream) == self.name and stream in self.store.sequencers
+        ):
+            numbering = self.store.sequencer(stream)
+            return Position(numbering.epoch, numbering.log.tail)
+        return None
 
     async def tail(self, stream: StreamKey) -> Position:
-        """The position of the last message of ``stream`` (offset 0 for an empty stream)."""
+        """The position of the last message of ``stream`` (offset 0 for an empty stream); its
+        sequencer counts this node among the stream's readers."""
+        position = self.local_tail(stream)
+        if position is not None:
+            return position
+        assert self.outbound is not None  # (alone, a node numbers every stream)
         sequencer = self.sequencer_of(stream)
-        if sequencer == self.name or self.outbound is None:
+        if sequencer == self.name:  # a stream this node takes over: the copies first
+            await self._begin_takeover(stream).ready.wait()
             numbering = self.store.sequencer(stream)
             return Position(numbering.epoch, numbering.log.tail)
         epoch, offset = await self.outbound.call(sequencer, TAIL, stream)
         return Position(epoch, offset)
 
+    def follow(self, stream: StreamKey, position: Position) -> None:
+        """This node reads ``stream`` from ``position`` on: a later message past a hole is then
+        noticed (a copy that starts empty would take any offset as its first)."""
+        log_ = self.store.log(stream)
+        if not len(log_) and log_.start < position.offset:
+            log_.start = position.offset
+
+    def forget(self, stream: StreamKey) -> None:
+        """This node reads ``stream`` no more (its last reader here left): its copy goes,
+        unless it numbers the stream (a later reader starts from where the stream is then)."""
+        if stream not in self.store.sequencers:
+            self.store.logs.pop(stream, None)
+            self._held.pop(stream, None)
+
     def on_read(self, body: Any) -> list[list[Any]]:
         """The handler of :data:`READ` calls (raises ``Gap``)."""
         stream, wire = body
         after = None if wire is None else Position(wire[0], wire[1])
-        return [entry_to_wire(e) for e in self.store.sequencer(stream).log.since(after)]
+        return [entry_to_wire(e) for e in self.store.log(stream).since(after)]
 
-    def on_tail(self, stream: StreamKey) -> list[Any]:
-        numbering = self.store.sequencer(stream)
-        return [numbering.epoch, numbering.log.tail]
+    async def on_tail(self, stream: StreamKey, origin: str) -> list[Any]:
+        """The handler of :data:`TAIL` calls: the position, and ``origin`` reads the stream
+        (for an inbox: it is sent the user's messages from now on, before presence says so)."""
+        if user_of(stream) is not None:
+            self._readers.setdefault(stream, {})[origin] = time.time()
+        position = await self.tail(stream)
+        return [position.epoch, position.offset]
 
-
-READ: Final = "roomd.stream-read"
-TAIL: Final = "roomd.stream-tail"
+    def _inbox_readers(self, stream: StreamKey) -> set[str]:
+        readers = self._readers.get(stream)
+        if not readers:
+            return set()
+        now = time.time()
+        for node, since in list(readers.items()):
+            if now - since > READER_MEMORY or not self.is_up(node):
+                del readers[node]
+        return set(readers)
 
 
 def entry_to_wire(entry: Entry) -> list[Any]:
@@ -234,3 +409,6 @@ def entry_to_wire(entry: Entry) -> list[Any]:
 def entry_from_wire(item: list[Any]) -> Entry:
     offset, epoch, body, message_id, stamp, skip_user, except_session = item
     return Entry(offset, epoch, body, message_id, stamp, skip_user, except_session)
+
+
+__all__ = ["COPY", "READ", "TAIL", "Gap", "Outbound", "StreamService"]

@@ -166,6 +166,8 @@ class StreamLog:
     def _check_epoch(self, position: Position) -> None:
         """The client's last message must be the one this log holds at its offset: after a
         sequencer was lost, a new epoch may have numbered other messages with the same offsets."""
+        if not position.epoch:
+            return  # a position taken before any message: nothing to check
         for entry in reversed(self._entries):
             if entry.offset == position.offset:
                 if entry.epoch != position.epoch:

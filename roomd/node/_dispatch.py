@@ -166,7 +166,7 @@ class FrameDispatcher:
 
     async def _resume(self, conn: Connection, request: ResumeRequest) -> None:
         try:
-            self.sessions.take(conn, request)
+            await self.sessions.take(conn, request)
         except ResumeRefused as refused:
             self.stats.resumes[refused.reason] += 1
             self.router.opened(conn)

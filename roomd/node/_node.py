@@ -146,6 +146,7 @@ class Node:
             ResumeTokens(auth.secret or DEV_TOKEN_KEY),
             self.config.sessions.resume_window,
             ended=self._session_ended,
+            cluster=self.cluster,
         )
         self._dispatch = FrameDispatcher(
             self.name,
@@ -308,6 +309,7 @@ class Node:
         log.info("%s listening on %s:%s", self.name, cfg.node.host, self.port)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.flusher.run)  # first: the bus writes through it too
+            self.sessions.start(nursery.start_soon)
             await nursery.start(self.cluster.run)  # at most cluster.ready_timeout
             accept = trio.CancelScope()
             sweep = trio.CancelScope()
@@ -473,7 +475,9 @@ class Node:
     def _disconnected(self, conn: Connection) -> None:
         transport = self._connected.pop(conn)
         current = self.hub.connections.get(conn.id) is conn
-        if conn.session.is_open and current and detaches(transport.close_code):
+        if self.sessions.moving(conn):
+            pass  # handed over to another node: it ends by itself
+        elif conn.session.is_open and current and detaches(transport.close_code):
             self.sessions.detach(conn)  # resumable for sessions.resume_window
         else:
             was_open = conn.session.is_open

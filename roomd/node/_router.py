@@ -221,9 +221,11 @@ class Router:
             return
         remaining, left = self.hub.remove(conn)
         for key in left:
-            self._change(Left(key[0], key[1], conn.user))
+            self._left_room(conn.user, key)
         if was_open:
             self._change(Online(conn.user, remaining))
+        if not remaining:
+            self._cluster.streams.forget(user_stream(conn.user))
 
     def join(self, conn: Connection, key: RoomKey) -> None:
         if self.hub.join(conn, key):
@@ -231,7 +233,12 @@ class Router:
 
     def leave(self, conn: Connection, key: RoomKey) -> None:
         if self.hub.leave(conn, key):
-            self._change(Left(key[0], key[1], conn.user))
+            self._left_room(conn.user, key)
+
+    def _left_room(self, user: str, key: RoomKey) -> None:
+        self._change(Left(key[0], key[1], user))
+        if not self.hub.member_count(key):
+            self._cluster.streams.forget(room_stream(*key))
 
     def set_status(self, user: str, status: str, text: str | None) -> None:
         self._change(Status(user, status, text, time.time()))

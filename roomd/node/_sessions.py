@@ -23,7 +23,15 @@ import attrs
 import orjson
 import trio
 
-from ..cluster import Gap, Position, StreamService, room_stream, user_stream, with_position
+from ..cluster import (
+    ClusterLink,
+    Gap,
+    Position,
+    StreamService,
+    room_stream,
+    user_stream,
+    with_position,
+)
 from ..hub import Connection, Hub, RoomKey
 from ..protocol import CloseCode, PushTemplate, ResumeRequest, RoomRef, should_reconnect
 from ._router import Router
@@ -32,6 +40,10 @@ log = logging.getLogger("roomd.node")
 
 _TOKEN_CONTEXT: Final = b"roomd resume token v1"
 REMEMBER_EXPIRED: Final = 10_000  # ids of sessions that expired here, to say so
+CLAIM: Final = "roomd.session-claim"  # cluster call: hand a session over to the caller
+# Seconds a node keeps a session it handed over in its presence: the new node's announcement
+# comes first, so other members see no leave and join again.
+HANDOVER_DELAY: Final = 0.1
 # Nodes in development mode without a secret sign resume tokens with this key (any client could
 # forge them: development only, as ?user=NAME is).
 DEV_TOKEN_KEY: Final = "roomd development mode: resume tokens are not secret"
@@ -133,8 +145,13 @@ class Sessions:
         tokens: ResumeTokens,
         window: float,
         ended: Callable[[Connection], None],
+        cluster: ClusterLink,
     ) -> None:
         self.name = name
+        self.cluster = cluster
+        self._moving: set[Connection] = set()
+        self._spawn: Callable[..., None] = _not_running
+        cluster.calls.handlers[CLAIM] = self.on_claim
         self.hub = hub
         self.router = router
         self.streams = streams
@@ -149,6 +166,10 @@ class Sessions:
         return len(self._detached)
 
     # Detaching -----------------------------------------------------------------------------------
+
+    def start(self, spawn: Callable[..., None]) -> None:
+        """Run tasks (handovers) with ``spawn`` (the node's nursery's ``start_soon``)."""
+        self._spawn = spawn
 
     def detach(self, conn: Connection) -> None:
         """Keep ``conn``'s session for the resume window (its connection is gone)."""
@@ -174,24 +195,75 @@ class Sessions:
 
     # Resuming ------------------------------------------------------------------------------------
 
-    def take(self, conn: Connection, request: ResumeRequest) -> None:
-        """Let ``conn`` continue the session ``request`` names, held on this node (detached, or
-        still attached to an older connection, which is closed with 4012).
+    async def take(self, conn: Connection, request: ResumeRequest) -> None:
+        """Let ``conn`` continue the session ``request`` names: held here (detached, or still
+        attached to an older connection, closed with 4012), held by the node that issued its
+        token (which hands it over), or lost with that node (it continues from the streams).
 
         Error handling: :class:`ResumeRefused`.
         """
-        self.tokens.check(request.token, request.session, conn.user)
+        claims = self.tokens.check(request.token, request.session, conn.user)
+        if self._take_here(conn, request):
+            return
+        home = claims.node
+        if home != self.name and self.cluster.is_up(home):
+            carried = await self._claim(home, request.session, conn.user)
+        else:
+            gone = self.cluster.gone_since(home) if home != self.name else None
+            if home == self.name or (gone is not None and time.time() - gone > self.window):
+                expired = home != self.name or request.session in self._expired
+                raise ResumeRefused(Reason.EXPIRED if expired else Reason.UNKNOWN_SESSION)
+            carried = []  # its node is gone: what it carried is lost, the streams are not
+        conn.session.continue_remote(request.session, request.seq, carried)
+        self.router.opened(conn)
+
+    def _take_here(self, conn: Connection, request: ResumeRequest) -> bool:
         held = self._detached.pop(request.session, None)
         old = held[0] if held is not None else self.hub.connections.get(request.session)
         if old is None or old.user != conn.user:
-            expired = request.session in self._expired
-            raise ResumeRefused(Reason.EXPIRED if expired else Reason.UNKNOWN_SESSION)
+            return False
         if held is None:
             old.close(CloseCode.REPLACED)
         conn.session.continue_from(old.session, request.seq)
         self.hub.replace(old, conn)
         for waiter in old.pending.values():
             waiter.event.set()
+        return True
+
+    async def _claim(self, home: str, session: str, user: str) -> list[list[Any]]:
+        out = await self.cluster.calls.call(CLAIM, [session, user], targets=[home])
+        answer = out.replies.get(home)
+        if answer is None:
+            raise ResumeRefused(Reason.UNKNOWN_SESSION)  # (its node did not answer in time)
+        if not answer["found"]:
+            raise ResumeRefused(Reason.EXPIRED if answer["expired"] else Reason.UNKNOWN_SESSION)
+        carried: list[list[Any]] = answer["carried"]
+        return carried
+
+    async def on_claim(self, body: Any, origin: str) -> dict[str, Any]:
+        """Another node resumes one of this node's sessions: hand it over (its connection, if
+        still open, is closed with 4012). Its presence here ends a moment later, once the
+        other node has announced it (so that nobody sees it leave and come back)."""
+        session, user = body
+        held = self._detached.pop(session, None)
+        conn = held[0] if held is not None else self.hub.connections.get(session)
+        if conn is None or conn.user != user:
+            return {"found": False, "expired": session in self._expired}
+        carried = conn.session.carried()
+        self._moving.add(conn)
+        if held is None:
+            conn.close(CloseCode.REPLACED)
+        self._spawn(self._end_later, conn)
+        return {"found": True, "expired": False, "carried": carried}
+
+    def moving(self, conn: Connection) -> bool:
+        """Whether ``conn``'s session is being handed to another node (it ends by itself)."""
+        return conn in self._moving
+
+    async def _end_later(self, conn: Connection) -> None:
+        await trio.sleep(HANDOVER_DELAY)
+        self._moving.discard(conn)
+        self._ended(conn)
 
     async def replay(self, conn: Connection, request: ResumeRequest) -> Outcome:
         """What ``conn``'s session missed in each stream it follows, from the position the
@@ -221,6 +293,10 @@ class Sessions:
             body = with_position(entry.body, entry.epoch, entry.offset)
             outcome.pushes.append(PushTemplate(body, stream=stream, offset=entry.offset))
         return True
+
+
+def _not_running(*args: Any) -> None:
+    raise RuntimeError("the node is not running")
 
 
 class _Detached:

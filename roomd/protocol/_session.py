@@ -101,6 +101,18 @@ class Session:
         self._next_request_id = previous._next_request_id
         previous.state = SessionState.CLOSED
 
+    def carried(self) -> list[list[Any]]:
+        """What another node needs to continue this session: the acknowledgements it is owed
+        (``[cmid, result]`` pairs, oldest first)."""
+        return [[cmid, result] for cmid, result in (self._dedupe or {}).items()]
+
+    def continue_remote(self, session_id: str, seq: int, carried: list[list[Any]]) -> None:
+        """Take over a session held by another node (see :meth:`carried`)."""
+        self.id = session_id
+        self.seq = seq
+        for cmid, result in carried:
+            self.remember(cmid, result)
+
     # Numbering -----------------------------------------------------------------------------------
 
     def next_seq(self) -> int:
