@@ -1,0 +1,143 @@
+"""Sessions across the nodes of a real cluster (broker and node processes): a session resumes on
+another node, also after its node was killed; a room's messages come in one order everywhere;
+a direct message right after its addressee's welcome is not lost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from tests.cluster_support import running_cluster
+from tests.support import connect
+from tests.test_sessions import Positions, drop, resumed, text
+
+pytestmark = pytest.mark.cluster
+
+
+async def test_a_session_resumes_on_another_node_with_what_it_missed(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with running_cluster(tmp_path) as cluster:
+            a, b, c = (cluster.node(n) for n in ("nodeA", "nodeB", "nodeC"))
+            async with connect(c, "carol") as carol:
+                await carol.ok("room.join", {"room": "r"})
+                async with connect(a, "alice") as alice:
+                    at = Positions(alice.welcome)
+                    at.joined(await alice.ok("room.join", {"room": "r"}))
+                    await carol.push("room.joined")
+                    await drop(alice)
+                sent = [await carol.ok("send", {"to": {"room": "r"}, "data": text(f"m{i}")})
+                        for i in range(4)]  # fmt: skip
+                await carol.ok("send", {"to": {"user": "alice"}, "data": text("dm")})
+                async with resumed(b, "alice", at.resume()) as (again, welcome):
+                    assert welcome["resumed"] is True and welcome["node"] == "nodeB"
+                    assert welcome["session"] == at.session and welcome["replayed"] == 5
+                    missed = [await again.push("message") for _ in range(5)]
+                    contents = [p["data"]["payload"]["content"] for p in missed]
+                    assert contents == ["m0", "m1", "m2", "m3", "dm"]
+                    assert [p["offset"] for p in missed[:4]] == [s["offset"] for s in sent]
+                    await carol.ok("send", {"to": {"room": "r"}, "data": text("live")})
+                    live = await again.push("message")
+                    assert live["data"]["payload"]["content"] == "live"
+                    # carol never saw alice leave (the handover is announced before the end)
+                    await trio.sleep(0.5)
+                    assert not [f for f in carol.backlog if f.get("event") == "room.left"]
+                    members = await carol.ok("room.members", {"room": "r"})
+                    assert [m["user"] for m in members["members"]] == ["alice", "carol"]
+
+
+async def test_a_resume_elsewhere_closes_the_old_connection_with_4012(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with running_cluster(tmp_path, count=2) as cluster:
+            a, b = cluster.node("nodeA"), cluster.node("nodeB")
+            async with connect(a, "alice") as old:
+                at = Positions(old.welcome)
+                at.joined(await old.ok("room.join", {"room": "r"}))
+                await old.ok("send", {"to": {"room": "r"}, "data": text("x")}, cmid="c1")
+                async with resumed(b, "alice", at.resume()) as (new, welcome):
+                    assert welcome["resumed"] is True
+                    assert (await old.closed())[0] == 4012
+                    # the dedupe window came along: the same cmid is answered, not sent again
+                    again = await new.ok(
+                        "send", {"to": {"room": "r"}, "data": text("x")}, cmid="c1"
+                    )
+                    assert again["offset"] == 1
+
+
+async def test_a_session_resumes_after_its_node_was_killed(tmp_path: Path) -> None:
+    with trio.fail_after(40):
+        async with running_cluster(tmp_path) as cluster:
+            a, b, c = (cluster.node(n) for n in ("nodeA", "nodeB", "nodeC"))
+            async with connect(c, "carol") as carol:
+                await carol.ok("room.join", {"room": "r"})
+                async with connect(a, "alice") as alice:
+                    at = Positions(alice.welcome)
+                    at.joined(await alice.ok("room.join", {"room": "r"}))
+                    await carol.ok("send", {"to": {"room": "r"}, "data": text("seen")})
+                    at.saw(await alice.push("message"))
+                    cluster.nodes["nodeA"].kill()
+                    sent = []
+                    for i in range(4):  # acknowledged: whoever numbers the room now holds them
+                        sent.append(
+                            await carol.ok("send", {"to": {"room": "r"}, "data": text(f"m{i}")})
+                        )
+                async with resumed(b, "alice", at.resume()) as (again, welcome):
+                    assert welcome["resumed"] is True and welcome["session"] == at.session
+                    missed = [await again.push("message") for _ in range(welcome["replayed"])]
+                    contents = [p["data"]["payload"]["content"] for p in missed]
+                    assert contents == ["m0", "m1", "m2", "m3"]  # nothing lost, nothing twice
+                    await carol.ok("send", {"to": {"room": "r"}, "data": text("live")})
+                    assert (await again.push("message"))["data"]["payload"]["content"] == "live"
+
+
+async def test_every_member_sees_a_rooms_messages_in_one_order(tmp_path: Path) -> None:
+    """Senders on three nodes at once: every member, on every node, gets the same sequence."""
+    per_sender = 30
+    with trio.fail_after(40):
+        async with running_cluster(tmp_path) as cluster:
+            nodes = [cluster.node(n) for n in ("nodeA", "nodeB", "nodeC")]
+            async with (
+                connect(nodes[0], "ann") as ann,
+                connect(nodes[1], "ben") as ben,
+                connect(nodes[2], "cyd") as cyd,
+            ):
+                members = (ann, ben, cyd)
+                for member in members:
+                    await member.ok("room.join", {"room": "r"})
+                await trio.sleep(0.3)  # everyone's join is known everywhere
+
+                async def send_all(member: Any, name: str) -> None:
+                    for i in range(per_sender):
+                        data = {"to": {"room": "r"}, "data": text(f"{name}{i}")}
+                        await member.send({"type": "event", "event": "send", "data": data})
+
+                async with trio.open_nursery() as nursery:
+                    for member, name in zip(members, ("a", "b", "c"), strict=True):
+                        nursery.start_soon(send_all, member, name)
+                orders = []
+                for member in members:
+                    pushes = [await member.push("message") for _ in range(3 * per_sender)]
+                    orders.append([p["data"]["payload"]["content"] for p in pushes])
+                    assert [p["offset"] for p in pushes] == list(range(1, 3 * per_sender + 1))
+                assert orders[0] == orders[1] == orders[2]
+                assert sorted(orders[0]) == sorted(f"{n}{i}" for n in "abc" for i in range(30))
+
+
+@pytest.mark.parametrize("delay_ms", [0, 1, 2, 5, 10])
+async def test_a_direct_message_right_after_the_welcome_arrives(
+    tmp_path: Path, delay_ms: int
+) -> None:
+    with trio.fail_after(30):
+        async with running_cluster(tmp_path, count=2) as cluster:
+            a, b = cluster.node("nodeA"), cluster.node("nodeB")
+            async with connect(b, "bob") as bob:
+                for attempt in range(5):
+                    user = f"alice{attempt}"
+                    async with connect(a, user) as alice:  # returns once welcomed
+                        await trio.sleep(delay_ms / 1000)
+                        ack = await bob.ok("send", {"to": {"user": user}, "data": text("hi")})
+                        assert "messageId" in ack
+                        push = await alice.push("message")
+                        assert push["data"]["payload"]["content"] == "hi"
