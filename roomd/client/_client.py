@@ -16,7 +16,7 @@ import inspect
 import logging
 import random as _random
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
@@ -45,8 +45,10 @@ from ..protocol import (
     RequestTimeout,
     ResumeRequest,
     RoomdError,
+    StreamPosition,
     Welcome,
 )
+from ..protocol import Reconnect as ReconnectFrame
 from ._backoff import Backoff, RandomSource, Reconnect, decide
 from ._connection import (
     CallWaiter,
@@ -140,6 +142,7 @@ class Client:
         self,
         url: str,
         *,
+        urls: Sequence[str] = (),
         token: TokenSource | None = None,
         user: str | None = None,
         params: Mapping[str, str] | None = None,
@@ -161,7 +164,10 @@ class Client:
             raise ValueError("heartbeat interval and timeout must be positive")
         self.url = url
         self.ws_url = client_url(url, user=user, params=params)
+        self._user_param, self._params, self._ssl = user, params, ssl_context
+        self._urls = [url, *(u for u in urls if u != url)]  # tried in turn when one fails
         self._target = Target.from_url(self.ws_url, ssl_context)
+        self._move_to: str | None = None  # a node's reconnect frame: resume there at once
         self.backoff = backoff if backoff is not None else Backoff()
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
@@ -195,6 +201,8 @@ class Client:
         self._done = trio.Event()
         self._last_welcome: Welcome | None = None
         self._last_seq = 0
+        self._inbox: StreamPosition | None = None  # the position in the user's inbox stream
+        self._unacked: list[CallWaiter] = []  # calls sent, not acknowledged, connection lost
         self.rtt = Rtt()
         self.reconnects = 0  # connections opened after the first one
         self.close_code: int | None = None  # of the last connection
@@ -373,6 +381,7 @@ class Client:
         call_id: int | None = None
         if waiter is not None:
             call_id = waiter.call_id = self._pending.open(waiter)
+            waiter.item = item
         try:
             await conn.send(item.frame(call_id), paced=True)
         except BaseException:
@@ -512,8 +521,12 @@ class Client:
             self._attempt_scope = None
             opened, closed = result
             self._current = self._open = None
+            lost = ConnectionLost(f"connection closed ({closed.code} {closed.reason})")
             for waiter in self._pending.fail_all():
-                waiter.fail(ConnectionLost(f"connection closed ({closed.code} {closed.reason})"))
+                if self.resume and waiter.item is not None and not self._closing:
+                    self._unacked.append(waiter)  # sent again if the session resumes
+                else:
+                    waiter.fail(lost)
             if opened:
                 attempt = 0
             self.close_code, self.close_reason = closed.code, closed.reason
@@ -538,10 +551,16 @@ class Client:
                     closed.reason,
                 )
             attempt = decision.attempt
+            delay = decision.delay
+            if self._move_to is not None:  # the node named where to resume: go now
+                self._switch(self._move_to)
+                self._move_to, attempt, delay = None, 0, 0.0
+            elif not opened and len(self._urls) > 1:
+                self._switch(self._urls[(self._urls.index(self.url) + 1) % len(self._urls)])
             self._state = ClientState.RECONNECTING
-            self._events.publish(Lifecycle.RECONNECTING, Reconnecting(attempt, decision.delay))
+            self._events.publish(Lifecycle.RECONNECTING, Reconnecting(attempt, delay))
             with trio.CancelScope() as self._attempt_scope:
-                await trio.sleep(decision.delay)
+                await trio.sleep(delay)
             self._attempt_scope = None
             if self._is_closed():
                 return None
@@ -618,7 +637,13 @@ class Client:
         resume = None
         last = self._last_welcome
         if self.resume and last is not None:
-            resume = ResumeRequest(last.session, last.resume_token, self._last_seq)
+            resume = ResumeRequest(
+                last.session,
+                last.resume_token,
+                self._last_seq,
+                rooms=self._rooms.positions() or None,
+                inbox=self._inbox,
+            )
         with trio.move_on_after(self.connect_timeout):
             try:
                 await conn.send(Hello(PROTOCOL_VERSION, resume, self.client_name))
@@ -641,6 +666,7 @@ class Client:
             self._last_welcome = frame
             if not frame.resumed:
                 self._last_seq = frame.seq
+                self._inbox = frame.inbox
             return None
         return Closed(CloseCode.HANDSHAKE_TIMEOUT, "no welcome in time", True, True)
 
@@ -656,12 +682,22 @@ class Client:
         assert welcome is not None
         rejoined: list[RoomKey] = []
         failed: list[RoomKey] = []
+        unacked, self._unacked = self._unacked, []
+        resent = 0
         try:
-            for key in self._rooms:
-                joined = await self._rejoin(conn, key)
-                if joined is None:
-                    return  # dropped: the reader sees the connection end
-                (rejoined if joined else failed).append(key)
+            if welcome.resumed:  # the node kept the rooms; what was not acknowledged goes again
+                for waiter in unacked:
+                    if not waiter.abandoned and not waiter.event.is_set():
+                        resent += await self._send_item(conn, waiter.item, waiter)
+            else:
+                lost = ConnectionLost("the connection dropped and the session was not resumed")
+                for waiter in unacked:
+                    waiter.fail(lost)
+                for key in self._rooms:
+                    joined = await self._rejoin(conn, key)
+                    if joined is None:
+                        return  # dropped: the reader sees the connection end
+                    (rejoined if joined else failed).append(key)
             flushed = 0
             while (item := self._offline.popleft()) is not None:
                 waiter = item.waiter or EmitWaiter(functools.partial(self._emit_failed, item))
@@ -690,6 +726,11 @@ class Client:
             tuple(rejoined),
             tuple(failed),
             flushed,
+            welcome.replayed,
+            resent,
+            welcome.reason,
+            tuple((g.ns, g.room) for g in welcome.gaps or ()),
+            welcome.inbox_gap,
         )
         self._events.publish(Lifecycle.OPEN, opened)
         if not self._started:
@@ -752,6 +793,11 @@ class Client:
             elif isinstance(frame, Push):
                 if frame.seq is not None:
                     self._last_seq = frame.seq
+                if frame.epoch is not None and frame.offset is not None:
+                    if frame.room is not None:
+                        self._rooms.saw((frame.room.ns, frame.room.room), frame.epoch, frame.offset)
+                    else:
+                        self._inbox = StreamPosition(frame.epoch, frame.offset)
                 self._events.publish(frame.event, frame)
                 self._events.publish(ANY_PUSH, frame)
             elif isinstance(frame, Pong):
@@ -766,6 +812,19 @@ class Client:
                     self._publish_problem(frame)
             elif isinstance(frame, RemoteProtocolError):
                 self._publish_problem(frame)
+            elif isinstance(frame, ReconnectFrame):
+                self._move_to = frame.url
+                reason = f"{frame.node} asks to resume at {frame.url} ({frame.reason})"
+                self._drop(conn, Closed(CloseCode.GOING_AWAY, reason, True, local=True))
+
+    def _switch(self, url: str) -> None:
+        """Connect to ``url`` from now on (its query gets the same user and parameters)."""
+        log.info("%s: moving to %s", self.url, url)
+        self.url = url
+        self.ws_url = client_url(url, user=self._user_param, params=self._params)
+        self._target = Target.from_url(self.ws_url, self._ssl)
+        if url not in self._urls:
+            self._urls.append(url)
 
     def _publish_problem(self, frame: Error | RemoteProtocolError) -> None:
         log.warning("%s: %s: %s", self.url, frame.code, frame.message)

@@ -47,7 +47,7 @@ class CallWaiter:
     """Where the ack of one call arrives. ``abandoned`` is set when its caller stopped waiting
     (timeout, cancellation): a call still queued is then never sent."""
 
-    __slots__ = ("abandoned", "ack", "call_id", "error", "event")
+    __slots__ = ("abandoned", "ack", "call_id", "error", "event", "item")
 
     def __init__(self) -> None:
         self.event = trio.Event()
@@ -55,6 +55,7 @@ class CallWaiter:
         self.error: Exception | None = None
         self.call_id: int | None = None
         self.abandoned = False
+        self.item: Any = None  # the event it waits for the ack of, once sent (to resend it)
 
     def resolve(self, ack: Ack) -> None:
         if not self.event.is_set():

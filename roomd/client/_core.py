@@ -15,7 +15,15 @@ from typing import Any, Final, Generic, TypeVar
 
 import attrs
 
-from ..protocol import DEFAULT_NAMESPACE, Ack, AckError, Event, LimitsInfo
+from ..protocol import (
+    DEFAULT_NAMESPACE,
+    Ack,
+    AckError,
+    Event,
+    LimitsInfo,
+    RoomPosition,
+    StreamPosition,
+)
 from ._errors import OfflineQueueFull
 
 W = TypeVar("W")
@@ -155,7 +163,7 @@ class PendingCalls(Generic[W]):
         self._waiting.pop(call_id, None)
 
     def fail_all(self) -> list[W]:
-        """Forget every waiter (the connection is gone) and return them."""
+        """Forget every waiter (the connection is gone) and return them, oldest first."""
         waiters = list(self._waiting.values())
         self._waiting.clear()
         return waiters
@@ -221,10 +229,12 @@ class Pacer:
 
 
 class RoomSet:
-    """The rooms this client is in, learnt from the acks of ``room.join`` and ``room.leave``."""
+    """The rooms this client is in, learnt from the acks of ``room.join`` and ``room.leave``,
+    and its position in each room's stream (from the join's ack, then from each push)."""
 
     def __init__(self) -> None:
-        self._rooms: dict[RoomKey, None] = {}  # ordered: re-joined in the order joined
+        # ordered: re-joined in the order joined
+        self._rooms: dict[RoomKey, StreamPosition | None] = {}
 
     def observe(self, event: str, data: Any, result: Any) -> None:
         """Update from an acknowledged built-in event (anything else is ignored)."""
@@ -234,9 +244,26 @@ class RoomSet:
         if key is None:
             return
         if event == "room.join":
-            self._rooms[key] = None
+            position = _position(result)
+            if position is not None or key not in self._rooms:
+                known = self._rooms.get(key)
+                if known is None or position is None or position.offset >= known.offset:
+                    self._rooms[key] = position
         else:
             self._rooms.pop(key, None)
+
+    def saw(self, key: RoomKey, epoch: str, offset: int) -> None:
+        """A push of the room's stream arrived."""
+        if key in self._rooms:
+            self._rooms[key] = StreamPosition(epoch, offset)
+
+    def positions(self) -> list[RoomPosition]:
+        """Where the client is in each room's stream (for a resume)."""
+        return [
+            RoomPosition(ns, room, at.epoch, at.offset)
+            for (ns, room), at in self._rooms.items()
+            if at is not None
+        ]
 
     def discard(self, key: RoomKey) -> None:
         self._rooms.pop(key, None)
@@ -249,6 +276,14 @@ class RoomSet:
 
     def __len__(self) -> int:
         return len(self._rooms)
+
+
+def _position(value: Any) -> StreamPosition | None:
+    if isinstance(value, dict):
+        epoch, offset = value.get("epoch"), value.get("offset")
+        if isinstance(epoch, str) and type(offset) is int:
+            return StreamPosition(epoch, offset)
+    return None
 
 
 def _room_key(value: Any) -> RoomKey | None:
@@ -322,6 +357,11 @@ class Opened:
     rejoined: tuple[RoomKey, ...] = ()
     rejoin_failed: tuple[RoomKey, ...] = ()
     flushed: int = 0  # offline frames sent
+    replayed: int = 0  # pushes the session missed, replayed after the welcome (resumed)
+    resent: int = 0  # calls not acknowledged before the drop, sent again (resumed)
+    reason: str | None = None  # why the node did not resume the session (resumed is false)
+    gaps: tuple[RoomKey, ...] = ()  # rooms whose missed messages were no longer held
+    inbox_gap: bool = False  # the same for the user's inbox
 
 
 @attrs.frozen
