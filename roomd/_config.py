@@ -24,6 +24,9 @@ class NodeSection:
     name: str = "roomd"
     host: str = "127.0.0.1"
     port: int = 9000
+    # The URL clients reach this node at, told to other nodes (a draining node sends its
+    # clients there). Default: ws://HOST:PORT/ws (set it when HOST is 0.0.0.0 or behind a proxy).
+    public_url: str | None = None
 
 
 @attrs.define
@@ -94,6 +97,10 @@ class HistorySection:
 @attrs.define
 class ShutdownSection:
     grace: float = 5.0  # seconds to flush and close connections on SIGINT/SIGTERM
+    drain: bool = False  # SIGTERM drains (clients move to other nodes) instead of closing 1001
+    drain_period: float = 10.0  # seconds over which clients are asked to move, one by one
+    drain_timeout: float = 30.0  # seconds a drain may take in all before the rest are closed
+    move_timeout: float = 5.0  # seconds a client has to move before it is closed with 1001
 
 
 ClusterMode = Literal["none", "broker", "mesh"]

@@ -4,12 +4,14 @@ a direct message right after its addressee's welcome is not lost."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
+from roomd.client import Backoff, Client
 from tests.cluster_support import running_cluster
 from tests.support import connect
 from tests.test_sessions import Positions, drop, resumed, text
@@ -141,3 +143,58 @@ async def test_a_direct_message_right_after_the_welcome_arrives(
                         assert "messageId" in ack
                         push = await alice.push("message")
                         assert push["data"]["payload"]["content"] == "hi"
+
+
+async def test_a_drained_nodes_clients_move_to_the_others_with_nothing_lost(
+    tmp_path: Path,
+) -> None:
+    """Clients in a room, messages to the room and to them while their node drains: every
+    client ends on another node and got every message once, in order; the node exits."""
+    count = 60
+    with trio.fail_after(40):
+        async with running_cluster(tmp_path) as cluster:
+            port_a = cluster.ports["nodeA"]
+            urls = [f"ws://127.0.0.1:{cluster.ports[n]}" for n in ("nodeA", "nodeB", "nodeC")]
+            async with connect(cluster.node("nodeB"), "bob") as bob, trio.open_nursery() as nursery:
+                await bob.ok("room.join", {"room": "r"})
+                clients = []
+                for user in ("ann", "amy", "abe"):
+                    client = Client(urls[0], urls=urls[1:], user=user, backoff=Backoff(0.05, 0.5))
+                    await nursery.start(client.run)
+                    await client.join("r")
+                    clients.append(client)
+                got = {c.user: c.subscribe("message", size=1000) for c in clients}
+                await trio.sleep(0.3)  # their joins known everywhere
+
+                async def send() -> None:
+                    for i in range(count):
+                        data = {"to": {"room": "r"}, "data": text(f"r{i}")}
+                        await bob.ok("send", data)
+                        if i % 10 == 0:
+                            await bob.ok("send", {"to": {"user": "ann"}, "data": text(f"dm{i}")})
+                        await trio.sleep(0.02)
+
+                nursery.start_soon(send)
+                await trio.sleep(0.2)
+                drained = await trio.run_process(
+                    [sys.executable, "-m", "roomd.cli", "drain", f"http://127.0.0.1:{port_a}"],
+                    capture_stdout=True,
+                )
+                assert b'"draining":true' in drained.stdout
+                node_a = cluster.nodes["nodeA"].process
+                assert node_a is not None
+                assert await node_a.wait() == 0  # it stopped once empty
+                for client in clients:
+                    assert client.node in ("nodeB", "nodeC") and client.resumed
+                dms = count // 10
+                for client in clients:
+                    expected = count + (dms if client.user == "ann" else 0)
+                    pushes = [await got[client.user].receive() for _ in range(expected)]
+                    room = [p for p in pushes if p.room is not None]
+                    assert [p.data["payload"]["content"] for p in room] == [
+                        f"r{i}" for i in range(count)
+                    ]
+                    assert [p.offset for p in room] == sorted({p.offset for p in room})
+                    assert len(got[client.user]) == 0  # nothing twice
+                for client in clients:
+                    await client.aclose()

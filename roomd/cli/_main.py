@@ -9,13 +9,15 @@ import argparse
 import logging
 import signal
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import trio
 
 from .._config import Config, ConfigError, load_config
 from .._version import __version__
-from ..node import Node, mint_token
+from ..node import OPERATOR_CLAIM, Node, mint_token
 
 log = logging.getLogger("roomd")
 
@@ -30,7 +32,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def _serve_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="roomd",
-        description="Run a roomd node. Other commands: roomd token --help",
+        description="Run a roomd node. Other commands: token, drain, cluster, chat, "
+        "discover, bench (roomd COMMAND --help).",
     )
     parser.add_argument("--version", action="version", version=f"roomd {__version__}")
     parser.add_argument("--name", help="node name (default: from config, else 'roomd')")
@@ -76,6 +79,22 @@ def _token_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--user", required=True, help="the user id (the token's sub)")
     parser.add_argument("--ttl", type=float, help="lifetime in seconds (default: config)")
+    parser.add_argument(
+        "--operator", action="store_true", help="an operator's token (may drain nodes)"
+    )
+    _common(parser)
+    return parser
+
+
+def _drain_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="roomd drain",
+        description="Drain a node: its clients move to the other nodes with nothing lost, "
+        "then it stops. Needs an operator token (minted from the configured secret unless "
+        "--token is given; none for a node in development mode).",
+    )
+    parser.add_argument("url", help="the node, e.g. http://127.0.0.1:9001")
+    parser.add_argument("--token", help="an operator token (roomd token --operator)")
     _common(parser)
     return parser
 
@@ -148,7 +167,8 @@ async def _on_signals(signals: AsyncIterator[int], node: Node, scope: trio.Cance
         count += 1
         log.info("received %s", signal.Signals(signum).name)
         if count == 1:
-            node.shutdown()
+            if not (node.config.shutdown.drain and node.drain()):
+                node.shutdown()
         else:
             scope.cancel()
 
@@ -159,7 +179,29 @@ def token(argv: Sequence[str]) -> int:
     if not config.auth.secret:
         raise SystemExit("roomd: no secret configured: set ROOMD_SECRET or auth.secret")
     ttl = args.ttl if args.ttl is not None else config.auth.token_ttl
-    print(mint_token(config.auth.secret, args.user, ttl))
+    claims = {OPERATOR_CLAIM: True} if args.operator else {}
+    print(mint_token(config.auth.secret, args.user, ttl, **claims))
+    return 0
+
+
+def drain(argv: Sequence[str]) -> int:
+    """``roomd drain URL``: POST /drain to the node; exit status 0 once it drains."""
+    args = _drain_parser().parse_args(argv)
+    config = _load(args.config)
+    token = args.token
+    if token is None and config.auth.secret:
+        token = mint_token(config.auth.secret, "roomd-drain", 60, **{OPERATOR_CLAIM: True})
+    url = args.url.rstrip("/").replace("ws://", "http://").removesuffix("/ws") + "/drain"
+    request = urllib.request.Request(url, method="POST", data=b"")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            print(answer.read().decode())
+    except urllib.error.HTTPError as exc:
+        raise SystemExit(f"roomd drain: {url}: {exc.code} {exc.read().decode()}") from None
+    except OSError as exc:
+        raise SystemExit(f"roomd drain: {url}: {exc}") from None
     return 0
 
 
@@ -194,6 +236,7 @@ def bench(argv: Sequence[str]) -> int:
 
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "token": token,
+    "drain": drain,
     "cluster": cluster,
     "chat": chat,
     "discover": discover,

@@ -814,6 +814,9 @@ class Client:
                 self._publish_problem(frame)
             elif isinstance(frame, ReconnectFrame):
                 self._move_to = frame.url
+                for alternate in frame.alternates or ():
+                    if alternate not in self._urls:
+                        self._urls.append(alternate)
                 reason = f"{frame.node} asks to resume at {frame.url} ({frame.reason})"
                 self._drop(conn, Closed(CloseCode.GOING_AWAY, reason, True, local=True))
 

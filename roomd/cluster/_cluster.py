@@ -153,6 +153,7 @@ class Cluster:
         self._sequencer_nodes: frozenset[str] = frozenset()
         self._seq = 0
         self._left = False  # said goodbye: nothing more is published
+        self.draining = False
         self._nursery: trio.Nursery | None = None
         self._call_slots = trio.Semaphore(MAX_CONCURRENT_CALLS)
         self._own_marker = _wire.origin_marker(name)
@@ -344,9 +345,19 @@ class Cluster:
         return sequencer
 
     def _sequencer_candidates(self) -> frozenset[str]:
-        return frozenset(
-            n.name for n in self.view.nodes.values() if n.status == "up" or n.name == self.name
-        )
+        """The nodes that number streams: those up, but not draining (this one included)."""
+        nodes = {n.name for n in self.view.nodes.values() if n.status == "up"}
+        if self.draining:
+            nodes.discard(self.name)
+        else:
+            nodes.add(self.name)
+        return frozenset(nodes)
+
+    def drain(self) -> None:
+        """This node drains: it numbers no stream from now on (the others take them over, from
+        its copies), and says so at once."""
+        self.draining = True
+        self._heartbeat()
 
     def _publish_entry(self, stream: StreamKey, entry: Entry, readers: set[str]) -> None:
         """To the stream's readers: a room's on its topic; an inbox's to the nodes where the
@@ -375,9 +386,12 @@ class Cluster:
         else:
             targets = set(self.view.remote_hosts([user] if user is not None else []))
         others = self._sequencer_candidates() - {self.name}
+        live = set(self.view.nodes) - {self.name}  # (draining ones included: they may number)
         if others:
             targets.add(ranking(stream, others)[0])
-        targets &= others
+        if live:
+            targets.add(ranking(stream, live)[0])
+        targets &= live
         if not targets:
             return []
         timeout = max(0.2, self.section.heartbeat_interval)

@@ -70,6 +70,10 @@ class ClusterLink(Protocol):
         """Say goodbye; nothing is published after it."""
         ...
 
+    def drain(self) -> None:
+        """The node drains: it hands its streams over (and says so at once)."""
+        ...
+
     def publish_room(self, key: RoomKey, template: PushTemplate, skip_user: str | None) -> None:
         """A push to a room's members on the other nodes."""
         ...

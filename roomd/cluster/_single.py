@@ -49,6 +49,9 @@ class SingleNode:
     async def leave(self) -> None:
         pass
 
+    def drain(self) -> None:
+        pass
+
     def publish_room(self, key: RoomKey, template: PushTemplate, skip_user: str | None) -> None:
         pass
 

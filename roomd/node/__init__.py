@@ -5,6 +5,7 @@ go), the cluster layer, the frame dispatcher with the built-in events, server-to
 requests, authentication and statistics.
 """
 
+from ._auth import OPERATOR_CLAIM as OPERATOR_CLAIM
 from ._auth import AuthError as AuthError
 from ._auth import Identity as Identity
 from ._auth import mint_token as mint_token

@@ -44,9 +44,10 @@ from ..ws import (
     json_response,
     response,
 )
-from ._auth import Authenticator, AuthError, Identity
+from ._auth import OPERATOR_CLAIM, Authenticator, AuthError, Identity
 from ._builtins import BUILTIN_EVENTS, Builtins
 from ._dispatch import FrameDispatcher, Handler
+from ._drain import Drainer
 from ._requests import Requests
 from ._router import Router, new_message_id
 from ._sessions import DEV_TOKEN_KEY, ResumeTokens, Sessions, detaches
@@ -161,6 +162,10 @@ class Node:
         self._connected: dict[Connection, Transport] = {}  # every WebSocket, handshaking or open
         self._stop = trio.Event()
         self._idle = trio.Event()
+        self.draining = False
+        self._drainer = Drainer(self.name, self.view, self.config.shutdown)
+        self._nursery: trio.Nursery | None = None
+        self._accepting = trio.CancelScope()
         self._registry = make_registry(self.stats, self._gauges, self.cluster.counters)
         self._routes["/metrics"] = self._metrics_route
 
@@ -294,6 +299,27 @@ class Node:
         ) as streamed:
             yield streamed
 
+    def drain(self) -> bool:
+        """Move every client to the other nodes, then stop (see :mod:`._drain`); ``False`` if
+        the node is not running, or drains or stops already."""
+        if self._nursery is None or self.draining or self._stop.is_set():
+            return False
+        self.draining = True
+        self._accepting.cancel()
+        self.cluster.drain()
+        self._nursery.start_soon(self._drain)
+        return True
+
+    async def _drain(self) -> None:
+        await self._drainer.run(lambda: self._connected, self._idle.wait)
+        log.info(
+            "%s drained: %d clients asked to move, %d closed for not moving in time",
+            self.name,
+            self._drainer.asked,
+            self._drainer.closed,
+        )
+        self.shutdown()
+
     def shutdown(self) -> None:
         """Stop accepting, close every connection with 1001 and make :meth:`run` return."""
         self._stop.set()
@@ -311,13 +337,15 @@ class Node:
             nursery.start_soon(self.flusher.run)  # first: the bus writes through it too
             self.sessions.start(nursery.start_soon)
             await nursery.start(self.cluster.run)  # at most cluster.ready_timeout
-            accept = trio.CancelScope()
+            accept = self._accepting = trio.CancelScope()
             sweep = trio.CancelScope()
+            self._nursery = nursery
             nursery.start_soon(self._accept, listeners, nursery, accept)
             nursery.start_soon(self._sweep, sweep)
             task_status.started(self.port)
             await self._stop.wait()
             log.info("%s shutting down: closing %d connections", self.name, len(self._connected))
+            self._nursery = None
             accept.cancel()
             for transport in list(self._connected.values()):
                 transport.close(CloseCode.GOING_AWAY)
@@ -499,6 +527,8 @@ class Node:
         self.stats.http_requests += 1
         if request.path == "/ws":
             return json_response(426, {"error": "WebSocket upgrade expected"})
+        if request.path == "/drain":
+            return self._drain_route(request)
         route = self._routes.get(request.path)
         if route is None:
             return json_response(404, {"error": f"not found: {request.path}"})
@@ -510,7 +540,7 @@ class Node:
         """What ``GET /health`` answers."""
         health: dict[str, Any] = {
             "name": self.name,
-            "status": "draining" if self._stop.is_set() else "ok",
+            "status": "draining" if self._stop.is_set() or self.draining else "ok",
             "version": __version__,
             "protocol": PROTOCOL_VERSION,
             "uptime": round(time.time() - self.started_at, 3),
@@ -524,10 +554,10 @@ class Node:
 
     def load(self) -> dict[str, Any]:
         """What this node tells the others about itself in its heartbeats."""
-        host = self.config.node.host
+        node = self.config.node
         return {
-            "status": "draining" if self._stop.is_set() else "up",
-            "url": f"ws://{host}:{self.port}/ws",
+            "status": "draining" if self._stop.is_set() or self.draining else "up",
+            "url": node.public_url or f"ws://{node.host}:{self.port}/ws",
             "connections": len(self._connected),
             "users": len(self.hub.users),
             "rooms": len(self.hub.rooms),
@@ -545,6 +575,23 @@ class Node:
         ]
         stats["roomsTruncated"] = len(rooms) > max_rooms
         return stats
+
+    def _drain_route(self, request: HttpRequest) -> bytes:
+        """``POST /drain``: an operator (a token with the ``roomd_operator`` claim; anyone in
+        development mode) drains the node."""
+        if request.method != "POST":
+            return json_response(405, {"error": "method not allowed"}, (("Allow", "POST"),))
+        if not self.config.auth.dev:
+            try:
+                identity = self.authenticator.authenticate(request)
+            except AuthError:
+                identity = None
+            if identity is None or identity.claims.get(OPERATOR_CLAIM) is not True:
+                self.stats.rejected["401"] += 1
+                return json_response(401, {"error": "an operator token is required"})
+        started = self.drain()
+        body = {"name": self.name, "draining": True, "started": started}
+        return json_response(202 if started else 200, body)
 
     def _health_route(self, request: HttpRequest) -> bytes:
         # Readable from other origins: the web app checks the other servers it is given.

@@ -175,6 +175,7 @@ class Reconnect:
     url: str
     node: str
     reason: str = "draining"
+    alternates: list[str] | None = None  # other nodes, should ``url`` fail
 
 
 @attrs.frozen

@@ -81,6 +81,7 @@ def parse_head(head: bytes, trailing: bytes = b"") -> HttpRequest:
 
 _REASONS: Final = {
     200: "OK",
+    202: "Accepted",
     304: "Not Modified",
     400: "Bad Request",
     401: "Unauthorized",
