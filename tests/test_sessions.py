@@ -206,3 +206,44 @@ async def test_a_resume_past_what_history_holds_names_the_gap(
                 assert welcome["replayed"] == 1  # what it could: the quiet room's message
                 push = await again.push("message")
                 assert push["data"]["payload"]["content"] == "kept"
+
+
+async def test_room_history_since_a_position_or_the_last_messages(
+    start_node: Callable[..., Any],
+) -> None:
+    node: Node = await start_node(history={"max_messages": 4})
+    with trio.fail_after(10):
+        async with connect(node, "alice") as alice, connect(node, "bob") as bob:
+            await alice.ok("room.join", {"room": "r"})
+            acks = []
+            for i in range(6):
+                acks.append(await alice.ok("send", {"to": {"room": "r"}, "data": text(f"m{i}")}))
+            last = await alice.ok("room.history", {"room": "r", "limit": 2})
+            assert [m["data"]["payload"]["content"] for m in last["messages"]] == ["m4", "m5"]
+            assert last["offset"] == 6 and all("seq" not in m for m in last["messages"])
+            since = {"epoch": acks[2]["epoch"], "offset": acks[2]["offset"]}
+            after = await alice.ok("room.history", {"room": "r", "since": since})
+            assert [m["offset"] for m in after["messages"]] == [4, 5, 6]
+            gone = {"epoch": acks[0]["epoch"], "offset": acks[0]["offset"]}
+            gap = await alice.call("room.history", {"room": "r", "since": gone})
+            assert gap["error"]["code"] == "history_gap"  # only 4 are kept
+            outsider = await bob.call("room.history", {"room": "r"})
+            assert outsider["error"]["code"] == "not_in_room"
+
+
+async def test_the_online_list_is_pushed_to_subscribers_on_change(
+    start_node: Callable[..., Any],
+) -> None:
+    node: Node = await start_node()
+    with trio.fail_after(10):
+        async with connect(node, "alice") as alice:
+            assert await alice.ok("users.subscribe", {}) == {"users": ["alice"]}
+            async with connect(node, "bob"):
+                assert (await alice.push("users.online"))["data"] == {"users": ["alice", "bob"]}
+                async with connect(node, "bob"):  # bob's second connection: no change
+                    pass
+            assert (await alice.push("users.online"))["data"] == {"users": ["alice"]}
+            await alice.ok("users.unsubscribe", {})
+            async with connect(node, "cy"):
+                assert await alice.ok("users.online", {}) == {"users": ["alice", "cy"]}
+            assert not [f for f in alice.backlog if f.get("event") == "users.online"]

@@ -43,6 +43,8 @@ from ._view import MemberLeft as MemberLeft
 from ._view import Online as Online
 from ._view import Status as Status
 from ._view import StatusChanged as StatusChanged
+from ._view import UserOffline as UserOffline
+from ._view import UserOnline as UserOnline
 
 
 def make_cluster(

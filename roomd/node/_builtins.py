@@ -15,13 +15,22 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import attrs
+import orjson
 
 from .._config import Config
-from ..cluster import ClusterView, Position, StreamKey, StreamService, room_stream
+from ..cluster import (
+    ClusterView,
+    Position,
+    StreamKey,
+    StreamService,
+    room_stream,
+    with_position,
+)
 from ..hub import Connection, RoomKey
 from ..protocol import (
     ChatMessage,
     ErrorCode,
+    HistoryArgs,
     Push,
     PushTemplate,
     RemoteProtocolError,
@@ -36,6 +45,7 @@ from ..protocol import (
     validate_chat_message,
     validate_name,
 )
+from ._presence import PresenceFeed
 from ._requests import Requests
 from ._router import Router
 
@@ -78,6 +88,9 @@ BUILTIN_EVENTS: Final = frozenset(
         "room.join",
         "room.leave",
         "room.members",
+        "room.history",
+        "users.subscribe",
+        "users.unsubscribe",
         "send",
         "typing",
         "status",
@@ -113,10 +126,12 @@ class Builtins:
         requests: Requests,
         view: ClusterView,
         streams: StreamService,
+        presence: PresenceFeed,
         cluster_stats: Callable[[], dict[str, Any]],
     ) -> None:
         self.config = config
         self.streams = streams
+        self.presence = presence
         self.limits = config.limits
         self.payload_limits = config.limits.payload_limits()
         self.router = router
@@ -127,6 +142,9 @@ class Builtins:
             "room.join": self.room_join,
             "room.leave": self.room_leave,
             "room.members": self.room_members,
+            "room.history": self.room_history,
+            "users.subscribe": self.users_subscribe,
+            "users.unsubscribe": self.users_unsubscribe,
             "send": self.send,
             "typing": self.typing_notice,
             "status": self.status,
@@ -203,6 +221,39 @@ class Builtins:
             for user in view.room_members(key)
         ]
         return {"ns": key[0], "room": key[1], "members": members}
+
+    def room_history(self, conn: Connection, data: Any, cmid: str | None = None) -> Any:
+        """The room's messages after ``since``, or its last ``limit`` (members only)."""
+        args = structure(data, HistoryArgs)
+        key = self._member_room(conn, RoomArgs(args.room, args.ns))
+        limit = min(max(args.limit, 0), self.config.history.max_messages)
+        since = Position(args.since.epoch, args.since.offset) if args.since else None
+        later = Later()
+        conn.outlet.spawn(self._history_later, key, since, limit, later)
+        return later
+
+    async def _history_later(
+        self, key: RoomKey, since: Position | None, limit: int, later: Later
+    ) -> None:
+        stream = room_stream(*key)
+        try:
+            entries = await self.streams.read(stream, since)
+            tail = await self.streams.tail(stream)
+        except RoomdError as exc:
+            later.fail(exc)
+            return
+        if since is None:
+            entries = entries[-limit:] if limit else []
+        messages = [orjson.loads(b"{" + with_position(e.body, e.epoch, e.offset)) for e in entries]
+        later.settle(
+            {
+                "ns": key[0],
+                "room": key[1],
+                "messages": messages,
+                "epoch": tail.epoch,
+                "offset": tail.offset,
+            }
+        )
 
     # Sends -------------------------------------------------------------------------------------
 
@@ -325,6 +376,15 @@ class Builtins:
 
     def users_online(self, conn: Connection, data: Any, cmid: str | None = None) -> Any:
         return {"users": self.view.online_users()}
+
+    def users_subscribe(self, conn: Connection, data: Any, cmid: str | None = None) -> Any:
+        """The online users now; the whole list is pushed again (``users.online``) whenever
+        it changes, until ``users.unsubscribe`` or the session ends."""
+        return {"users": self.presence.subscribe(conn.id)}
+
+    def users_unsubscribe(self, conn: Connection, data: Any, cmid: str | None = None) -> Any:
+        self.presence.unsubscribe(conn.id)
+        return {}
 
     def stats(self, conn: Connection, data: Any, cmid: str | None = None) -> Any:
         return self.cluster_stats()

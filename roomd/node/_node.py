@@ -48,6 +48,7 @@ from ._auth import OPERATOR_CLAIM, Authenticator, AuthError, Identity
 from ._builtins import BUILTIN_EVENTS, Builtins
 from ._dispatch import FrameDispatcher, Handler
 from ._drain import Drainer
+from ._presence import PresenceFeed
 from ._requests import Requests
 from ._router import Router, new_message_id
 from ._sessions import DEV_TOKEN_KEY, ResumeTokens, Sessions, detaches
@@ -131,12 +132,15 @@ class Node:
         )
         self.router.attach(self.cluster)
         self.requests = Requests(self.name, self.hub, self.view, self.cluster)
+        self.presence = PresenceFeed(self.hub, self.view)
+        self.router.on_presence = self.presence.changed
         builtins = Builtins(
             self.config,
             self.router,
             self.requests,
             self.view,
             self.cluster.streams,
+            self.presence,
             self.cluster_stats,
         )
         self.sessions = Sessions(
@@ -335,6 +339,7 @@ class Node:
         log.info("%s listening on %s:%s", self.name, cfg.node.host, self.port)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.flusher.run)  # first: the bus writes through it too
+            nursery.start_soon(self.presence.run)
             self.sessions.start(nursery.start_soon)
             await nursery.start(self.cluster.run)  # at most cluster.ready_timeout
             accept = self._accepting = trio.CancelScope()

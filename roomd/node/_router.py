@@ -28,6 +28,8 @@ from ..cluster import (
     Status,
     StatusChanged,
     StreamKey,
+    UserOffline,
+    UserOnline,
     room_of,
     room_stream,
     user_of,
@@ -80,6 +82,7 @@ class Router:
         self.view = view
         self.load = load
         self.cluster: ClusterLink | None = None
+        self.on_presence: Callable[[], None] | None = None  # a user came online or went
 
     def attach(self, cluster: ClusterLink) -> None:
         self.cluster = cluster
@@ -201,6 +204,9 @@ class Router:
                 ns, room = effect.key
                 member = {"ns": ns, "room": room, "user": effect.user}
                 self.deliver_room(effect.key, PushTemplate.of(Push(event, member)), effect.user)
+            elif isinstance(effect, UserOnline | UserOffline):
+                if self.on_presence is not None:
+                    self.on_presence()
             elif isinstance(effect, StatusChanged):
                 status = {"user": effect.user, "status": effect.status, "text": effect.text}
                 template = PushTemplate.of(Push("status", status))

@@ -6,6 +6,7 @@ Sans-I/O: nothing here imports trio, zmq or a WebSocket library.
 from ._chat import ChatMessage as ChatMessage
 from ._chat import CommandPayload as CommandPayload
 from ._chat import FilePayload as FilePayload
+from ._chat import HistoryArgs as HistoryArgs
 from ._chat import ImagePayload as ImagePayload
 from ._chat import PayloadLimits as PayloadLimits
 from ._chat import RoomArgs as RoomArgs

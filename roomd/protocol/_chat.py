@@ -14,7 +14,7 @@ from typing import Any, Final, Literal
 import attrs
 
 from ._errors import ErrorCode, RemoteProtocolError
-from ._frames import DEFAULT_NAMESPACE, RoomRef
+from ._frames import DEFAULT_NAMESPACE, RoomRef, StreamPosition
 
 MessageType = Literal["text", "image", "file", "command"]
 CommandAction = Literal["join", "leave", "mute", "kick"]
@@ -138,6 +138,17 @@ class SendArgs:
     volatile: bool = False
     ack: bool = False  # room sends only: deliver as requests and count the acknowledgements
     timeout: float = 5.0  # how long to wait for them, seconds
+
+
+@attrs.frozen
+class HistoryArgs:
+    """``room.history``: the room's messages after ``since`` (a position in its stream), or
+    the last ``limit`` of them."""
+
+    room: str
+    ns: str = DEFAULT_NAMESPACE
+    since: StreamPosition | None = None
+    limit: int = 50
 
 
 @attrs.frozen
