@@ -16,7 +16,7 @@ from ..protocol import PayloadLimits, RemoteProtocolError, validate_name
 from ..ws import HttpRequest
 
 ALGORITHM = "HS256"
-OPERATOR_CLAIM = "roomd_operator"  # true in the tokens of operators (roomd token --operator)
+OPERATOR_CLAIM = "operator"  # true in the tokens of operators (roomd token --operator)
 _REGISTERED_CLAIMS = frozenset({"sub", "iat", "exp", "nbf"})
 
 

@@ -582,7 +582,7 @@ class Node:
         return stats
 
     def _drain_route(self, request: HttpRequest) -> bytes:
-        """``POST /drain``: an operator (a token with the ``roomd_operator`` claim; anyone in
+        """``POST /drain``: an operator (a token with the ``operator`` claim; anyone in
         development mode) drains the node."""
         if request.method != "POST":
             return json_response(405, {"error": "method not allowed"}, (("Allow", "POST"),))
