@@ -116,8 +116,26 @@ async def test_chat_shows_disconnects_and_reconnects(nursery: trio.Nursery) -> N
         await out.expect("* reconnecting in ")
         await session.handle("said while away")  # queued, sent on reconnect
         await run_node(nursery, fast_node(node={"port": port}))
-        await out.expect("* reconnected to test (re-joined lobby; 1 sent)")
+        # A new node at that address: it never held the session, so a new one begins.
+        await out.expect("* reconnected to test, a new session (unknown_session; re-joined lobby")
         await out.expect("[lobby] alice: said while away")
+        await client.aclose()
+
+
+async def test_chat_shows_a_resumed_session(nursery: trio.Nursery) -> None:
+    node = fast_node()
+    await run_node(nursery, node)
+    out = Transcript()
+    client = Client(url(node), user="alice", backoff=FAST)
+    session = ChatSession(client, out)
+    with trio.fail_after(10):
+        await nursery.start(client.run)
+        await out.expect("* connected to test as alice")
+        await session.handle("/join lobby")
+        await out.expect("joined lobby")
+        for transport in list(node._connected.values()):
+            transport._break()  # the network drops it
+        await out.expect("* resumed on test (0 missed replayed; 0 sent)")
         await client.aclose()
 
 

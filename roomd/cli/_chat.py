@@ -96,9 +96,18 @@ class ChatSession:
                 return f"* {data.get('user')} is {data.get('status')}{text}"
             return None
         if isinstance(item, Opened):
+            if item.reconnect and item.resumed:
+                missed = f"{item.replayed} missed replayed"
+                gaps = ", ".join(room for _, room in item.gaps)
+                lost = f"; history gone in {gaps}" if gaps else ""
+                return f"* resumed on {item.node} ({missed}{lost}; {item.flushed} sent)"
             if item.reconnect:
                 rejoined = ", ".join(room for _, room in item.rejoined) or "no rooms"
-                return f"* reconnected to {item.node} (re-joined {rejoined}; {item.flushed} sent)"
+                why = f"{item.reason}; " if item.reason else ""
+                return (
+                    f"* reconnected to {item.node}, a new session "
+                    f"({why}re-joined {rejoined}; {item.flushed} sent)"
+                )
             return f"* connected to {item.node} as {item.user}"
         if isinstance(item, Closed):
             then = "reconnecting" if item.reconnect else "not reconnecting"
