@@ -54,6 +54,7 @@ BYE_FLUSH: Final = 0.05  # seconds for libzmq's I/O thread to send the goodbye
 # Presence changes within this many seconds travel as one bus message: a thousand connections
 # opened in a second cost a hundred messages, not a thousand (each of which every node decodes).
 DELTA_WINDOW: Final = 0.01
+MAX_RANKINGS: Final = 100_000  # streams whose node ranking is remembered
 
 
 class BusPort(Protocol):
@@ -149,7 +150,7 @@ class Cluster:
         self.calls.handlers[READ] = self._on_read
         self.calls.handlers[TAIL] = self._on_tail
         self.calls.handlers[COPY] = self._on_copy
-        self._sequencers: dict[str, str] = {}  # stream -> its sequencer, for the nodes below
+        self._rankings: dict[str, list[str]] = {}  # stream -> its ranking of the nodes below
         self._sequencer_nodes: frozenset[str] = frozenset()
         self._seq = 0
         self._left = False  # said goodbye: nothing more is published
@@ -335,14 +336,19 @@ class Cluster:
     def sequencer_of(self, stream: StreamKey) -> str:
         """The node that numbers ``stream``: first in its rendezvous ranking of the nodes up
         (draining nodes hand their streams over)."""
+        return self._ranking(stream)[0]
+
+    def _ranking(self, stream: StreamKey) -> list[str]:
         nodes = self._sequencer_candidates()
         if nodes != self._sequencer_nodes:
             self._sequencer_nodes = nodes
-            self._sequencers.clear()
-        sequencer = self._sequencers.get(stream)
-        if sequencer is None:
-            sequencer = self._sequencers[stream] = ranking(stream, nodes)[0]
-        return sequencer
+            self._rankings.clear()
+        ranked = self._rankings.get(stream)
+        if ranked is None:
+            if len(self._rankings) >= MAX_RANKINGS:
+                self._rankings.clear()
+            ranked = self._rankings[stream] = ranking(stream, nodes) or [self.name]
+        return ranked
 
     def _sequencer_candidates(self) -> frozenset[str]:
         """The nodes that number streams: those up, but not draining (this one included)."""
@@ -365,14 +371,23 @@ class Cluster:
         (``readers``: they may know of a connection presence has not told of yet)."""
         body = [stream, entry_to_wire(entry)]
         room = room_of(stream)
+        user = user_of(stream)
         if room is not None:
             self._publish(_wire.room_topic(*room), Kind.ENTRY, body)
-            return
-        user = user_of(stream)
-        nodes = readers | set(self.view.remote_hosts([user] if user is not None else []))
-        nodes.discard(self.name)
-        for node in sorted(nodes):
-            self._publish(_wire.node_topic(node), Kind.ENTRY, body)
+            nodes = set(self.view.nodes_in_room(room))
+        else:
+            nodes = readers | set(self.view.remote_hosts([user] if user is not None else []))
+            nodes.discard(self.name)
+            for node in sorted(nodes):
+                self._publish(_wire.node_topic(node), Kind.ENTRY, body)
+        # The node that numbers the stream should this one go keeps a copy, readers or not.
+        successor = self._successor(stream)
+        if successor is not None and successor not in nodes:
+            self._publish(_wire.node_topic(successor), Kind.ENTRY, body)
+
+    def _successor(self, stream: StreamKey) -> str | None:
+        following = [n for n in self._ranking(stream)[:2] if n != self.name]
+        return following[0] if following else None
 
     async def _gather(self, stream: StreamKey) -> list[list[Any]]:
         """The copies of ``stream`` held by the nodes that may hold one: those where its
