@@ -331,28 +331,27 @@ class StreamService:
         return [entry_from_wire(item) for item in result]
 
     def local_tail(self, stream: StreamKey) -> Position | None:
-        """The position of the last message of ``stream`` if this node numbers it now, else
-        ``None`` (ask with :meth:`tail`)."""
-        if self.outbound is None or (
-            self.sequencer_of(stream) == self.name and stream in self.store.sequencers
-        ):
-            numbering = self.store.sequencer(stream)
+        """The position of the last message of ``stream`` if this node numbers it, else
+        ``None`` (ask with :meth:`tail`). A stream this node has numbered nothing of yet answers
+        with an empty epoch and the last offset it holds a copy of (nothing is set up for it:
+        a node asked for the position of every new user's inbox must not pay for each)."""
+        if self.outbound is not None and self.sequencer_of(stream) != self.name:
+            return None
+        numbering = self.store.sequencers.get(stream)
+        if numbering is not None:
             return Position(numbering.epoch, numbering.log.tail)
-        return None
+        log_ = self.store.logs.get(stream)
+        return Position("", log_.tail if log_ is not None else 0)
 
     async def tail(self, stream: StreamKey) -> Position:
-        """The position of the last message of ``stream`` (offset 0 for an empty stream); its
-        sequencer counts this node among the stream's readers."""
+        """The position of the last message of ``stream`` (offset 0 for an empty stream; an
+        empty epoch when its sequencer numbered nothing of it yet); its sequencer counts this
+        node among the stream's readers."""
         position = self.local_tail(stream)
         if position is not None:
             return position
         assert self.outbound is not None  # (alone, a node numbers every stream)
-        sequencer = self.sequencer_of(stream)
-        if sequencer == self.name:  # a stream this node takes over: the copies first
-            await self._begin_takeover(stream).ready.wait()
-            numbering = self.store.sequencer(stream)
-            return Position(numbering.epoch, numbering.log.tail)
-        epoch, offset = await self.outbound.call(sequencer, TAIL, stream)
+        epoch, offset = await self.outbound.call(self.sequencer_of(stream), TAIL, stream)
         return Position(epoch, offset)
 
     def follow(self, stream: StreamKey, position: Position) -> None:

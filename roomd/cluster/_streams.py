@@ -106,10 +106,12 @@ class StreamLog:
 
     __slots__ = ("_entries", "max_age", "max_count", "start")
 
+    _NONE: Final[collections.deque[Entry]] = collections.deque(maxlen=0)  # shared, stays empty
+
     def __init__(self, max_count: int, max_age: float) -> None:
         self.max_count = max_count
         self.max_age = max_age
-        self._entries: collections.deque[Entry] = collections.deque()
+        self._entries = self._NONE  # a deque of its own from the first entry (600 bytes)
         self.start = 0  # the offset before the first entry held (what was trimmed ends here)
 
     def __len__(self) -> int:
@@ -133,7 +135,10 @@ class StreamLog:
         if entry.offset <= self.tail:
             return False
         if not self._entries:
-            self.start = entry.offset - 1
+            if self._entries is self._NONE:
+                self._entries = collections.deque()
+            if not self.start:  # the first message: what came before is not held here
+                self.start = entry.offset - 1
         self._entries.append(entry)
         self.trim(now)
         return True

@@ -132,10 +132,11 @@ class Router:
         done: Done | None = None,
     ) -> None:
         """Deliver to ``users`` everywhere; the sender's other connections get a copy too. A
-        reliable push is appended to each user's inbox stream; ``done`` gets the position in
-        the first addressee's inbox once every inbox has numbered it."""
+        reliable push is appended to each user's inbox stream (the sender's too, when it has
+        other connections); ``done`` gets the position in the first addressee's inbox once
+        every inbox has numbered it."""
         targets = set(users)
-        if sender is not None:
+        if sender is not None and self.view.connections_of(sender.user) > 1:
             targets.add(sender.user)
         if template.volatile:
             self._cluster.publish_users(targets, template)

@@ -131,6 +131,7 @@ class Outcome:
     offsets: dict[str, int] = attrs.field(factory=dict)
     gaps: list[RoomRef] = attrs.field(factory=list)
     inbox_gap: bool = False
+    since: float = 0.0  # (wall-clock) nothing older is missed by a position of no epoch
 
 
 class Sessions:
@@ -267,8 +268,11 @@ class Sessions:
 
     async def replay(self, conn: Connection, request: ResumeRequest) -> Outcome:
         """What ``conn``'s session missed in each stream it follows, from the position the
-        client reports there (rooms it is not in any more are joined again)."""
-        outcome = Outcome()
+        client reports there (rooms it is not in any more are joined again). A position taken
+        before the stream numbered anything (an empty epoch) is read from its start, but
+        nothing sequenced before the session's last welcome counts as missed."""
+        since = self.tokens.check(request.token, request.session, conn.user).issued - 1.0
+        outcome = Outcome(since=since)
         for position in request.rooms or ():
             key: RoomKey = (position.ns, position.room)
             if key not in conn.rooms:
@@ -289,6 +293,8 @@ class Sessions:
         for entry in entries:
             outcome.offsets[stream] = entry.offset
             if entry.except_session == conn.id or entry.skip_user == conn.user:
+                continue
+            if not at.epoch and entry.stamp < outcome.since:
                 continue
             body = with_position(entry.body, entry.epoch, entry.offset)
             outcome.pushes.append(PushTemplate(body, stream=stream, offset=entry.offset))
