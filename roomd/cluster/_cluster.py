@@ -151,6 +151,8 @@ class Cluster:
         self.calls.handlers[TAIL] = self._on_tail
         self.calls.handlers[COPY] = self._on_copy
         self._rankings: dict[str, list[str]] = {}  # stream -> its ranking of the nodes below
+        self._candidates: frozenset[str] = frozenset()
+        self._candidates_key: tuple[int, bool] = (-1, False)
         self._sequencer_nodes: frozenset[str] = frozenset()
         self._seq = 0
         self._left = False  # said goodbye: nothing more is published
@@ -352,12 +354,15 @@ class Cluster:
 
     def _sequencer_candidates(self) -> frozenset[str]:
         """The nodes that number streams: those up, but not draining (this one included)."""
-        nodes = {n.name for n in self.view.nodes.values() if n.status == "up"}
-        if self.draining:
-            nodes.discard(self.name)
-        else:
-            nodes.add(self.name)
-        return frozenset(nodes)
+        key = (self.view.version, self.draining)
+        if key != self._candidates_key:
+            nodes = {n.name for n in self.view.nodes.values() if n.status == "up"}
+            if self.draining:
+                nodes.discard(self.name)
+            else:
+                nodes.add(self.name)
+            self._candidates, self._candidates_key = frozenset(nodes), key
+        return self._candidates
 
     def drain(self) -> None:
         """This node drains: it numbers no stream from now on (the others take them over, from
@@ -380,10 +385,12 @@ class Cluster:
             nodes.discard(self.name)
             for node in sorted(nodes):
                 self._publish(_wire.node_topic(node), Kind.ENTRY, body)
-        # The node that numbers the stream should this one go keeps a copy, readers or not.
-        successor = self._successor(stream)
-        if successor is not None and successor not in nodes:
-            self._publish(_wire.node_topic(successor), Kind.ENTRY, body)
+        # With no reader elsewhere to keep a copy, the node that would number the stream
+        # should this one go keeps one.
+        if not nodes - {self.name}:
+            successor = self._successor(stream)
+            if successor is not None:
+                self._publish(_wire.node_topic(successor), Kind.ENTRY, body)
 
     def _successor(self, stream: StreamKey) -> str | None:
         following = [n for n in self._ranking(stream)[:2] if n != self.name]

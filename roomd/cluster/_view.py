@@ -145,6 +145,7 @@ class ClusterView:
         # Aggregates over all nodes. (Who is online is not aggregated: a user's connections are
         # summed over the nodes when needed, which saves an entry per user on every node.)
         self.room_users: dict[RoomKey, collections.Counter[str]] = {}
+        self.version = 0  # counts changes of the nodes known and of their status
         self.statuses: dict[str, Status] = {}
 
     @property
@@ -209,7 +210,10 @@ class ClusterView:
         """A node's heartbeat; whether its state must be fetched, and effects of a restart."""
         node, effects = self._node(name, epoch, now)
         node.info = info
-        node.status = info.get("status", "up")
+        status = info.get("status", "up")
+        if status != node.status:
+            node.status = status
+            self.version += 1
         if not node.syncing and seq > node.seq:
             _start_sync(node)  # we missed its latest deltas
         return self._wants_snapshot(node, now), effects
@@ -292,6 +296,7 @@ class ClusterView:
             return []
         effects = self._clear(node)  # while it still counts in the totals
         del self.nodes[name]
+        self.version += 1
         return effects
 
     def resync_due(self, now: float, retry: float) -> list[str]:
@@ -310,6 +315,7 @@ class ClusterView:
         effects: list[Effect] = []
         if node is None:
             node = self.nodes[name] = NodeState(name, epoch=epoch)
+            self.version += 1
             _start_sync(node)
         elif node.epoch != epoch:
             # Restarted: its old state stays until the snapshot replaces it (no flapping).
