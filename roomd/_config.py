@@ -124,7 +124,7 @@ class ClusterSection:
     bus: str | None = None  # mesh: this node's PUB endpoint (default: from `nodes`)
     peers: list[str] = attrs.field(factory=list)  # mesh: the others' (default: from `nodes`)
     nodes: list[ClusterNode] = attrs.field(factory=list)
-    heartbeat_interval: float = 1.0  # seconds between node heartbeats
+    heartbeat_interval: float = 0.5  # seconds between node heartbeats
     heartbeat_misses: int = 3  # heartbeats missed before a node is declared down
     snapshot_retry: float = 1.0  # seconds before asking again for an unanswered snapshot
     call_timeout: float = 2.0  # default timeout of cluster calls

@@ -26,6 +26,7 @@ from roomd.cluster import (
     MemberLeft,
     MemoryNetwork,
     Online,
+    UserOffline,
 )
 from roomd.cluster._wire import Kind, decode
 from roomd.io import Flusher
@@ -240,3 +241,51 @@ async def test_a_goodbye_follows_the_last_presence_change_and_nothing_follows_it
             assert statuses == {"a": "up", "b": "left"}
             assert "node b left" in caplog.text and "node b is up" not in caplog.text
             nursery.cancel_scope.cancel()
+
+
+async def test_a_node_whose_bus_is_down_holds_its_view(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Its deafness is not the others' death: no one is declared down, no leave is pushed;
+    once the bus is back, a node that did die meanwhile goes a timeout later."""
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        a, b = await start(nursery, network, "a"), await start(nursery, network, "b")
+        c = await start(nursery, network, "c")
+        b.connect("bob", LOBBY)
+        c.connect("cy", LOBBY)
+        await until(lambda: a.view.room_members(LOBBY) == ["bob", "cy"])
+        a.host.effects.clear()
+        network.cut("a")
+        await until(lambda: not a.cluster.bus_live)
+        c.crash()  # meanwhile, for real
+        await trio.sleep(SECTION.heartbeat_interval * SECTION.heartbeat_misses * 4)
+        assert set(a.view.nodes) == {"a", "b", "c"} and a.host.effects == []
+        network.restore("a")
+        back = await until(lambda: a.cluster.bus_live)
+        gone = await until(lambda: "c" not in a.view.nodes)
+        assert 3.0 <= gone - back <= 5.0  # a whole timeout from when it could hear again
+        assert a.host.effects == [MemberLeft(LOBBY, "cy"), UserOffline("cy")]
+        assert "b" in a.view.nodes
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_node_waking_from_a_freeze_judges_nobody_before_hearing_them(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        a, b = await start(nursery, network, "a"), await start(nursery, network, "b")
+        b.connect("bob", LOBBY)
+        await until(lambda: a.view.room_members(LOBBY) == ["bob"])
+        a.host.effects.clear()
+        # As if a's process had been stopped for 10 s: none of its timers fired, it heard
+        # nothing; now its ticker runs first.
+        a.cluster._last_tick -= 10
+        for state in a.view.nodes.values():
+            state.last_seen -= 10
+        a.cluster._tick(trio.current_time())
+        assert "b" in a.view.nodes and a.host.effects == []
+        await trio.sleep(SECTION.heartbeat_interval * 2)  # b's heartbeats are heard again
+        assert "b" in a.view.nodes and a.host.effects == []
+        nursery.cancel_scope.cancel()

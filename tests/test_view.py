@@ -73,16 +73,18 @@ def test_heartbeat_ahead_of_deltas_means_we_missed_some() -> None:
     assert v.resync_due(2.5, retry=1.0) == ["b"]  # unanswered: ask again
 
 
-def test_restart_with_new_epoch_keeps_state_until_the_snapshot() -> None:
+def test_a_restart_clears_the_old_lifes_state_at_once() -> None:
     v = view()
     v.heartbeat("b", 7, 0, 0.0, {})
     state = {"users": {"bob": 1}, "rooms": [["/", "r", ["bob"]]], "statuses": []}
     v.snapshot("b", 7, 2, state, 0.0)
+    # A new epoch: the old life's connections died with it.
     wants, effects = v.heartbeat("b", 8, 0, 1.0, {})
-    assert wants and effects == [] and v.room_members(("/", "r")) == ["bob"]
-    # The restarted node has bob again, in the room, but not carol: no flapping for bob.
+    assert wants and effects == [MemberLeft(("/", "r"), "bob"), UserOffline("bob")]
+    assert v.room_members(("/", "r")) == [] and v.online_users() == []
+    # The new life's snapshot: bob connected again (not in the room yet).
     effects = v.snapshot("b", 8, 1, {"users": {"bob": 1}, "rooms": [], "statuses": []}, 1.1)
-    assert effects == [MemberLeft(("/", "r"), "bob")]
+    assert effects == [UserOnline("bob")]
 
 
 def test_expired_and_departed_nodes_take_their_users() -> None:

@@ -146,6 +146,7 @@ class Cluster:
             outbound,
             append_timeout=max(1.0, 2 * self.timeout),
             is_up=self.is_up,
+            bus_live=lambda: self._bus_live,
         )
         self.calls.handlers[READ] = self._on_read
         self.calls.handlers[TAIL] = self._on_tail
@@ -157,6 +158,7 @@ class Cluster:
         self._seq = 0
         self._left = False  # said goodbye: nothing more is published
         self.draining = False
+        self._last_tick = 0.0
         self._nursery: trio.Nursery | None = None
         self._call_slots = trio.Semaphore(MAX_CONCURRENT_CALLS)
         self._own_marker = _wire.origin_marker(name)
@@ -191,6 +193,7 @@ class Cluster:
             with trio.move_on_at(deadline):
                 await self.bus.wait_ready()
             self._heartbeat()
+            self._last_tick = trio.current_time()
             nursery.start_soon(self._ticker)
             if not self.bus.ready:
                 log.warning(
@@ -242,8 +245,42 @@ class Cluster:
                     self._tick(trio.current_time())
 
     def _tick(self, now: float) -> None:
-        """Every heartbeat interval: publish ours, expire silent nodes, check the bus."""
+        """Every heartbeat interval: publish ours, check the bus, expire silent nodes.
+
+        A node judges the others only while it can hear them: not while its own bus is down
+        (their silence is its own deafness: the view is held, stale, and repaired once the bus
+        is back), and not on waking from a freeze (its timers fire before it has read what came
+        meanwhile). Either way every node gets a whole timeout from then to be heard again, and
+        the streams this node reads are caught up from their sequencers.
+        """
         self._heartbeat()
+        gap, self._last_tick = now - self._last_tick, now
+        frozen = gap > self.timeout
+        if frozen:
+            log.warning(
+                "%s: this node was frozen for %.1f s; it judges no other node before hearing "
+                "from them again",
+                self.name,
+                gap,
+            )
+            self._echo_at = max(self._echo_at, now)  # nor its own bus
+        self._check_bus(now)
+        if frozen:
+            self._heard_again(now)
+        if self._bus_live and not frozen:
+            self._expire(now)
+        for name in self.view.resync_due(now, self.section.snapshot_retry):
+            self._ask_snapshot(name)
+        self.streams.expire(now)
+
+    def _heard_again(self, now: float) -> None:
+        """This node could not hear the others for a while: every node gets a whole timeout
+        from now to be heard, and the streams it reads are caught up."""
+        self.view.touch_all(now)
+        self.streams.catch_up()
+        self.streams.resend(now)
+
+    def _expire(self, now: float) -> None:
         epochs = {name: state.epoch for name, state in self.view.nodes.items()}
         dead, effects = self.view.expire(now, self.timeout)
         for name in dead:
@@ -253,11 +290,7 @@ class Cluster:
             self._forget(name, "down", epochs[name])
         if dead:
             self._view_settled.set()
-        self._check_bus(now)
         self.host.apply_effects(effects)
-        for name in self.view.resync_due(now, self.section.snapshot_retry):
-            self._ask_snapshot(name)
-        self.streams.expire(now)
 
     def _check_bus(self, now: float) -> None:
         """The bus is live while this node's own heartbeats come back through it."""
@@ -266,9 +299,11 @@ class Cluster:
             self._bus_live = live
             if live:
                 log.info("%s: bus is live (its own heartbeats come back)", self.name)
+                self._heard_again(now)
             else:
                 log.warning(
-                    "%s: bus is down (none of its own heartbeats came back for %.1f s)",
+                    "%s: bus is down (none of its own heartbeats came back for %.1f s); the "
+                    "view of the cluster is held until it is back",
                     self.name,
                     self.timeout,
                 )

@@ -103,6 +103,7 @@ class StreamService:
         *,
         append_timeout: float = 5.0,
         is_up: Callable[[str], bool] = lambda node: True,
+        bus_live: Callable[[], bool] = lambda: True,
     ) -> None:
         self.name = name
         self.host = host
@@ -111,6 +112,7 @@ class StreamService:
         self.outbound = outbound
         self.append_timeout = append_timeout
         self.is_up = is_up
+        self.bus_live = bus_live
         self._spawn: Callable[..., None] | None = None
         self._pending: dict[tuple[StreamKey, str], _Pending] = {}
         self._taking: dict[StreamKey, _Takeover] = {}
@@ -240,7 +242,10 @@ class StreamService:
     def expire(self, now: float) -> None:
         """Unconfirmed appends past their deadline, or whose sequencer is gone: sent again to
         the stream's sequencer now (it may have changed), at most ``APPEND_ATTEMPTS`` times in
-        all; then failed (``done(None)``)."""
+        all; then failed (``done(None)``). While this node's bus is down they wait: they go
+        again once it is back (:meth:`resend`), their senders still unanswered."""
+        if not self.bus_live():
+            return
         for key, pending in list(self._pending.items()):
             if pending.target == self.name or (
                 now < pending.deadline and self.is_up(pending.target)
@@ -316,6 +321,30 @@ class StreamService:
                 self.lost += offset - log_.tail - 1
                 self._keep(stream, held[offset])
 
+    def resend(self, now: float) -> None:
+        """Send every unconfirmed append again now, to its stream's sequencer (this node's bus
+        is back: what it sent meanwhile was lost)."""
+        for pending in list(self._pending.values()):
+            if pending.target == self.name or self.outbound is None:
+                continue
+            pending.attempts, pending.deadline = 1, now + self.append_timeout
+            pending.target = self.sequencer_of(pending.stream)
+            if pending.target == self.name:
+                self._sequence(self.name, pending.stream, pending.entry)
+            else:
+                self.outbound.send_to_sequencer(pending.target, pending.stream, pending.entry, 0)
+
+    def catch_up(self) -> None:
+        """Fetch from their sequencers what this node may have missed of the streams it reads
+        (after a freeze, or its bus was down): each is repaired from its last offset here."""
+        if self._spawn is None:
+            return
+        for stream, log_ in list(self.store.logs.items()):
+            known = len(log_) or log_.start  # (a log with no baseline has nothing to repair)
+            if known and stream not in self.store.sequencers and stream not in self._repairing:
+                self._repairing.add(stream)
+                self._spawn(self._repair, stream)
+
     # Reading -------------------------------------------------------------------------------------
 
     async def read(self, stream: StreamKey, after: Position | None) -> list[Entry]:
@@ -342,6 +371,15 @@ class StreamService:
             return Position(numbering.epoch, numbering.log.tail)
         log_ = self.store.logs.get(stream)
         return Position("", log_.tail if log_ is not None else 0)
+
+    def known_tail(self, stream: StreamKey) -> Position:
+        """The last position of ``stream`` this node holds a copy of (an empty epoch if none):
+        what it can say when the sequencer cannot be asked."""
+        log_ = self.store.logs.get(stream)
+        last = log_.last if log_ is not None else None
+        if last is None:
+            return Position("", log_.tail if log_ is not None else 0)
+        return Position(last.epoch, last.offset)
 
     async def tail(self, stream: StreamKey) -> Position:
         """The position of the last message of ``stream`` (offset 0 for an empty stream; an

@@ -278,6 +278,12 @@ class ClusterView:
         """A node announced it is leaving: forget it at once."""
         return self.remove(name)
 
+    def touch_all(self, now: float) -> None:
+        """Count every node as heard from now: this node could not listen for a while (it was
+        frozen, or its bus was down), so their silence meanwhile says nothing about them."""
+        for node in self.nodes.values():
+            node.last_seen = max(node.last_seen, now)
+
     def expire(self, now: float, timeout: float) -> tuple[list[str], list[Effect]]:
         """Declare nodes silent for ``timeout`` down; their names and the effects."""
         dead = [
@@ -318,7 +324,9 @@ class ClusterView:
             self.version += 1
             _start_sync(node)
         elif node.epoch != epoch:
-            # Restarted: its old state stays until the snapshot replaces it (no flapping).
+            # Restarted: its old life's connections are gone with it; its new state comes with
+            # its snapshot.
+            effects += self._clear(node)
             node.epoch, node.seq = epoch, 0
             node.buffer.clear()
             _start_sync(node)
