@@ -62,6 +62,9 @@ class Host:
     def apply_effects(self, effects: list[Effect]) -> None:
         self.effects.extend(effects)
 
+    def hosted_users(self) -> list[str]:
+        return []
+
     def load(self) -> dict[str, Any]:
         return {"status": "up", "connections": 0}
 

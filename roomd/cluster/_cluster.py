@@ -42,6 +42,7 @@ from ._streams import (
     ranking,
     room_of,
     user_of,
+    user_stream,
 )
 from ._view import ClusterView, Delta, Effect, Joined, Left, RoomKey, delta_from_wire, delta_to_wire
 from ._wire import Envelope, Kind
@@ -159,6 +160,9 @@ class Cluster:
         self._left = False  # said goodbye: nothing more is published
         self.draining = False
         self._last_tick = 0.0
+        self._followed_version = 0
+        self._resync_due = False
+        self._synced = trio.Event()  # the bus is live and the streams read here caught up
         self._nursery: trio.Nursery | None = None
         self._call_slots = trio.Semaphore(MAX_CONCURRENT_CALLS)
         self._own_marker = _wire.origin_marker(name)
@@ -177,6 +181,22 @@ class Cluster:
     @property
     def bus_live(self) -> bool:
         return self._bus_live
+
+    async def wait_synced(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` seconds) until this node hears the others and has caught
+        up what it missed while it could not (its bus was down, or it was frozen): a session
+        resuming here reads the streams only then, so that a read is not lost to an answer
+        that cannot reach it yet. Whether it is."""
+        with trio.move_on_after(timeout):
+            await self._synced.wait()
+        return self._synced.is_set()
+
+    def _note_synced(self) -> None:
+        synced = self._bus_live and not self._resync_due
+        if synced and not self._synced.is_set():
+            self._synced.set()
+        elif not synced and self._synced.is_set():
+            self._synced = trio.Event()
 
     # Running -----------------------------------------------------------------------------------
 
@@ -254,33 +274,59 @@ class Cluster:
         the streams this node reads are caught up from their sequencers.
         """
         self._heartbeat()
-        gap, self._last_tick = now - self._last_tick, now
-        frozen = gap > self.timeout
-        if frozen:
-            log.warning(
-                "%s: this node was frozen for %.1f s; it judges no other node before hearing "
-                "from them again",
-                self.name,
-                gap,
-            )
-            self._echo_at = max(self._echo_at, now)  # nor its own bus
+        frozen = self._woke(now)
+        self._last_tick = now
         self._check_bus(now)
-        if frozen:
-            self._heard_again(now)
         if self._bus_live and not frozen:
             self._expire(now)
+        if self.view.version != self._followed_version or self.streams.refollow_due:
+            self._followed_version = self.view.version  # (the nodes changed, or a try failed)
+            self.streams.refollow([user_stream(u) for u in self.host.hosted_users()])
         for name in self.view.resync_due(now, self.section.snapshot_retry):
             self._ask_snapshot(name)
         self.streams.expire(now)
 
+    def _woke(self, now: float) -> bool:
+        """Whether this node was frozen since its last tick (its process stopped, or starved
+        for longer than the heartbeat timeout: no timer fired, nothing was read). Checked
+        before anything that came meanwhile is handled, and then: see :meth:`_heard_again`."""
+        gap = now - self._last_tick
+        if gap <= self.timeout or not self._last_tick:
+            return False
+        log.warning(
+            "%s: this node was frozen for %.1f s; it judges no other node before hearing "
+            "from them again",
+            self.name,
+            gap,
+        )
+        self._last_tick = now
+        self._heard_again(now)  # (its bus counts as down until its own heartbeat is back)
+        return True
+
     def _heard_again(self, now: float) -> None:
         """This node could not hear the others for a while: every node gets a whole timeout
-        from now to be heard, and the streams it reads are caught up."""
+        from now to be heard; the streams it numbered may have been taken over meanwhile, so
+        it numbers them again only after gathering the others' copies. Once its own heartbeat
+        comes back (its subscriptions are live again: answers reach it), the streams it reads
+        are caught up and its unconfirmed sends go again."""
         self.view.touch_all(now)
+        self.streams.relinquish()
+        self._resync_due = True
+        self._note_synced()
+
+    def _resync(self, now: float) -> None:
+        self._resync_due = False
+        self._note_synced()
         self.streams.catch_up()
         self.streams.resend(now)
+        self.streams.refollow([user_stream(u) for u in self.host.hosted_users()], force=True)
 
     def _expire(self, now: float) -> None:
+        """Declare down the nodes silent for a timeout, but only while this node hears itself:
+        its own last heartbeat came back within one and a half intervals, so that its own
+        deafness (the broker stopped a moment ago, say) is never taken for their death."""
+        if now - self._echo_at > 1.5 * self.section.heartbeat_interval:
+            return
         epochs = {name: state.epoch for name, state in self.view.nodes.items()}
         dead, effects = self.view.expire(now, self.timeout)
         for name in dead:
@@ -297,6 +343,7 @@ class Cluster:
         live = now - self._echo_at <= self.timeout
         if live != self._bus_live:
             self._bus_live = live
+            self._note_synced()
             if live:
                 log.info("%s: bus is live (its own heartbeats come back)", self.name)
                 self._heard_again(now)
@@ -431,11 +478,13 @@ class Cluster:
         following = [n for n in self._ranking(stream)[:2] if n != self.name]
         return following[0] if following else None
 
-    async def _gather(self, stream: StreamKey) -> list[list[Any]]:
+    async def _gather(self, stream: StreamKey) -> dict[str, list[Any]]:
         """The copies of ``stream`` held by the nodes that may hold one: those where its
         readers are (as presence says), and the node that would number it without this one
         (its sequencer until this node joined, if it did). A takeover starts from them. A node
-        that does not answer within a heartbeat interval is not waited for."""
+        that does not answer within a heartbeat interval is not waited for; nor are they asked
+        before this node hears them (it waits up to a heartbeat timeout for its bus)."""
+        await self.wait_synced(self.timeout)
         room = room_of(stream)
         user = user_of(stream)
         if room is not None:
@@ -450,10 +499,10 @@ class Cluster:
             targets.add(ranking(stream, live)[0])
         targets &= live
         if not targets:
-            return []
+            return {}
         timeout = max(0.2, self.section.heartbeat_interval)
         out = await self.calls.call(COPY, stream, targets=sorted(targets), timeout=timeout)
-        copies: list[list[Any]] = list(out.replies.values())
+        copies: dict[str, list[Any]] = out.replies
         return copies
 
     def _send_to_sequencer(self, node: str, stream: StreamKey, draft: Entry, hops: int) -> None:
@@ -475,7 +524,7 @@ class Cluster:
         raise RoomdError(str(error.get("code")), str(error.get("message")))
 
     async def _on_read(self, body: Any, origin: str) -> Any:
-        return self.streams.on_read(body)
+        return self.streams.on_read(body, origin)
 
     async def _on_tail(self, body: Any, origin: str) -> Any:
         return await self.streams.on_tail(body, origin)
@@ -487,6 +536,7 @@ class Cluster:
 
     def _on_batch(self, batch: list[bytes]) -> None:
         now = trio.current_time()
+        self._woke(now)  # (a batch read on waking may come before the ticker's turn)
         own = self._own_marker
         for message in batch:
             try:
@@ -511,6 +561,8 @@ class Cluster:
             self._echo_at = trio.current_time()
             if not self._bus_live:
                 self._check_bus(self._echo_at)
+            if self._resync_due:
+                self._resync(self._echo_at)
 
     def _dispatch(self, env: Envelope, now: float) -> None:
         host = self.host

@@ -46,6 +46,10 @@ class ClusterHost(Protocol):
         statuses)."""
         ...
 
+    def hosted_users(self) -> list[str]:
+        """The users with a session here (attached or detached): their inboxes are read here."""
+        ...
+
     def load(self) -> dict[str, Any]:
         """What this node tells the others about itself in its heartbeats (status, url,
         connections, users, rooms)."""
@@ -61,6 +65,11 @@ class ClusterLink(Protocol):
 
     @property
     def bus_live(self) -> bool: ...
+
+    async def wait_synced(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` seconds) until the node hears the cluster and has caught
+        up what it missed while it could not. Whether it has."""
+        ...
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Join the cluster (started once the node may serve) and stay until cancelled."""

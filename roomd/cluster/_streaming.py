@@ -59,7 +59,7 @@ class Outbound:
         send_to_sequencer: Callable[[str, StreamKey, Entry, int], None],
         confirm: Callable[[str, StreamKey, str, Position], None],
         call: Callable[[str, str, Any], Awaitable[Any]],
-        gather: Callable[[StreamKey], Awaitable[list[list[Any]]]],
+        gather: Callable[[StreamKey], Awaitable[dict[str, list[Any]]]],
     ) -> None:
         self.publish_entry = publish_entry
         self.send_to_sequencer = send_to_sequencer
@@ -119,6 +119,8 @@ class StreamService:
         self._held: dict[StreamKey, dict[int, Entry]] = {}
         self._repairing: set[StreamKey] = set()
         self._readers: dict[StreamKey, dict[str, float]] = {}  # inbox -> node -> when
+        self._followed: dict[StreamKey, str] = {}  # inbox read here -> its sequencer, as told
+        self.refollow_due = False  # a node could not be told: try again
         self.takeovers = 0
         self.repairs = 0
         self.lost = 0  # messages a repair found no longer held anywhere
@@ -199,20 +201,24 @@ class StreamService:
         assert self.outbound is not None
         self.takeovers += 1
         try:
-            copies = await self.outbound.gather(stream)
+            held = await self.outbound.gather(stream)
         except Exception:  # an unreachable node must not stop the stream: go on without it
             log.exception("%s: gathering %r failed; numbering from its own copy", self.name, stream)
-            copies = []
+            held = {}
+        for node, copy in held.items():
+            if copy:  # it read the stream: it still does (an inbox's messages go to it)
+                self._add_reader(stream, node)
         merged: dict[int, Entry] = {entry.offset: entry for entry in self.store.log(stream)}
-        for copy in sorted(copies, key=len, reverse=True):
+        for copy in sorted(held.values(), key=len, reverse=True):
             for item in copy:
                 entry = entry_from_wire(item)
                 merged.setdefault(entry.offset, entry)
         log_ = self.store.log(stream)
         now = time.time()
         for offset in sorted(merged):
-            if offset > log_.tail:
+            if offset > log_.tail:  # numbered elsewhere, never seen here: its readers get it
                 log_.append(merged[offset], now)
+                self.host.deliver_entry(stream, merged[offset])
         self.store.sequencer(stream)
         del self._taking[stream]
         takeover.ready.set()
@@ -228,11 +234,21 @@ class StreamService:
             self._number(origin, stream, draft)
 
     def on_copy(self, stream: StreamKey) -> list[list[Any]]:
-        """The handler of :data:`COPY` calls: this node's copy of ``stream``. A node that
-        numbered it until now and is no longer its sequencer stops numbering it."""
-        if stream in self.store.sequencers and self.sequencer_of(stream) != self.name:
-            del self.store.sequencers[stream]
+        """The handler of :data:`COPY` calls: this node's copy of ``stream``. The caller takes
+        the stream over: if this node numbered it, it stops (should it still be first in its
+        own view, it takes the stream back the same way, from everyone's copies: numbering
+        passes from one node to the next, never two at once, until the views agree)."""
+        self.store.sequencers.pop(stream, None)
         return [entry_to_wire(e) for e in self.store.log(stream)]
+
+    def absorb(self, stream: StreamKey, entries: list[Entry]) -> None:
+        """Keep a copy of ``entries`` (read from the sequencer for a session resuming here):
+        this node's log then knows where the stream stands, and notices a hole after it."""
+        now = time.time()
+        log_ = self.store.log(stream)
+        for entry in entries:
+            if entry.offset > log_.tail:
+                log_.append(entry, now)
 
     def on_confirm(self, stream: StreamKey, message_id: str, position: Position) -> None:
         pending = self._pending.pop((stream, message_id), None)
@@ -334,6 +350,12 @@ class StreamService:
             else:
                 self.outbound.send_to_sequencer(pending.target, pending.stream, pending.entry, 0)
 
+    def relinquish(self) -> None:
+        """Stop numbering every stream (keeping the copies): another node may have taken them
+        over while this one could not hear; it takes them again, from everyone's copies, when it
+        next has to number one (a message sent again meanwhile is then recognised by its id)."""
+        self.store.sequencers.clear()
+
     def catch_up(self) -> None:
         """Fetch from their sequencers what this node may have missed of the streams it reads
         (after a freeze, or its bus was down): each is repaired from its last offset here."""
@@ -357,6 +379,8 @@ class StreamService:
             return self.store.log(stream).since(after)
         wire = None if after is None else [after.epoch, after.offset]
         result = await self.outbound.call(sequencer, READ, [stream, wire])
+        if user_of(stream) is not None:
+            self._followed[stream] = sequencer
         return [entry_from_wire(item) for item in result]
 
     def local_tail(self, stream: StreamKey) -> Position | None:
@@ -389,8 +413,44 @@ class StreamService:
         if position is not None:
             return position
         assert self.outbound is not None  # (alone, a node numbers every stream)
-        epoch, offset = await self.outbound.call(self.sequencer_of(stream), TAIL, stream)
+        sequencer = self.sequencer_of(stream)
+        epoch, offset = await self.outbound.call(sequencer, TAIL, stream)
+        if user_of(stream) is not None:
+            self._followed[stream] = sequencer
         return Position(epoch, offset)
+
+    def refollow(self, inboxes: list[StreamKey], *, force: bool = False) -> None:
+        """The nodes changed: tell the sequencer of each inbox read here (``inboxes``: of the
+        users connected here) that this node reads it, if it is another node than the one told
+        before (or, with ``force``, in any case); and fetch what this node missed of it."""
+        self.refollow_due = False
+        if self._spawn is None or self.outbound is None:
+            return
+        wanted = set(inboxes)
+        for stream in inboxes:
+            sequencer = self.sequencer_of(stream)
+            if sequencer == self.name:
+                continue
+            if force or sequencer != self._followed.get(stream):
+                self._followed[stream] = sequencer
+                self._spawn(self._refollow_one, stream)
+        for stream in list(self._followed):
+            if stream not in wanted:
+                del self._followed[stream]
+
+    async def _refollow_one(self, stream: StreamKey) -> None:
+        try:
+            position = await self.tail(stream)
+        except Exception as exc:
+            log.warning("%s: could not follow %r (tried again later): %s", self.name, stream, exc)
+            self._followed.pop(stream, None)
+            self.refollow_due = True
+            return
+        log_ = self.store.log(stream)
+        behind = position.offset > log_.tail and (len(log_) or log_.start)
+        if behind and stream not in self._repairing:
+            self._repairing.add(stream)
+            await self._repair(stream)
 
     def follow(self, stream: StreamKey, position: Position) -> None:
         """This node reads ``stream`` from ``position`` on: a later message past a hole is then
@@ -406,19 +466,25 @@ class StreamService:
             self.store.logs.pop(stream, None)
             self._held.pop(stream, None)
 
-    def on_read(self, body: Any) -> list[list[Any]]:
-        """The handler of :data:`READ` calls (raises ``Gap``)."""
+    def on_read(self, body: Any, origin: str) -> list[list[Any]]:
+        """The handler of :data:`READ` calls (raises ``Gap``): like :meth:`on_tail`, the reader
+        is sent the inbox's messages from then on (a session resuming on ``origin`` gets what
+        came before in this answer, and what comes after live)."""
         stream, wire = body
+        self._add_reader(stream, origin)  # (and the reader knows it follows this node)
         after = None if wire is None else Position(wire[0], wire[1])
         return [entry_to_wire(e) for e in self.store.log(stream).since(after)]
 
     async def on_tail(self, stream: StreamKey, origin: str) -> list[Any]:
         """The handler of :data:`TAIL` calls: the position, and ``origin`` reads the stream
         (for an inbox: it is sent the user's messages from now on, before presence says so)."""
-        if user_of(stream) is not None:
-            self._readers.setdefault(stream, {})[origin] = time.time()
+        self._add_reader(stream, origin)
         position = await self.tail(stream)
         return [position.epoch, position.offset]
+
+    def _add_reader(self, stream: StreamKey, node: str) -> None:
+        if user_of(stream) is not None:
+            self._readers.setdefault(stream, {})[node] = time.time()
 
     def _inbox_readers(self, stream: StreamKey) -> set[str]:
         readers = self._readers.get(stream)

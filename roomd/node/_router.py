@@ -197,6 +197,9 @@ class Router:
     def deliver_all(self, template: PushTemplate, exclude: Connection | None = None) -> int:
         return self.hub.deliver(list(self.hub.connections.values()), template, exclude)
 
+    def hosted_users(self) -> list[str]:
+        return list(self.hub.users)
+
     def apply_effects(self, effects: list[Effect]) -> None:
         """Push what changed cluster-wide to the local connections concerned."""
         for effect in effects:

@@ -33,10 +33,21 @@ from ..cluster import (
     with_position,
 )
 from ..hub import Connection, Hub, RoomKey
-from ..protocol import CloseCode, PushTemplate, ResumeRequest, RoomRef, should_reconnect
+from ..protocol import (
+    CloseCode,
+    PushTemplate,
+    ResumeRequest,
+    RoomdError,
+    RoomRef,
+    should_reconnect,
+)
 from ._router import Router
 
 log = logging.getLogger("roomd.node")
+
+# How long a resume waits for a node that cannot hear the cluster (its bus is down, or it was
+# just woken from a freeze) to hear it again and catch up, before it reads the streams anyway.
+SYNC_WAIT = 3.0
 
 _TOKEN_CONTEXT: Final = b"roomd resume token v1"
 REMEMBER_EXPIRED: Final = 10_000  # ids of sessions that expired here, to say so
@@ -204,6 +215,8 @@ class Sessions:
         Error handling: :class:`ResumeRefused`.
         """
         claims = self.tokens.check(request.token, request.session, conn.user)
+        if not await self.cluster.wait_synced(SYNC_WAIT):
+            log.warning("%s: resuming %s before the node caught up", self.name, request.session)
         if self._take_here(conn, request):
             return
         home = claims.node
@@ -234,8 +247,9 @@ class Sessions:
     async def _claim(self, home: str, session: str, user: str) -> list[list[Any]]:
         out = await self.cluster.calls.call(CLAIM, [session, user], targets=[home])
         answer = out.replies.get(home)
-        if answer is None:
-            raise ResumeRefused(Reason.UNKNOWN_SESSION)  # (its node did not answer in time)
+        if answer is None:  # its node did not answer: dying, or gone; the streams hold the rest
+            log.warning("%s: %s did not hand session %s over", self.name, home, session)
+            return []
         if not answer["found"]:
             raise ResumeRefused(Reason.EXPIRED if answer["expired"] else Reason.UNKNOWN_SESSION)
         carried: list[list[Any]] = answer["carried"]
@@ -288,8 +302,12 @@ class Sessions:
     async def _missed(self, conn: Connection, stream: str, at: Position, outcome: Outcome) -> bool:
         try:
             entries = await self.streams.read(stream, at)
-        except Gap:
+        except RoomdError as exc:  # no longer held (Gap), or its sequencer did not answer
+            if not isinstance(exc, Gap):
+                log.warning("%s: cannot read %r for a resume: %s", self.name, stream, exc)
             return False
+        self.streams.follow(stream, at)
+        self.streams.absorb(stream, entries)
         for entry in entries:
             outcome.offsets[stream] = entry.offset
             if entry.except_session == conn.id or entry.skip_user == conn.user:
