@@ -15,7 +15,7 @@ import trio
 
 from .._config import Config, ConfigError, load_config
 from .._version import __version__
-from ..node import Node, mint_token
+from ..node import Node, check_secret, mint_token
 
 log = logging.getLogger("roomd")
 
@@ -158,6 +158,10 @@ def token(argv: Sequence[str]) -> int:
     config = _load(args.config)
     if not config.auth.secret:
         raise SystemExit("roomd: no secret configured: set ROOMD_SECRET or auth.secret")
+    try:
+        check_secret(config.auth.secret)
+    except ValueError as exc:
+        raise SystemExit(f"roomd: {exc}") from None
     ttl = args.ttl if args.ttl is not None else config.auth.token_ttl
     print(mint_token(config.auth.secret, args.user, ttl))
     return 0

@@ -348,8 +348,9 @@ class Transport:
                     self._state = CLOSED
                     return False
         except ws.FrameError as exc:
+            # What earlier messages of the same read queued (their replies) goes out first.
             log.debug("WebSocket protocol error from peer: %s", exc)
-            self.close(exc.code, exc.reason[:120], discard=True)
+            self.close(exc.code, exc.reason[:120])
             return False
         return None
 

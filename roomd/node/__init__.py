@@ -7,6 +7,7 @@ requests, authentication and statistics.
 
 from ._auth import AuthError as AuthError
 from ._auth import Identity as Identity
+from ._auth import check_secret as check_secret
 from ._auth import mint_token as mint_token
 from ._builtins import BUILTIN_EVENTS as BUILTIN_EVENTS
 from ._node import Context as Context

@@ -36,7 +36,7 @@ from ..ws import (
     json_response,
     response,
 )
-from ._auth import Authenticator, AuthError, Identity
+from ._auth import Authenticator, AuthError, Identity, check_secret
 from ._builtins import BUILTIN_EVENTS, Builtins
 from ._dispatch import FrameDispatcher, Handler
 from ._requests import Requests
@@ -99,6 +99,8 @@ class Node:
         auth = self.config.auth
         if auth.secret is None and not auth.dev:
             raise ValueError("no auth secret: set auth.secret or ROOMD_SECRET, or use dev mode")
+        if auth.secret is not None:
+            check_secret(auth.secret)
         self.name = self.config.node.name
         self.payload_limits = self.config.limits.payload_limits()
         self.authenticator = Authenticator(auth.secret, auth.dev, auth.leeway, self.payload_limits)
@@ -305,7 +307,7 @@ class Node:
         async with listener:
             while True:
                 try:
-                    accepted, _ = await listener.socket.accept()
+                    accepted, address = await listener.socket.accept()
                 except OSError as exc:
                     if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
                         raise
@@ -315,7 +317,7 @@ class Node:
                     sock = socket.socket(fileno=accepted.detach())
                     sock.setblocking(False)
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    nursery.start_soon(self._serve_tcp, sock)
+                    nursery.start_soon(self._serve_tcp, sock, address[0])
 
     async def _sweep(self, scope: trio.CancelScope) -> None:
         """The node-wide heartbeat: ping idle connections, close silent and stalled ones."""
@@ -338,7 +340,7 @@ class Node:
                     ):
                         transport.ping(now)
 
-    async def _serve_tcp(self, sock: socket.socket) -> None:
+    async def _serve_tcp(self, sock: socket.socket, peer: str) -> None:
         """One TCP connection: plain HTTP, or a WebSocket for as long as it lives.
 
         Resource handling: the socket is closed before this returns (for a WebSocket, by the
@@ -347,7 +349,7 @@ class Node:
         limits = self.config.limits
         deadline = trio.current_time() + limits.handshake_timeout
         try:
-            upgrade = await self._handshake(sock, deadline)
+            upgrade = await self._handshake(sock, peer, deadline)
         except Exception:  # a defect: it ends this connection, never the node
             log.exception("handshake failed; the connection is dropped")
             upgrade = None
@@ -390,7 +392,7 @@ class Node:
             self._disconnected(conn)
 
     async def _handshake(
-        self, sock: socket.socket, deadline: float
+        self, sock: socket.socket, peer: str, deadline: float
     ) -> tuple[bytes, Identity] | None:
         """Answer plain HTTP, or accept a WebSocket upgrade: its trailing bytes and identity.
 
@@ -403,10 +405,10 @@ class Node:
                 if not request.upgrade:
                     reply = self._http(request)
                 elif request.path not in ("/", "/ws"):
-                    raise HandshakeError(404, f"no WebSocket endpoint at {request.path}")
+                    raise HandshakeError(404, "no WebSocket endpoint at this path")
                 else:
                     check_upgrade(request)
-                    identity = self._authenticate(request)
+                    identity = self._authenticate(request, peer)
                     await send_all(sock, accept_response(request))
                     return request.trailing, identity
             except HandshakeError as exc:
@@ -422,12 +424,13 @@ class Node:
                 await send_all(sock, reply)
         return None
 
-    def _authenticate(self, request: HttpRequest) -> Identity:
+    def _authenticate(self, request: HttpRequest, peer: str) -> Identity:
         try:
             return self.authenticator.authenticate(request)
         except AuthError as exc:
+            log.info("sign-in refused from %s: %s", peer, exc.reason)
             raise HandshakeError(
-                401, str(exc), (("WWW-Authenticate", 'Bearer realm="roomd"'),)
+                401, exc.public, (("WWW-Authenticate", 'Bearer realm="roomd"'),)
             ) from None
 
     def _disconnected(self, conn: Connection) -> None:
@@ -448,7 +451,7 @@ class Node:
             return json_response(426, {"error": "WebSocket upgrade expected"})
         route = self._routes.get(request.path)
         if route is None:
-            return json_response(404, {"error": f"not found: {request.path}"})
+            return json_response(404, {"error": "not found"})  # (the path is not echoed)
         if request.method not in ("GET", "HEAD"):
             return json_response(405, {"error": "method not allowed"}, (("Allow", "GET"),))
         return route(request)
