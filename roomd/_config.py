@@ -36,7 +36,10 @@ class AuthSection:
 
 @attrs.define
 class LimitsSection:
-    max_connections: int = 10_000
+    max_connections: int = 10_000  # TCP connections, the ones in the HTTP handshake included
+    max_handshakes: int = 1000  # connections not past their HTTP upgrade yet (503 beyond)
+    max_connections_per_ip: int = 1000  # from one address, handshaking or open; 0: no cap (429)
+    max_connections_per_user: int = 100  # WebSocket connections of one user; 0: no cap (429)
     max_frame_bytes: int = 64 * 1024
     max_depth: int = 32  # objects and arrays nested in one frame (the frame is the first)
     handshake_timeout: float = 10.0  # TCP accept to welcome

@@ -47,3 +47,31 @@ async def send_all(sock: socket.socket, data: bytes) -> None:
             view = view[sock.send(view) :]
         except BlockingIOError:
             await trio.lowlevel.wait_writable(sock)
+
+
+LINGER: Final = 1.0  # seconds a refused connection is read (and discarded) after the answer
+
+
+async def refuse(sock: socket.socket, reply: bytes) -> None:
+    """Answer a connection at once, without reading its request, and close it.
+
+    A lingering close: after the answer the writing side is shut and what the client still
+    sends is read and discarded for at most :data:`LINGER` seconds, so that its request
+    arriving late does not make the kernel reset the connection before the client has read the
+    answer. Resource handling: the socket is closed when this returns.
+    """
+    try:
+        with trio.move_on_after(LINGER):
+            await send_all(sock, reply)
+            sock.shutdown(socket.SHUT_WR)
+            while True:
+                try:
+                    if not sock.recv(_RECEIVE_SIZE):
+                        break
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(sock)
+    except OSError:
+        pass
+    finally:
+        trio.lowlevel.notify_closing(sock)
+        sock.close()

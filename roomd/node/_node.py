@@ -25,7 +25,7 @@ from .._config import Config, configure_node
 from .._version import __version__
 from ..cluster import CallHandler, ClusterReplies, ClusterView, Replies, make_cluster
 from ..hub import Connection, Hub, RateLimiter
-from ..io import Flusher, Transport, read_request, send_all
+from ..io import Flusher, Transport, read_request, refuse, send_all
 from ..protocol import PROTOCOL_VERSION, CloseCode, Push, PushTemplate, Session
 from ..ws import (
     BadRequest,
@@ -36,6 +36,7 @@ from ..ws import (
     json_response,
     response,
 )
+from ._admission import Admission, Refusal, Ticket
 from ._auth import Authenticator, AuthError, Identity, check_secret
 from ._builtins import BUILTIN_EVENTS, Builtins
 from ._dispatch import FrameDispatcher, Handler
@@ -127,6 +128,7 @@ class Node:
             self.name, self.config, self.stats, self.router, builtins, self._context
         )
         self._routes: dict[str, Route] = {"/health": self._health_route}
+        self.admission = Admission(self.config.limits)  # every TCP connection, counted
         self._connected: dict[Connection, Transport] = {}  # every WebSocket, handshaking or open
         self._stop = trio.Event()
         self._idle = trio.Event()
@@ -341,18 +343,31 @@ class Node:
                         transport.ping(now)
 
     async def _serve_tcp(self, sock: socket.socket, peer: str) -> None:
-        """One TCP connection: plain HTTP, or a WebSocket for as long as it lives.
+        """One TCP connection: plain HTTP, or a WebSocket for as long as it lives; or an
+        immediate refusal, when a cap of :class:`Admission` is reached.
 
         Resource handling: the socket is closed before this returns (for a WebSocket, by the
         transport that took it over).
         """
+        ticket = self.admission.enter(peer)
+        if isinstance(ticket, Refusal):
+            self.stats.rejected[ticket.reason] += 1
+            await refuse(sock, ticket.reply)
+            return
+        try:
+            await self._serve_admitted(sock, ticket)
+        finally:
+            self.admission.leave(ticket)
+
+    async def _serve_admitted(self, sock: socket.socket, ticket: Ticket) -> None:
         limits = self.config.limits
         deadline = trio.current_time() + limits.handshake_timeout
         try:
-            upgrade = await self._handshake(sock, peer, deadline)
+            upgrade = await self._handshake(sock, ticket, deadline)
         except Exception:  # a defect: it ends this connection, never the node
             log.exception("handshake failed; the connection is dropped")
             upgrade = None
+        self.admission.handshake_done(ticket)
         if upgrade is None:
             trio.lowlevel.notify_closing(sock)
             sock.close()
@@ -378,7 +393,7 @@ class Node:
         del identity
         if self._stop.is_set():  # upgraded while the node began to shut down
             transport.close(CloseCode.GOING_AWAY)
-        elif len(self._connected) >= limits.max_connections:
+        elif self.admission.over_capacity():
             self.stats.rejected["max_connections"] += 1
             transport.close(CloseCode.TRY_AGAIN_LATER)
         self.stats.connections_total += 1
@@ -392,7 +407,7 @@ class Node:
             self._disconnected(conn)
 
     async def _handshake(
-        self, sock: socket.socket, peer: str, deadline: float
+        self, sock: socket.socket, ticket: Ticket, deadline: float
     ) -> tuple[bytes, Identity] | None:
         """Answer plain HTTP, or accept a WebSocket upgrade: its trailing bytes and identity.
 
@@ -408,9 +423,14 @@ class Node:
                     raise HandshakeError(404, "no WebSocket endpoint at this path")
                 else:
                     check_upgrade(request)
-                    identity = self._authenticate(request, peer)
-                    await send_all(sock, accept_response(request))
-                    return request.trailing, identity
+                    identity = self._authenticate(request, ticket.address)
+                    refusal = self.admission.add_user(ticket, identity.user)
+                    if refusal is not None:
+                        self.stats.rejected[refusal.reason] += 1
+                        reply = refusal.reply
+                    else:
+                        await send_all(sock, accept_response(request))
+                        return request.trailing, identity
             except HandshakeError as exc:
                 self.stats.rejected[str(exc.status)] += 1
                 reply = exc.reply
@@ -506,6 +526,7 @@ class Node:
     def _gauges(self) -> dict[str, float]:
         return {
             "open_connections": len(self._connected),
+            "handshakes": self.admission.handshaking,
             "users": len(self.hub.users),
             "rooms": len(self.hub.rooms),
             "uptime_seconds": time.time() - self.started_at,
