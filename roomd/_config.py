@@ -82,6 +82,20 @@ class PermissionsSection:
 
 
 @attrs.define
+class AccessSection:
+    allowed_origins: list[str] = attrs.field(factory=list)  # besides the node's host; "*": any
+    require_room_claims: bool = False  # tokens without rooms/namespaces claims may join nothing
+    admin_token: str | None = None  # operators' bearer token on HTTP; ROOMD_ADMIN_TOKEN
+
+
+@attrs.define
+class MetricsSection:
+    host: str | None = None  # serve /metrics on this address and port instead of the node's
+    port: int | None = None
+    token: str | None = None  # require Authorization: Bearer TOKEN; ROOMD_METRICS_TOKEN
+
+
+@attrs.define
 class ShutdownSection:
     grace: float = 5.0  # seconds to flush and close connections on SIGINT/SIGTERM
 
@@ -129,6 +143,8 @@ class Config:
     limits: LimitsSection = attrs.field(factory=LimitsSection)
     heartbeat: HeartbeatSection = attrs.field(factory=HeartbeatSection)
     permissions: PermissionsSection = attrs.field(factory=PermissionsSection)
+    access: AccessSection = attrs.field(factory=AccessSection)
+    metrics: MetricsSection = attrs.field(factory=MetricsSection)
     shutdown: ShutdownSection = attrs.field(factory=ShutdownSection)
     cluster: ClusterSection = attrs.field(factory=ClusterSection)
     # The [broker] table of a cluster file belongs to `roomd-broker`; nodes ignore it.
@@ -172,7 +188,8 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 
 def load_config(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Config:
-    """Read ``path`` (defaults apply where it is silent) and apply ``ROOMD_SECRET``."""
+    """Read ``path`` (defaults apply where it is silent) and apply ``ROOMD_SECRET``,
+    ``ROOMD_ADMIN_TOKEN`` and ``ROOMD_METRICS_TOKEN``."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -184,4 +201,8 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
     env = os.environ if environ is None else environ
     if env.get("ROOMD_SECRET"):
         config.auth.secret = env["ROOMD_SECRET"]
+    if env.get("ROOMD_ADMIN_TOKEN"):
+        config.access.admin_token = env["ROOMD_ADMIN_TOKEN"]
+    if env.get("ROOMD_METRICS_TOKEN"):
+        config.metrics.token = env["ROOMD_METRICS_TOKEN"]
     return config

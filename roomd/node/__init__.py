@@ -5,6 +5,7 @@ go), the cluster layer, the frame dispatcher with the built-in events, server-to
 requests, authentication and statistics.
 """
 
+from ._access import Access as Access
 from ._auth import AuthError as AuthError
 from ._auth import Identity as Identity
 from ._auth import check_secret as check_secret

@@ -35,11 +35,12 @@ class AuthError(Exception):
         self.reason = reason if reason is not None else public
 
 
-def check_secret(secret: str) -> None:
-    """Raise ``ValueError`` unless ``secret`` is long enough to sign tokens with."""
+def check_secret(secret: str, what: str = "the auth secret") -> None:
+    """Raise ``ValueError`` unless ``secret`` is long enough to sign tokens with (or to be a
+    bearer token that cannot be guessed)."""
     if len(secret.encode("utf-8")) < MIN_SECRET_BYTES:
         raise ValueError(
-            f"the auth secret must be at least {MIN_SECRET_BYTES} bytes long "
+            f"{what} must be at least {MIN_SECRET_BYTES} bytes long "
             "(python3 -c 'import secrets; print(secrets.token_urlsafe(32))' makes one)"
         )
 

@@ -14,7 +14,7 @@ import logging
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import attrs
@@ -36,6 +36,7 @@ from ..ws import (
     json_response,
     response,
 )
+from ._access import Authorizer, Gate, OriginPolicy, bearer, token_matches
 from ._admission import Admission, Refusal, Ticket
 from ._auth import Authenticator, AuthError, Identity, check_secret
 from ._builtins import BUILTIN_EVENTS, Builtins
@@ -51,6 +52,7 @@ _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, e
 
 H = TypeVar("H", bound=Handler)
 Route = Callable[[HttpRequest], bytes]
+Serve = Callable[[socket.socket, str], Awaitable[None]]  # a connection and its peer's address
 CH = TypeVar("CH", bound=CallHandler)
 
 
@@ -102,6 +104,12 @@ class Node:
             raise ValueError("no auth secret: set auth.secret or ROOMD_SECRET, or use dev mode")
         if auth.secret is not None:
             check_secret(auth.secret)
+        for token, what in (
+            (self.config.access.admin_token, "access.admin_token"),
+            (self.config.metrics.token, "metrics.token"),
+        ):
+            if token is not None:
+                check_secret(token, what)
         self.name = self.config.node.name
         self.payload_limits = self.config.limits.payload_limits()
         self.authenticator = Authenticator(auth.secret, auth.dev, auth.leeway, self.payload_limits)
@@ -123,17 +131,23 @@ class Node:
         )
         self.router.attach(self.cluster)
         self.requests = Requests(self.name, self.hub, self.view, self.cluster)
-        builtins = Builtins(self.config, self.router, self.requests, self.view, self.cluster_stats)
+        self.gate = Gate(self.config.access, auth.dev, self._context)
+        self.origins = OriginPolicy.of(self.config.access.allowed_origins, auth.dev, tls=False)
+        builtins = Builtins(
+            self.config, self.router, self.requests, self.view, self.cluster_stats, self.gate
+        )
         self._dispatch = FrameDispatcher(
             self.name, self.config, self.stats, self.router, builtins, self._context
         )
         self._routes: dict[str, Route] = {"/health": self._health_route}
+        self.metrics_port: int | None = None  # where /metrics is served, once running
         self.admission = Admission(self.config.limits)  # every TCP connection, counted
         self._connected: dict[Connection, Transport] = {}  # every WebSocket, handshaking or open
         self._stop = trio.Event()
         self._idle = trio.Event()
         self._registry = make_registry(self.stats, self._gauges, self.cluster.counters)
-        self._routes["/metrics"] = self._metrics_route
+        if self.config.metrics.port is None:
+            self._routes["/metrics"] = self._metrics_route
 
     def _context(self, conn: Connection) -> Context:
         return Context(self, conn)
@@ -154,6 +168,17 @@ class Node:
             return handler
 
         return register
+
+    def authorize(self, hook: Authorizer) -> Authorizer:
+        """Register ``hook(ctx, access) -> bool``, asked before every join, send and typing
+        notice of a client (after the token's room grants); ``False`` refuses it with
+        ``forbidden``, a :class:`HandlerError` with its own code. Usable as a decorator.
+
+        The hook runs in the connection's reader, so it must not block; it sees the
+        :class:`Access` and the :class:`Context` (user, claims). See docs/operations.md.
+        """
+        self.gate.hooks.append(hook)
+        return hook
 
     def on_cluster(self, event: str) -> Callable[[CH], CH]:
         """Register ``handler(data, origin_node)`` for cluster calls named ``event``."""
@@ -270,6 +295,14 @@ class Node:
         cfg = self.config
         listeners = await trio.open_tcp_listeners(cfg.node.port, host=cfg.node.host)
         self.port = listeners[0].socket.getsockname()[1]
+        ops: list[trio.SocketListener] = []
+        if cfg.metrics.port is not None:
+            host = cfg.metrics.host or cfg.node.host
+            ops = await trio.open_tcp_listeners(cfg.metrics.port, host=host)
+            self.metrics_port = ops[0].socket.getsockname()[1]
+            log.info("%s serves /metrics on %s:%s", self.name, host, self.metrics_port)
+        else:
+            self.metrics_port = self.port
         self.started_at = time.time()
         log.info("%s listening on %s:%s", self.name, cfg.node.host, self.port)
         async with trio.open_nursery() as nursery:
@@ -277,7 +310,11 @@ class Node:
             await nursery.start(self.cluster.run)  # at most cluster.ready_timeout
             accept = trio.CancelScope()
             sweep = trio.CancelScope()
-            nursery.start_soon(self._accept, listeners, nursery, accept)
+            serving: list[tuple[trio.SocketListener, Serve]] = [
+                (listener, self._serve_tcp) for listener in listeners
+            ]
+            serving += [(listener, self._serve_metrics) for listener in ops]
+            nursery.start_soon(self._accept, serving, nursery, accept)
             nursery.start_soon(self._sweep, sweep)
             task_status.started(self.port)
             await self._stop.wait()
@@ -295,16 +332,18 @@ class Node:
 
     async def _accept(
         self,
-        listeners: list[trio.SocketListener],
+        listeners: list[tuple[trio.SocketListener, Serve]],
         nursery: trio.Nursery,
         scope: trio.CancelScope,
     ) -> None:
         with scope:
             async with trio.open_nursery() as accepting:
-                for listener in listeners:
-                    accepting.start_soon(self._accept_one, listener, nursery)
+                for listener, serve in listeners:
+                    accepting.start_soon(self._accept_one, listener, nursery, serve)
 
-    async def _accept_one(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+    async def _accept_one(
+        self, listener: trio.SocketListener, nursery: trio.Nursery, serve: Serve
+    ) -> None:
         """Accept connections; each is served by one task of the node's nursery."""
         async with listener:
             while True:
@@ -319,7 +358,7 @@ class Node:
                     sock = socket.socket(fileno=accepted.detach())
                     sock.setblocking(False)
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    nursery.start_soon(self._serve_tcp, sock, address[0])
+                    nursery.start_soon(serve, sock, address[0])
 
     async def _sweep(self, scope: trio.CancelScope) -> None:
         """The node-wide heartbeat: ping idle connections, close silent and stalled ones."""
@@ -423,6 +462,13 @@ class Node:
                     raise HandshakeError(404, "no WebSocket endpoint at this path")
                 else:
                     check_upgrade(request)
+                    if not self.origins.allows(request):
+                        log.info(
+                            "upgrade from %s refused: origin %r not allowed",
+                            ticket.address,
+                            request.header("origin")[:200],
+                        )
+                        raise HandshakeError(403, "origin not allowed")
                     identity = self._authenticate(request, ticket.address)
                     refusal = self.admission.add_user(ticket, identity.user)
                     if refusal is not None:
@@ -465,6 +511,32 @@ class Node:
 
     # HTTP -----------------------------------------------------------------------------------------
 
+    async def _serve_metrics(self, sock: socket.socket, peer: str) -> None:
+        """One connection to the separate metrics address: ``GET /metrics`` and nothing else.
+
+        Resource handling: the socket is closed before this returns.
+        """
+        ticket = self.admission.enter(peer)
+        try:
+            if isinstance(ticket, Refusal):
+                reply = ticket.reply
+            else:
+                reply = json_response(404, {"error": "not found"})
+                with trio.move_on_after(self.config.limits.handshake_timeout):
+                    try:
+                        request = await read_request(sock)
+                        if request.path == "/metrics" and request.method in ("GET", "HEAD"):
+                            reply = self._metrics_route(request)
+                    except BadRequest as exc:
+                        reply = json_response(400, {"error": str(exc)})
+            with trio.move_on_after(1.0), contextlib.suppress(OSError):
+                await send_all(sock, reply)
+        finally:
+            if not isinstance(ticket, Refusal):
+                self.admission.leave(ticket)
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
+
     def _http(self, request: HttpRequest) -> bytes:
         self.stats.http_requests += 1
         if request.path == "/ws":
@@ -476,8 +548,8 @@ class Node:
             return json_response(405, {"error": "method not allowed"}, (("Allow", "GET"),))
         return route(request)
 
-    def health(self) -> dict[str, Any]:
-        """What ``GET /health`` answers."""
+    def health(self, operator: bool = True) -> dict[str, Any]:
+        """What ``GET /health`` answers; room names only for an ``operator``."""
         health: dict[str, Any] = {
             "name": self.name,
             "status": "draining" if self._stop.is_set() else "ok",
@@ -489,7 +561,10 @@ class Node:
             "rooms": len(self.hub.rooms),
         }
         if self.cluster.mode != "none":
-            health["cluster"] = self.cluster_stats()
+            stats = self.cluster_stats()
+            if not operator:
+                del stats["rooms"], stats["roomsTruncated"]
+            health["cluster"] = stats
         return health
 
     def load(self) -> dict[str, Any]:
@@ -517,9 +592,25 @@ class Node:
         return stats
 
     def _health_route(self, request: HttpRequest) -> bytes:
-        return json_response(200, self.health())
+        return json_response(200, self.health(operator=self._is_operator(request)))
+
+    def _is_operator(self, request: HttpRequest) -> bool:
+        """An HTTP request from an operator: the admin token, or a token with the claim."""
+        token = bearer(request)
+        if self.gate.dev or token_matches(token, self.config.access.admin_token):
+            return True
+        try:
+            return token is not None and self.gate.is_operator(
+                self.authenticator.verify(token).claims
+            )
+        except AuthError:
+            return False
 
     def _metrics_route(self, request: HttpRequest) -> bytes:
+        expected = self.config.metrics.token
+        if expected is not None and not token_matches(bearer(request), expected):
+            challenge = (("WWW-Authenticate", 'Bearer realm="roomd-metrics"'),)
+            return json_response(401, {"error": "metrics token required"}, challenge)
         body = generate_latest(self._registry)
         return response(200, body, "text/plain; version=0.0.4; charset=utf-8")
 
