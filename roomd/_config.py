@@ -96,6 +96,14 @@ class MetricsSection:
 
 
 @attrs.define
+class CompressionSection:
+    enabled: bool = True  # permessage-deflate (RFC 7692) when a client offers it
+    threshold: int = 1024  # messages shorter than this many bytes stay plain
+    level: int = 6  # zlib level, 1 (fastest) to 9 (smallest)
+    window_bits: int = 15  # the node's compression window: 2**bits bytes (9..15)
+
+
+@attrs.define
 class ShutdownSection:
     grace: float = 5.0  # seconds to flush and close connections on SIGINT/SIGTERM
 
@@ -145,6 +153,7 @@ class Config:
     permissions: PermissionsSection = attrs.field(factory=PermissionsSection)
     access: AccessSection = attrs.field(factory=AccessSection)
     metrics: MetricsSection = attrs.field(factory=MetricsSection)
+    compression: CompressionSection = attrs.field(factory=CompressionSection)
     shutdown: ShutdownSection = attrs.field(factory=ShutdownSection)
     cluster: ClusterSection = attrs.field(factory=ClusterSection)
     # The [broker] table of a cluster file belongs to `roomd-broker`; nodes ignore it.

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from ..protocol import PushTemplate, ServerFrame, Session, encode_frame
-from ..ws import frame
+from ..ws import Deflater, frame
 
 RoomKey = tuple[str, str]  # (namespace, room)
 
@@ -73,6 +73,7 @@ class Connection:
     __slots__ = (
         "_claims",
         "binary",
+        "deflate",
         "events",
         "handshake_deadline",
         "inflight",
@@ -90,6 +91,7 @@ class Connection:
         limiter: RateLimiter,
         handshake_deadline: float,
         claims: dict[str, Any] | None = None,
+        deflate: Deflater | None = None,
     ) -> None:
         self.session = session
         self.outlet = outlet
@@ -97,6 +99,7 @@ class Connection:
         self.handshake_deadline = handshake_deadline
         self._claims = claims or None  # most clients have none: no empty dict each
         self.binary = False  # msgpack when the hello came in a binary frame
+        self.deflate = deflate  # permessage-deflate, when the client negotiated it
         self.rooms: set[RoomKey] = NO_ROOMS  # a set of its own from the first join
         self.pending: dict[int, Any] = {}  # (an empty dict costs 64 bytes: cheap enough)
         self.events: Any = None  # send side of the event worker's queue, once it runs
@@ -117,14 +120,26 @@ class Connection:
 
     def send(self, message: ServerFrame) -> bool:
         """Encode and queue a frame for this client alone."""
-        return self.outlet.send_frame(frame(encode_frame(message, self.binary), self.binary))
+        payload = encode_frame(message, self.binary)
+        if self.deflate is not None:
+            return self.outlet.send_frame(self.deflate.message(payload, self.binary))
+        return self.outlet.send_frame(frame(payload, self.binary))
 
     def push(self, template: PushTemplate) -> bool:
-        """Queue a push, numbered with the session's next ``seq`` unless it is volatile."""
-        if template.volatile:
-            payload = template.render(None, self.binary)
-        else:
-            payload = template.render(self.session.next_seq(), self.binary)
+        """Queue a push, numbered with the session's next ``seq`` unless it is volatile.
+
+        Compressed, the push's shared part is deflated once per message (kept with the
+        template) and only the head with the ``seq`` is added per recipient.
+        """
+        seq = None if template.volatile else self.session.next_seq()
+        deflater = self.deflate
+        if deflater is not None:
+            shared = template.shared(self.binary, deflater, deflater.shared)
+            if shared is not None:
+                head, _ = template.parts(seq, self.binary)
+                data = deflater.frame(head, shared, self.binary)
+                return self.outlet.send_frame(data, template.volatile)
+        payload = template.render(seq, self.binary)
         return self.outlet.send_frame(frame(payload, self.binary), template.volatile)
 
     def close(self, code: int, reason: str | None = None) -> None:

@@ -106,12 +106,13 @@ class Transport:
         max_message: int,
         max_bytes: int,
         close_timeout: float,
+        deflate: bool = False,
     ) -> None:
         sock.setblocking(False)
         self._sock = sock
         self._stats = stats
         self._flusher = flusher
-        self._ws = ws.FrameParser(max_message)
+        self._ws = ws.FrameParser(max_message, deflate=deflate)
         self._ws.feed(trailing)
         self._state = OPEN
         self._max_bytes = max_bytes

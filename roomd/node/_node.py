@@ -29,11 +29,13 @@ from ..io import Flusher, Transport, read_request, refuse, send_all
 from ..protocol import PROTOCOL_VERSION, CloseCode, Push, PushTemplate, Session
 from ..ws import (
     BadRequest,
+    Deflater,
     HandshakeError,
     HttpRequest,
     accept_response,
     check_upgrade,
     json_response,
+    negotiate_deflate,
     response,
 )
 from ._access import Authorizer, Gate, OriginPolicy, bearer, token_matches
@@ -141,6 +143,12 @@ class Node:
         )
         self._routes: dict[str, Route] = {"/health": self._health_route}
         self.metrics_port: int | None = None  # where /metrics is served, once running
+        compression = self.config.compression
+        self._deflaters = {  # by window bits, shared by the connections that agreed on them
+            compression.window_bits: Deflater(
+                compression.window_bits, compression.level, compression.threshold
+            )
+        }
         self.admission = Admission(self.config.limits)  # every TCP connection, counted
         self._connected: dict[Connection, Transport] = {}  # every WebSocket, handshaking or open
         self._stop = trio.Event()
@@ -411,7 +419,7 @@ class Node:
             trio.lowlevel.notify_closing(sock)
             sock.close()
             return
-        trailing, identity = upgrade
+        trailing, identity, deflater = upgrade
         transport = Transport(
             sock,
             self.stats,
@@ -420,6 +428,7 @@ class Node:
             max_message=limits.max_frame_bytes,
             max_bytes=limits.outbox_max_bytes,
             close_timeout=limits.close_timeout,
+            deflate=deflater is not None,
         )
         del upgrade, trailing  # nothing of the handshake stays with the connection
         conn = Connection(
@@ -428,6 +437,7 @@ class Node:
             RateLimiter(limits.rate, limits.burst, trio.current_time()),
             deadline,
             identity.claims,
+            deflater,
         )
         del identity
         if self._stop.is_set():  # upgraded while the node began to shut down
@@ -447,7 +457,7 @@ class Node:
 
     async def _handshake(
         self, sock: socket.socket, ticket: Ticket, deadline: float
-    ) -> tuple[bytes, Identity] | None:
+    ) -> tuple[bytes, Identity, Deflater | None] | None:
         """Answer plain HTTP, or accept a WebSocket upgrade: its trailing bytes and identity.
 
         Returns ``None`` when the connection is done (answered, refused or dropped).
@@ -475,8 +485,9 @@ class Node:
                         self.stats.rejected[refusal.reason] += 1
                         reply = refusal.reply
                     else:
-                        await send_all(sock, accept_response(request))
-                        return request.trailing, identity
+                        extensions, deflater = self._negotiate_deflate(request)
+                        await send_all(sock, accept_response(request, extensions))
+                        return request.trailing, identity, deflater
             except HandshakeError as exc:
                 self.stats.rejected[str(exc.status)] += 1
                 reply = exc.reply
@@ -489,6 +500,22 @@ class Node:
             with trio.move_on_after(1.0), contextlib.suppress(OSError):
                 await send_all(sock, reply)
         return None
+
+    def _negotiate_deflate(self, request: HttpRequest) -> tuple[str | None, Deflater | None]:
+        """permessage-deflate, if the client offers it and the node allows it: the extension
+        field of the answer and the (shared) deflater of the window size agreed."""
+        offer = request.header("sec-websocket-extensions")
+        section = self.config.compression
+        if not offer or not section.enabled:
+            return None, None
+        agreed = negotiate_deflate(offer, section.window_bits)
+        if agreed is None:
+            return None, None
+        extensions, bits = agreed
+        deflater = self._deflaters.get(bits)
+        if deflater is None:
+            deflater = self._deflaters[bits] = Deflater(bits, section.level, section.threshold)
+        return extensions, deflater
 
     def _authenticate(self, request: HttpRequest, peer: str) -> Identity:
         try:

@@ -392,12 +392,13 @@ class PushTemplate:
     encoded once, at the node where it was sent.
     """
 
-    __slots__ = ("_msgpack", "body", "volatile")
+    __slots__ = ("_msgpack", "_shared", "body", "volatile")
 
     def __init__(self, body: bytes, *, volatile: bool = False) -> None:
         self.body = body  # the JSON object without its opening brace
         self.volatile = volatile
         self._msgpack: tuple[int, bytes] | None = None
+        self._shared: dict[Any, bytes | None] | None = None  # see shared()
 
     @classmethod
     def of(cls, push: Push, *, volatile: bool = False) -> PushTemplate:
@@ -406,16 +407,45 @@ class PushTemplate:
             raise ValueError("a push template carries no seq")
         return cls(orjson.dumps(converter.unstructure(push), default=_plain)[1:], volatile=volatile)
 
+    def parts(self, seq: int | None, binary: bool) -> tuple[bytes, bytes]:
+        """The frame :meth:`render` returns, as what is per recipient (the head, with ``seq``)
+        and what every recipient shares (the rest)."""
+        if not binary:
+            if seq is None:
+                return _JSON_HEAD, self.body
+            return b'{"type":"push","seq":%d,' % seq, self.body
+        count, rest = self._packed()
+        if seq is None:
+            return bytes((0x80 | (count + 1),)) + _MSGPACK_TYPE_PUSH, rest
+        head = bytes((0x80 | (count + 2),)) + _MSGPACK_TYPE_PUSH + _MSGPACK_SEQ_KEY
+        return head + msgpack.packb(seq), rest
+
+    def shared(
+        self, binary: bool, key: typing.Hashable, make: typing.Callable[[bytes], bytes | None]
+    ) -> bytes | None:
+        """``make(the shared part)`` in encoding ``binary``, computed once per ``key`` and kept
+        with the template: a form of what every recipient shares, such as its compressed form,
+        costs one computation per message, not one per recipient."""
+        if self._shared is None:
+            self._shared = {}
+        cache_key = (binary, key)
+        if cache_key not in self._shared:
+            self._shared[cache_key] = make(self.parts(None, binary)[1])
+        return self._shared[cache_key]
+
+    def _packed(self) -> tuple[int, bytes]:
+        if self._msgpack is None:
+            packed: bytes = msgpack.packb(orjson.loads(b"{" + self.body))
+            self._msgpack = (packed[0] & 0x0F, packed[1:])  # fixmap: a push has <= 15 keys
+        return self._msgpack
+
     def render(self, seq: int | None, binary: bool) -> bytes:
         """The encoded push frame, with ``seq`` (``None`` for a volatile push)."""
         if not binary:
             if seq is None:
                 return _JSON_HEAD + self.body
             return b'{"type":"push","seq":%d,%s' % (seq, self.body)
-        if self._msgpack is None:
-            packed: bytes = msgpack.packb(orjson.loads(b"{" + self.body))
-            self._msgpack = (packed[0] & 0x0F, packed[1:])  # fixmap: a push has <= 15 keys
-        count, rest = self._msgpack
+        count, rest = self._packed()
         if seq is None:
             return bytes((0x80 | (count + 1),)) + _MSGPACK_TYPE_PUSH + rest
         seq_bytes: bytes = msgpack.packb(seq)

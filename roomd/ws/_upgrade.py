@@ -49,8 +49,9 @@ def check_upgrade(request: HttpRequest) -> None:
         raise HandshakeError(400, "invalid Sec-WebSocket-Key")
 
 
-def accept_response(request: HttpRequest) -> bytes:
-    """The ``101 Switching Protocols`` answer to a checked upgrade request."""
+def accept_response(request: HttpRequest, extensions: str | None = None) -> bytes:
+    """The ``101 Switching Protocols`` answer to a checked upgrade request, with the
+    ``extensions`` the node accepted (a ``Sec-WebSocket-Extensions`` value), if any."""
     accept = generate_accept_token(request.header("sec-websocket-key").encode("ascii"))
     lines = [
         "HTTP/1.1 101 Switching Protocols",
@@ -61,4 +62,6 @@ def accept_response(request: HttpRequest) -> bytes:
     offered = [p.strip() for p in request.header("sec-websocket-protocol").split(",")]
     if SUBPROTOCOL in offered:
         lines.append(f"Sec-WebSocket-Protocol: {SUBPROTOCOL}")
+    if extensions:
+        lines.append(f"Sec-WebSocket-Extensions: {extensions}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
