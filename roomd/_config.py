@@ -96,6 +96,12 @@ class MetricsSection:
 
 
 @attrs.define
+class TlsSection:
+    cert: str | None = None  # PEM certificate chain: with key, the node serves wss:// and https://
+    key: str | None = None  # PEM private key (both are read again on SIGHUP)
+
+
+@attrs.define
 class CompressionSection:
     enabled: bool = True  # permessage-deflate (RFC 7692) when a client offers it
     threshold: int = 1024  # messages shorter than this many bytes stay plain
@@ -154,6 +160,7 @@ class Config:
     access: AccessSection = attrs.field(factory=AccessSection)
     metrics: MetricsSection = attrs.field(factory=MetricsSection)
     compression: CompressionSection = attrs.field(factory=CompressionSection)
+    tls: TlsSection = attrs.field(factory=TlsSection)
     shutdown: ShutdownSection = attrs.field(factory=ShutdownSection)
     cluster: ClusterSection = attrs.field(factory=ClusterSection)
     # The [broker] table of a cluster file belongs to `roomd-broker`; nodes ignore it.

@@ -13,6 +13,7 @@ import errno
 import logging
 import secrets
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
@@ -25,13 +26,14 @@ from .._config import Config, configure_node
 from .._version import __version__
 from ..cluster import CallHandler, ClusterReplies, ClusterView, Replies, make_cluster
 from ..hub import Connection, Hub, RateLimiter
-from ..io import Flusher, Transport, read_request, refuse, send_all
+from ..io import Flusher, Transport, read_request, refuse, send_all, tls_handshake
 from ..protocol import PROTOCOL_VERSION, CloseCode, Push, PushTemplate, Session
 from ..ws import (
     BadRequest,
     Deflater,
     HandshakeError,
     HttpRequest,
+    TlsSession,
     accept_response,
     check_upgrade,
     json_response,
@@ -133,8 +135,11 @@ class Node:
         )
         self.router.attach(self.cluster)
         self.requests = Requests(self.name, self.hub, self.view, self.cluster)
+        self.tls_context = self._load_tls()  # None: plain ws:// and http://
         self.gate = Gate(self.config.access, auth.dev, self._context)
-        self.origins = OriginPolicy.of(self.config.access.allowed_origins, auth.dev, tls=False)
+        self.origins = OriginPolicy.of(
+            self.config.access.allowed_origins, auth.dev, tls=self.tls_context is not None
+        )
         builtins = Builtins(
             self.config, self.router, self.requests, self.view, self.cluster_stats, self.gate
         )
@@ -292,6 +297,33 @@ class Node:
         ) as streamed:
             yield streamed
 
+    def reload_tls(self) -> bool:
+        """Read the certificate and key again (``roomd`` does on SIGHUP); connections made
+        from now on use them. On failure the node keeps the ones it has; whether it reloaded."""
+        if self.tls_context is None:
+            return False
+        try:
+            self.tls_context = self._load_tls()
+        except (OSError, ValueError) as exc:
+            log.error("TLS certificate not reloaded, the previous one stays: %s", exc)
+            return False
+        log.info("TLS certificate reloaded from %s", self.config.tls.cert)
+        return True
+
+    def _load_tls(self) -> ssl.SSLContext | None:
+        section = self.config.tls
+        if section.cert is None and section.key is None:
+            return None
+        if section.cert is None or section.key is None:
+            raise ValueError("tls.cert and tls.key go together")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(section.cert, section.key)
+        except ssl.SSLError as exc:
+            raise ValueError(f"cannot use {section.cert} and {section.key}: {exc}") from None
+        return context
+
     def shutdown(self) -> None:
         """Stop accepting, close every connection with 1001 and make :meth:`run` return."""
         self._stop.set()
@@ -399,7 +431,11 @@ class Node:
         ticket = self.admission.enter(peer)
         if isinstance(ticket, Refusal):
             self.stats.rejected[ticket.reason] += 1
-            await refuse(sock, ticket.reply)
+            if self.tls_context is None:
+                await refuse(sock, ticket.reply)
+            else:  # no TLS handshake for it: closed without an answer
+                trio.lowlevel.notify_closing(sock)
+                sock.close()
             return
         try:
             await self._serve_admitted(sock, ticket)
@@ -409,8 +445,9 @@ class Node:
     async def _serve_admitted(self, sock: socket.socket, ticket: Ticket) -> None:
         limits = self.config.limits
         deadline = trio.current_time() + limits.handshake_timeout
+        tls = TlsSession(self.tls_context) if self.tls_context is not None else None
         try:
-            upgrade = await self._handshake(sock, ticket, deadline)
+            upgrade = await self._handshake(sock, ticket, deadline, tls)
         except Exception:  # a defect: it ends this connection, never the node
             log.exception("handshake failed; the connection is dropped")
             upgrade = None
@@ -429,6 +466,7 @@ class Node:
             max_bytes=limits.outbox_max_bytes,
             close_timeout=limits.close_timeout,
             deflate=deflater is not None,
+            tls=tls,
         )
         del upgrade, trailing  # nothing of the handshake stays with the connection
         conn = Connection(
@@ -456,7 +494,7 @@ class Node:
             self._disconnected(conn)
 
     async def _handshake(
-        self, sock: socket.socket, ticket: Ticket, deadline: float
+        self, sock: socket.socket, ticket: Ticket, deadline: float, tls: TlsSession | None
     ) -> tuple[bytes, Identity, Deflater | None] | None:
         """Answer plain HTTP, or accept a WebSocket upgrade: its trailing bytes and identity.
 
@@ -465,7 +503,9 @@ class Node:
         reply: bytes | None = None
         with trio.move_on_at(deadline):
             try:
-                request = await read_request(sock)
+                if tls is not None:
+                    await tls_handshake(sock, tls)
+                request = await read_request(sock, tls)
                 if not request.upgrade:
                     reply = self._http(request)
                 elif request.path not in ("/", "/ws"):
@@ -486,7 +526,7 @@ class Node:
                         reply = refusal.reply
                     else:
                         extensions, deflater = self._negotiate_deflate(request)
-                        await send_all(sock, accept_response(request, extensions))
+                        await send_all(sock, accept_response(request, extensions), tls)
                         return request.trailing, identity, deflater
             except HandshakeError as exc:
                 self.stats.rejected[str(exc.status)] += 1
@@ -496,9 +536,9 @@ class Node:
                 reply = json_response(400, {"error": str(exc)})
             except OSError:
                 return None
-        if reply is not None:
+        if reply is not None and (tls is None or tls.handshake_done):
             with trio.move_on_after(1.0), contextlib.suppress(OSError):
-                await send_all(sock, reply)
+                await send_all(sock, reply, tls)
         return None
 
     def _negotiate_deflate(self, request: HttpRequest) -> tuple[str | None, Deflater | None]:
@@ -599,7 +639,7 @@ class Node:
         host = self.config.node.host
         return {
             "status": "draining" if self._stop.is_set() else "up",
-            "url": f"ws://{host}:{self.port}/ws",
+            "url": f"{'wss' if self.tls_context else 'ws'}://{host}:{self.port}/ws",
             "connections": len(self._connected),
             "users": len(self.hub.users),
             "rooms": len(self.hub.rooms),

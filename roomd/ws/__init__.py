@@ -31,6 +31,8 @@ from ._http import HttpRequest as HttpRequest
 from ._http import json_response as json_response
 from ._http import parse_head as parse_head
 from ._http import response as response
+from ._tls import TlsError as TlsError
+from ._tls import TlsSession as TlsSession
 from ._upgrade import SUBPROTOCOL as SUBPROTOCOL
 from ._upgrade import HandshakeError as HandshakeError
 from ._upgrade import accept_response as accept_response
