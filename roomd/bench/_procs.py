@@ -43,6 +43,19 @@ class BenchError(Exception):
     """The benchmark cannot go on (a process failed, a step timed out)."""
 
 
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made with ``openssl`` in ``directory``."""
+    cert, key = directory / "node.pem", directory / "node.key"
+    argv = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+    argv += ["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
+    argv += ["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)]
+    try:
+        subprocess.run(argv, check=True, capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise BenchError(f"cannot make a certificate with openssl: {exc}") from None
+    return cert, key
+
+
 def free_ports(count: int) -> list[int]:
     """``count`` TCP ports on 127.0.0.1 that were free a moment ago."""
     socks = [socket.socket() for _ in range(count)]
@@ -177,7 +190,21 @@ class Cluster:
     broker_endpoints: tuple[str, str] | None = None  # frontend, backend (when started here)
 
 
-def cluster_toml(names: Sequence[str], ports: Sequence[int], broker: tuple[int, int]) -> str:
+@attrs.frozen
+class ClusterOptions:
+    """How the benchmark's nodes are set up beyond the defaults."""
+
+    compress_threshold: int | None = None  # compression.threshold
+    tls: bool = False  # serve TLS with a certificate made for the run
+
+
+def cluster_toml(
+    names: Sequence[str],
+    ports: Sequence[int],
+    broker: tuple[int, int],
+    options: ClusterOptions = ClusterOptions(),
+    tls: tuple[Path, Path] | None = None,
+) -> str:
     """The cluster file of a benchmark: dev auth, limits out of the workloads' way."""
     frontend, backend = (f"tcp://127.0.0.1:{p}" for p in broker)
     lines = [
@@ -186,6 +213,8 @@ def cluster_toml(names: Sequence[str], ports: Sequence[int], broker: tuple[int, 
         "dev = true",
         "[limits]",
         "max_connections = 100000",
+        "max_handshakes = 100000",
+        "max_connections_per_ip = 0  # every connection comes from 127.0.0.1",
         "rate = 1000000.0  # frames/s per connection: a burst sender must not be throttled",
         "burst = 1000000",
         "[permissions]",
@@ -201,6 +230,10 @@ def cluster_toml(names: Sequence[str], ports: Sequence[int], broker: tuple[int, 
         "heartbeat_interval = 1.0",
         "heartbeat_misses = 3",
     ]
+    if options.compress_threshold is not None:
+        lines += ["[compression]", f"threshold = {options.compress_threshold}"]
+    if tls is not None:
+        lines += ["[tls]", f'cert = "{tls[0]}"', f'key = "{tls[1]}"']
     for name, port in zip(names, ports, strict=True):
         lines += ["[[cluster.nodes]]", f'name = "{name}"', f"port = {port}"]
     return "\n".join(lines) + "\n"
@@ -208,7 +241,10 @@ def cluster_toml(names: Sequence[str], ports: Sequence[int], broker: tuple[int, 
 
 @asynccontextmanager
 async def local_cluster(
-    count: int, start_timeout: float, logs: str | None = None
+    count: int,
+    start_timeout: float,
+    logs: str | None = None,
+    options: ClusterOptions = ClusterOptions(),
 ) -> AsyncIterator[Cluster]:
     """Start a broker and ``count`` nodes and wait until every node sees all the others;
     write each one's output (its last lines) to ``logs/<name>.log`` at the end."""
@@ -216,7 +252,8 @@ async def local_cluster(
     ports = free_ports(count + 2)
     with tempfile.TemporaryDirectory(prefix="roomd-bench-") as tmp:
         path = Path(tmp) / "cluster.toml"
-        path.write_text(cluster_toml(names, ports[:count], (ports[-2], ports[-1])))
+        tls = self_signed(Path(tmp)) if options.tls else None
+        path.write_text(cluster_toml(names, ports[:count], (ports[-2], ports[-1]), options, tls))
         children = [
             Child(c.name, c.argv) for c in plan(load_config(path), path, ["--log-level", "INFO"])
         ]

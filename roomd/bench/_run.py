@@ -28,7 +28,7 @@ import trio
 
 from . import _report
 from ._micro import run_micro
-from ._procs import BenchError, Cluster, Node, drivers, get_json, local_cluster
+from ._procs import BenchError, Cluster, ClusterOptions, Node, drivers, get_json, local_cluster
 from ._workloads import WORKLOADS, Bench, Settings, run_bus, run_w1, run_w2, run_w3
 
 BUS_SKIPPED: Final = "with --urls the broker's endpoints are not known"
@@ -101,6 +101,22 @@ def _parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--padding", type=int, default=d.padding, help="payload padding bytes (64)")
     g.add_argument(
+        "--compress",
+        action="store_true",
+        help="the drivers offer permessage-deflate (the nodes accept it by default)",
+    )
+    g.add_argument(
+        "--compress-threshold",
+        type=int,
+        metavar="BYTES",
+        help="the nodes' compression.threshold (default: the node's default)",
+    )
+    g.add_argument(
+        "--tls",
+        action="store_true",
+        help="the nodes serve wss:// with a certificate made for the run (openssl)",
+    )
+    g.add_argument(
         "--timeout", type=float, default=d.timeout, help="phase limit beyond sending (60 s)"
     )
     g.add_argument("--json", metavar="FILE", help="write the full results as JSON")
@@ -151,6 +167,9 @@ def parse_settings(argv: Sequence[str]) -> tuple[Settings, str | None, int]:
         bus_direct=args.bus_direct,
         micro_sends=args.micro_sends,
         padding=args.padding,
+        compress=args.compress,
+        compress_threshold=args.compress_threshold,
+        tls=args.tls,
         timeout=args.timeout,
         profile=args.profile,
         logs=args.logs,
@@ -177,7 +196,10 @@ def _node_of(url: str, index: int) -> Node:
 @contextlib.asynccontextmanager
 async def _cluster(settings: Settings) -> AsyncIterator[Cluster]:
     if not settings.urls:
-        async with local_cluster(settings.nodes, settings.start_timeout, settings.logs) as cluster:
+        options = ClusterOptions(settings.compress_threshold, settings.tls)
+        async with local_cluster(
+            settings.nodes, settings.start_timeout, settings.logs, options
+        ) as cluster:
             yield cluster
         return
     nodes = [_node_of(url, i) for i, url in enumerate(settings.urls)]
