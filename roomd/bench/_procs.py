@@ -18,6 +18,7 @@ import collections
 import os
 import re
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -181,6 +182,7 @@ class Node:
     host: str
     port: int
     pid: int | None = None
+    tls: bool = False  # it serves wss:// and https://
 
 
 @attrs.frozen
@@ -270,7 +272,7 @@ async def local_cluster(
                 try:
                     yield Cluster(
                         [
-                            Node(c.name, "127.0.0.1", port, c.pid)
+                            Node(c.name, "127.0.0.1", port, c.pid, options.tls)
                             for c, port in zip(nodes, ports, strict=False)
                         ],
                         broker.pid,
@@ -387,11 +389,18 @@ async def drivers(
 # HTTP ------------------------------------------------------------------------------------------
 
 
-async def get_json(host: str, port: int, path: str, timeout: float = 5.0) -> Any:
-    """``GET path`` over plain HTTP/1.0; the JSON body. Error handling: :class:`BenchError`."""
+async def get_json(node: Node, path: str, timeout: float = 5.0) -> Any:
+    """``GET path`` over HTTP/1.0 (over TLS if the node serves it, without checking its
+    certificate: the benchmark's own); the JSON body. Error handling: :class:`BenchError`."""
+    host, port = node.host, node.port
     try:
         with trio.fail_after(timeout):
-            stream = await trio.open_tcp_stream(host, port)
+            stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+            if node.tls:
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+                stream = trio.SSLStream(stream, context, https_compatible=True)
             async with stream:
                 await stream.send_all(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
                 data = b""

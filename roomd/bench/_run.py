@@ -174,6 +174,8 @@ def parse_settings(argv: Sequence[str]) -> tuple[Settings, str | None, int]:
         profile=args.profile,
         logs=args.logs,
     )
+    if any(url.startswith("wss://") for url in urls):
+        settings = attrs.evolve(settings, tls=True)
     if settings.nodes < 1 or settings.drivers < 1:
         raise SystemExit("roomd bench: --nodes and --drivers must be at least 1")
     if args.repeat < 1:
@@ -188,9 +190,10 @@ def parse_settings(argv: Sequence[str]) -> tuple[Settings, str | None, int]:
 
 def _node_of(url: str, index: int) -> Node:
     parts = urlsplit(url)
-    if parts.scheme != "ws" or not parts.hostname:
-        raise SystemExit(f"roomd bench: not a ws:// URL: {url!r}")
-    return Node(f"url{index + 1}", parts.hostname, parts.port or 80)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise SystemExit(f"roomd bench: not a ws:// or wss:// URL: {url!r}")
+    tls = parts.scheme == "wss"
+    return Node(f"url{index + 1}", parts.hostname, parts.port or (443 if tls else 80), tls=tls)
 
 
 @contextlib.asynccontextmanager
@@ -204,7 +207,7 @@ async def _cluster(settings: Settings) -> AsyncIterator[Cluster]:
         return
     nodes = [_node_of(url, i) for i, url in enumerate(settings.urls)]
     for node in nodes:
-        health = await get_json(node.host, node.port, "/health")
+        health = await get_json(node, "/health")
         if health.get("status") != "ok":
             raise BenchError(f"{node.host}:{node.port} is {health.get('status')!r}")
     yield Cluster(nodes)

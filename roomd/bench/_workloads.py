@@ -136,7 +136,7 @@ class Bench:
         total = 0
         for node in self.nodes:
             try:
-                health = await get_json(node.host, node.port, "/health")
+                health = await get_json(node, "/health")
             except BenchError:
                 return None
             total += int(health["connections"])
