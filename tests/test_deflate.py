@@ -195,3 +195,20 @@ def test_stored_block_is_valid_deflate() -> None:
         inflater.decompress(stored(b"abc") + compress(b"def", 15, 6) + b"\x00\x00\xff\xff")
         == b"abcdef"
     )
+
+
+@pytest.mark.parametrize("binary", [False, True])
+@pytest.mark.parametrize("seq", [None, 1, 127, 128, 70_000, 2**40])
+def test_a_push_is_its_head_and_its_shared_tail(binary: bool, seq: int | None) -> None:
+    from roomd.protocol import Push, PushTemplate, RoomRef
+
+    template = PushTemplate.of(Push("e", {"k": [1, "x"]}, room=RoomRef("/", "r"), sender="u"))
+    assert template.head(seq, binary) + template.tail(binary) == template.render(seq, binary)
+    deflater = Deflater(15, 6, threshold=0)
+    shared = template.shared(binary, deflater, lambda tail: compress(tail, 15, 6))
+    assert template.shared(binary, deflater, lambda tail: b"never called") is shared
+    frame = Deflater.frame(template.head(seq, binary), shared or b"", binary)
+    expected = template.render(seq, binary)
+    assert received(wsproto_client(ANSWER), frame) == [
+        (Opcode.BINARY, expected) if binary else (Opcode.TEXT, expected.decode())
+    ]

@@ -136,8 +136,7 @@ class Connection:
         if deflater is not None:
             shared = template.shared(self.binary, deflater, deflater.shared)
             if shared is not None:
-                head, _ = template.parts(seq, self.binary)
-                data = deflater.frame(head, shared, self.binary)
+                data = deflater.frame(template.head(seq, self.binary), shared, self.binary)
                 return self.outlet.send_frame(data, template.volatile)
         payload = template.render(seq, self.binary)
         return self.outlet.send_frame(frame(payload, self.binary), template.volatile)

@@ -407,18 +407,20 @@ class PushTemplate:
             raise ValueError("a push template carries no seq")
         return cls(orjson.dumps(converter.unstructure(push), default=_plain)[1:], volatile=volatile)
 
-    def parts(self, seq: int | None, binary: bool) -> tuple[bytes, bytes]:
-        """The frame :meth:`render` returns, as what is per recipient (the head, with ``seq``)
-        and what every recipient shares (the rest)."""
+    def head(self, seq: int | None, binary: bool) -> bytes:
+        """What :meth:`render` puts in front of the part every recipient shares (the ``type``,
+        and the ``seq`` when there is one)."""
         if not binary:
-            if seq is None:
-                return _JSON_HEAD, self.body
-            return b'{"type":"push","seq":%d,' % seq, self.body
-        count, rest = self._packed()
+            return _JSON_HEAD if seq is None else b'{"type":"push","seq":%d,' % seq
+        count = self._packed()[0]
         if seq is None:
-            return bytes((0x80 | (count + 1),)) + _MSGPACK_TYPE_PUSH, rest
-        head = bytes((0x80 | (count + 2),)) + _MSGPACK_TYPE_PUSH + _MSGPACK_SEQ_KEY
-        return head + msgpack.packb(seq), rest
+            return bytes((0x80 | (count + 1),)) + _MSGPACK_TYPE_PUSH
+        seq_bytes: bytes = msgpack.packb(seq)
+        return bytes((0x80 | (count + 2),)) + _MSGPACK_TYPE_PUSH + _MSGPACK_SEQ_KEY + seq_bytes
+
+    def tail(self, binary: bool) -> bytes:
+        """The part of the frame every recipient shares: ``render`` is ``head + tail``."""
+        return self._packed()[1] if binary else self.body
 
     def shared(
         self, binary: bool, key: typing.Hashable, make: typing.Callable[[bytes], bytes | None]
@@ -426,12 +428,14 @@ class PushTemplate:
         """``make(the shared part)`` in encoding ``binary``, computed once per ``key`` and kept
         with the template: a form of what every recipient shares, such as its compressed form,
         costs one computation per message, not one per recipient."""
-        if self._shared is None:
-            self._shared = {}
         cache_key = (binary, key)
-        if cache_key not in self._shared:
-            self._shared[cache_key] = make(self.parts(None, binary)[1])
-        return self._shared[cache_key]
+        try:
+            return self._shared[cache_key]  # type: ignore[index]
+        except (TypeError, KeyError):  # (no cache yet, or not this form yet)
+            if self._shared is None:
+                self._shared = {}
+            value = self._shared[cache_key] = make(self.tail(binary))
+            return value
 
     def _packed(self) -> tuple[int, bytes]:
         if self._msgpack is None:

@@ -137,5 +137,6 @@ class Deflater:
     def frame(prefix: bytes, shared: bytes, binary: bool) -> bytes:
         """A compressed frame whose message is ``prefix`` followed by the body that ``shared``
         is the :meth:`shared` form of: the prefix travels as a stored block in front."""
-        head = stored(prefix)
-        return frame_header(len(head) + len(shared), binary, compressed=True) + head + shared
+        n = len(prefix)
+        header = frame_header(n + 5 + len(shared), binary, compressed=True)
+        return b"".join((header, _STORED.pack(0, n, n ^ 0xFFFF), prefix, shared))
