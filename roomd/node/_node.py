@@ -20,7 +20,6 @@ from typing import Any, TypeVar
 
 import attrs
 import trio
-from prometheus_client.exposition import generate_latest
 
 from .._config import Config, configure_node
 from .._version import __version__
@@ -38,13 +37,13 @@ from ..ws import (
     check_upgrade,
     json_response,
     negotiate_deflate,
-    response,
 )
-from ._access import Authorizer, Gate, OriginPolicy, bearer, token_matches
+from ._access import Authorizer, Gate, OriginPolicy
 from ._admission import Admission, Refusal, Ticket
 from ._auth import Authenticator, AuthError, Identity, check_secret
 from ._builtins import BUILTIN_EVENTS, Builtins
 from ._dispatch import FrameDispatcher, Handler
+from ._http import HttpFront, Route
 from ._requests import Requests
 from ._router import Router
 from ._stats import Stats, make_registry
@@ -55,7 +54,6 @@ ACCEPT_BACKOFF = 0.1  # seconds to wait when accept() fails for lack of resource
 _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 H = TypeVar("H", bound=Handler)
-Route = Callable[[HttpRequest], bytes]
 Serve = Callable[[socket.socket, str], Awaitable[None]]  # a connection and its peer's address
 CH = TypeVar("CH", bound=CallHandler)
 
@@ -146,7 +144,6 @@ class Node:
         self._dispatch = FrameDispatcher(
             self.name, self.config, self.stats, self.router, builtins, self._context
         )
-        self._routes: dict[str, Route] = {"/health": self._health_route}
         self.metrics_port: int | None = None  # where /metrics is served, once running
         compression = self.config.compression
         self._deflaters = {  # by window bits, shared by the connections that agreed on them
@@ -158,9 +155,10 @@ class Node:
         self._connected: dict[Connection, Transport] = {}  # every WebSocket, handshaking or open
         self._stop = trio.Event()
         self._idle = trio.Event()
-        self._registry = make_registry(self.stats, self._gauges, self.cluster.counters)
-        if self.config.metrics.port is None:
-            self._routes["/metrics"] = self._metrics_route
+        registry = make_registry(self.stats, self._gauges, self.cluster.counters)
+        self.http = HttpFront(
+            self.config, self.stats, self.gate, self.authenticator, self.health, registry
+        )
 
     def _context(self, conn: Connection) -> Context:
         return Context(self, conn)
@@ -204,7 +202,7 @@ class Node:
 
     def route(self, path: str, handler: Route) -> None:
         """Serve plain HTTP GET ``path`` with ``handler(request) -> response bytes``."""
-        self._routes[path] = handler
+        self.http.routes[path] = handler
 
     def send_to_room(
         self, room: str, event: str, data: Any = None, *, ns: str = "/", volatile: bool = False
@@ -496,7 +494,8 @@ class Node:
     async def _handshake(
         self, sock: socket.socket, ticket: Ticket, deadline: float, tls: TlsSession | None
     ) -> tuple[bytes, Identity, Deflater | None] | None:
-        """Answer plain HTTP, or accept a WebSocket upgrade: its trailing bytes and identity.
+        """Answer plain HTTP, or accept a WebSocket upgrade: its trailing bytes, identity and
+        compression.
 
         Returns ``None`` when the connection is done (answered, refused or dropped).
         """
@@ -507,7 +506,7 @@ class Node:
                     await tls_handshake(sock, tls)
                 request = await read_request(sock, tls)
                 if not request.upgrade:
-                    reply = self._http(request)
+                    reply = self.http.answer(request)
                 elif request.path not in ("/", "/ws"):
                     raise HandshakeError(404, "no WebSocket endpoint at this path")
                 else:
@@ -579,41 +578,7 @@ class Node:
     # HTTP -----------------------------------------------------------------------------------------
 
     async def _serve_metrics(self, sock: socket.socket, peer: str) -> None:
-        """One connection to the separate metrics address: ``GET /metrics`` and nothing else.
-
-        Resource handling: the socket is closed before this returns.
-        """
-        ticket = self.admission.enter(peer)
-        try:
-            if isinstance(ticket, Refusal):
-                reply = ticket.reply
-            else:
-                reply = json_response(404, {"error": "not found"})
-                with trio.move_on_after(self.config.limits.handshake_timeout):
-                    try:
-                        request = await read_request(sock)
-                        if request.path == "/metrics" and request.method in ("GET", "HEAD"):
-                            reply = self._metrics_route(request)
-                    except BadRequest as exc:
-                        reply = json_response(400, {"error": str(exc)})
-            with trio.move_on_after(1.0), contextlib.suppress(OSError):
-                await send_all(sock, reply)
-        finally:
-            if not isinstance(ticket, Refusal):
-                self.admission.leave(ticket)
-            trio.lowlevel.notify_closing(sock)
-            sock.close()
-
-    def _http(self, request: HttpRequest) -> bytes:
-        self.stats.http_requests += 1
-        if request.path == "/ws":
-            return json_response(426, {"error": "WebSocket upgrade expected"})
-        route = self._routes.get(request.path)
-        if route is None:
-            return json_response(404, {"error": "not found"})  # (the path is not echoed)
-        if request.method not in ("GET", "HEAD"):
-            return json_response(405, {"error": "method not allowed"}, (("Allow", "GET"),))
-        return route(request)
+        await self.http.serve_metrics(sock, peer, self.admission)
 
     def health(self, operator: bool = True) -> dict[str, Any]:
         """What ``GET /health`` answers; room names only for an ``operator``."""
@@ -657,29 +622,6 @@ class Node:
         ]
         stats["roomsTruncated"] = len(rooms) > max_rooms
         return stats
-
-    def _health_route(self, request: HttpRequest) -> bytes:
-        return json_response(200, self.health(operator=self._is_operator(request)))
-
-    def _is_operator(self, request: HttpRequest) -> bool:
-        """An HTTP request from an operator: the admin token, or a token with the claim."""
-        token = bearer(request)
-        if self.gate.dev or token_matches(token, self.config.access.admin_token):
-            return True
-        try:
-            return token is not None and self.gate.is_operator(
-                self.authenticator.verify(token).claims
-            )
-        except AuthError:
-            return False
-
-    def _metrics_route(self, request: HttpRequest) -> bytes:
-        expected = self.config.metrics.token
-        if expected is not None and not token_matches(bearer(request), expected):
-            challenge = (("WWW-Authenticate", 'Bearer realm="roomd-metrics"'),)
-            return json_response(401, {"error": "metrics token required"}, challenge)
-        body = generate_latest(self._registry)
-        return response(200, body, "text/plain; version=0.0.4; charset=utf-8")
 
     def _gauges(self) -> dict[str, float]:
         return {
