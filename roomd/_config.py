@@ -39,7 +39,10 @@ class AuthSection:
 
 @attrs.define
 class LimitsSection:
-    max_connections: int = 10_000
+    max_connections: int = 10_000  # TCP connections, the ones in the HTTP handshake included
+    max_handshakes: int = 1000  # connections not past their HTTP upgrade yet (503 beyond)
+    max_connections_per_ip: int = 1000  # from one address, handshaking or open; 0: no cap (429)
+    max_connections_per_user: int = 100  # WebSocket connections of one user; 0: no cap (429)
     max_frame_bytes: int = 64 * 1024
     max_depth: int = 32  # objects and arrays nested in one frame (the frame is the first)
     handshake_timeout: float = 10.0  # TCP accept to welcome
@@ -95,6 +98,34 @@ class HistorySection:
 
 
 @attrs.define
+class AccessSection:
+    allowed_origins: list[str] = attrs.field(factory=list)  # besides the node's host; "*": any
+    require_room_claims: bool = False  # tokens without rooms/namespaces claims may join nothing
+    admin_token: str | None = None  # operators' bearer token on HTTP; ROOMD_ADMIN_TOKEN
+
+
+@attrs.define
+class MetricsSection:
+    host: str | None = None  # serve /metrics on this address and port instead of the node's
+    port: int | None = None
+    token: str | None = None  # require Authorization: Bearer TOKEN; ROOMD_METRICS_TOKEN
+
+
+@attrs.define
+class TlsSection:
+    cert: str | None = None  # PEM certificate chain: with key, the node serves wss:// and https://
+    key: str | None = None  # PEM private key (both are read again on SIGHUP)
+
+
+@attrs.define
+class CompressionSection:
+    enabled: bool = True  # permessage-deflate (RFC 7692) when a client offers it
+    threshold: int = 1024  # messages shorter than this many bytes stay plain
+    level: int = 6  # zlib level, 1 (fastest) to 9 (smallest)
+    window_bits: int = 15  # the node's compression window: 2**bits bytes (9..15)
+
+
+@attrs.define
 class ShutdownSection:
     grace: float = 5.0  # seconds to flush and close connections on SIGINT/SIGTERM
     drain: bool = False  # SIGTERM drains (clients move to other nodes) instead of closing 1001
@@ -146,6 +177,10 @@ class Config:
     limits: LimitsSection = attrs.field(factory=LimitsSection)
     heartbeat: HeartbeatSection = attrs.field(factory=HeartbeatSection)
     permissions: PermissionsSection = attrs.field(factory=PermissionsSection)
+    access: AccessSection = attrs.field(factory=AccessSection)
+    metrics: MetricsSection = attrs.field(factory=MetricsSection)
+    compression: CompressionSection = attrs.field(factory=CompressionSection)
+    tls: TlsSection = attrs.field(factory=TlsSection)
     shutdown: ShutdownSection = attrs.field(factory=ShutdownSection)
     sessions: SessionsSection = attrs.field(factory=SessionsSection)
     history: HistorySection = attrs.field(factory=HistorySection)
@@ -191,7 +226,8 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 
 def load_config(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Config:
-    """Read ``path`` (defaults apply where it is silent) and apply ``ROOMD_SECRET``."""
+    """Read ``path`` (defaults apply where it is silent) and apply ``ROOMD_SECRET``,
+    ``ROOMD_ADMIN_TOKEN`` and ``ROOMD_METRICS_TOKEN``."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -203,4 +239,8 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
     env = os.environ if environ is None else environ
     if env.get("ROOMD_SECRET"):
         config.auth.secret = env["ROOMD_SECRET"]
+    if env.get("ROOMD_ADMIN_TOKEN"):
+        config.access.admin_token = env["ROOMD_ADMIN_TOKEN"]
+    if env.get("ROOMD_METRICS_TOKEN"):
+        config.metrics.token = env["ROOMD_METRICS_TOKEN"]
     return config

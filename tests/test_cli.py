@@ -57,3 +57,10 @@ def test_node_refuses_to_start_with_a_clear_error(args: tuple[str, ...], message
         env=env,
     )
     assert out.returncode != 0 and message in out.stderr
+
+
+def test_short_secrets_are_refused_by_the_command() -> None:
+    out = roomd("token", "--user", "alice", env={"ROOMD_SECRET": "a"})
+    assert out.returncode != 0 and "at least 32 bytes" in out.stderr
+    out = roomd("--port", "0", env={"ROOMD_SECRET": "x" * 31})
+    assert out.returncode != 0 and "at least 32 bytes" in out.stderr

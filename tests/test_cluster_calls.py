@@ -34,7 +34,7 @@ class Nodes(dict[str, Node]):
 
 
 @asynccontextmanager
-async def embedded_cluster(names: list[str]) -> AsyncIterator[Nodes]:
+async def embedded_cluster(names: list[str], **sections: dict[str, Any]) -> AsyncIterator[Nodes]:
     front, back = free_ports(2)
     broker = Proc(
         "broker",
@@ -61,7 +61,8 @@ async def embedded_cluster(names: list[str]) -> AsyncIterator[Nodes]:
                 "heartbeat_interval": HEARTBEAT,
                 "call_timeout": 1.0,
             }
-            nodes = Nodes({name: Node(make_config(cluster=cluster), name=name) for name in names})
+            config = make_config(cluster=cluster, **sections)
+            nodes = Nodes({name: Node(config, name=name) for name in names})
             for node in nodes.values():
                 await nursery.start(nodes.run, node)
             for node in nodes.values():  # every node sees every other one

@@ -53,3 +53,14 @@ def test_malformed_heads_are_refused(head: bytes) -> None:
 def test_parser_raises_only_bad_request(head: bytes) -> None:
     with contextlib.suppress(BadRequest):
         parse_head(head)
+
+
+def test_host_is_required_once_in_http_1_1() -> None:
+    with pytest.raises(BadRequest, match="no Host"):
+        parse_head(b"GET / HTTP/1.1\r\nX: y")
+    with pytest.raises(BadRequest, match="no Host"):
+        parse_head(b"GET / HTTP/1.1\r\nHost: ")
+    with pytest.raises(BadRequest, match="more than one Host"):
+        parse_head(b"GET / HTTP/1.1\r\nHost: a\r\nhost: b")
+    assert parse_head(b"GET / HTTP/1.0").version == "HTTP/1.0"
+    assert parse_head(b"GET / HTTP/1.1\r\nHost: a").version == "HTTP/1.1"

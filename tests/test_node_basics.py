@@ -101,6 +101,9 @@ async def test_ping_pong_carries_timestamps(node: Node) -> None:
             await c.send({"type": "ping", "ts": 123.5})
             pong = await c.expect("pong")
             assert pong["ts"] == 123.5 and pong["serverTs"] > 1e9
+            await c.send({"type": "ping", "ts": 123})
+            raw = await c.ws.get_message()
+            assert '"ts":123,' in raw  # echoed unchanged: an integer stays an integer
 
 
 async def test_handler_reply_error_and_crash(node: Node) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import trio
 
 from roomd import Node
@@ -102,3 +104,38 @@ async def test_status_reaches_room_members_and_own_connections(node: Node) -> No
                 empty = await a1.call("status", {"status": ""})
                 assert empty["error"]["code"] == "invalid"
                 assert empty["error"]["message"] == "status: must not be empty"
+
+
+@pytest.mark.parametrize(
+    "room",
+    [
+        "\u202egnp.exe",  # right-to-left override
+        "lob\u2066by\u2069",  # isolates
+        "lob\u200bby",  # zero-width space
+        "\ufefflobby",  # byte order mark
+        "lobby\u00ad",  # soft hyphen
+        "\u3164",  # Hangul filler: a letter that renders as nothing
+        "a\u2028b",  # line separator
+        "\ue000",  # private use
+    ],
+)
+async def test_names_that_hide_what_they_are_are_refused(node: Node, room: str) -> None:
+    with trio.fail_after(5):
+        async with connect(node, "alice") as a:
+            ack = await a.call("room.join", {"room": room})
+            assert ack["error"]["code"] == "invalid"
+            assert "invisible" in ack["error"]["message"]
+            ack = await a.call("room.join", {"room": "r", "ns": room})
+            assert ack["error"]["code"] == "invalid"
+    assert node.hub.rooms == {}
+
+
+async def test_names_are_normalised_nfc(node: Node) -> None:
+    decomposed, composed = "cafe\u0301", "caf\u00e9"
+    with trio.fail_after(5):
+        a_name, b_name = urllib.parse.quote(decomposed), urllib.parse.quote(composed)
+        async with connect(node, a_name) as a, connect(node, b_name) as b:
+            assert a.welcome["user"] == b.welcome["user"] == composed
+            assert (await a.ok("room.join", {"room": decomposed}))["room"] == composed
+            assert (await b.ok("room.join", {"room": composed}))["members"] == [composed]
+            assert node.room_members(composed) == [composed]

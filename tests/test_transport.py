@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import socket
 
+import orjson
+import trio
+from wsproto.events import AcceptConnection, TextMessage
+
+from roomd import Node
 from roomd.io import Flusher, Transport
 from roomd.node import Stats
+from tests.support import read_until_close, silent_websocket
 
 
 async def test_volatile_pushes_are_dropped_first_then_the_connection_closes_4008() -> None:
@@ -26,3 +32,21 @@ async def test_volatile_pushes_are_dropped_first_then_the_connection_closes_4008
         assert outbox.closing and outbox.close_code == 4008
         assert stats.close_codes[4008] == 1
         assert not outbox.send_frame(b"r")  # closing: nothing more is queued
+
+
+async def test_replies_before_a_protocol_violation_in_the_same_read_are_sent(node: Node) -> None:
+    """A valid hello and ping, then an unmasked frame, all in one write: the welcome and the
+    pong go out before the close 1002."""
+    with trio.fail_after(5):
+        stream, ws = await silent_websocket(node.port or 0)
+        async with stream:
+            ws.receive_data(await stream.receive_some(65536))
+            assert any(isinstance(e, AcceptConnection) for e in ws.events())
+            data = ws.send(TextMessage('{"type":"hello","v":1}'))
+            data += ws.send(TextMessage('{"type":"ping","ts":7}'))
+            data += bytes((0x81, 0x01)) + b"x"  # a client frame must be masked
+            await stream.send_all(data)
+            code, events = await read_until_close(stream, ws)
+    texts = [orjson.loads(e.data) for e in events if isinstance(e, TextMessage)]
+    assert [t["type"] for t in texts] == ["welcome", "pong"]
+    assert code == 1002

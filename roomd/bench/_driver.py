@@ -271,7 +271,13 @@ class Driver:
 
     def open(self, cmd: dict[str, Any]) -> dict[str, Any]:
         targets = [Target(*entry) for entry in cmd["targets"]]
-        conns = self.engine.open(targets, int(cmd["concurrency"]), self._deadline(cmd["timeout"]))
+        conns = self.engine.open(
+            targets,
+            int(cmd["concurrency"]),
+            self._deadline(cmd["timeout"]),
+            deflate=bool(cmd.get("deflate")),
+            tls=bool(cmd.get("tls")),
+        )
         opened = [c for c in conns if c.state == OPEN]
         return {
             "requested": len(targets),

@@ -18,6 +18,7 @@ import contextlib
 import errno
 import select
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Final, Protocol
@@ -42,6 +43,9 @@ JOINING: Final = 3
 OPEN: Final = 4
 CLOSING: Final = 5
 CLOSED: Final = 6
+SECURING: Final = 7  # the TLS handshake, between CONNECTING and UPGRADING
+_OPENING: Final = (CONNECTING, SECURING, UPGRADING, HELLO, JOINING)
+_WOULD_BLOCK: Final = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 _IN = select.EPOLLIN | select.EPOLLRDHUP
 _OUT = select.EPOLLOUT
@@ -73,6 +77,7 @@ class Conn:
 
     __slots__ = (
         "closed_at",
+        "deflate",
         "error",
         "expect",
         "fd",
@@ -88,12 +93,15 @@ class Conn:
         "started_at",
         "state",
         "target",
+        "tls",
         "writing",
     )
 
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: Target, *, deflate: bool = False, tls: bool = False) -> None:
         self.target = target
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.deflate = deflate  # offer permessage-deflate
+        self.tls = tls
+        self.sock: socket.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setblocking(False)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.fd = self.sock.fileno()
@@ -139,6 +147,10 @@ class Engine:
         self.pongs = 0
         self.handshaking = 0
         self.released = 0  # connections closed so far, for phases watching their receivers
+        # TLS to the benchmark's own nodes, whose certificate is made for the run: not checked.
+        self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        self._tls.check_hostname = False
+        self._tls.verify_mode = ssl.CERT_NONE
 
     # The loop -----------------------------------------------------------------------------------
 
@@ -164,6 +176,9 @@ class Engine:
                 conn = conns.get(fd)
                 if conn is None:
                     continue
+                if conn.state == SECURING:
+                    self._secure(conn)
+                    continue
                 if events & _OUT:
                     self._on_writable(conn)
                 if events & ~_OUT and conn.state != CLOSED:
@@ -175,15 +190,24 @@ class Engine:
 
     # Opening ------------------------------------------------------------------------------------
 
-    def open(self, targets: Iterable[Target], concurrency: int, deadline: int) -> list[Conn]:
+    def open(
+        self,
+        targets: Iterable[Target],
+        concurrency: int,
+        deadline: int,
+        *,
+        deflate: bool = False,
+        tls: bool = False,
+    ) -> list[Conn]:
         """Open connections, at most ``concurrency`` handshakes at a time, until all are open
-        or failed, or the deadline; the connections in the order of ``targets``."""
+        or failed, or the deadline; the connections in the order of ``targets``. ``deflate``
+        offers permessage-deflate; ``tls`` speaks TLS (wss://)."""
         pending = collections.deque(targets)
         started: list[Conn] = []
 
         def tick(now: int) -> None:
             while pending and self.handshaking < concurrency:
-                started.append(self._start(pending.popleft(), now))
+                started.append(self._start(pending.popleft(), now, deflate, tls))
 
         self.run(lambda: not pending and self.handshaking == 0, deadline, tick)
         for conn in started:
@@ -193,8 +217,8 @@ class Engine:
             self.failures["not started"] += len(pending)
         return started
 
-    def _start(self, target: Target, now: int) -> Conn:
-        conn = Conn(target)
+    def _start(self, target: Target, now: int, deflate: bool, tls: bool) -> Conn:
+        conn = Conn(target, deflate=deflate, tls=tls)
         conn.started_at = now
         self.handshaking += 1
         self.by_user[target.user] = conn
@@ -233,7 +257,7 @@ class Engine:
         data = conn.out[0] if len(conn.out) == 1 else b"".join(conn.out)
         try:
             sent = conn.sock.send(data)
-        except BlockingIOError:
+        except _WOULD_BLOCK:
             sent = 0
         except OSError as exc:
             self._fail(conn, errno.errorcode.get(exc.errno or 0, str(exc)))
@@ -258,23 +282,79 @@ class Engine:
             if err:
                 self._fail(conn, errno.errorcode.get(err, str(err)))
                 return
-            conn.state = UPGRADING
-            target = conn.target
-            self.queue(conn, _ws.upgrade_request(target.host, target.port, target.path(), conn.key))
+            if conn.tls:
+                conn.sock = self._tls.wrap_socket(conn.sock, do_handshake_on_connect=False)
+                conn.state = SECURING
+                self._secure(conn)
+                return
+            self._upgrade_request(conn)
         self.flush(conn)
         if not conn.out and conn.writing:
             conn.writing = False
             self._epoll.modify(conn.fd, _IN)
 
+    def _upgrade_request(self, conn: Conn) -> None:
+        conn.state = UPGRADING
+        target = conn.target
+        request = _ws.upgrade_request(
+            target.host, target.port, target.path(), conn.key, deflate=conn.deflate
+        )
+        self.queue(conn, request)
+
+    def _secure(self, conn: Conn) -> None:
+        """A step of the TLS handshake; once done, the upgrade request goes out."""
+        sock = conn.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._want(conn, write=False)
+            return
+        except ssl.SSLWantWriteError:
+            self._want(conn, write=True)
+            return
+        except OSError as exc:
+            self._fail(conn, f"TLS: {exc}")
+            return
+        self._upgrade_request(conn)
+        self.flush(conn)
+
+    def _want(self, conn: Conn, write: bool) -> None:
+        if conn.writing != write:
+            conn.writing = write
+            self._epoll.modify(conn.fd, _IN | _OUT if write else _IN)
+
     # Reading ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _receive(sock: socket.socket) -> bytes | None:
+        """What can be read now (``None``: nothing yet; ``b""``: the end). Over TLS every
+        decrypted record is taken, since the kernel no longer signals what the TLS layer holds."""
+        if not isinstance(sock, ssl.SSLSocket):
+            try:
+                return sock.recv(RECV_SIZE)
+            except BlockingIOError:
+                return None
+        chunks: list[bytes] = []
+        while True:
+            try:
+                chunk = sock.recv(RECV_SIZE)
+            except _WOULD_BLOCK:
+                break
+            if not chunk:
+                if not chunks:
+                    return b""
+                break
+            chunks.append(chunk)
+        return b"".join(chunks) if chunks else None
 
     def _on_readable(self, conn: Conn) -> None:
         try:
-            data = conn.sock.recv(RECV_SIZE)
-        except BlockingIOError:
-            return
+            data = self._receive(conn.sock)
         except OSError as exc:
             self._fail(conn, errno.errorcode.get(exc.errno or 0, str(exc)))
+            return
+        if data is None:
             return
         if not data:
             self._gone(conn)
@@ -377,7 +457,7 @@ class Engine:
         self._fail(conn, "connection closed by server")
 
     def _fail(self, conn: Conn, reason: str) -> None:
-        if conn.state in (CONNECTING, UPGRADING, HELLO, JOINING):
+        if conn.state in _OPENING:
             self.failures[reason] += 1
             self.handshaking -= 1
             conn.error = reason

@@ -18,6 +18,7 @@ import collections
 import os
 import re
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -41,6 +42,19 @@ _CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 
 class BenchError(Exception):
     """The benchmark cannot go on (a process failed, a step timed out)."""
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made with ``openssl`` in ``directory``."""
+    cert, key = directory / "node.pem", directory / "node.key"
+    argv = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+    argv += ["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
+    argv += ["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)]
+    try:
+        subprocess.run(argv, check=True, capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise BenchError(f"cannot make a certificate with openssl: {exc}") from None
+    return cert, key
 
 
 def free_ports(count: int) -> list[int]:
@@ -168,6 +182,7 @@ class Node:
     host: str
     port: int
     pid: int | None = None
+    tls: bool = False  # it serves wss:// and https://
 
 
 @attrs.frozen
@@ -177,7 +192,21 @@ class Cluster:
     broker_endpoints: tuple[str, str] | None = None  # frontend, backend (when started here)
 
 
-def cluster_toml(names: Sequence[str], ports: Sequence[int], broker: tuple[int, int]) -> str:
+@attrs.frozen
+class ClusterOptions:
+    """How the benchmark's nodes are set up beyond the defaults."""
+
+    compress_threshold: int | None = None  # compression.threshold
+    tls: bool = False  # serve TLS with a certificate made for the run
+
+
+def cluster_toml(
+    names: Sequence[str],
+    ports: Sequence[int],
+    broker: tuple[int, int],
+    options: ClusterOptions = ClusterOptions(),
+    tls: tuple[Path, Path] | None = None,
+) -> str:
     """The cluster file of a benchmark: dev auth, limits out of the workloads' way."""
     frontend, backend = (f"tcp://127.0.0.1:{p}" for p in broker)
     lines = [
@@ -186,6 +215,8 @@ def cluster_toml(names: Sequence[str], ports: Sequence[int], broker: tuple[int, 
         "dev = true",
         "[limits]",
         "max_connections = 100000",
+        "max_handshakes = 100000",
+        "max_connections_per_ip = 0  # every connection comes from 127.0.0.1",
         "rate = 1000000.0  # frames/s per connection: a burst sender must not be throttled",
         "burst = 1000000",
         "[permissions]",
@@ -201,6 +232,10 @@ def cluster_toml(names: Sequence[str], ports: Sequence[int], broker: tuple[int, 
         "heartbeat_interval = 1.0",
         "heartbeat_misses = 3",
     ]
+    if options.compress_threshold is not None:
+        lines += ["[compression]", f"threshold = {options.compress_threshold}"]
+    if tls is not None:
+        lines += ["[tls]", f'cert = "{tls[0]}"', f'key = "{tls[1]}"']
     for name, port in zip(names, ports, strict=True):
         lines += ["[[cluster.nodes]]", f'name = "{name}"', f"port = {port}"]
     return "\n".join(lines) + "\n"
@@ -208,7 +243,10 @@ def cluster_toml(names: Sequence[str], ports: Sequence[int], broker: tuple[int, 
 
 @asynccontextmanager
 async def local_cluster(
-    count: int, start_timeout: float, logs: str | None = None
+    count: int,
+    start_timeout: float,
+    logs: str | None = None,
+    options: ClusterOptions = ClusterOptions(),
 ) -> AsyncIterator[Cluster]:
     """Start a broker and ``count`` nodes and wait until every node sees all the others;
     write each one's output (its last lines) to ``logs/<name>.log`` at the end."""
@@ -216,7 +254,8 @@ async def local_cluster(
     ports = free_ports(count + 2)
     with tempfile.TemporaryDirectory(prefix="roomd-bench-") as tmp:
         path = Path(tmp) / "cluster.toml"
-        path.write_text(cluster_toml(names, ports[:count], (ports[-2], ports[-1])))
+        tls = self_signed(Path(tmp)) if options.tls else None
+        path.write_text(cluster_toml(names, ports[:count], (ports[-2], ports[-1]), options, tls))
         children = [
             Child(c.name, c.argv) for c in plan(load_config(path), path, ["--log-level", "INFO"])
         ]
@@ -233,7 +272,7 @@ async def local_cluster(
                 try:
                     yield Cluster(
                         [
-                            Node(c.name, "127.0.0.1", port, c.pid)
+                            Node(c.name, "127.0.0.1", port, c.pid, options.tls)
                             for c, port in zip(nodes, ports, strict=False)
                         ],
                         broker.pid,
@@ -350,11 +389,18 @@ async def drivers(
 # HTTP ------------------------------------------------------------------------------------------
 
 
-async def get_json(host: str, port: int, path: str, timeout: float = 5.0) -> Any:
-    """``GET path`` over plain HTTP/1.0; the JSON body. Error handling: :class:`BenchError`."""
+async def get_json(node: Node, path: str, timeout: float = 5.0) -> Any:
+    """``GET path`` over HTTP/1.0 (over TLS if the node serves it, without checking its
+    certificate: the benchmark's own); the JSON body. Error handling: :class:`BenchError`."""
+    host, port = node.host, node.port
     try:
         with trio.fail_after(timeout):
-            stream = await trio.open_tcp_stream(host, port)
+            stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+            if node.tls:
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+                stream = trio.SSLStream(stream, context, https_compatible=True)
             async with stream:
                 await stream.send_all(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
                 data = b""

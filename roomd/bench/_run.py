@@ -28,7 +28,7 @@ import trio
 
 from . import _report
 from ._micro import run_micro
-from ._procs import BenchError, Cluster, Node, drivers, get_json, local_cluster
+from ._procs import BenchError, Cluster, ClusterOptions, Node, drivers, get_json, local_cluster
 from ._workloads import WORKLOADS, Bench, Settings, run_bus, run_w1, run_w2, run_w3
 
 BUS_SKIPPED: Final = "with --urls the broker's endpoints are not known"
@@ -101,6 +101,22 @@ def _parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--padding", type=int, default=d.padding, help="payload padding bytes (64)")
     g.add_argument(
+        "--compress",
+        action="store_true",
+        help="the drivers offer permessage-deflate (the nodes accept it by default)",
+    )
+    g.add_argument(
+        "--compress-threshold",
+        type=int,
+        metavar="BYTES",
+        help="the nodes' compression.threshold (default: the node's default)",
+    )
+    g.add_argument(
+        "--tls",
+        action="store_true",
+        help="the nodes serve wss:// with a certificate made for the run (openssl)",
+    )
+    g.add_argument(
         "--timeout", type=float, default=d.timeout, help="phase limit beyond sending (60 s)"
     )
     g.add_argument("--json", metavar="FILE", help="write the full results as JSON")
@@ -151,10 +167,15 @@ def parse_settings(argv: Sequence[str]) -> tuple[Settings, str | None, int]:
         bus_direct=args.bus_direct,
         micro_sends=args.micro_sends,
         padding=args.padding,
+        compress=args.compress,
+        compress_threshold=args.compress_threshold,
+        tls=args.tls,
         timeout=args.timeout,
         profile=args.profile,
         logs=args.logs,
     )
+    if any(url.startswith("wss://") for url in urls):
+        settings = attrs.evolve(settings, tls=True)
     if settings.nodes < 1 or settings.drivers < 1:
         raise SystemExit("roomd bench: --nodes and --drivers must be at least 1")
     if args.repeat < 1:
@@ -169,20 +190,24 @@ def parse_settings(argv: Sequence[str]) -> tuple[Settings, str | None, int]:
 
 def _node_of(url: str, index: int) -> Node:
     parts = urlsplit(url)
-    if parts.scheme != "ws" or not parts.hostname:
-        raise SystemExit(f"roomd bench: not a ws:// URL: {url!r}")
-    return Node(f"url{index + 1}", parts.hostname, parts.port or 80)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise SystemExit(f"roomd bench: not a ws:// or wss:// URL: {url!r}")
+    tls = parts.scheme == "wss"
+    return Node(f"url{index + 1}", parts.hostname, parts.port or (443 if tls else 80), tls=tls)
 
 
 @contextlib.asynccontextmanager
 async def _cluster(settings: Settings) -> AsyncIterator[Cluster]:
     if not settings.urls:
-        async with local_cluster(settings.nodes, settings.start_timeout, settings.logs) as cluster:
+        options = ClusterOptions(settings.compress_threshold, settings.tls)
+        async with local_cluster(
+            settings.nodes, settings.start_timeout, settings.logs, options
+        ) as cluster:
             yield cluster
         return
     nodes = [_node_of(url, i) for i, url in enumerate(settings.urls)]
     for node in nodes:
-        health = await get_json(node.host, node.port, "/health")
+        health = await get_json(node, "/health")
         if health.get("status") != "ok":
             raise BenchError(f"{node.host}:{node.port} is {health.get('status')!r}")
     yield Cluster(nodes)

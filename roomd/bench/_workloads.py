@@ -65,6 +65,9 @@ class Settings:
     bus_direct: bool = True  # the bus also PUB -> SUB directly, for comparison
     micro_sends: int = 20_000  # in-process sends per round of the micro workload
     padding: int = 64
+    compress: bool = False  # the drivers offer permessage-deflate
+    compress_threshold: int | None = None  # the nodes' compression.threshold (None: default)
+    tls: bool = False  # the nodes serve TLS (a certificate made for the run), the drivers use it
     timeout: float = 60.0  # a phase's limit beyond its sending time
     grace: float = 0.3  # seconds of listening for duplicates after the last expected delivery
     quiet: float = 0.5  # seconds without traffic that count as settled
@@ -133,7 +136,7 @@ class Bench:
         total = 0
         for node in self.nodes:
             try:
-                health = await get_json(node.host, node.port, "/health")
+                health = await get_json(node, "/health")
             except BenchError:
                 return None
             total += int(health["connections"])
@@ -168,7 +171,14 @@ class Bench:
     async def open(self, per_driver: list[list[list[Any]]], timeout: float) -> dict[str, Any]:
         concurrency = max(1, self.settings.concurrency // len(self.drivers))
         commands = [
-            {"cmd": "open", "targets": t, "concurrency": concurrency, "timeout": timeout}
+            {
+                "cmd": "open",
+                "targets": t,
+                "concurrency": concurrency,
+                "timeout": timeout,
+                "deflate": self.settings.compress,
+                "tls": self.settings.tls,
+            }
             for t in per_driver
         ]
         replies = await self.on_all(commands, timeout)

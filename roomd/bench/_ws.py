@@ -2,8 +2,10 @@
 
 The upgrade request, the check of the ``101`` answer, masked client frames, and a parser for
 what a server sends (frames that are never masked). It covers what a roomd node sends: text,
-binary, ping and close frames, and continuation frames for completeness; it is no general
-WebSocket client (no extensions, no subprotocol negotiation).
+binary, ping and close frames, and continuation frames for completeness, and compressed
+messages when it offered permessage-deflate (each is inflated on its own: a roomd node never
+takes its compression context over from one message to the next). It is no general WebSocket
+client (no subprotocol negotiation, no other extension).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import base64
 import hashlib
 import os
 import struct
+import zlib
 from typing import Final
 
 OP_CONT: Final = 0x0
@@ -22,6 +25,9 @@ OP_PING: Final = 0x9
 OP_PONG: Final = 0xA
 
 _GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_RSV1: Final = 0x40
+_DEFLATE_TAIL: Final = b"\x00\x00\xff\xff"
+DEFLATE_OFFER: Final = "permessage-deflate; client_max_window_bits"  # what browsers offer
 _FIN: Final = 0x80
 _MASK_BIT: Final = 0x80
 _U16: Final = struct.Struct("!H")
@@ -46,12 +52,15 @@ def accept_for(key: bytes) -> bytes:
     return base64.b64encode(hashlib.sha1(key + _GUID).digest())
 
 
-def upgrade_request(host: str, port: int, target: str, key: bytes) -> bytes:
+def upgrade_request(
+    host: str, port: int, target: str, key: bytes, *, deflate: bool = False
+) -> bytes:
     """The HTTP/1.1 upgrade request for path-and-query ``target``."""
+    offer = f"Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n" if deflate else ""
     return (
         f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
         "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-        f"Sec-WebSocket-Key: {key.decode()}\r\n\r\n"
+        f"Sec-WebSocket-Key: {key.decode()}\r\n{offer}\r\n"
     ).encode()
 
 
@@ -152,6 +161,8 @@ class FrameReader:
             payload = buf[pos + head : stop]
             pos = stop
             opcode = b0 & 0x0F
+            if b0 & _RSV1:  # permessage-deflate (a roomd node never fragments its frames)
+                payload = zlib.decompressobj(-15).decompress(payload + _DEFLATE_TAIL)
             if b0 & _FIN and opcode != OP_CONT:
                 out.append((opcode, payload))
             else:

@@ -17,7 +17,7 @@ import trio
 
 from .._config import Config, ConfigError, load_config
 from .._version import __version__
-from ..node import OPERATOR_CLAIM, Node, mint_token
+from ..node import OPERATOR_CLAIM, Node, check_secret, mint_token
 
 log = logging.getLogger("roomd")
 
@@ -47,6 +47,12 @@ def _serve_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--mdns", action="store_true", help="advertise this node on the LAN as _roomd._tcp.local."
     )
+    parser.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="PEM certificate chain: serve wss:// (read again on SIGHUP)",
+    )
+    parser.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
     cluster = parser.add_argument_group("cluster (overrides the config file's [cluster])")
     cluster.add_argument("--cluster", choices=["none", "broker", "mesh"], help="cluster mode")
     cluster.add_argument("--broker-frontend", metavar="ENDPOINT", help="broker XSUB endpoint")
@@ -119,6 +125,8 @@ def serve(argv: Sequence[str]) -> int:
     config = _load(args.config)
     if args.dev:
         config.auth.dev = True
+    config.tls.cert = args.tls_cert or config.tls.cert
+    config.tls.key = args.tls_key or config.tls.key
     section = config.cluster
     section.mode = args.cluster or section.mode
     section.broker_frontend = args.broker_frontend or section.broker_frontend
@@ -138,8 +146,9 @@ def serve(argv: Sequence[str]) -> int:
 
 
 async def _run_until_signal(node: Node, mdns: bool = False) -> None:
-    """Run ``node``; the first SIGINT/SIGTERM shuts it down gracefully, a second one at once."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    """Run ``node``; the first SIGINT/SIGTERM shuts it down gracefully, a second one at once;
+    SIGHUP reloads its TLS certificate."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_on_signals, signals, node, nursery.cancel_scope)
             stopped = trio.Event()
@@ -164,8 +173,11 @@ async def _run_node(
 async def _on_signals(signals: AsyncIterator[int], node: Node, scope: trio.CancelScope) -> None:
     count = 0
     async for signum in signals:
-        count += 1
         log.info("received %s", signal.Signals(signum).name)
+        if signum == signal.SIGHUP:
+            node.reload_tls()
+            continue
+        count += 1
         if count == 1:
             if not (node.config.shutdown.drain and node.drain()):
                 node.shutdown()
@@ -178,6 +190,10 @@ def token(argv: Sequence[str]) -> int:
     config = _load(args.config)
     if not config.auth.secret:
         raise SystemExit("roomd: no secret configured: set ROOMD_SECRET or auth.secret")
+    try:
+        check_secret(config.auth.secret)
+    except ValueError as exc:
+        raise SystemExit(f"roomd: {exc}") from None
     ttl = args.ttl if args.ttl is not None else config.auth.token_ttl
     claims = {OPERATOR_CLAIM: True} if args.operator else {}
     print(mint_token(config.auth.secret, args.user, ttl, **claims))

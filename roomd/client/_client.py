@@ -24,7 +24,6 @@ import trio
 from trio_websocket import (
     ConnectionClosed,
     ConnectionRejected,
-    wrap_client_stream,
 )
 
 from .._version import __version__
@@ -92,6 +91,7 @@ from ._subscription import (
 )
 from ._target import Target
 from ._util import collapse_single
+from ._websocket import open_websocket
 
 log = logging.getLogger("roomd.client")
 
@@ -159,6 +159,7 @@ class Client:
         random: RandomSource | None = None,
         client_name: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        compress: bool = True,
     ) -> None:
         if heartbeat_interval <= 0 or heartbeat_timeout <= 0:
             raise ValueError("heartbeat interval and timeout must be positive")
@@ -175,6 +176,7 @@ class Client:
         self.call_timeout = call_timeout
         self.close_timeout = close_timeout
         self.binary = binary
+        self.compress = compress  # offer permessage-deflate
         self.wait = wait
         self.resume = resume
         self.client_name = client_name or f"roomd-client/{__version__}"
@@ -594,13 +596,14 @@ class Client:
             with scope, collapse_single():
                 async with trio.open_nursery() as nursery:
                     with trio.fail_after(self.connect_timeout):
-                        ws = await wrap_client_stream(
+                        ws = await open_websocket(
                             nursery,
                             stream,
                             target.host_header,
                             target.resource,
                             extra_headers=headers,
                             message_queue_size=WS_MESSAGE_QUEUE,
+                            compress=self.compress,
                         )
                     conn = self._current = Connection(ws, self.binary, scope)
                     closed = await self._serve(conn, task_status)

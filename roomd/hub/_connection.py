@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from ..protocol import PushTemplate, ServerFrame, Session, encode_frame
-from ..ws import frame
+from ..ws import Deflater, frame
 
 RoomKey = tuple[str, str]  # (namespace, room)
 
@@ -73,6 +73,7 @@ class Connection:
     __slots__ = (
         "_claims",
         "binary",
+        "deflate",
         "events",
         "handshake_deadline",
         "held",
@@ -91,6 +92,7 @@ class Connection:
         limiter: RateLimiter,
         handshake_deadline: float,
         claims: dict[str, Any] | None = None,
+        deflate: Deflater | None = None,
     ) -> None:
         self.session = session
         self.outlet = outlet
@@ -98,6 +100,7 @@ class Connection:
         self.handshake_deadline = handshake_deadline
         self._claims = claims or None  # most clients have none: no empty dict each
         self.binary = False  # msgpack when the hello came in a binary frame
+        self.deflate = deflate  # permessage-deflate, when the client negotiated it
         self.rooms: set[RoomKey] = NO_ROOMS  # a set of its own from the first join
         self.pending: dict[int, Any] = {}  # (an empty dict costs 64 bytes: cheap enough)
         self.events: Any = None  # send side of the event worker's queue, once it runs
@@ -119,7 +122,10 @@ class Connection:
 
     def send(self, message: ServerFrame) -> bool:
         """Encode and queue a frame for this client alone."""
-        return self.outlet.send_frame(frame(encode_frame(message, self.binary), self.binary))
+        payload = encode_frame(message, self.binary)
+        if self.deflate is not None:
+            return self.outlet.send_frame(self.deflate.message(payload, self.binary))
+        return self.outlet.send_frame(frame(payload, self.binary))
 
     def hold(self) -> None:
         """Hold pushes (not other frames) until :meth:`release`: a resuming session is sent
@@ -148,11 +154,19 @@ class Connection:
         return self.send_push(template)
 
     def send_push(self, template: PushTemplate) -> bool:
-        """Queue a push now, held or not."""
-        if template.volatile:
-            payload = template.render(None, self.binary)
-        else:
-            payload = template.render(self.session.next_seq(), self.binary)
+        """Queue a push now, held or not.
+
+        Compressed, the push's shared part is deflated once per message (kept with the
+        template) and only the head with the ``seq`` is added per recipient.
+        """
+        seq = None if template.volatile else self.session.next_seq()
+        deflater = self.deflate
+        if deflater is not None:
+            shared = template.shared(self.binary, deflater, deflater.shared)
+            if shared is not None:
+                data = deflater.frame(template.head(seq, self.binary), shared, self.binary)
+                return self.outlet.send_frame(data, template.volatile)
+        payload = template.render(seq, self.binary)
         return self.outlet.send_frame(frame(payload, self.binary), template.volatile)
 
     def close(self, code: int, reason: str | None = None) -> None:

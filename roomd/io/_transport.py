@@ -12,6 +12,11 @@ that, once the current burst of work yields, writes every dirty connection's who
 when the kernel's buffer is full does a connection get a task of its own, which waits until the
 socket is writable, writes, and ends once the outbox is empty.
 
+Over TLS (a :class:`~roomd.ws.TlsSession`), what is read is decrypted before it is parsed, and
+each write encrypts the whole outbox at once: the frames are still the ones encoded once for all
+recipients, and a connection still gets one ``send`` per round. Records not yet taken by the
+kernel wait in the connection's ciphertext buffer, which counts in its outbox.
+
 Slow-consumer policy: a volatile frame is dropped when the outbox is over half full; a frame
 that would overflow it first evicts the volatile frames queued; if it still does not fit, the
 queue is discarded and the connection is closed with 4008. A client that stops reading therefore
@@ -74,6 +79,7 @@ class Transport:
     __slots__ = (
         "_blocked",
         "_broken",
+        "_cipher",
         "_close_timeout",
         "_closing",
         "_dirty",
@@ -89,6 +95,7 @@ class Transport:
         "_sock",
         "_state",
         "_stats",
+        "_tls",
         "_ws",
         "close_code",
         "close_reason",
@@ -106,12 +113,16 @@ class Transport:
         max_message: int,
         max_bytes: int,
         close_timeout: float,
+        deflate: bool = False,
+        tls: ws.TlsSession | None = None,
     ) -> None:
         sock.setblocking(False)
         self._sock = sock
+        self._tls = tls
+        self._cipher = b""  # TLS records not yet taken by the kernel
         self._stats = stats
         self._flusher = flusher
-        self._ws = ws.FrameParser(max_message)
+        self._ws = ws.FrameParser(max_message, deflate=deflate)
         self._ws.feed(trailing)
         self._state = OPEN
         self._max_bytes = max_bytes
@@ -142,6 +153,11 @@ class Transport:
     def queued_bytes(self) -> int:
         """Bytes queued and not yet taken by the kernel (the outbox and a pending pong)."""
         return self._queued_bytes + (len(self._pong) if self._pong is not None else 0)
+
+    def tls_wants_to_write(self) -> None:
+        """Records the TLS layer made while reading (a key update ...) are written soon."""
+        if self._tls is not None and self._tls.wants_to_write:
+            self._mark_dirty()
 
     def send_frame(self, frame: bytes, volatile: bool = False) -> bool:
         """Queue a complete WebSocket frame; ``False`` if it was dropped (or we are closing)."""
@@ -228,6 +244,8 @@ class Transport:
 
     def _write(self) -> bool:
         """One ``send`` of everything queued; whether the outbox is empty afterwards."""
+        if self._tls is not None:
+            return self._write_tls(self._tls)
         queue = self._queue
         if self._pong is not None:  # ahead of what is queued, behind a half-written frame
             queue.insert(1 if self._partial else 0, self._pong)
@@ -257,6 +275,36 @@ class Transport:
             self._emptied.set()
         return True
 
+    def _write_tls(self, tls: ws.TlsSession) -> bool:
+        """:meth:`_write` over TLS: encrypt everything queued, one ``send`` of the records."""
+        queue = self._queue
+        if self._pong is not None:  # (over TLS the queue never holds half a frame)
+            queue.insert(0, self._pong)
+            self._pong = None
+        if self._broken:
+            return True
+        if queue:
+            tls.send(queue[0] if len(queue) == 1 else b"".join(queue))
+            queue.clear()
+        data = self._cipher + tls.outgoing()
+        if not data:
+            return True
+        try:
+            sent = self._sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._break()
+            return True
+        self._stats.bytes_out += sent
+        self._cipher = data[sent:]
+        self._queued_bytes = len(self._cipher)
+        if self._cipher:
+            return False
+        if self._emptied is not None:
+            self._emptied.set()
+        return True
+
     async def _drain(self) -> None:
         """Wait for room in the kernel's buffer and write, until the outbox is empty.
 
@@ -275,6 +323,7 @@ class Transport:
         self._closing = True
         self._queue.clear()
         self._queued_bytes = 0
+        self._cipher = b""
         self._pong = None
         if self._scope is not None:
             self._scope.cancel()
@@ -301,7 +350,7 @@ class Transport:
                     self._closing = True
                     if not peer_gone:  # flush the close frame, within the deadline
                         self._arm_deadline()
-                        while self._queue and not self._broken:
+                        while (self._queue or self._cipher) and not self._broken:
                             self._emptied = trio.Event()
                             await self._emptied.wait()
                     nursery.cancel_scope.cancel()
@@ -348,8 +397,9 @@ class Transport:
                     self._state = CLOSED
                     return False
         except ws.FrameError as exc:
+            # What earlier messages of the same read queued (their replies) goes out first.
             log.debug("WebSocket protocol error from peer: %s", exc)
-            self.close(exc.code, exc.reason[:120], discard=True)
+            self.close(exc.code, exc.reason[:120])
             return False
         return None
 
@@ -376,5 +426,16 @@ class Transport:
                 return True
             self.last_seen = trio.current_time()
             self._stats.bytes_in += len(data)
+            if self._tls is not None:
+                try:
+                    data = self._tls.receive(data)
+                except ws.TlsError as exc:
+                    log.debug("TLS error from peer: %s", exc)
+                    return True
+                self.tls_wants_to_write()
+                if self._tls.closed:  # close_notify: what came before it is still handled
+                    self._ws.feed(data)
+                    self._handle_buffered(on_message, owner, on_control)
+                    return True
             self._ws.feed(data)
             del data  # not kept alive while waiting for more

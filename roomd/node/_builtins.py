@@ -45,6 +45,7 @@ from ..protocol import (
     validate_chat_message,
     validate_name,
 )
+from ._access import Access, Gate
 from ._presence import PresenceFeed
 from ._requests import Requests
 from ._router import Router
@@ -128,6 +129,7 @@ class Builtins:
         streams: StreamService,
         presence: PresenceFeed,
         cluster_stats: Callable[[], dict[str, Any]],
+        gate: Gate,
     ) -> None:
         self.config = config
         self.streams = streams
@@ -138,6 +140,7 @@ class Builtins:
         self.requests = requests
         self.view = view
         self.cluster_stats = cluster_stats
+        self.gate = gate
         self.table: dict[str, Builtin] = {
             "room.join": self.room_join,
             "room.leave": self.room_leave,
@@ -171,6 +174,7 @@ class Builtins:
         key = self._room(structure(data, RoomArgs))
         limits = self.limits
         if key not in conn.rooms:
+            self.gate.check(conn, Access("join", room=key))
             if len(conn.rooms) >= limits.max_rooms_per_connection:
                 raise RemoteProtocolError(
                     ErrorCode.TOO_MANY_ROOMS,
@@ -287,6 +291,9 @@ class Builtins:
         elif mode == "users":
             assert args.to.users is not None
             to = sorted({validate_name("user", u, limits) for u in args.to.users})
+        key = (room.ns, room.room) if room is not None else None
+        users = tuple(to) if to is not None else None
+        self.gate.check(conn, Access("send", room=key, users=users, event=args.event))
         push = Push(args.event, payload, room=room, sender=conn.user, to=to)
         try:
             template = PushTemplate.of(push, volatile=args.volatile)
@@ -356,6 +363,7 @@ class Builtins:
     def typing_notice(self, conn: Connection, data: Any, cmid: str | None = None) -> Any:
         args = structure(data, TypingArgs)
         key = self._member_room(conn, args)
+        self.gate.check(conn, Access("typing", room=key))
         body = {"ns": key[0], "room": key[1], "user": conn.user, "typing": args.typing}
         template = PushTemplate.of(Push("typing", body), volatile=True)
         self.router.route_room(key, template, skip_user=conn.user)
@@ -387,6 +395,7 @@ class Builtins:
         return {}
 
     def stats(self, conn: Connection, data: Any, cmid: str | None = None) -> Any:
+        self.gate.require_operator(conn)
         return self.cluster_stats()
 
 

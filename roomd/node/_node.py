@@ -13,13 +13,13 @@ import errno
 import logging
 import secrets
 import socket
+import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import attrs
 import trio
-from prometheus_client.exposition import generate_latest
 
 from .._config import Config, configure_node
 from .._version import __version__
@@ -32,22 +32,26 @@ from ..cluster import (
     make_cluster,
 )
 from ..hub import Connection, Hub, RateLimiter
-from ..io import Flusher, Transport, read_request, send_all
+from ..io import Flusher, Transport, read_request, refuse, send_all, tls_handshake
 from ..protocol import PROTOCOL_VERSION, CloseCode, Push, PushTemplate, RoomRef, Session
-from ..web import web_routes
 from ..ws import (
     BadRequest,
+    Deflater,
     HandshakeError,
     HttpRequest,
+    TlsSession,
     accept_response,
     check_upgrade,
     json_response,
-    response,
+    negotiate_deflate,
 )
-from ._auth import OPERATOR_CLAIM, Authenticator, AuthError, Identity
+from ._access import Authorizer, Gate, OriginPolicy
+from ._admission import Admission, Refusal, Ticket
+from ._auth import Authenticator, AuthError, Identity, check_secret
 from ._builtins import BUILTIN_EVENTS, Builtins
 from ._dispatch import FrameDispatcher, Handler
 from ._drain import Drainer
+from ._http import HttpFront, Route
 from ._presence import PresenceFeed
 from ._requests import Requests
 from ._router import Router, new_message_id
@@ -60,7 +64,7 @@ ACCEPT_BACKOFF = 0.1  # seconds to wait when accept() fails for lack of resource
 _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 H = TypeVar("H", bound=Handler)
-Route = Callable[[HttpRequest], bytes]
+Serve = Callable[[socket.socket, str], Awaitable[None]]  # a connection and its peer's address
 CH = TypeVar("CH", bound=CallHandler)
 
 
@@ -110,6 +114,14 @@ class Node:
         auth = self.config.auth
         if auth.secret is None and not auth.dev:
             raise ValueError("no auth secret: set auth.secret or ROOMD_SECRET, or use dev mode")
+        if auth.secret is not None:
+            check_secret(auth.secret)
+        for token, what in (
+            (self.config.access.admin_token, "access.admin_token"),
+            (self.config.metrics.token, "metrics.token"),
+        ):
+            if token is not None:
+                check_secret(token, what)
         self.name = self.config.node.name
         self.payload_limits = self.config.limits.payload_limits()
         self.authenticator = Authenticator(auth.secret, auth.dev, auth.leeway, self.payload_limits)
@@ -132,6 +144,11 @@ class Node:
         )
         self.router.attach(self.cluster)
         self.requests = Requests(self.name, self.hub, self.view, self.cluster)
+        self.tls_context = self._load_tls()  # None: plain ws:// and http://
+        self.gate = Gate(self.config.access, auth.dev, self._context)
+        self.origins = OriginPolicy.of(
+            self.config.access.allowed_origins, auth.dev, tls=self.tls_context is not None
+        )
         self.presence = PresenceFeed(self.hub, self.view)
         self.router.on_presence = self.presence.changed
         builtins = Builtins(
@@ -142,6 +159,7 @@ class Node:
             self.cluster.streams,
             self.presence,
             self.cluster_stats,
+            self.gate,
         )
         self.sessions = Sessions(
             self.name,
@@ -162,7 +180,14 @@ class Node:
             self.sessions,
             self._context,
         )
-        self._routes: dict[str, Route] = {"/health": self._health_route, **web_routes()}
+        self.metrics_port: int | None = None  # where /metrics is served, once running
+        compression = self.config.compression
+        self._deflaters = {  # by window bits, shared by the connections that agreed on them
+            compression.window_bits: Deflater(
+                compression.window_bits, compression.level, compression.threshold
+            )
+        }
+        self.admission = Admission(self.config.limits)  # every TCP connection, counted
         self._connected: dict[Connection, Transport] = {}  # every WebSocket, handshaking or open
         self._stop = trio.Event()
         self._idle = trio.Event()
@@ -170,8 +195,17 @@ class Node:
         self._drainer = Drainer(self.name, self.view, self.config.shutdown)
         self._nursery: trio.Nursery | None = None
         self._accepting = trio.CancelScope()
-        self._registry = make_registry(self.stats, self._gauges, self.cluster.counters)
-        self._routes["/metrics"] = self._metrics_route
+        registry = make_registry(self.stats, self._gauges, self.cluster.counters)
+        self.http = HttpFront(
+            self.config,
+            self.stats,
+            self.gate,
+            self.authenticator,
+            self.health,
+            registry,
+            drain=self.drain,
+            name=self.name,
+        )
 
     def _context(self, conn: Connection) -> Context:
         return Context(self, conn)
@@ -193,6 +227,17 @@ class Node:
 
         return register
 
+    def authorize(self, hook: Authorizer) -> Authorizer:
+        """Register ``hook(ctx, access) -> bool``, asked before every join, send and typing
+        notice of a client (after the token's room grants); ``False`` refuses it with
+        ``forbidden``, a :class:`HandlerError` with its own code. Usable as a decorator.
+
+        The hook runs in the connection's reader, so it must not block; it sees the
+        :class:`Access` and the :class:`Context` (user, claims). See docs/operations.md.
+        """
+        self.gate.hooks.append(hook)
+        return hook
+
     def on_cluster(self, event: str) -> Callable[[CH], CH]:
         """Register ``handler(data, origin_node)`` for cluster calls named ``event``."""
 
@@ -204,7 +249,7 @@ class Node:
 
     def route(self, path: str, handler: Route) -> None:
         """Serve plain HTTP GET ``path`` with ``handler(request) -> response bytes``."""
-        self._routes[path] = handler
+        self.http.routes[path] = handler
 
     def send_to_room(
         self, room: str, event: str, data: Any = None, *, ns: str = "/", volatile: bool = False
@@ -324,6 +369,33 @@ class Node:
         )
         self.shutdown()
 
+    def reload_tls(self) -> bool:
+        """Read the certificate and key again (``roomd`` does on SIGHUP); connections made
+        from now on use them. On failure the node keeps the ones it has; whether it reloaded."""
+        if self.tls_context is None:
+            return False
+        try:
+            self.tls_context = self._load_tls()
+        except (OSError, ValueError) as exc:
+            log.error("TLS certificate not reloaded, the previous one stays: %s", exc)
+            return False
+        log.info("TLS certificate reloaded from %s", self.config.tls.cert)
+        return True
+
+    def _load_tls(self) -> ssl.SSLContext | None:
+        section = self.config.tls
+        if section.cert is None and section.key is None:
+            return None
+        if section.cert is None or section.key is None:
+            raise ValueError("tls.cert and tls.key go together")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(section.cert, section.key)
+        except ssl.SSLError as exc:
+            raise ValueError(f"cannot use {section.cert} and {section.key}: {exc}") from None
+        return context
+
     def shutdown(self) -> None:
         """Stop accepting, close every connection with 1001 and make :meth:`run` return."""
         self._stop.set()
@@ -335,6 +407,14 @@ class Node:
         cfg = self.config
         listeners = await trio.open_tcp_listeners(cfg.node.port, host=cfg.node.host)
         self.port = listeners[0].socket.getsockname()[1]
+        ops: list[trio.SocketListener] = []
+        if cfg.metrics.port is not None:
+            host = cfg.metrics.host or cfg.node.host
+            ops = await trio.open_tcp_listeners(cfg.metrics.port, host=host)
+            self.metrics_port = ops[0].socket.getsockname()[1]
+            log.info("%s serves /metrics on %s:%s", self.name, host, self.metrics_port)
+        else:
+            self.metrics_port = self.port
         self.started_at = time.time()
         log.info("%s listening on %s:%s", self.name, cfg.node.host, self.port)
         async with trio.open_nursery() as nursery:
@@ -345,7 +425,11 @@ class Node:
             accept = self._accepting = trio.CancelScope()
             sweep = trio.CancelScope()
             self._nursery = nursery
-            nursery.start_soon(self._accept, listeners, nursery, accept)
+            serving: list[tuple[trio.SocketListener, Serve]] = [
+                (listener, self._serve_tcp) for listener in listeners
+            ]
+            serving += [(listener, self._serve_metrics) for listener in ops]
+            nursery.start_soon(self._accept, serving, nursery, accept)
             nursery.start_soon(self._sweep, sweep)
             task_status.started(self.port)
             await self._stop.wait()
@@ -365,21 +449,23 @@ class Node:
 
     async def _accept(
         self,
-        listeners: list[trio.SocketListener],
+        listeners: list[tuple[trio.SocketListener, Serve]],
         nursery: trio.Nursery,
         scope: trio.CancelScope,
     ) -> None:
         with scope:
             async with trio.open_nursery() as accepting:
-                for listener in listeners:
-                    accepting.start_soon(self._accept_one, listener, nursery)
+                for listener, serve in listeners:
+                    accepting.start_soon(self._accept_one, listener, nursery, serve)
 
-    async def _accept_one(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+    async def _accept_one(
+        self, listener: trio.SocketListener, nursery: trio.Nursery, serve: Serve
+    ) -> None:
         """Accept connections; each is served by one task of the node's nursery."""
         async with listener:
             while True:
                 try:
-                    accepted, _ = await listener.socket.accept()
+                    accepted, address = await listener.socket.accept()
                 except OSError as exc:
                     if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
                         raise
@@ -389,7 +475,7 @@ class Node:
                     sock = socket.socket(fileno=accepted.detach())
                     sock.setblocking(False)
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    nursery.start_soon(self._serve_tcp, sock)
+                    nursery.start_soon(serve, sock, address[0])
 
     async def _sweep(self, scope: trio.CancelScope) -> None:
         """The node-wide heartbeat: ping idle connections, close silent and stalled ones."""
@@ -413,24 +499,42 @@ class Node:
                     ):
                         transport.ping(now)
 
-    async def _serve_tcp(self, sock: socket.socket) -> None:
-        """One TCP connection: plain HTTP, or a WebSocket for as long as it lives.
+    async def _serve_tcp(self, sock: socket.socket, peer: str) -> None:
+        """One TCP connection: plain HTTP, or a WebSocket for as long as it lives; or an
+        immediate refusal, when a cap of :class:`Admission` is reached.
 
         Resource handling: the socket is closed before this returns (for a WebSocket, by the
         transport that took it over).
         """
+        ticket = self.admission.enter(peer)
+        if isinstance(ticket, Refusal):
+            self.stats.rejected[ticket.reason] += 1
+            if self.tls_context is None:
+                await refuse(sock, ticket.reply)
+            else:  # no TLS handshake for it: closed without an answer
+                trio.lowlevel.notify_closing(sock)
+                sock.close()
+            return
+        try:
+            await self._serve_admitted(sock, ticket)
+        finally:
+            self.admission.leave(ticket)
+
+    async def _serve_admitted(self, sock: socket.socket, ticket: Ticket) -> None:
         limits = self.config.limits
         deadline = trio.current_time() + limits.handshake_timeout
+        tls = TlsSession(self.tls_context) if self.tls_context is not None else None
         try:
-            upgrade = await self._handshake(sock, deadline)
+            upgrade = await self._handshake(sock, ticket, deadline, tls)
         except Exception:  # a defect: it ends this connection, never the node
             log.exception("handshake failed; the connection is dropped")
             upgrade = None
+        self.admission.handshake_done(ticket)
         if upgrade is None:
             trio.lowlevel.notify_closing(sock)
             sock.close()
             return
-        trailing, identity = upgrade
+        trailing, identity, deflater = upgrade
         transport = Transport(
             sock,
             self.stats,
@@ -439,6 +543,8 @@ class Node:
             max_message=limits.max_frame_bytes,
             max_bytes=limits.outbox_max_bytes,
             close_timeout=limits.close_timeout,
+            deflate=deflater is not None,
+            tls=tls,
         )
         del upgrade, trailing  # nothing of the handshake stays with the connection
         conn = Connection(
@@ -447,11 +553,12 @@ class Node:
             RateLimiter(limits.rate, limits.burst, trio.current_time()),
             deadline,
             identity.claims,
+            deflater,
         )
         del identity
         if self._stop.is_set():  # upgraded while the node began to shut down
             transport.close(CloseCode.GOING_AWAY)
-        elif len(self._connected) >= limits.max_connections:
+        elif self.admission.over_capacity():
             self.stats.rejected["max_connections"] += 1
             transport.close(CloseCode.TRY_AGAIN_LATER)
         self.stats.connections_total += 1
@@ -465,25 +572,41 @@ class Node:
             self._disconnected(conn)
 
     async def _handshake(
-        self, sock: socket.socket, deadline: float
-    ) -> tuple[bytes, Identity] | None:
-        """Answer plain HTTP, or accept a WebSocket upgrade: its trailing bytes and identity.
+        self, sock: socket.socket, ticket: Ticket, deadline: float, tls: TlsSession | None
+    ) -> tuple[bytes, Identity, Deflater | None] | None:
+        """Answer plain HTTP, or accept a WebSocket upgrade: its trailing bytes, identity and
+        compression.
 
         Returns ``None`` when the connection is done (answered, refused or dropped).
         """
         reply: bytes | None = None
         with trio.move_on_at(deadline):
             try:
-                request = await read_request(sock)
+                if tls is not None:
+                    await tls_handshake(sock, tls)
+                request = await read_request(sock, tls)
                 if not request.upgrade:
-                    reply = self._http(request)
+                    reply = self.http.answer(request)
                 elif request.path not in ("/", "/ws"):
-                    raise HandshakeError(404, f"no WebSocket endpoint at {request.path}")
+                    raise HandshakeError(404, "no WebSocket endpoint at this path")
                 else:
                     check_upgrade(request)
-                    identity = self._authenticate(request)
-                    await send_all(sock, accept_response(request))
-                    return request.trailing, identity
+                    if not self.origins.allows(request):
+                        log.info(
+                            "upgrade from %s refused: origin %r not allowed",
+                            ticket.address,
+                            request.header("origin")[:200],
+                        )
+                        raise HandshakeError(403, "origin not allowed")
+                    identity = self._authenticate(request, ticket.address)
+                    refusal = self.admission.add_user(ticket, identity.user)
+                    if refusal is not None:
+                        self.stats.rejected[refusal.reason] += 1
+                        reply = refusal.reply
+                    else:
+                        extensions, deflater = self._negotiate_deflate(request)
+                        await send_all(sock, accept_response(request, extensions), tls)
+                        return request.trailing, identity, deflater
             except HandshakeError as exc:
                 self.stats.rejected[str(exc.status)] += 1
                 reply = exc.reply
@@ -492,17 +615,34 @@ class Node:
                 reply = json_response(400, {"error": str(exc)})
             except OSError:
                 return None
-        if reply is not None:
+        if reply is not None and (tls is None or tls.handshake_done):
             with trio.move_on_after(1.0), contextlib.suppress(OSError):
-                await send_all(sock, reply)
+                await send_all(sock, reply, tls)
         return None
 
-    def _authenticate(self, request: HttpRequest) -> Identity:
+    def _negotiate_deflate(self, request: HttpRequest) -> tuple[str | None, Deflater | None]:
+        """permessage-deflate, if the client offers it and the node allows it: the extension
+        field of the answer and the (shared) deflater of the window size agreed."""
+        offer = request.header("sec-websocket-extensions")
+        section = self.config.compression
+        if not offer or not section.enabled:
+            return None, None
+        agreed = negotiate_deflate(offer, section.window_bits)
+        if agreed is None:
+            return None, None
+        extensions, bits = agreed
+        deflater = self._deflaters.get(bits)
+        if deflater is None:
+            deflater = self._deflaters[bits] = Deflater(bits, section.level, section.threshold)
+        return extensions, deflater
+
+    def _authenticate(self, request: HttpRequest, peer: str) -> Identity:
         try:
             return self.authenticator.authenticate(request)
         except AuthError as exc:
+            log.info("sign-in refused from %s: %s", peer, exc.reason)
             raise HandshakeError(
-                401, str(exc), (("WWW-Authenticate", 'Bearer realm="roomd"'),)
+                401, exc.public, (("WWW-Authenticate", 'Bearer realm="roomd"'),)
             ) from None
 
     def _disconnected(self, conn: Connection) -> None:
@@ -528,21 +668,11 @@ class Node:
 
     # HTTP -----------------------------------------------------------------------------------------
 
-    def _http(self, request: HttpRequest) -> bytes:
-        self.stats.http_requests += 1
-        if request.path == "/ws":
-            return json_response(426, {"error": "WebSocket upgrade expected"})
-        if request.path == "/drain":
-            return self._drain_route(request)
-        route = self._routes.get(request.path)
-        if route is None:
-            return json_response(404, {"error": f"not found: {request.path}"})
-        if request.method not in ("GET", "HEAD"):
-            return json_response(405, {"error": "method not allowed"}, (("Allow", "GET"),))
-        return route(request)
+    async def _serve_metrics(self, sock: socket.socket, peer: str) -> None:
+        await self.http.serve_metrics(sock, peer, self.admission)
 
-    def health(self) -> dict[str, Any]:
-        """What ``GET /health`` answers."""
+    def health(self, operator: bool = True) -> dict[str, Any]:
+        """What ``GET /health`` answers; room names only for an ``operator``."""
         health: dict[str, Any] = {
             "name": self.name,
             "status": "draining" if self._stop.is_set() or self.draining else "ok",
@@ -554,15 +684,19 @@ class Node:
             "rooms": len(self.hub.rooms),
         }
         if self.cluster.mode != "none":
-            health["cluster"] = self.cluster_stats()
+            stats = self.cluster_stats()
+            if not operator:
+                del stats["rooms"], stats["roomsTruncated"]
+            health["cluster"] = stats
         return health
 
     def load(self) -> dict[str, Any]:
         """What this node tells the others about itself in its heartbeats."""
         node = self.config.node
+        scheme = "wss" if self.tls_context else "ws"
         return {
             "status": "draining" if self._stop.is_set() or self.draining else "up",
-            "url": node.public_url or f"ws://{node.host}:{self.port}/ws",
+            "url": node.public_url or f"{scheme}://{node.host}:{self.port}/ws",
             "connections": len(self._connected),
             "users": len(self.hub.users),
             "rooms": len(self.hub.rooms),
@@ -581,34 +715,10 @@ class Node:
         stats["roomsTruncated"] = len(rooms) > max_rooms
         return stats
 
-    def _drain_route(self, request: HttpRequest) -> bytes:
-        """``POST /drain``: an operator (a token with the ``operator`` claim; anyone in
-        development mode) drains the node."""
-        if request.method != "POST":
-            return json_response(405, {"error": "method not allowed"}, (("Allow", "POST"),))
-        if not self.config.auth.dev:
-            try:
-                identity = self.authenticator.authenticate(request)
-            except AuthError:
-                identity = None
-            if identity is None or identity.claims.get(OPERATOR_CLAIM) is not True:
-                self.stats.rejected["401"] += 1
-                return json_response(401, {"error": "an operator token is required"})
-        started = self.drain()
-        body = {"name": self.name, "draining": True, "started": started}
-        return json_response(202 if started else 200, body)
-
-    def _health_route(self, request: HttpRequest) -> bytes:
-        # Readable from other origins: the web app checks the other servers it is given.
-        return json_response(200, self.health(), (("Access-Control-Allow-Origin", "*"),))
-
-    def _metrics_route(self, request: HttpRequest) -> bytes:
-        body = generate_latest(self._registry)
-        return response(200, body, "text/plain; version=0.0.4; charset=utf-8")
-
     def _gauges(self) -> dict[str, float]:
         return {
             "open_connections": len(self._connected),
+            "handshakes": self.admission.handshaking,
             "users": len(self.hub.users),
             "rooms": len(self.hub.rooms),
             "uptime_seconds": time.time() - self.started_at,

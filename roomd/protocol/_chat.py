@@ -8,6 +8,7 @@ configure (text length, name length ...) are checked by :func:`validate_chat_mes
 from __future__ import annotations
 
 import re
+import unicodedata
 import uuid
 from typing import Any, Final, Literal
 
@@ -169,6 +170,11 @@ class StatusArgs:
 # Validation ---------------------------------------------------------------------------------------
 
 _NAME_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f]")
+# Refused in names besides ASCII controls: other controls (Cc), format characters (Cf: the
+# bidirectional overrides and isolates, zero-width spaces and joiners, the BOM, the soft hyphen),
+# surrogates, private use, line and paragraph separators; and letters that render as nothing.
+_NAME_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
+_INVISIBLE: Final = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u2800\u3164\uffa0")
 _MIME = re.compile(r"^[\w.+-]+/[\w.+-]+$")
 
 
@@ -177,9 +183,18 @@ def _invalid(message: str) -> RemoteProtocolError:
 
 
 def validate_name(kind: str, value: str, limits: PayloadLimits) -> str:
-    """Check a room, namespace, user or event name; return it."""
+    """Check a room, namespace, user or event name; return it in Unicode normal form C.
+
+    Two names that look the same are the same name (NFC: ``e`` + combining acute is ``é``),
+    and a name cannot hide what it is: bidirectional controls and invisible characters are
+    refused. ASCII names, the common case, pay one regular expression.
+    """
     if not value:
         raise _invalid(f"{kind}: must not be empty")
+    if not value.isascii():
+        value = unicodedata.normalize("NFC", value)
+        if any(unicodedata.category(c) in _NAME_CATEGORIES or c in _INVISIBLE for c in value):
+            raise _invalid(f"{kind}: invisible or bidirectional control characters are not allowed")
     if len(value) > limits.max_name_chars:
         raise _invalid(f"{kind}: longer than {limits.max_name_chars} characters")
     if _NAME_FORBIDDEN.search(value):

@@ -67,9 +67,11 @@ def _expect(kind: type[Any], label: str) -> typing.Callable[[Any, Any], Any]:
 
 
 def _structure_float(value: Any, _: Any) -> float:
+    """A number, kept as it came (an integer stays an integer: a ping's ``ts`` is echoed as
+    it was sent)."""
     if type(value) not in (int, float):
         raise TypeError("expected a number")
-    return float(value)
+    return value  # type: ignore[no-any-return]
 
 
 def _is_list(tp: Any) -> bool:
@@ -390,7 +392,7 @@ class PushTemplate:
     encoded once, at the node where it was sent.
     """
 
-    __slots__ = ("_msgpack", "body", "offset", "stream", "volatile")
+    __slots__ = ("_msgpack", "_shared", "body", "offset", "stream", "volatile")
 
     def __init__(
         self,
@@ -405,6 +407,7 @@ class PushTemplate:
         self.stream = stream  # for a push of a stream: which, and its offset there
         self.offset = offset
         self._msgpack: tuple[int, bytes] | None = None
+        self._shared: dict[Any, bytes | None] | None = None  # see shared()
 
     @classmethod
     def of(cls, push: Push, *, volatile: bool = False) -> PushTemplate:
@@ -413,16 +416,49 @@ class PushTemplate:
             raise ValueError("a push template carries no seq")
         return cls(orjson.dumps(converter.unstructure(push), default=_plain)[1:], volatile=volatile)
 
+    def head(self, seq: int | None, binary: bool) -> bytes:
+        """What :meth:`render` puts in front of the part every recipient shares (the ``type``,
+        and the ``seq`` when there is one)."""
+        if not binary:
+            return _JSON_HEAD if seq is None else b'{"type":"push","seq":%d,' % seq
+        count = self._packed()[0]
+        if seq is None:
+            return bytes((0x80 | (count + 1),)) + _MSGPACK_TYPE_PUSH
+        seq_bytes: bytes = msgpack.packb(seq)
+        return bytes((0x80 | (count + 2),)) + _MSGPACK_TYPE_PUSH + _MSGPACK_SEQ_KEY + seq_bytes
+
+    def tail(self, binary: bool) -> bytes:
+        """The part of the frame every recipient shares: ``render`` is ``head + tail``."""
+        return self._packed()[1] if binary else self.body
+
+    def shared(
+        self, binary: bool, key: typing.Hashable, make: typing.Callable[[bytes], bytes | None]
+    ) -> bytes | None:
+        """``make(the shared part)`` in encoding ``binary``, computed once per ``key`` and kept
+        with the template: a form of what every recipient shares, such as its compressed form,
+        costs one computation per message, not one per recipient."""
+        cache_key = (binary, key)
+        try:
+            return self._shared[cache_key]  # type: ignore[index]
+        except (TypeError, KeyError):  # (no cache yet, or not this form yet)
+            if self._shared is None:
+                self._shared = {}
+            value = self._shared[cache_key] = make(self.tail(binary))
+            return value
+
+    def _packed(self) -> tuple[int, bytes]:
+        if self._msgpack is None:
+            packed: bytes = msgpack.packb(orjson.loads(b"{" + self.body))
+            self._msgpack = (packed[0] & 0x0F, packed[1:])  # fixmap: a push has <= 15 keys
+        return self._msgpack
+
     def render(self, seq: int | None, binary: bool) -> bytes:
         """The encoded push frame, with ``seq`` (``None`` for a volatile push)."""
         if not binary:
             if seq is None:
                 return _JSON_HEAD + self.body
             return b'{"type":"push","seq":%d,%s' % (seq, self.body)
-        if self._msgpack is None:
-            packed: bytes = msgpack.packb(orjson.loads(b"{" + self.body))
-            self._msgpack = (packed[0] & 0x0F, packed[1:])  # fixmap: a push has <= 15 keys
-        count, rest = self._msgpack
+        count, rest = self._packed()
         if seq is None:
             return bytes((0x80 | (count + 1),)) + _MSGPACK_TYPE_PUSH + rest
         seq_bytes: bytes = msgpack.packb(seq)

@@ -3,9 +3,12 @@
 The node's own parsers (see docs/architecture.md for why): :class:`FrameParser` for what clients
 send, :func:`frame` for what the node sends (unmasked, so one encoding serves every recipient),
 :func:`parse_head` for request heads, :func:`check_upgrade` / :func:`accept_response` for the
-opening handshake. Nothing here imports trio.
+opening handshake, :class:`Deflater` for permessage-deflate. Nothing here imports trio.
 """
 
+from ._deflate import EXTENSION as EXTENSION
+from ._deflate import Deflater as Deflater
+from ._deflate import negotiate_deflate as negotiate_deflate
 from ._frames import NO_STATUS as NO_STATUS
 from ._frames import OP_BINARY as OP_BINARY
 from ._frames import OP_CLOSE as OP_CLOSE
@@ -19,6 +22,8 @@ from ._frames import FrameParser as FrameParser
 from ._frames import close_frame as close_frame
 from ._frames import control as control
 from ._frames import frame as frame
+from ._frames import frame_header as frame_header
+from ._frames import inflate as inflate
 from ._http import MAX_HEAD_BYTES as MAX_HEAD_BYTES
 from ._http import MAX_HEADERS as MAX_HEADERS
 from ._http import BadRequest as BadRequest
@@ -26,6 +31,8 @@ from ._http import HttpRequest as HttpRequest
 from ._http import json_response as json_response
 from ._http import parse_head as parse_head
 from ._http import response as response
+from ._tls import TlsError as TlsError
+from ._tls import TlsSession as TlsSession
 from ._upgrade import SUBPROTOCOL as SUBPROTOCOL
 from ._upgrade import HandshakeError as HandshakeError
 from ._upgrade import accept_response as accept_response

@@ -4,8 +4,9 @@ Frames a server sends are never masked, so the bytes of a frame depend only on i
 rendered once can be written to any number of connections (:func:`frame`). What clients send is
 parsed by :class:`FrameParser`: masked frames, fragmented messages, control frames between the
 fragments, UTF-8 checks, the close payload, and the message size limit checked from each frame's
-header, before its payload is buffered. No extension is negotiated (permessage-deflate would
-defeat encoding a push once for all its recipients).
+header, before its payload is buffered. The one extension is permessage-deflate
+(:mod:`._deflate`): a parser created with ``deflate=True`` accepts RSV1 on a message's first
+frame and inflates the message once it is whole.
 
 A hand-written parser rather than wsproto's: per message it does a fraction of the work (no event
 objects, no incremental UTF-8 decoder), and per connection it holds a bytearray and four fields
@@ -16,6 +17,7 @@ holds thousands of idle connections). The test suite checks it against wsproto's
 from __future__ import annotations
 
 import struct
+import zlib
 from typing import Final
 
 OP_TEXT: Final = 0x1
@@ -23,6 +25,7 @@ OP_BINARY: Final = 0x2
 OP_PING: Final = 0x9
 
 _FIN: Final = 0x80
+_RSV1: Final = 0x40  # permessage-deflate: the message is compressed
 _SHORT: Final = struct.Struct("!BBH")
 _LONG: Final = struct.Struct("!BBQ")
 
@@ -36,6 +39,16 @@ def frame(payload: bytes, binary: bool) -> bytes:
     if n < 65536:
         return _SHORT.pack(first, 126, n) + payload
     return _LONG.pack(first, 127, n) + payload
+
+
+def frame_header(length: int, binary: bool, *, compressed: bool = False) -> bytes:
+    """The header of a complete, unfragmented data frame of ``length`` payload bytes."""
+    first = _FIN | (OP_BINARY if binary else OP_TEXT) | (_RSV1 if compressed else 0)
+    if length < 126:
+        return bytes((first, length))
+    if length < 65536:
+        return _SHORT.pack(first, 126, length)
+    return _LONG.pack(first, 127, length)
 
 
 PING: Final = bytes((_FIN | OP_PING, 0))  # an empty ping, the same for every connection
@@ -92,11 +105,13 @@ class FrameParser:
     UTF-8, 1009 too big); the connection cannot go on after it.
     """
 
-    __slots__ = ("_buf", "_max", "_opcode", "_parts", "_size")
+    __slots__ = ("_buf", "_compressed", "_deflate", "_max", "_opcode", "_parts", "_size")
 
-    def __init__(self, max_message: int) -> None:
+    def __init__(self, max_message: int, *, deflate: bool = False) -> None:
         self._buf = bytearray()
         self._max = max_message
+        self._deflate = deflate  # permessage-deflate was negotiated
+        self._compressed = False  # the message being reassembled is compressed
         self._opcode = -1  # the opcode of the data message being reassembled, if any
         self._parts: list[bytes] | None = None
         self._size = 0
@@ -109,21 +124,27 @@ class FrameParser:
             frame = self._frame()
             if frame is None:
                 return None
-            fin, opcode, payload = frame
+            fin, rsv1, opcode, payload = frame
             if opcode >= 0x8:
+                if rsv1:
+                    raise FrameError(1002, "RSV1 set on a control frame")
                 return opcode, self._control(opcode, payload)
             if opcode == OP_CONTINUATION:
                 if self._parts is None:
                     raise FrameError(1002, "continuation frame without a message")
+                if rsv1:
+                    raise FrameError(1002, "RSV1 set on a continuation frame")
             else:
                 if self._parts is not None:
                     raise FrameError(1002, "new message before the last one ended")
-                self._opcode, self._parts = opcode, []
+                self._opcode, self._parts, self._compressed = opcode, [], rsv1
             assert self._parts is not None
             self._parts.append(payload)
             if fin:
                 parts, self._parts = self._parts, None
                 message = parts[0] if len(parts) == 1 else b"".join(parts)
+                if self._compressed:
+                    message = inflate(message, self._max)
                 if self._opcode == OP_TEXT:
                     try:
                         return OP_TEXT, message.decode("utf-8")
@@ -131,13 +152,13 @@ class FrameParser:
                         raise FrameError(1007, "invalid UTF-8 in a text message") from None
                 return OP_BINARY, message
 
-    def _frame(self) -> tuple[bool, int, bytes] | None:
+    def _frame(self) -> tuple[bool, bool, int, bytes] | None:
         buf = self._buf
         if len(buf) < 2:
             return None
         b0, b1 = buf[0], buf[1]
-        if b0 & 0x70:
-            raise FrameError(1002, "reserved bits set (no extension was negotiated)")
+        if b0 & (0x30 if self._deflate else 0x70):
+            raise FrameError(1002, "reserved bits set (no extension defines them)")
         opcode = b0 & 0x0F
         if opcode not in (0x0, 0x1, 0x2, 0x8, 0x9, 0xA):
             raise FrameError(1002, f"unknown opcode {opcode}")
@@ -168,7 +189,7 @@ class FrameParser:
         del buf[:end]
         if opcode < 0x8:
             self._size = (self._size if opcode == OP_CONTINUATION else 0) + length
-        return fin, opcode, payload
+        return fin, bool(b0 & _RSV1), opcode, payload
 
     @staticmethod
     def _control(opcode: int, payload: bytes) -> object:
@@ -185,3 +206,20 @@ class FrameParser:
             return (code, payload[2:].decode("utf-8"))
         except UnicodeDecodeError:
             raise FrameError(1007, "invalid UTF-8 in a close reason") from None
+
+
+def inflate(payload: bytes, max_size: int) -> bytes:
+    """A client's compressed message, inflated on its own (no context is kept).
+
+    Error handling: :class:`FrameError` 1009 if it inflates to more than ``max_size`` bytes
+    (checked while inflating: a small message cannot make the node allocate more), 1007 if it
+    is not valid DEFLATE data.
+    """
+    inflater = zlib.decompressobj(-15)
+    try:
+        data = inflater.decompress(payload + b"\x00\x00\xff\xff", max_size + 1)
+    except zlib.error:
+        raise FrameError(1007, "invalid compressed data") from None
+    if len(data) > max_size or inflater.unconsumed_tail:
+        raise FrameError(1009, f"message larger than {max_size} bytes")
+    return data

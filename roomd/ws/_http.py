@@ -35,13 +35,17 @@ class HttpRequest:
     headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
     upgrade: bool  # the client asks to switch protocols (Connection: upgrade + Upgrade)
     trailing: bytes  # bytes received after the head (already the upgraded protocol)
+    version: str = "HTTP/1.1"
 
     def header(self, name: str) -> str:
         return self.headers.get(name, "")
 
 
 def parse_head(head: bytes, trailing: bytes = b"") -> HttpRequest:
-    """Parse a request head (without its final blank line). Raises :class:`BadRequest`."""
+    """Parse a request head (without its final blank line). Raises :class:`BadRequest`.
+
+    An HTTP/1.1 request must carry exactly one ``Host`` field (RFC 9112, section 3.2).
+    """
     lines = head.split(b"\r\n")
     parts = lines[0].split(b" ")
     if len(parts) != 3 or not _TOKEN.match(parts[0]):
@@ -63,7 +67,13 @@ def parse_head(head: bytes, trailing: bytes = b"") -> HttpRequest:
             raise BadRequest("control characters in a header field")
         key = name.decode("ascii").lower()
         text = value.decode("latin-1")
-        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        if key in headers:
+            if key == "host":
+                raise BadRequest("more than one Host header field")
+            text = f"{headers[key]}, {text}"
+        headers[key] = text
+    if version == b"HTTP/1.1" and not headers.get("host"):
+        raise BadRequest("no Host header field")
     target = raw_target.decode("ascii", "replace")
     parts_ = urllib.parse.urlsplit(target)
     connection = {t.strip().lower() for t in headers.get("connection", "").split(",")}
@@ -76,6 +86,7 @@ def parse_head(head: bytes, trailing: bytes = b"") -> HttpRequest:
         headers=headers,
         upgrade=upgrade,
         trailing=trailing if upgrade else b"",
+        version=version.decode("ascii"),
     )
 
 
@@ -85,9 +96,11 @@ _REASONS: Final = {
     304: "Not Modified",
     400: "Bad Request",
     401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     426: "Upgrade Required",
+    429: "Too Many Requests",
     503: "Service Unavailable",
 }
 
@@ -100,13 +113,18 @@ def response(
     *,
     cache_control: str = "no-store",
 ) -> bytes:
-    """A complete HTTP/1.1 response that closes the connection."""
+    """A complete HTTP/1.1 response that closes the connection.
+
+    Every answer says ``nosniff``: a browser must not read a body as anything but its
+    ``Content-Type``.
+    """
     lines = [
         f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}",
         f"Content-Type: {content_type}",
         f"Content-Length: {len(body)}",
         "Connection: close",
         f"Cache-Control: {cache_control}",
+        "X-Content-Type-Options: nosniff",
         *(f"{name}: {value}" for name, value in extra_headers),
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body

@@ -22,11 +22,19 @@ class HandshakeError(Exception):
         self.reply = json_response(status, {"error": message}, headers)
 
 
+def tokens(value: str) -> set[str]:
+    """The elements of a comma-separated header field, lower-cased (RFC 9110, section 5.6.1)."""
+    return {item.strip().lower() for item in value.split(",")} - {""}
+
+
 def check_upgrade(request: HttpRequest) -> None:
-    """Raise :class:`HandshakeError` unless ``request`` is a valid WebSocket upgrade."""
+    """Raise :class:`HandshakeError` unless ``request`` is a valid WebSocket upgrade
+    (RFC 6455, section 4.2.1: an HTTP/1.1 ``GET`` whose ``Upgrade`` lists ``websocket``)."""
     if request.method != "GET":
         raise HandshakeError(405, "WebSocket upgrades must use GET", (("Allow", "GET"),))
-    if "websocket" not in request.header("upgrade").lower():
+    if request.version != "HTTP/1.1":
+        raise HandshakeError(400, "WebSocket upgrades need HTTP/1.1")
+    if "websocket" not in tokens(request.header("upgrade")):
         raise HandshakeError(400, "Upgrade: websocket expected")
     if request.header("sec-websocket-version") != "13":
         raise HandshakeError(
@@ -41,8 +49,9 @@ def check_upgrade(request: HttpRequest) -> None:
         raise HandshakeError(400, "invalid Sec-WebSocket-Key")
 
 
-def accept_response(request: HttpRequest) -> bytes:
-    """The ``101 Switching Protocols`` answer to a checked upgrade request."""
+def accept_response(request: HttpRequest, extensions: str | None = None) -> bytes:
+    """The ``101 Switching Protocols`` answer to a checked upgrade request, with the
+    ``extensions`` the node accepted (a ``Sec-WebSocket-Extensions`` value), if any."""
     accept = generate_accept_token(request.header("sec-websocket-key").encode("ascii"))
     lines = [
         "HTTP/1.1 101 Switching Protocols",
@@ -53,4 +62,6 @@ def accept_response(request: HttpRequest) -> bytes:
     offered = [p.strip() for p in request.header("sec-websocket-protocol").split(",")]
     if SUBPROTOCOL in offered:
         lines.append(f"Sec-WebSocket-Protocol: {SUBPROTOCOL}")
+    if extensions:
+        lines.append(f"Sec-WebSocket-Extensions: {extensions}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")

@@ -1,0 +1,136 @@
+"""The opening handshake is strict (RFC 6455 section 4.2.1, RFC 9110 and 9112), and every
+HTTP answer is safe to show a browser."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import pytest
+import trio
+
+from roomd import Node
+from roomd.node import mint_token
+from tests.support import SECRET, make_config, upgrade
+
+
+async def exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send a raw request; the answer's status, headers (lower-case names) and body."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(request)
+        data = b""
+        while b"\r\n\r\n" not in data or not data.startswith(b"HTTP/1.1 101"):
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split(" ")[1]), headers, body
+
+
+def without(request: bytes, header: bytes) -> bytes:
+    return b"\r\n".join(line for line in request.split(b"\r\n") if not line.startswith(header))
+
+
+@pytest.mark.parametrize(
+    ("request_", "status"),
+    [
+        (upgrade("/ws?user=a").replace(b"HTTP/1.1", b"HTTP/1.0"), 400),
+        (without(upgrade("/ws?user=a"), b"Host:"), 400),
+        (upgrade("/ws?user=a", "Host: second.example"), 400),
+        (upgrade("/ws?user=a").replace(b"Upgrade: websocket", b"Upgrade: websocketx"), 400),
+        (upgrade("/ws?user=a").replace(b"Upgrade: websocket", b"Upgrade: xwebsocket"), 400),
+        (upgrade("/ws?user=a").replace(b"Upgrade: websocket", b"Upgrade: h2c, WebSocket"), 101),
+        (upgrade("/ws?user=a").replace(b"Connection: Upgrade", b"Connection: x, upgrade"), 101),
+        (upgrade("/ws?user=a"), 101),
+    ],
+    ids=["http-1.0", "no-host", "two-hosts", "websocketx", "xwebsocket", "list", "conn", "ok"],
+)
+async def test_upgrades_the_rfcs_refuse_are_refused(
+    node: Node, request_: bytes, status: int
+) -> None:
+    with trio.fail_after(5):
+        got, headers, body = await exchange(node.port or 0, request_)
+    assert got == status, body
+    if status != 101:
+        assert headers["content-type"] == "application/json"
+        assert orjson.loads(body)["error"]
+        assert node.stats.connections_total == 0
+
+
+async def test_plain_http_1_0_needs_no_host(node: Node) -> None:
+    with trio.fail_after(5):
+        status, _, body = await exchange(node.port or 0, b"GET /health HTTP/1.0\r\n\r\n")
+    assert status == 200 and orjson.loads(body)["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("request_", "status"),
+    [
+        (b"GET /health HTTP/1.1\r\nHost: h\r\n\r\n", 200),
+        (b"GET /metrics HTTP/1.1\r\nHost: h\r\n\r\n", 200),
+        (b"GET /<script>alert(1)</script> HTTP/1.1\r\nHost: h\r\n\r\n", 404),
+        (upgrade("/<script>?user=a"), 404),
+        (b"POST /health HTTP/1.1\r\nHost: h\r\n\r\n", 405),
+        (b"GET /ws HTTP/1.1\r\nHost: h\r\n\r\n", 426),
+        (b"GET /ws HTTP/1.1\r\n\r\n", 400),
+        (upgrade("/ws"), 401),
+    ],
+)
+async def test_every_answer_says_nosniff_and_echoes_no_path(
+    start_node: Callable[..., Any], request_: bytes, status: int
+) -> None:
+    node: Node = await start_node(auth={"dev": False})
+    with trio.fail_after(5):
+        got, headers, body = await exchange(node.port or 0, request_)
+    assert got == status
+    assert headers["x-content-type-options"] == "nosniff"
+    if request_.startswith(b"GET /metrics"):
+        assert headers["content-type"].startswith("text/plain")
+    else:
+        assert headers["content-type"] == "application/json"
+        orjson.loads(body)
+    assert b"script" not in body
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "?token=not-a-jwt",
+        "?token=" + mint_token("another-secret-of-sufficient-length!", "alice", 3600),
+        "?token=" + mint_token(SECRET, "alice", 3600)[:-4],  # a broken signature
+        "?token=" + mint_token(SECRET, "\u202eecila", 3600),  # a name that hides what it is
+    ],
+)
+async def test_401_bodies_are_generic_and_failures_are_logged_without_the_token(
+    start_node: Callable[..., Any], caplog: pytest.LogCaptureFixture, query: str
+) -> None:
+    node: Node = await start_node(auth={"dev": False})
+    caplog.set_level(logging.INFO, logger="roomd.node")
+    with trio.fail_after(5):
+        status, headers, body = await exchange(node.port or 0, upgrade(f"/ws{query}"))
+    assert status == 401
+    assert headers["www-authenticate"] == 'Bearer realm="roomd"'
+    assert orjson.loads(body) in ({"error": "invalid token"}, {"error": "invalid user name"})
+    refusals = [r.getMessage() for r in caplog.records if "sign-in refused" in r.getMessage()]
+    assert len(refusals) == 1
+    assert "127.0.0.1" in refusals[0]
+    assert "(" in refusals[0] or "user" in refusals[0]  # a reason beyond the public message
+    token = query.removeprefix("?token=")
+    assert token not in refusals[0] and token[-20:] not in refusals[0]
+
+
+def test_short_secrets_are_refused() -> None:
+    with pytest.raises(ValueError, match="at least 32 bytes"):
+        Node(make_config(auth={"secret": "a", "dev": False}))
+    with pytest.raises(ValueError, match="at least 32 bytes"):
+        Node(make_config(auth={"secret": "x" * 31, "dev": False}))
+    Node(make_config(auth={"secret": "x" * 32, "dev": False}))
