@@ -143,6 +143,7 @@ class Node:
             self.presence,
             self.cluster_stats,
         )
+        cluster = self.config.cluster
         self.sessions = Sessions(
             self.name,
             self.hub,
@@ -152,6 +153,7 @@ class Node:
             self.config.sessions.resume_window,
             ended=self._session_ended,
             cluster=self.cluster,
+            notice=cluster.heartbeat_interval * (cluster.heartbeat_misses + 1),
         )
         self._dispatch = FrameDispatcher(
             self.name,

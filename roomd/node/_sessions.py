@@ -146,9 +146,11 @@ class Sessions:
         window: float,
         ended: Callable[[Connection], None],
         cluster: ClusterLink,
+        notice: float,
     ) -> None:
         self.name = name
         self.cluster = cluster
+        self.notice = notice  # seconds the cluster may take to declare a dead node down
         self._moving: set[Connection] = set()
         self._spawn: Callable[..., None] = _not_running
         cluster.calls.handlers[CLAIM] = self.on_claim
@@ -231,10 +233,25 @@ class Sessions:
         return True
 
     async def _claim(self, home: str, session: str, user: str) -> list[list[Any]]:
-        out = await self.cluster.calls.call(CLAIM, [session, user], targets=[home])
-        answer = out.replies.get(home)
+        """What ``home`` carried of the session it hands over. A home that does not answer may
+        have just died (its client came back first): it is asked again until it answers or is
+        declared down (what it carried is then lost with it; the streams are not), for at most
+        the time the cluster takes to notice a dead node.
+
+        Error handling: :class:`ResumeRefused`."""
+
+        async def ask() -> Any:
+            out = await self.cluster.calls.call(CLAIM, [session, user], targets=[home])
+            return out.replies.get(home)
+
+        answer = await ask()
+        with trio.move_on_after(self.notice):
+            while answer is None and self.cluster.is_up(home):
+                answer = await ask()
         if answer is None:
-            raise ResumeRefused(Reason.UNKNOWN_SESSION)  # (its node did not answer in time)
+            if self.cluster.is_up(home):
+                raise ResumeRefused(Reason.UNKNOWN_SESSION)  # up, but it does not answer
+            return []
         if not answer["found"]:
             raise ResumeRefused(Reason.EXPIRED if answer["expired"] else Reason.UNKNOWN_SESSION)
         carried: list[list[Any]] = answer["carried"]
