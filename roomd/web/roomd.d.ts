@@ -486,6 +486,8 @@ export declare class RoomdClient {
 
   connect(): Promise<Opened>;
   close(): Promise<void>;
+  /** While waiting to reconnect, try now (e.g. on a browser's "online" event). */
+  reconnectNow(): boolean;
   ping(): boolean;
 
   emit(event: string, data?: unknown): Promise<void>;

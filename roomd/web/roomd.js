@@ -1018,6 +1018,18 @@ export class RoomdClient {
     return promise;
   }
 
+  /**
+   * While waiting out a reconnect delay, try now (when the application knows the network is
+   * back: a browser's "online" event). Whether an attempt started.
+   */
+  reconnectNow() {
+    if (this._state !== State.RECONNECTING || this._retryTimer === null) return false;
+    clearTimeout(this._retryTimer);
+    this._retryTimer = null;
+    this._connectNext();
+    return true;
+  }
+
   /** Close the connection (1000) and stop reconnecting; resolves once closed. */
   close() {
     if (this._state === State.CLOSED) return Promise.resolve();

@@ -159,4 +159,23 @@ describe("session resume", T, () => {
     assert.equal(opened.resumed, true);
     assert.deepEqual(gina.urls, [app.url, dead]);
   });
+
+  test("reconnectNow() cuts a backoff delay short", T, async () => {
+    const Socket = gatedSocket();
+    const hugo = client({
+      user: "hugo",
+      WebSocket: Socket,
+      backoff: { base: 20 },
+      random: () => 0.5,
+    });
+    await hugo.connect();
+    assert.equal(hugo.reconnectNow(), false); // open: nothing to cut short
+    const waiting = next(hugo, Lifecycle.RECONNECTING);
+    Socket.cut();
+    assert.deepEqual(await waiting, { attempt: 1, delay: 10, url: app.url });
+    const reopened = next(hugo, Lifecycle.OPEN);
+    Socket.down = false; // the network is back: no need to wait 10 s
+    assert.equal(hugo.reconnectNow(), true);
+    assert.equal((await reopened).resumed, true);
+  });
 });

@@ -44,6 +44,7 @@ export async function example(): Promise<void> {
   offOpen();
   client.on("$close", ({ code, reason, reconnect }) => console.log(code, reason, reconnect));
   client.on("$reconnecting", ({ attempt, delay }) => console.log(attempt, delay.toFixed(2)));
+  globalThis.addEventListener?.("online", () => client.reconnectNow());
   client.on("$repeat-limit", ({ attempts }) => console.log(attempts));
   client.on("$pong", ({ rtt, smoothed }) => console.log(rtt * 1000, smoothed));
   client.on("$emit-failed", ({ event, code }) => console.log(event, code));
