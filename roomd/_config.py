@@ -27,6 +27,9 @@ class NodeSection:
     # The URL clients reach this node at, told to other nodes (a draining node sends its
     # clients there). Default: ws://HOST:PORT/ws (set it when HOST is 0.0.0.0 or behind a proxy).
     public_url: str | None = None
+    # Where `roomd` keeps the secret it makes when none is configured (ROOMD_STATE_DIR
+    # overrides it). Default: $XDG_STATE_HOME/roomd, else ~/.local/state/roomd.
+    state_dir: str | None = None
 
 
 @attrs.define
@@ -191,7 +194,8 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 
 def load_config(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Config:
-    """Read ``path`` (defaults apply where it is silent) and apply ``ROOMD_SECRET``."""
+    """Read ``path`` (defaults apply where it is silent) and apply ``ROOMD_SECRET`` and
+    ``ROOMD_STATE_DIR``."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -203,4 +207,6 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
     env = os.environ if environ is None else environ
     if env.get("ROOMD_SECRET"):
         config.auth.secret = env["ROOMD_SECRET"]
+    if env.get("ROOMD_STATE_DIR"):
+        config.node.state_dir = env["ROOMD_STATE_DIR"]
     return config
