@@ -167,7 +167,6 @@ export class Server {
       for (const push of history.messages) {
         if (push.event === "message") this._showMessage(conv, push.data, push.offset);
       }
-      conv.historyLoaded = true;
       this.changed();
     } catch (error) {
       if (!(error instanceof AckError)) return; // offline: resynchronised on the next open
@@ -429,14 +428,7 @@ function uuid4() {
 }
 
 function newConversation(fields) {
-  return {
-    messages: [],
-    unread: 0,
-    members: new Map(),
-    typing: new Map(),
-    historyLoaded: false,
-    ...fields,
-  };
+  return { messages: [], unread: 0, members: new Map(), typing: new Map(), ...fields };
 }
 
 /**
