@@ -27,6 +27,9 @@ class NodeSection:
     # The URL clients reach this node at, told to other nodes (a draining node sends its
     # clients there). Default: ws://HOST:PORT/ws (set it when HOST is 0.0.0.0 or behind a proxy).
     public_url: str | None = None
+    # Where `roomd` keeps the secret it makes when none is configured (ROOMD_STATE_DIR
+    # overrides it). Default: $XDG_STATE_HOME/roomd, else ~/.local/state/roomd.
+    state_dir: str | None = None
 
 
 @attrs.define
@@ -227,7 +230,7 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 def load_config(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Config:
     """Read ``path`` (defaults apply where it is silent) and apply ``ROOMD_SECRET``,
-    ``ROOMD_ADMIN_TOKEN`` and ``ROOMD_METRICS_TOKEN``."""
+    ``ROOMD_ADMIN_TOKEN``, ``ROOMD_METRICS_TOKEN`` and ``ROOMD_STATE_DIR``."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -243,4 +246,6 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
         config.access.admin_token = env["ROOMD_ADMIN_TOKEN"]
     if env.get("ROOMD_METRICS_TOKEN"):
         config.metrics.token = env["ROOMD_METRICS_TOKEN"]
+    if env.get("ROOMD_STATE_DIR"):
+        config.node.state_dir = env["ROOMD_STATE_DIR"]
     return config

@@ -1,11 +1,14 @@
-"""The chat app in real Chromium (Playwright with the system's browser) against a real cluster:
-a broker and two nodes as processes, plus a standalone node for the server list.
+"""The chat app and the operator view in real Chromium (Playwright with the system's browser)
+against a real cluster: a broker and two nodes as processes, plus a standalone node for the
+server list, and a node on its first run (no secret configured).
 
 Screenshots of the main views, at laptop and phone sizes, go to test-artifacts/web/.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -146,6 +149,14 @@ class Person:
     def sees_message(self, text: str, page: Any = None) -> None:
         (page or self.page).wait_for_selector(f".message:not(.pending):has-text({text!r})")
 
+    def messages(self, page: Any = None) -> list[str]:
+        """The texts of the conversation shown, in order."""
+        return list(
+            (page or self.page)
+            .locator("#messages .message .text")
+            .evaluate_all("(els) => els.map((e) => e.textContent)")
+        )
+
     def shot(self, name: str, page: Any = None) -> None:
         (page or self.page).screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
@@ -281,6 +292,19 @@ def test_chat_room_direct_messages_presence_and_typing(
     bob.page.click("#close-sidebar")
 
 
+def test_history_on_join(browser: Any, cluster: Cluster) -> None:
+    carol = Person(browser, LAPTOP)
+    carol.sign_in(cluster.url("nodeB"), "carol")
+    carol.join("lobby")  # its messages so far, from the room's history (numbered on node A)
+    carol.sees_message("All good on node B")
+    texts = carol.messages()
+    assert texts[-2:] == ["Hello Bob", "Hi Alice! All good on node B."], texts
+    assert len(texts) == len(set(texts))
+    carol.page.wait_for_selector(".message[data-type=image]")
+    carol.shot("history-laptop")
+    carol.close()
+
+
 def test_several_servers(people: tuple[Person, Person], cluster: Cluster) -> None:
     alice, _ = people
     page = alice.page
@@ -307,19 +331,131 @@ def test_several_servers(people: tuple[Person, Person], cluster: Cluster) -> Non
     page.wait_for_selector(f"#servers {server_c}[data-status=online]")  # still connected
 
 
-def test_failover_to_the_other_node(people: tuple[Person, Person], cluster: Cluster) -> None:
+def test_a_refused_resume_is_a_new_session_resynchronised(
+    people: tuple[Person, Person], cluster: Cluster
+) -> None:
+    """Node C restarts: it knows nothing of alice's session. The page says so, re-joins and
+    resynchronises the room from its history, and shows every message once."""
+    alice, _ = people
+    page = alice.page
+    server_c = f"#servers [data-server='127.0.0.1:{cluster.ports['nodeC']}']"
+    page.click(server_c)
+    page.wait_for_selector("#server-name:has-text('nodeC')")
+    page.click("#rooms [data-conv]")
+    page.wait_for_selector(".message:has-text('only on node C')")
+    cluster.nodes["nodeC"].kill()
+    cluster.nodes["nodeC"].start().wait_for("listening on")
+    page.wait_for_selector("#conn-long:has-text('new session')", timeout=15_000)
+    note = page.text_content("#conn-long") or ""
+    assert "new session (unknown session)" in note and "resynchronised #lobby" in note, note
+    assert alice.messages().count("only on node C") == 1
+    alice.say("after the restart")
+    alice.sees_message("after the restart")
+    page.click(f"#servers [data-server='127.0.0.1:{cluster.ports['nodeA']}']")
+    page.wait_for_selector("#server-name:has-text('nodeA')")
+
+
+def test_operator_view(browser: Any, cluster: Cluster) -> None:
+    from playwright.sync_api import expect
+
+    for name, viewport in (("admin-laptop", LAPTOP), ("admin-phone", PHONE)):
+        operator = Person(browser, viewport)
+        page = operator.page
+        page.goto(f"{cluster.url('nodeA')}admin")  # a development node: no token needed
+        for node in ("nodeA", "nodeB"):
+            page.wait_for_selector(f"#nodes [data-node={node}][data-status=up]")
+        lobby = page.wait_for_selector("#rooms [data-room=lobby] .members")
+        assert lobby is not None and int(lobby.text_content() or 0) >= 2
+        page.wait_for_selector("#bus-state:has-text('live')")
+        page.wait_for_selector("#live.ok")
+        users = page.text_content("[data-card=users] .card-value") or ""
+        assert int(users) >= 3  # alice, bob and the operator at least
+        expect(page.locator(".spark-line")).to_have_count(4)  # two samples or more: charts
+        page.fill("#room-filter", "no-such-room")
+        page.wait_for_selector("#rooms .empty:has-text('No room matches')")
+        page.fill("#room-filter", "")
+        page.wait_for_selector("#rooms [data-room=lobby]")
+        page.locator("#room-filter").blur()
+        operator.shot(name)
+        operator.close()
+
+
+def test_resume_on_the_other_node_after_its_node_was_killed(
+    people: tuple[Person, Person], cluster: Cluster
+) -> None:
+    """bob's node dies while alice writes to the room and to bob: bob's page resumes its
+    session on the other node and shows each message once, in order."""
     alice, bob = people
     bob.phone_menu()
     bob.page.click("#rooms [data-conv]")
+    bob.page.wait_for_selector("#chat-title:has-text('# lobby')")
+    before = bob.messages()
+    # Offline, its reconnects wait until what it misses has been sent (and numbered on node A).
+    bob.context.set_offline(True)
     cluster.nodes["nodeB"].kill()
     bob.page.wait_for_selector("#conn.offline")
     bob.shot("reconnecting-phone")
+    cluster.nodes["nodeA"].wait_for("node nodeB is down")
+    alice.page.click("#rooms [data-conv]")
+    alice.page.wait_for_selector("#chat-title:has-text('# lobby')")
+    meanwhile = [f"while you were away ({i})" for i in range(1, 4)]
+    for text in meanwhile:
+        alice.say(text)
+        alice.sees_message(text)
+    alice.page.click("#dms [data-conv='dm:bob']")
+    alice.page.wait_for_selector("#chat-title:has-text('@ bob')")
+    alice.say("a direct message meanwhile")
+    alice.page.wait_for_selector(
+        ".message.mine:has-text('a direct message meanwhile'):not(.pending)"
+    )
+    bob.context.set_offline(False)  # the page reconnects at once ("online")
     bob.page.wait_for_selector("#conn.online", timeout=15_000)
+    note = bob.page.text_content("#conn-long") or ""
+    assert re.search(r"resumed, \d+ messages? replayed", note), note
+    assert "new session" not in note and "resynchronised" not in note
+    bob.shot("resumed-phone")
+    bob.page.set_viewport_size(LAPTOP)  # the whole connection line
+    bob.page.wait_for_selector("#conn-long:has-text('replayed')")
+    bob.shot("resumed-laptop")
+    bob.page.set_viewport_size(PHONE)
+    assert bob.messages() == before + meanwhile  # each once, in order
     bob.phone_menu()
     bob.page.wait_for_selector("#server-name:has-text('nodeA')")
-    bob.page.click("#close-sidebar")
-    # The room was re-joined on node A: messages flow both ways again.
-    alice.say("are you back?")
-    bob.sees_message("are you back?")
-    bob.say("yes, through node A")
-    alice.sees_message("yes, through node A")
+    bob.page.click("#dms [data-conv='dm:alice']")
+    bob.page.wait_for_selector("#chat-title:has-text('@ alice')")
+    bob.sees_message("a direct message meanwhile")
+    assert bob.messages().count("a direct message meanwhile") == 1
+    # Live again both ways, and alice's online list (pushed) has bob back.
+    alice.page.wait_for_selector("#online [data-user=bob]:has-text('away')")  # as he chose
+    bob.say("back, nothing missed")
+    alice.sees_message("back, nothing missed")
+
+
+def test_first_run_links_open_the_app_and_the_operator_view(browser: Any, tmp_path: Path) -> None:
+    """`roomd --name serverA --port N` with no secret configured: the links it prints sign in."""
+    env = {k: v for k, v in os.environ.items() if k not in ("ROOMD_SECRET", "ROOMD_STATE_DIR")}
+    env["XDG_STATE_HOME"] = str(tmp_path)
+    (port,) = free_ports(1)
+    argv = [sys.executable, "-m", "roomd.cli", "--name", "serverA", "--port", str(port)]
+    node = LoggedProcess("first-run", argv, env).start()
+    try:
+        chat = node.wait_for(r"open the chat, signed in as (\S+): (http://\S+)")
+        admin = node.wait_for(r"the operator view: (http://\S+)")
+        person = Person(browser, LAPTOP)
+        page = person.page
+        page.goto(chat.group(2))
+        page.wait_for_selector("#conn.online")
+        assert page.text_content("#me-name") == chat.group(1)
+        person.join("welcome")
+        view = person.context.new_page()  # beside the chat, which stays in its room
+        view.goto(admin.group(1))
+        view.wait_for_selector("#nodes [data-node=serverA][data-status=up]")
+        view.wait_for_selector("#rooms [data-room=welcome]")
+        assert "token" not in view.url
+        # The chat's token is not an operator's: the view says so, and how to get one.
+        view.goto(chat.group(2).replace("/?token=", "/admin?token="))
+        view.wait_for_selector("#gate-error:has-text('not an operator')")
+        person.shot("admin-gate-laptop", view)
+        person.close()
+    finally:
+        node.kill()

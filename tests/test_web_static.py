@@ -30,6 +30,8 @@ async def fetch(
 def test_routes_cover_the_app_and_the_library() -> None:
     routes = web_routes()
     assert {"/", "/roomd.js", "/roomd.d.ts", "/app/main.js", "/app/app.css"} <= set(routes)
+    assert {"/admin", "/app/admin.js", "/app/admin-view.js", "/app/admin.css"} <= set(routes)
+    assert "/app/admin.html" not in routes and "/app/index.html" not in routes
     assert all(path == "/" or path.count("/") <= 2 for path in routes)
 
 
@@ -42,6 +44,13 @@ async def test_page_is_served_with_its_policy(node: Node) -> None:
     assert "script-src 'self'" in headers["content-security-policy"]
     assert b'<script type="module" src="/app/main.js">' in body
     assert int(headers["content-length"]) == len(body)
+
+
+async def test_operator_view_is_served_with_the_same_policy(node: Node) -> None:
+    status, headers, body = await fetch(node.port or 0, "/admin")
+    assert status == 200 and headers["content-type"] == "text/html; charset=utf-8"
+    assert "script-src 'self'" in headers["content-security-policy"]
+    assert b'<script type="module" src="/app/admin.js">' in body
 
 
 async def test_library_and_declarations(node: Node) -> None:

@@ -91,9 +91,10 @@ class LoggedProcess:
     """A child process whose output lines a thread collects, so that a synchronous test (a
     browser test) can wait for a line without blocking the process on a full pipe."""
 
-    def __init__(self, name: str, argv: list[str]) -> None:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         self.name = name
         self.argv = argv
+        self.env = env  # (None: this process's)
         self.lines: list[str] = []
         self._changed = threading.Condition()
         self.process: subprocess.Popen[str] | None = None
@@ -107,6 +108,7 @@ class LoggedProcess:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             text=True,
+            env=self.env,
         )
         threading.Thread(target=self._pump, args=(self.process,), daemon=True).start()
         return self

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import signal
 import sys
@@ -18,6 +19,7 @@ import trio
 from .._config import Config, ConfigError, load_config
 from .._version import __version__
 from ..node import OPERATOR_CLAIM, Node, check_secret, mint_token
+from ._first_run import StateError, StoredSecret, operator_name, signin_links, use_stored_secret
 
 log = logging.getLogger("roomd")
 
@@ -112,6 +114,18 @@ def _load(path: str | None) -> Config:
         raise SystemExit(f"roomd: {exc}") from None
 
 
+def _secret(config: Config, *, create: bool) -> StoredSecret | None:
+    """Give ``config`` the stored secret when it has none (and is not in development mode):
+    the one a node made on its first run, or (``create``) a new one. ``None`` when one is
+    configured, or none is stored and none is to be made."""
+    if config.auth.secret or config.auth.dev:
+        return None
+    try:
+        return use_stored_secret(config, create=create)
+    except StateError as exc:
+        raise SystemExit(f"roomd: {exc}") from None
+
+
 def _setup_logging(level: str, name: str) -> None:
     logging.basicConfig(
         level=level,
@@ -135,24 +149,46 @@ def serve(argv: Sequence[str]) -> int:
     section.peers = args.peer or section.peers
     name = args.name or config.node.name
     _setup_logging(args.log_level, name)
+    stored = _secret(config, create=True)
     try:
         node = Node(config, name=args.name, host=args.host, port=args.port)
     except ValueError as exc:
         raise SystemExit(f"roomd: {exc}") from None
+    announce = None
     if config.auth.dev:
         log.warning("development mode: ?user=NAME is accepted without a token")
-    trio.run(_run_until_signal, node, args.mdns)
+    elif stored is not None:
+        made = "made a secret and keeps it" if stored.created else "uses the secret kept"
+        log.info(
+            "no secret configured: roomd %s in %s (roomd token uses it too)", made, stored.path
+        )
+        announce = functools.partial(_announce, node)
+    trio.run(_run_until_signal, node, args.mdns, announce)
     return 0
 
 
-async def _run_until_signal(node: Node, mdns: bool = False) -> None:
+def _announce(node: Node, port: int) -> None:
+    """Print links that open the chat app and the operator view signed in (first run)."""
+    assert node.config.auth.secret is not None
+    user = operator_name()
+    chat, admin = signin_links(node.config.node.host, port, node.config.auth.secret, user)
+    log.info("open the chat, signed in as %s: %s", user, chat)
+    log.info("the operator view: %s", admin)
+    log.info("tokens for others: roomd token --user NAME, then /?token=TOKEN")
+
+
+async def _run_until_signal(
+    node: Node, mdns: bool = False, announce: Callable[[int], None] | None = None
+) -> None:
     """Run ``node``; the first SIGINT/SIGTERM shuts it down gracefully, a second one at once;
-    SIGHUP reloads its TLS certificate."""
+    SIGHUP reloads its TLS certificate. ``announce(port)`` is called once it listens."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_on_signals, signals, node, nursery.cancel_scope)
             stopped = trio.Event()
             port = await nursery.start(_run_node, node, stopped)
+            if announce is not None:
+                announce(port)
             if mdns:
                 from ..io import advertise
 
@@ -188,8 +224,12 @@ async def _on_signals(signals: AsyncIterator[int], node: Node, scope: trio.Cance
 def token(argv: Sequence[str]) -> int:
     args = _token_parser().parse_args(argv)
     config = _load(args.config)
+    _secret(config, create=False)
     if not config.auth.secret:
-        raise SystemExit("roomd: no secret configured: set ROOMD_SECRET or auth.secret")
+        raise SystemExit(
+            "roomd: no secret configured: set ROOMD_SECRET or auth.secret, or start a node "
+            "once without them: it makes one and keeps it for roomd token"
+        )
     try:
         check_secret(config.auth.secret)
     except ValueError as exc:
@@ -205,6 +245,8 @@ def drain(argv: Sequence[str]) -> int:
     args = _drain_parser().parse_args(argv)
     config = _load(args.config)
     token = args.token
+    if token is None:
+        _secret(config, create=False)
     if token is None and config.auth.secret:
         token = mint_token(config.auth.secret, "roomd-drain", 60, **{OPERATOR_CLAIM: True})
     url = args.url.rstrip("/").replace("ws://", "http://").removesuffix("/ws") + "/drain"

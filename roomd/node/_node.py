@@ -161,6 +161,7 @@ class Node:
             self.cluster_stats,
             self.gate,
         )
+        cluster = self.config.cluster
         self.sessions = Sessions(
             self.name,
             self.hub,
@@ -170,6 +171,7 @@ class Node:
             self.config.sessions.resume_window,
             ended=self._session_ended,
             cluster=self.cluster,
+            notice=cluster.heartbeat_interval * (cluster.heartbeat_misses + 1),
         )
         self._dispatch = FrameDispatcher(
             self.name,

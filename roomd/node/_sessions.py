@@ -158,9 +158,11 @@ class Sessions:
         window: float,
         ended: Callable[[Connection], None],
         cluster: ClusterLink,
+        notice: float,
     ) -> None:
         self.name = name
         self.cluster = cluster
+        self.notice = notice  # seconds the cluster may take to declare a dead node down
         self._moving: set[Connection] = set()
         self._spawn: Callable[..., None] = _not_running
         cluster.calls.handlers[CLAIM] = self.on_claim
@@ -245,9 +247,23 @@ class Sessions:
         return True
 
     async def _claim(self, home: str, session: str, user: str) -> list[list[Any]]:
-        out = await self.cluster.calls.call(CLAIM, [session, user], targets=[home])
-        answer = out.replies.get(home)
-        if answer is None:  # its node did not answer: dying, or gone; the streams hold the rest
+        """What ``home`` carried of the session it hands over. A home that does not answer may
+        have just died (its client came back first): it is asked again until it answers or is
+        declared down, for at most the time the cluster takes to notice a dead node; then the
+        session continues from the streams (what the home carried, its window of answers by
+        ``cmid``, is lost with it).
+
+        Error handling: :class:`ResumeRefused`."""
+
+        async def ask() -> Any:
+            out = await self.cluster.calls.call(CLAIM, [session, user], targets=[home])
+            return out.replies.get(home)
+
+        answer = await ask()
+        with trio.move_on_after(self.notice):
+            while answer is None and self.cluster.is_up(home):
+                answer = await ask()
+        if answer is None:  # down, or up and silent (frozen): the streams hold the rest
             log.warning("%s: %s did not hand session %s over", self.name, home, session)
             return []
         if not answer["found"]:

@@ -1,12 +1,12 @@
-"""Serving the web files shipped in this package: the chat app at ``/``, ``/roomd.js``,
-``/roomd.d.ts`` and the app's own files under ``/app/``.
+"""Serving the web files shipped in this package: the chat app at ``/``, the operator view at
+``/admin``, ``/roomd.js``, ``/roomd.d.ts`` and the pages' own files under ``/app/``.
 
 Each file is read once (package data, through :mod:`importlib.resources`) and answered from
 memory with its content type, ``X-Content-Type-Options: nosniff``, an ``ETag`` and
 ``Cache-Control: no-cache`` (a browser revalidates and gets ``304 Not Modified`` while the node
-serves the same bytes). The app's page also carries a Content Security Policy: its scripts and
-styles come from the node only; it may connect to other nodes (WebSocket, ``/health``) and show
-images from any http(s) URL, as chat messages carry them.
+serves the same bytes). The pages also carry a Content Security Policy: their scripts and
+styles come from the node only; they may connect to other nodes (WebSocket, ``/health``) and
+show images from any http(s) URL, as chat messages carry them.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ PAGE_POLICY: Final = "; ".join(
 PAGE_HEADERS: Final = (("Content-Security-Policy", PAGE_POLICY), ("Referrer-Policy", "no-referrer"))
 APP_DIR: Final = "app"
 TOP_FILES: Final = {"/roomd.js": "roomd.js", "/roomd.d.ts": "roomd.d.ts"}
-PAGE: Final = "index.html"
+PAGES: Final = {"index.html": "/", "admin.html": "/admin"}  # app files served as pages
 
 
 def content_type(name: str) -> str:
@@ -93,12 +93,14 @@ def _files() -> dict[str, StaticFile]:
     for entry in sorted(app.iterdir(), key=lambda e: e.name):
         if entry.is_file() and not entry.name.startswith("."):
             body = entry.read_bytes()
-            if entry.name == PAGE:
-                files["/"] = StaticFile(body, content_type(entry.name), PAGE_HEADERS)
+            page = PAGES.get(entry.name)
+            if page is not None:
+                files[page] = StaticFile(body, content_type(entry.name), PAGE_HEADERS)
             else:
                 files[f"/{APP_DIR}/{entry.name}"] = StaticFile(body, content_type(entry.name))
-    if "/" not in files:
-        raise FileNotFoundError(f"roomd.web: {APP_DIR}/{PAGE} is missing from the package")
+    for name, page in PAGES.items():
+        if page not in files:
+            raise FileNotFoundError(f"roomd.web: {APP_DIR}/{name} is missing from the package")
     return files
 
 

@@ -193,7 +193,25 @@ export interface Welcome {
   limits: Limits;
   resumed: boolean;
   seq: number;
+  /** Why a resume was refused: "invalid_token", "expired", "unknown_session". */
+  reason?: string;
+  /** Pushes the session missed, sent right after this welcome (resumed). */
+  replayed?: number;
+  /** Rooms whose missed messages the node no longer holds (resumed). */
+  gaps?: RoomRef[];
+  /** The same for the user's inbox. */
+  inboxGap?: boolean;
+  /** Where the user's inbox stream stands (a new session). */
+  inbox?: StreamPosition;
 }
+
+/** A position in a stream (a room's, or a user's inbox): the last message's epoch and offset. */
+export interface StreamPosition {
+  epoch: string;
+  offset: number;
+}
+
+export interface RoomPosition extends RoomRef, StreamPosition {}
 
 /** A push from the node. */
 export interface Push<D = any> {
@@ -204,6 +222,23 @@ export interface Push<D = any> {
   room: RoomRef | null;
   from: string | null;
   to: string[] | null;
+  /** Its position in its stream (a room's, or the user's inbox), on reliable pushes. */
+  epoch: string | null;
+  offset: number | null;
+}
+
+/** A message of a room's history: a push as it was sent, with its position. */
+export interface HistoryMessage<D = any> {
+  event: string;
+  data: D;
+  epoch: string;
+  offset: number;
+  room: RoomRef;
+  from?: string;
+}
+
+export interface History<D = any> extends RoomRef, StreamPosition {
+  messages: HistoryMessage<D>[];
 }
 
 /** A request frame from the node. */
@@ -270,6 +305,17 @@ export interface Opened {
   rejoinFailed: RoomRef[];
   /** Queued events sent on this connection before it became open. */
   flushed: number;
+  /** Pushes the session missed, replayed right after the welcome (resumed). */
+  replayed: number;
+  /** Calls not acknowledged before the drop, sent again with their cmid (resumed). */
+  resent: number;
+  /** Why the node did not resume the session (resumed false): "invalid_token", "expired",
+   * "unknown_session"; null for a first connection or a resumed one. */
+  reason: string | null;
+  /** Rooms whose missed messages the node no longer held: resynchronise them (history). */
+  gaps: RoomRef[];
+  /** The same for the user's inbox (direct messages). */
+  inboxGap: boolean;
 }
 
 export interface Closed {
@@ -409,6 +455,7 @@ export type RequestHandler = (data: any, request: ServerRequest) => unknown;
 
 export declare class RoomdClient {
   constructor(urls: string | readonly string[], options?: ClientOptions);
+  /** The node URLs, in the order tried (a draining node's reconnect frame adds its alternates). */
   readonly urls: readonly string[];
   readonly user: string | null;
   readonly backoff: Backoff;
@@ -422,6 +469,8 @@ export declare class RoomdClient {
   readonly rooms: RoomRef[];
   readonly queued: number;
   readonly lastSeq: number;
+  /** Where the client is in the streams it follows (what a resume presents). */
+  readonly positions: { rooms: RoomPosition[]; inbox: StreamPosition | null };
   readonly rtt: { latest: number | null; smoothed: number | null; samples: number };
   readonly reconnects: number;
   readonly closeCode: number | null;
@@ -437,6 +486,8 @@ export declare class RoomdClient {
 
   connect(): Promise<Opened>;
   close(): Promise<void>;
+  /** While waiting to reconnect, try now (e.g. on a browser's "online" event). */
+  reconnectNow(): boolean;
   ping(): boolean;
 
   emit(event: string, data?: unknown): Promise<void>;
@@ -453,10 +504,17 @@ export declare class RoomdClient {
     callback: (error: RoomdError | Error | null, result: R | undefined) => void,
   ): void;
 
-  join(room: string, ns?: string): Promise<{ ns: string; room: string; members: string[] }>;
+  join(room: string, ns?: string): Promise<RoomRef & StreamPosition & { members: string[] }>;
   leave(room: string, ns?: string): Promise<RoomRef>;
   members(room: string, ns?: string): Promise<Member[]>;
   onlineUsers(): Promise<string[]>;
+  /** The users online; then "users.online" pushes ({users}) on every change. */
+  subscribeUsers(): Promise<string[]>;
+  unsubscribeUsers(): Promise<{}>;
+  history<D = ChatMessage>(
+    room: string,
+    options?: { ns?: string; since?: StreamPosition | null; limit?: number | null },
+  ): Promise<History<D>>;
   send(
     to: SendTarget,
     message: ChatMessageInput,

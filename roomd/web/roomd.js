@@ -5,9 +5,12 @@
 // connection: acks settle calls, pushes reach listeners, the node's requests are answered by
 // registered handlers, pings measure the round trip. When the connection ends, the close code
 // decides: a terminal code stops the client, any other reconnects after an exponential backoff
-// with full jitter (bounded by a repeat limit). After a reconnect, rooms are re-joined, then the
-// offline queue is sent in order, and only then is the client open again. Every frame it sends
-// keeps below the rate limit the node announced in its welcome.
+// with full jitter (bounded by a repeat limit), or at once to the node a draining node names in a
+// reconnect frame. A reconnect offers to resume the session from the client's position in each
+// stream it follows (its rooms, its inbox): resumed, the node keeps the rooms and replays what
+// was missed, and the calls not acknowledged go again with their cmid; not resumed, the rooms are
+// re-joined and those calls fail. Then the offline queue is sent in order, and only then is the
+// client open again. Every frame it sends keeps below the rate limit the node announced.
 //
 // The wire protocol is docs/protocol.md; the Trio client (roomd/client/) is the reference
 // behaviour, and docs/client.md describes both.
@@ -471,27 +474,64 @@ function roomKey(value) {
   return typeof room === "string" && typeof ns === "string" ? { ns, room } : null;
 }
 
-/** The rooms a client is in, learnt from the acks of room.join and room.leave, in join order. */
+/** A stream position `{epoch, offset}` from a value carrying both, else null. */
+function streamPosition(value) {
+  if (value === null || typeof value !== "object") return null;
+  const { epoch, offset } = value;
+  return typeof epoch === "string" && Number.isInteger(offset) ? { epoch, offset } : null;
+}
+
+const roomId = (key) => `${key.ns}\u0000${key.room}`;
+
+/**
+ * The rooms a client is in, learnt from the acks of room.join and room.leave, in join order, and
+ * its position in each room's stream (from the join's ack, then from each push of the room).
+ */
 class RoomSet {
   constructor() {
-    this._rooms = new Map();
+    this._rooms = new Map(); // id -> {key, at: {epoch, offset} | null}
   }
 
   observe(event, data, result) {
     if (event !== "room.join" && event !== "room.leave") return;
     const key = roomKey(result) ?? roomKey(data);
     if (key === null) return;
-    const id = `${key.ns}\u0000${key.room}`;
-    if (event === "room.join") this._rooms.set(id, key);
-    else this._rooms.delete(id);
+    const id = roomId(key);
+    if (event === "room.leave") {
+      this._rooms.delete(id);
+      return;
+    }
+    const at = streamPosition(result);
+    const known = this._rooms.get(id);
+    if (known === undefined) this._rooms.set(id, { key, at });
+    else if (at !== null && (known.at === null || at.offset >= known.at.offset)) known.at = at;
+  }
+
+  /** Re-joined on a new session: its reading starts where the join's ack says. */
+  rejoined(key, result) {
+    const known = this._rooms.get(roomId(key));
+    if (known !== undefined) known.at = streamPosition(result);
+  }
+
+  /** A push of the room's stream arrived. */
+  saw(key, at) {
+    const known = this._rooms.get(roomId(key));
+    if (known !== undefined) known.at = at;
+  }
+
+  /** Where the client is in each room's stream, for a resume: [{ns, room, epoch, offset}]. */
+  positions() {
+    return Array.from(this._rooms.values())
+      .filter(({ at }) => at !== null)
+      .map(({ key, at }) => ({ ns: key.ns, room: key.room, epoch: at.epoch, offset: at.offset }));
   }
 
   discard(key) {
-    this._rooms.delete(`${key.ns}\u0000${key.room}`);
+    this._rooms.delete(roomId(key));
   }
 
   list() {
-    return Array.from(this._rooms.values(), (key) => ({ ...key }));
+    return Array.from(this._rooms.values(), ({ key }) => ({ ...key }));
   }
 }
 
@@ -511,7 +551,7 @@ export class RoomdClient {
     const list = Array.isArray(urls) ? [...urls] : [urls];
     if (list.length === 0) throw new TypeError("RoomdClient: give at least one node URL");
     for (const url of list) clientUrl(url); // validate early: a bad URL is the caller's mistake
-    this.urls = Object.freeze(list);
+    this._urls = list; // tried in turn; a node's reconnect frame may add its alternates
     const o = { ...DEFAULTS, ...options };
     this.user = o.user ?? null;
     this._token = o.token ?? null;
@@ -556,6 +596,9 @@ export class RoomdClient {
     this._lastUrl = null; // the URL of the last connection attempt
     this._openedOnce = false;
     this._lastSeq = 0;
+    this._inbox = null; // the position in the user's inbox stream: {epoch, offset}
+    this._unacked = []; // calls sent, not acknowledged when their connection dropped
+    this._moveTo = null; // a node's reconnect frame: resume there at once
     this.rtt = { latest: null, smoothed: null, samples: 0 };
     this.reconnects = 0; // connections opened after the first one
     this.closeCode = null; // of the last connection
@@ -563,6 +606,11 @@ export class RoomdClient {
   }
 
   // State --------------------------------------------------------------------------------------
+
+  /** The node URLs, in the order tried (alternates named by a draining node are added). */
+  get urls() {
+    return Object.freeze([...this._urls]);
+  }
 
   get state() {
     return this._state;
@@ -608,6 +656,17 @@ export class RoomdClient {
   /** The sequence number of the last reliable push received. */
   get lastSeq() {
     return this._lastSeq;
+  }
+
+  /**
+   * Where the client is in the streams it follows (what a resume presents): `rooms`
+   * (`[{ns, room, epoch, offset}]`) and `inbox` (`{epoch, offset}` or null).
+   */
+  get positions() {
+    return {
+      rooms: this._rooms.positions(),
+      inbox: this._inbox === null ? null : { ...this._inbox },
+    };
   }
 
   // Listeners ----------------------------------------------------------------------------------
@@ -749,6 +808,7 @@ export class RoomdClient {
       timer: null,
       callId: null,
       abandoned: false,
+      internal: false, // the client's own call (a re-join): never sent again
     };
   }
 
@@ -772,8 +832,10 @@ export class RoomdClient {
 
   _abandon(item) {
     item.abandoned = true;
-    const index = this._queue.indexOf(item);
-    if (index >= 0) this._queue.splice(index, 1);
+    for (const list of [this._queue, this._unacked]) {
+      const index = list.indexOf(item);
+      if (index >= 0) list.splice(index, 1);
+    }
     if (item.callId !== null) this._pending.delete(item.callId);
   }
 
@@ -882,6 +944,32 @@ export class RoomdClient {
   }
 
   /**
+   * The users online now; from then on the node pushes the whole list again as a
+   * "users.online" push (`{users}`) whenever it changes. A session that is not resumed (and one
+   * that moved to another node) must subscribe again: call it on every open.
+   */
+  async subscribeUsers() {
+    return (await this.call("users.subscribe", {})).users;
+  }
+
+  unsubscribeUsers() {
+    return this.call("users.unsubscribe", {});
+  }
+
+  /**
+   * A room's messages (members only): those after `since` (`{epoch, offset}`), or its last
+   * `limit`. Resolves with `{ns, room, messages, epoch, offset}`: pushes without `seq`, and where
+   * the room's stream stands. Rejects with AckError `history_gap` when `since` is older than what
+   * the node keeps.
+   */
+  history(room, { ns = DEFAULT_NAMESPACE, since = null, limit = null } = {}) {
+    const data = { room, ns };
+    if (since !== null) data.since = { epoch: since.epoch, offset: since.offset };
+    if (limit !== null) data.limit = limit;
+    return this.call("room.history", data);
+  }
+
+  /**
    * Send a chat message (`{type, payload, metadata?}`, see docs/protocol.md) to a target:
    * `{room, ns?}`, `{user}`, `{users}` or `{all: true}`. Resolves with `{messageId}`.
    */
@@ -928,6 +1016,18 @@ export class RoomdClient {
     this._opened = { promise, ...settle, done: false };
     this._connectNext();
     return promise;
+  }
+
+  /**
+   * While waiting out a reconnect delay, try now (when the application knows the network is
+   * back: a browser's "online" event). Whether an attempt started.
+   */
+  reconnectNow() {
+    if (this._state !== State.RECONNECTING || this._retryTimer === null) return false;
+    clearTimeout(this._retryTimer);
+    this._retryTimer = null;
+    this._connectNext();
+    return true;
   }
 
   /** Close the connection (1000) and stop reconnecting; resolves once closed. */
@@ -1032,7 +1132,12 @@ export class RoomdClient {
 
   /** The URL to connect to: the least loaded healthy node, else the next one in turn. */
   async _pickUrl() {
-    const urls = this.urls;
+    if (this._moveTo !== null) {
+      const url = this._moveTo; // named by the node: tried first, once
+      this._moveTo = null;
+      return url;
+    }
+    const urls = this._urls;
     const last = this._lastUrl;
     const next = urls[(urls.indexOf(last) + 1) % urls.length];
     if (urls.length === 1 || !this.preferLeastLoaded || typeof this._fetch !== "function") {
@@ -1064,9 +1169,12 @@ export class RoomdClient {
     const hello = { type: "hello", v: PROTOCOL_VERSION, client: this.clientName };
     const last = this._lastWelcome;
     if (this.resume && last !== null) {
-      // SESSION RESUME: the node may continue the previous session from the last push received.
-      // Version 1 nodes accept the field and start a new session (welcome.resumed is false).
-      hello.resume = { session: last.session, token: last.resumeToken, seq: this._lastSeq };
+      // The node continues the session if it can, from where the client is in each stream.
+      const resume = { session: last.session, token: last.resumeToken, seq: this._lastSeq };
+      const rooms = this._rooms.positions();
+      if (rooms.length > 0) resume.rooms = rooms;
+      if (this._inbox !== null) resume.inbox = this._inbox;
+      hello.resume = resume;
     }
     conn.ws.send(JSON.stringify(hello));
   }
@@ -1104,6 +1212,8 @@ export class RoomdClient {
         return this._onRequest(conn, frame);
       case "error":
         return this._onError(frame);
+      case "reconnect":
+        return this._onReconnect(conn, frame);
       default:
         return; // newer nodes may add frames (protocol.md, Compatibility)
     }
@@ -1120,20 +1230,35 @@ export class RoomdClient {
     conn.welcome = welcome;
     conn.pacer = Pacer.fromLimits(welcome.limits, now(), 1); // the hello counted already
     this._lastWelcome = welcome;
-    if (welcome.resumed) {
-      // SESSION RESUME (server side to come): the node continued the session. Its pushes after
-      // hello.resume.seq are replayed by the node, so lastSeq stays; the rooms are still joined
-      // on the node (re-joining them below is harmless); calls that were sent but not answered
-      // could be resent here with their cmid, which the resumed session deduplicates.
-    } else {
+    if (!welcome.resumed) {
       this._lastSeq = welcome.seq ?? 0;
+      this._inbox = streamPosition(welcome.inbox);
     }
     this._startHeartbeat(conn);
-    this._rejoin(conn);
+    if (welcome.resumed) this._resend(conn);
+    else this._rejoin(conn);
   }
 
-  /** Re-join every room, in order; then the queue is flushed and the client becomes open. */
+  /**
+   * A resumed session: the node kept its rooms and replays what it missed; the calls not
+   * acknowledged before the drop go again, in order, with their cmid (the node answers one it
+   * handled already with its first result). Then the queue is flushed, the client is open.
+   */
+  async _resend(conn) {
+    let resent = 0;
+    while (this._unacked.length > 0) {
+      await sleep(conn.pacer === null ? 0 : conn.pacer.wait(now()));
+      if (conn !== this._conn) return; // dropped again: the rest waits for the next connection
+      this._send(conn, this._unacked.shift());
+      resent += 1;
+    }
+    this._ready(conn, { rejoined: [], rejoinFailed: [], resent });
+  }
+
+  /** A new session: re-join every room, in order; then the queue is flushed, the client opens. */
   async _rejoin(conn) {
+    const lost = new ConnectionLost("the connection dropped and the session was not resumed");
+    for (const item of this._unacked.splice(0)) this._settle(item, lost);
     const rejoined = [];
     const failed = [];
     for (const key of this._rooms.list()) {
@@ -1141,7 +1266,7 @@ export class RoomdClient {
       try {
         await sleep(conn.pacer === null ? 0 : conn.pacer.wait(now()));
         if (conn !== this._conn) return;
-        await this._callOn(conn, "room.join", { ns: key.ns, room: key.room });
+        this._rooms.rejoined(key, await this._callOn(conn, "room.join", key));
         rejoined.push(key);
       } catch (error) {
         if (conn !== this._conn || error instanceof ConnectionLost) return;
@@ -1161,8 +1286,14 @@ export class RoomdClient {
       }
     }
     if (conn !== this._conn) return;
+    this._ready(conn, { rejoined, rejoinFailed: failed, resent: 0 });
+  }
+
+  /** Re-joined or resumed: the queue goes next, then the client is open. */
+  _ready(conn, { rejoined, rejoinFailed, resent }) {
     conn.rejoined = rejoined;
-    conn.rejoinFailed = failed;
+    conn.rejoinFailed = rejoinFailed;
+    conn.resent = resent;
     conn.flushed = this._queue.length;
     conn.ready = true;
     this._pump();
@@ -1172,6 +1303,7 @@ export class RoomdClient {
   _callOn(conn, event, data) {
     return new Promise((resolve, reject) => {
       const item = this._outgoing(event, data);
+      item.internal = true;
       item.waiter = { resolve, reject };
       item.timer = setTimeout(() => {
         this._abandon(item);
@@ -1199,6 +1331,14 @@ export class RoomdClient {
       rejoined: conn.rejoined,
       rejoinFailed: conn.rejoinFailed,
       flushed: conn.flushed,
+      replayed: welcome.replayed ?? 0,
+      resent: conn.resent,
+      reason: welcome.reason ?? null,
+      gaps: (welcome.gaps ?? []).map((gap) => ({
+        ns: gap.ns ?? DEFAULT_NAMESPACE,
+        room: gap.room,
+      })),
+      inboxGap: welcome.inboxGap ?? false,
     };
     this._publish(Lifecycle.OPEN, opened);
     const started = this._opened;
@@ -1228,6 +1368,12 @@ export class RoomdClient {
 
   _onPush(frame) {
     if (Number.isInteger(frame.seq)) this._lastSeq = frame.seq;
+    const at = streamPosition(frame);
+    if (at !== null) {
+      const room = roomKey(frame.room);
+      if (room !== null) this._rooms.saw(room, at);
+      else this._inbox = at;
+    }
     const push = {
       event: frame.event,
       data: frame.data ?? null,
@@ -1235,6 +1381,8 @@ export class RoomdClient {
       room: frame.room ?? null,
       from: frame.from ?? null,
       to: frame.to ?? null,
+      epoch: at?.epoch ?? null,
+      offset: at?.offset ?? null,
     };
     this._publish(push.event, push);
     this._publish(ANY_PUSH, push);
@@ -1336,11 +1484,32 @@ export class RoomdClient {
 
   // Closing and reconnecting -------------------------------------------------------------------
 
-  /** Drop `conn` now for the client's own reason (no close handshake with a silent peer). */
+  /**
+   * Drop `conn` now for the client's own reason (no close handshake with a silent peer). A
+   * verdict that reconnects closes with its code (or none, where a browser may not send it), so
+   * that the node keeps the session for a resume; a terminal one ends the session (1000).
+   */
   _drop(conn, verdict) {
     if (conn.verdict === null) conn.verdict = verdict;
-    safeClose(conn.ws, CloseCode.NORMAL, verdict.reason);
+    const code = shouldReconnect(verdict.code) ? verdict.code : CloseCode.NORMAL;
+    safeClose(conn.ws, code, verdict.reason);
     this._dropped(conn, verdict);
+  }
+
+  /** The node asks the client to resume its session elsewhere now (it is draining). */
+  _onReconnect(conn, frame) {
+    if (!isClientUrl(frame.url)) {
+      const message = `a reconnect frame without a usable url: ${JSON.stringify(frame.url)}`;
+      this._problem({ code: "bad_frame", message });
+      return;
+    }
+    const alternates = Array.isArray(frame.alternates) ? frame.alternates : [];
+    for (const url of [frame.url, ...alternates]) {
+      if (isClientUrl(url) && !this._urls.includes(url)) this._urls.push(url);
+    }
+    this._moveTo = frame.url;
+    const reason = `${frame.node} asks to resume at ${frame.url} (${frame.reason ?? "draining"})`;
+    this._drop(conn, { code: CloseCode.GOING_AWAY, reason, local: true });
   }
 
   /** `conn` is gone (closed by the node, lost, or dropped by the client). */
@@ -1360,7 +1529,18 @@ export class RoomdClient {
     if (this._conn === conn) this._conn = null;
     const verdict = conn.verdict ?? closed;
     const lost = new ConnectionLost(`connection closed (${verdict.code} ${verdict.reason})`);
-    for (const item of [...this._pending.values()]) this._settle(item, lost);
+    const unacked = [];
+    for (const item of [...this._pending.values()]) {
+      if (this.resume && !this._closing && !item.internal && shouldReconnect(verdict.code)) {
+        // Sent, not acknowledged: sent again (same cmid) if the next connection resumes.
+        this._pending.delete(item.callId);
+        item.callId = null;
+        unacked.push(item);
+      } else {
+        this._settle(item, lost);
+      }
+    }
+    this._unacked.unshift(...unacked);
     for (const item of this._queue) {
       if (!item.offline) {
         item.offline = true; // it waited for its turn: now it waits for the next connection
@@ -1399,7 +1579,7 @@ export class RoomdClient {
       }
       this._failStart(
         new ConnectFailed(
-          `cannot connect to ${this._lastUrl ?? this.urls[0]}: ${decision.reason}: ${closed.code} ${closed.reason}`,
+          `cannot connect to ${this._lastUrl ?? this._urls[0]}: ${decision.reason}: ${closed.code} ${closed.reason}`,
           closed.code,
           closed.reason,
         ),
@@ -1407,18 +1587,16 @@ export class RoomdClient {
       this._finish();
       return;
     }
-    this._attempt = decision.attempt;
+    let { attempt, delay } = decision;
+    let next = this._urls.length > 1 ? null : this._urls[0];
+    if (this._moveTo !== null) [attempt, delay, next] = [0, 0, this._moveTo]; // go now
+    this._attempt = attempt;
     this._setState(State.RECONNECTING);
-    const next = this.urls.length > 1 ? null : this.urls[0];
-    this._publish(Lifecycle.RECONNECTING, {
-      attempt: decision.attempt,
-      delay: decision.delay,
-      url: next,
-    });
+    this._publish(Lifecycle.RECONNECTING, { attempt, delay, url: next });
     this._retryTimer = setTimeout(() => {
       this._retryTimer = null;
       this._connectNext();
-    }, decision.delay * 1000);
+    }, delay * 1000);
   }
 
   _finish() {
@@ -1427,7 +1605,9 @@ export class RoomdClient {
     this._retryTimer = null;
     const error = this._closedError();
     this._failStart(error);
-    for (const item of [...this._pending.values()]) this._settle(item, error);
+    for (const item of [...this._pending.values(), ...this._unacked.splice(0)]) {
+      this._settle(item, error);
+    }
     const queued = this._queue.splice(0);
     for (const item of queued) {
       clearTimeout(item.timer);
@@ -1446,14 +1626,30 @@ function closedByPeer(event) {
   return { code, reason, local: code === CloseCode.ABNORMAL };
 }
 
-/** Close a WebSocket with a code browsers accept (1000 or 3000-4999), never throwing. */
+/**
+ * Close a WebSocket with `code` if browsers may send it (1000 or 3000-4999), else without a code
+ * (the node sees 1005, "no status", which like 1006 leaves the session resumable). Never throws.
+ */
 function safeClose(ws, code, reason) {
   const allowed = code === 1000 || (code >= 3000 && code <= 4999);
   let text = String(reason ?? "");
   while (new TextEncoder().encode(text).length > MAX_CLOSE_REASON_BYTES) text = text.slice(0, -1);
   try {
-    if (ws.readyState === 0 || ws.readyState === 1) ws.close(allowed ? code : 1000, text);
+    if (ws.readyState === 0 || ws.readyState === 1) {
+      if (allowed) ws.close(code, text);
+      else ws.close();
+    }
   } catch {
     // already closing
+  }
+}
+
+function isClientUrl(url) {
+  if (typeof url !== "string") return false;
+  try {
+    clientUrl(url);
+    return true;
+  } catch {
+    return false;
   }
 }

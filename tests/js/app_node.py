@@ -7,7 +7,10 @@
 * ``sleep``: waits ``data`` seconds, then answers ``"slept"``;
 * ``ask``: sends the calling client a request (``{"event", "data", "timeout"}``) and answers
   ``{"answer": ...}``, or ``{"error": code}`` when the client answered with an error;
-* ``kick-me``: closes every connection of the caller with 4010.
+* ``kick-me``: closes every connection of the caller with 4010;
+* ``drop-me``: drops the caller's connection without a close frame (as a network that fails);
+* ``move-me``: sends the caller a ``reconnect`` frame (``{"url", "alternates"}``), as a
+  draining node does.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 import trio
 
 from roomd import AckError, Context, Node, RequestTimeout, load_config
+from roomd.protocol import Reconnect
 
 
 def build(port: int, config_path: str | None) -> Node:
@@ -48,6 +52,15 @@ def build(port: int, config_path: str | None) -> Node:
     @node.on("kick-me")
     async def kick_me(ctx: Context, data: Any) -> None:
         node.kick(ctx.user, str(data or "kicked"))
+
+    @node.on("drop-me")
+    async def drop_me(ctx: Context, data: Any) -> None:
+        node._connected[ctx.connection]._break()
+
+    @node.on("move-me")
+    async def move_me(ctx: Context, data: Any) -> None:
+        alternates = data.get("alternates")
+        ctx.connection.send(Reconnect(data["url"], "elsewhere", "draining", alternates))
 
     return node
 

@@ -224,3 +224,50 @@ describe("heartbeat and closing", T, () => {
     assert.equal(health.status, "ok");
   });
 });
+
+describe("history and the online list", T, () => {
+  test("room history: the last messages, or those after a position", T, async () => {
+    const hana = client(plain.url, { user: "hana" });
+    const ivan = client(plain.url, { user: "ivan" });
+    await Promise.all([hana.connect(), ivan.connect()]);
+    await hana.join("archive");
+    for (const word of ["one", "two", "three"]) await hana.sendText(word, { room: "archive" });
+    const joined = await ivan.join("archive"); // reading starts at the room's position now
+    assert.equal(joined.offset, 3);
+    const last = await ivan.history("archive", { limit: 2 });
+    assert.deepEqual(
+      last.messages.map((m) => [m.offset, m.data.payload.content]),
+      [
+        [2, "two"],
+        [3, "three"],
+      ],
+    );
+    assert.deepEqual([last.epoch, last.offset], [joined.epoch, 3]);
+    const since = await ivan.history("archive", { since: { epoch: joined.epoch, offset: 1 } });
+    assert.deepEqual(
+      since.messages.map((m) => m.data.payload.content),
+      ["two", "three"],
+    );
+    const stranger = client(plain.url, { user: "jon" });
+    await stranger.connect();
+    const refused = await rejection(stranger.history("archive"));
+    assert.ok(refused instanceof AckError);
+    assert.equal(refused.code, "not_in_room");
+  });
+
+  test("users.subscribe: the whole sorted list pushed on every change", T, async () => {
+    const kim = client(plain.url, { user: "kim" });
+    await kim.connect();
+    const before = await kim.subscribeUsers();
+    assert.ok(before.includes("kim") && !before.includes("lea"));
+    const joined = next(kim, "users.online", (push) => push.data.users.includes("lea"));
+    const lea = client(plain.url, { user: "lea" });
+    await lea.connect();
+    const { data } = await joined;
+    assert.deepEqual(data.users, [...new Set(data.users)].sort());
+    const left = next(kim, "users.online", (push) => !push.data.users.includes("lea"));
+    await lea.close();
+    await left;
+    await kim.unsubscribeUsers();
+  });
+});

@@ -40,7 +40,9 @@ describe("failover", T, () => {
     async () => {
       const load = ["u1", "u2", "u3"].map((user) => client(a.url, { user }));
       await Promise.all(load.map((c) => c.connect()));
-      const alice = client([a.url, b.url], { user: "alice" });
+      // Two separate nodes (no cluster): a new session there, rooms re-joined (resume across a
+      // cluster's nodes is in cluster.test.mjs).
+      const alice = client([a.url, b.url], { user: "alice", resume: false });
       const first = await alice.connect();
       assert.equal(first.node, "jsB");
       assert.equal(alice.url, b.url);

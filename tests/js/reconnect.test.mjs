@@ -129,6 +129,7 @@ describe("reconnecting", T, () => {
       assert.equal(opened.reconnect, true);
       assert.notEqual(opened.session, first.session);
       assert.equal(opened.resumed, false);
+      assert.equal(opened.reason, "unknown_session"); // the restarted node does not know it
       assert.deepEqual(opened.rejoined, [
         { ns: "/", room: "lobby" },
         { ns: "/home", room: "kitchen" },

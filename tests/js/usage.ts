@@ -33,12 +33,18 @@ export async function example(): Promise<void> {
   });
   void tokenClient;
 
-  const offOpen = client.on(Lifecycle.OPEN, (opened: Opened) =>
-    console.log(opened.node, opened.rejoined),
-  );
+  const offOpen = client.on(Lifecycle.OPEN, (opened: Opened) => {
+    console.log(opened.node, opened.rejoined);
+    if (opened.resumed)
+      console.log(`resumed: ${opened.replayed} replayed, ${opened.resent} resent`);
+    else if (opened.reason !== null) console.log(`not resumed: ${opened.reason}`);
+    for (const gap of opened.gaps) console.log(`resynchronise ${gap.ns} ${gap.room}`);
+    if (opened.inboxGap) console.log("direct messages may be missing");
+  });
   offOpen();
   client.on("$close", ({ code, reason, reconnect }) => console.log(code, reason, reconnect));
   client.on("$reconnecting", ({ attempt, delay }) => console.log(attempt, delay.toFixed(2)));
+  globalThis.addEventListener?.("online", () => client.reconnectNow());
   client.on("$repeat-limit", ({ attempts }) => console.log(attempts));
   client.on("$pong", ({ rtt, smoothed }) => console.log(rtt * 1000, smoothed));
   client.on("$emit-failed", ({ event, code }) => console.log(event, code));
@@ -46,7 +52,7 @@ export async function example(): Promise<void> {
     const message = push.data;
     if (message.type === "image") console.log(message.payload.width, message.payload.height);
     if (message.type === "file") console.log(message.payload.mimeType, message.payload.size);
-    console.log(push.from, push.room?.room, push.seq);
+    console.log(push.from, push.room?.room, push.seq, push.epoch, push.offset);
   });
   client.onRequest("confirm", async (data: { question: string }) => ({
     yes: data.question.length > 0,
@@ -55,7 +61,13 @@ export async function example(): Promise<void> {
   const opened: Opened = await client.connect();
   console.log(opened.session);
   const joined = await client.join("lobby");
-  console.log(joined.members.join(", "));
+  console.log(joined.members.join(", "), joined.epoch, joined.offset);
+  const history = await client.history("lobby", { limit: 20 });
+  for (const message of history.messages) console.log(message.offset, message.data.sender);
+  const since = await client.history("lobby", { since: { epoch: joined.epoch, offset: 0 } });
+  console.log(since.offset, client.positions.rooms[0]?.offset, client.positions.inbox?.epoch);
+  client.on("users.online", (push: Push<{ users: string[] }>) => console.log(push.data.users));
+  console.log((await client.subscribeUsers()).length);
   const { messageId } = await client.sendText("hi", { room: "lobby" });
   console.log(messageId);
   await client.send(

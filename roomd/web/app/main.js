@@ -413,6 +413,10 @@ function wire() {
   $("open-people").addEventListener("click", () => setPanel("people"));
   $("close-people").addEventListener("click", () => setPanel(null));
   $("scrim").addEventListener("click", () => setPanel(null));
+  // Back online: reconnect now rather than at the end of the backoff delay.
+  window.addEventListener("online", () => {
+    for (const server of servers.values()) server.client.reconnectNow();
+  });
 }
 
 function start() {

@@ -1,15 +1,20 @@
 // One server of the chat app: its RoomdClient and what the app knows of it (conversations,
 // members, users online, typing, connection state). It renders nothing: `onChange` tells the
 // view to draw again.
+//
+// Every message is shown once, in its stream's order: messages are known by their id and placed
+// by their offset in the room's stream (or the user's inbox), so that a room's history, the
+// replay of a resumed session and a resynchronisation after a gap can overlap live pushes.
 
 import { AckError, Lifecycle, RoomdClient, fetchHealth, httpUrl } from "/roomd.js";
 
 export const MAX_MESSAGES = 500; // kept per conversation
 const TYPING_SHOWN_MS = 6000; // a typing notice without news expires
 const POLL_MS = 10000; // /health and the room directory, while online
-const ONLINE_REFRESH_MS = 250; // presence pushes come in bursts: one users.online per burst
 const SEND_TIMEOUT = 30; // seconds: a message may wait that long in the offline queue
 const HEALTH_TIMEOUT_MS = 3000;
+export const HISTORY = 50; // messages fetched when a room is joined or resynchronised
+const RESUME_NOTE_MS = 15000; // how long the connection line tells how the last reconnect went
 
 export const roomKey = (ns, room) => `room:${JSON.stringify([ns, room])}`;
 export const dmKey = (user) => `dm:${user}`;
@@ -49,8 +54,8 @@ export class Server {
     this.directory = []; // [{ns, room, members}] from cluster.stats
     this.active = null; // the key of the conversation shown
     this.myStatus = { status: "online", text: null };
+    this.resumeNote = null; // {text, short, until}: how the last reconnect went
     this._timers = [];
-    this._onlineTimer = null;
     this._wire();
   }
 
@@ -73,7 +78,6 @@ export class Server {
 
   stop() {
     for (const timer of this._timers) clearInterval(timer);
-    clearTimeout(this._onlineTimer);
     return this.client.close();
   }
 
@@ -91,19 +95,14 @@ export class Server {
       this.lastError = reconnect ? `connection lost (${code})` : `closed: ${reason || code}`;
       this.changed();
     });
-    c.on(Lifecycle.OPEN, (opened) => {
-      this.name = opened.node;
-      this.client.ping(); // a round trip time at once, not at the first heartbeat
-      for (const key of opened.rejoinFailed)
-        this._forgetRoom(key.ns, key.room, "could not re-join");
-      this._refreshAfterOpen();
-    });
+    c.on(Lifecycle.OPEN, (opened) => this._onOpen(opened));
     c.on(Lifecycle.PONG, () => this.changed());
     c.on(Lifecycle.EMIT_FAILED, ({ event, message }) => {
       this.lastError = `${event} not sent: ${message}`;
       this.changed();
     });
     c.on("message", (push) => this._onMessage(push));
+    c.on("users.online", (push) => this._setOnline(push.data?.users));
     c.on("room.joined", (push) => this._onMembership(push.data, true));
     c.on("room.left", (push) => this._onMembership(push.data, false));
     c.on("status", (push) => this._onStatus(push.data));
@@ -157,8 +156,23 @@ export class Server {
     const conv = this._room(result.ns, result.room);
     for (const user of result.members) if (!conv.members.has(user)) conv.members.set(user, null);
     this.open(conv.key);
-    await this._members(conv);
+    await Promise.all([this._history(conv), this._members(conv)]);
     this._refreshDirectory();
+  }
+
+  /** The room's last messages, merged with what is shown (each once, in the room's order). */
+  async _history(conv) {
+    try {
+      const history = await this.client.history(conv.room, { ns: conv.ns, limit: HISTORY });
+      for (const push of history.messages) {
+        if (push.event === "message") this._showMessage(conv, push.data, push.offset);
+      }
+      this.changed();
+    } catch (error) {
+      if (!(error instanceof AckError)) return; // offline: resynchronised on the next open
+      this.lastError = `#${conv.room}: no history (${error.message})`;
+      this.changed();
+    }
   }
 
   async leave(conv) {
@@ -210,14 +224,16 @@ export class Server {
       timestamp: Date.now(),
       type: message.type,
       payload: message.payload,
+      offset: null, // in the room's stream, once numbered
       state: this.client.connected ? "sending" : "queued",
     };
-    addMessage(conv, pending);
+    placeMessage(conv, pending);
     this.changed();
     const to = conv.kind === "room" ? { room: conv.room, ns: conv.ns } : { user: conv.peer };
     try {
-      await this.client.call("send", { to, data: message }, { timeout: SEND_TIMEOUT });
-      pending.state = "sent"; // the push of a room message may have settled it already
+      const ack = await this.client.call("send", { to, data: message }, { timeout: SEND_TIMEOUT });
+      if (pending.state !== "delivered") pending.state = "sent"; // (its push may come first)
+      if (Number.isInteger(ack?.offset)) this._showMessage(conv, pending, ack.offset);
     } catch (error) {
       removeMessage(conv, pending.id);
       throw error;
@@ -251,16 +267,27 @@ export class Server {
       if (!peer) return;
       conv = this.dm(peer);
     }
-    const mine = conv.messages.find((m) => m.messageId === message.messageId);
-    if (mine !== undefined) {
-      mine.state = "delivered"; // the push of a message sent from this page
-      this.changed();
-      return;
+    if (this._showMessage(conv, message, push.offset)) {
+      conv.typing.delete(message.sender);
+      if (this.active !== conv.key && message.sender !== this.me) conv.unread += 1;
     }
-    addMessage(conv, { ...message, id: message.messageId, state: "delivered" });
-    conv.typing.delete(message.sender);
-    if (this.active !== conv.key && message.sender !== this.me) conv.unread += 1;
     this.changed();
+  }
+
+  /** Show `message` in `conv` once; whether it is new there. */
+  _showMessage(conv, message, offset) {
+    const known = conv.messages.find((m) => m.messageId === message.messageId);
+    if (known !== undefined) {
+      if (known !== message) known.state = "delivered"; // e.g. the push of one sent from here
+      if (known.offset === null && offset !== null) {
+        known.offset = offset;
+        removeMessage(conv, known.id);
+        placeMessage(conv, known); // where the stream put it
+      }
+      return false;
+    }
+    placeMessage(conv, { ...message, id: message.messageId, offset, state: "delivered" });
+    return true;
   }
 
   _onMembership(data, joined) {
@@ -268,21 +295,27 @@ export class Server {
     if (conv !== undefined) {
       if (joined) conv.members.set(data.user, conv.members.get(data.user) ?? null);
       else conv.members.delete(data.user);
-      addMessage(conv, {
+      placeMessage(conv, {
         id: `notice-${Date.now()}-${Math.random()}`,
         type: "notice",
         timestamp: Date.now(),
+        offset: null,
         text: `${data.user} ${joined ? "joined" : "left"}`,
       });
       if (joined) this._members(conv);
+      this.changed();
     }
-    this._refreshOnline();
   }
 
   _onStatus(data) {
     this.statuses.set(data.user, { status: data.status, text: data.text ?? null });
     if (data.user === this.me) this.myStatus = { status: data.status, text: data.text ?? null };
-    this._refreshOnline();
+    this.changed();
+  }
+
+  _setOnline(users) {
+    if (!Array.isArray(users)) return;
+    this.online = [...new Set(users)].sort();
     this.changed();
   }
 
@@ -302,34 +335,65 @@ export class Server {
         if (until < now) changed = conv.typing.delete(user) || changed;
       }
     }
+    if (this.resumeNote !== null && this.resumeNote.until < now) {
+      this.resumeNote = null;
+      changed = true;
+    }
     if (changed || this.status === "offline") this.changed(); // the reconnect countdown too
   }
 
   // Refreshing ---------------------------------------------------------------------------------
 
-  _refreshAfterOpen() {
-    this._refreshOnline();
-    for (const conv of this.conversations.values()) {
-      if (conv.kind === "room") this._members(conv);
-    }
+  /**
+   * A connection opened. A resumed session got what it missed from the node; a new one (the
+   * resume was refused or not offered) and the rooms with a gap are resynchronised from the
+   * rooms' history. The online list is subscribed to again (a session that moved to another
+   * node left its subscription behind).
+   */
+  _onOpen(opened) {
+    this.name = opened.node;
+    this.client.ping(); // a round trip time at once, not at the first heartbeat
+    for (const key of opened.rejoinFailed) this._forgetRoom(key.ns, key.room, "could not re-join");
+    const rooms = [...this.conversations.values()].filter((c) => c.kind === "room");
+    const stale = opened.resumed
+      ? rooms.filter((c) => opened.gaps.some((g) => g.ns === c.ns && g.room === c.room))
+      : rooms;
+    if (opened.reconnect) this._noteReconnect(opened, stale);
+    for (const conv of stale) this._history(conv);
+    for (const conv of rooms) this._members(conv);
+    this.client.subscribeUsers().then(
+      (users) => this._setOnline(users),
+      () => {}, // offline again: subscribed on the next open
+    );
     if (this.myStatus.status !== "online" || this.myStatus.text) {
-      // A new session starts online: carry the status the user chose over.
+      // A new session starts online, and a resumed one may have lost its node's presence:
+      // carry the status the user chose over.
       this.client.setStatus(this.myStatus.status, this.myStatus.text).catch(() => {});
     }
     this._poll();
   }
 
-  _refreshOnline() {
-    clearTimeout(this._onlineTimer);
-    this._onlineTimer = setTimeout(async () => {
-      try {
-        const users = await this.client.onlineUsers();
-        this.online = [...new Set(users)].sort();
-        this.changed();
-      } catch {
-        // offline: refreshed on the next open
-      }
-    }, ONLINE_REFRESH_MS);
+  _noteReconnect(opened, stale) {
+    const parts = [];
+    let short;
+    if (opened.resumed) {
+      const n = opened.replayed;
+      parts.push(`resumed, ${n} message${n === 1 ? "" : "s"} replayed`);
+      short = `resumed · ${n}`;
+      if (opened.resent > 0) parts.push(`${opened.resent} sent again`);
+    } else {
+      parts.push(`new session${opened.reason ? ` (${opened.reason.replaceAll("_", " ")})` : ""}`);
+      short = "new session";
+    }
+    if (stale.length > 0) parts.push(`resynchronised ${stale.map((c) => `#${c.room}`).join(", ")}`);
+    if (opened.inboxGap || (!opened.resumed && this._hasDms())) {
+      parts.push("direct messages sent meanwhile may be missing");
+    }
+    this.resumeNote = { text: parts.join(" · "), short, until: Date.now() + RESUME_NOTE_MS };
+  }
+
+  _hasDms() {
+    return [...this.conversations.values()].some((c) => c.kind === "dm");
   }
 
   async _refreshDirectory() {
@@ -344,7 +408,6 @@ export class Server {
 
   async _poll() {
     if (!this.client.connected) return;
-    this._refreshOnline();
     this._refreshDirectory();
     try {
       const health = await fetchHealth(this.client.url, { timeout: 3 });
@@ -368,10 +431,26 @@ function newConversation(fields) {
   return { messages: [], unread: 0, members: new Map(), typing: new Map(), ...fields };
 }
 
-function addMessage(conv, message) {
-  conv.messages.push(message);
-  if (conv.messages.length > MAX_MESSAGES)
-    conv.messages.splice(0, conv.messages.length - MAX_MESSAGES);
+/**
+ * Put `message` in its place: after every message of its stream with a smaller offset, before
+ * those with a larger one and those still being sent, and before notices that came later (a
+ * message without an offset, such as a direct message sent from this page, stays where it was
+ * put). Without an offset it goes last.
+ */
+export function placeMessage(conv, message) {
+  const list = conv.messages;
+  let index = list.length;
+  if (message.offset !== null && message.offset !== undefined) {
+    while (index > 0 && comesAfter(list[index - 1], message)) index -= 1;
+  }
+  list.splice(index, 0, message);
+  if (list.length > MAX_MESSAGES) list.splice(0, list.length - MAX_MESSAGES);
+}
+
+function comesAfter(shown, message) {
+  if (shown.offset !== null && shown.offset !== undefined) return shown.offset > message.offset;
+  if (shown.type === "notice") return shown.timestamp > message.timestamp;
+  return shown.state === "sending" || shown.state === "queued"; // ours, not numbered yet
 }
 
 function removeMessage(conv, id) {

@@ -62,7 +62,12 @@ export function connectionText(server) {
     case "online": {
       const rtt = server.rtt;
       const ms = rtt === null ? null : `${(rtt * 1000).toFixed(rtt < 0.01 ? 1 : 0)} ms`;
-      return { cls: "online", text: ms ? `online · ${ms}` : "online", short: ms ?? "online" };
+      const text = ms ? `online · ${ms}` : "online";
+      const note = server.resumeNote;
+      if (note !== null && note.until > Date.now()) {
+        return { cls: "online", text: `${text} · ${note.text}`, short: note.short };
+      }
+      return { cls: "online", text, short: ms ?? "online" };
     }
     case "connecting":
       return { cls: "connecting", text: "connecting…", short: "connecting" };
