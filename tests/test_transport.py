@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import socket
 
 import orjson
@@ -50,3 +51,46 @@ async def test_replies_before_a_protocol_violation_in_the_same_read_are_sent(nod
     texts = [orjson.loads(e.data) for e in events if isinstance(e, TextMessage)]
     assert [t["type"] for t in texts] == ["welcome", "pong"]
     assert code == 1002
+
+
+async def test_a_burst_in_one_read_lets_other_tasks_run_between_turns() -> None:
+    """1,000 messages arrive in one read: the reader handles them a turn at a time
+    (``MESSAGES_PER_TURN``), so a task waiting to run (a timer, the bus, another connection)
+    runs long before the last one is handled, not after."""
+    from roomd.io._transport import MESSAGES_PER_TURN
+
+    def masked(text: str) -> bytes:  # a client's text frame, masked with a zero key
+        return bytes((0x81, 0x80 | len(text))) + bytes(4) + text.encode()
+
+    data = b"".join(masked(f"m{i}") for i in range(1000))
+    ours, theirs = socket.socketpair()
+    with ours, theirs, trio.fail_after(5):
+        theirs.sendall(data)
+        transport = Transport(
+            ours, Stats(), Flusher(), max_message=1024, max_bytes=1 << 20, close_timeout=1
+        )
+        handled: list[bytes | str] = []
+        seen_by_other: list[int] = []
+        all_handled = trio.Event()
+
+        def on_message(owner: object, message: bytes | str, binary: bool) -> None:
+            handled.append(message)
+            if len(handled) == 1000:
+                all_handled.set()
+
+        async def other() -> None:
+            while not all_handled.is_set():
+                seen_by_other.append(len(handled))
+                await trio.lowlevel.checkpoint()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(transport.run, on_message, None)
+            nursery.start_soon(other)
+            await all_handled.wait()
+            nursery.cancel_scope.cancel()
+    assert handled == [f"m{i}" for i in range(1000)]  # all, in order
+    steps = [b - a for a, b in itertools.pairwise(seen_by_other)]
+    # (a scheduling round runs each ready task once, in either order: two turns at most)
+    assert MESSAGES_PER_TURN <= 32
+    assert steps and max(steps) <= 64
+    assert len(seen_by_other) >= 1000 // 64

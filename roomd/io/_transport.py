@@ -40,6 +40,10 @@ from ._flusher import Flusher
 log = logging.getLogger("roomd.transport")
 
 RECEIVE_SIZE: Final = 64 * 1024
+# A reader handles at most this many messages of what it read before letting every other task
+# run (a scheduling round runs each ready task once: 100 connections that each received 500
+# messages at once would otherwise hold the node for seconds, its timers and bus included).
+MESSAGES_PER_TURN: Final = 32
 
 MessageHandler = Callable[[Any, bytes | str, bool], None]
 ControlHandler = Callable[[Any], None]
@@ -86,6 +90,7 @@ class Transport:
         "_emptied",
         "_flusher",
         "_max_bytes",
+        "_more",
         "_nursery",
         "_partial",
         "_pong",
@@ -137,6 +142,7 @@ class Transport:
         self._emptied: trio.Event | None = None
         self._scope: trio.CancelScope | None = None
         self._closing = False
+        self._more = False  # messages remain buffered past a reader's turn
         self.close_code: int | None = None  # the code we sent, or the peer's
         self.close_reason = ""
         self.last_seen = trio.current_time()  # last time anything arrived
@@ -374,6 +380,7 @@ class Transport:
         done (or the peer broke the protocol), ``None`` to read on. (A method of its own, so
         that nothing of the last message stays referenced while the reader waits.)"""
         parser = self._ws
+        turn = MESSAGES_PER_TURN
         try:
             while (item := parser.next()) is not None:
                 opcode, payload = item
@@ -382,6 +389,10 @@ class Transport:
                         self._stats.frames_in += 1
                         message = cast(bytes | str, payload)
                         on_message(owner, message, opcode == ws.OP_BINARY)
+                    turn -= 1
+                    if not turn:
+                        self._more = True  # the rest after the others had their turn
+                        return None
                 elif opcode == ws.OP_PING or opcode == ws.OP_PONG:
                     if on_control is not None:
                         on_control(owner)
@@ -413,6 +424,9 @@ class Transport:
             if done is not None:
                 return done
             await trio.lowlevel.checkpoint()
+            if self._more:
+                self._more = False
+                continue
             while True:
                 try:
                     data = sock.recv(RECEIVE_SIZE)
@@ -435,7 +449,10 @@ class Transport:
                 self.tls_wants_to_write()
                 if self._tls.closed:  # close_notify: what came before it is still handled
                     self._ws.feed(data)
-                    self._handle_buffered(on_message, owner, on_control)
+                    while self._handle_buffered(on_message, owner, on_control) is None:
+                        if not self._more:
+                            break
+                        self._more = False
                     return True
             self._ws.feed(data)
             del data  # not kept alive while waiting for more
