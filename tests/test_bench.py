@@ -397,3 +397,9 @@ async def test_bench_smoke(tmp_path: Path) -> None:
     assert "bus path" in report
     micro = results["micro"]
     assert micro["delivered"] > 300 and 0 < micro["decode_us"] < micro["direct_us"]
+    # What a node holds: a detached session and a message of history are measured, not zero,
+    # and the history measured is the thousand messages sent (a room log keeps 1,000).
+    assert micro["detached_session_bytes"] > 200
+    assert micro["history_messages"] == 1000
+    assert micro["history_entry_bytes"] > micro["history_message_bytes"] > 100
+    assert "a detached session" in report

@@ -8,11 +8,19 @@ message, none of the kernel's.
 * ``direct``: a chat message from one user to another (``send`` to a user, acknowledged);
 * ``room``: a chat message to a room of 100 members on this node (acknowledged);
 * ``decode``: decoding and checking the ``send`` frame alone.
+
+And what a node holds (``tracemalloc``, bytes allocated and still held):
+
+* ``detached_session_bytes``: a session whose connection dropped, kept for the resume window
+  (its connection object, session, room memberships: 1,000 sessions in one room each, divided);
+* ``history_entry_bytes``: one message in a stream's log (the ``send`` above to a room, 1,000
+  messages in a fresh room, divided), with ``history_message_bytes``, the size of its push body.
 """
 
 from __future__ import annotations
 
 import time
+import tracemalloc
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,6 +28,7 @@ import orjson
 import trio
 
 from .._config import config_from_dict
+from ..cluster import room_stream
 from ..hub import Connection, RateLimiter
 from ..node import Node
 from ..protocol import Session, decode_client_frame
@@ -99,6 +108,47 @@ async def _measure(count: int) -> dict[str, float]:
     }
 
 
+def _held_per(make: Callable[[int], object], count: int) -> float:
+    """Bytes still allocated after ``make(i)`` for ``i`` in ``range(count)``, divided."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [make(i) for i in range(count)]
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    del kept
+    return held / count
+
+
+async def _measure_memory() -> dict[str, float]:
+    node = _node()
+    sender = _connect(node, "sender")
+    join = '{"type":"event","event":"room.join","data":{"room":"%s"}}'
+
+    def detached(i: int) -> Connection:
+        conn = _connect(node, f"d{i}")
+        node._dispatch.on_message(conn, join % f"d{i % 10}", False)
+        node.sessions.detach(conn)
+        return conn
+
+    node._dispatch.on_message(sender, join % "history", False)
+    frame = _send_frame({"room": "history"})
+    stream = room_stream("/", "history")
+
+    def sent(i: int) -> None:
+        node._dispatch.on_message(sender, frame, False)
+
+    per_entry = _held_per(sent, 1000)
+    bodies = [entry.body for entry in node.cluster.streams.store.log(stream)]
+    return {
+        "detached_session_bytes": _held_per(detached, 1000),
+        "history_entry_bytes": per_entry,
+        "history_messages": float(len(bodies)),
+        "history_message_bytes": sum(map(len, bodies)) / max(1, len(bodies)),
+    }
+
+
 def run_micro(count: int = 20_000) -> dict[str, float]:
     """Microseconds per call of each case (the best of three rounds of ``count``)."""
-    return trio.run(_measure, count)
+    return {**trio.run(_measure, count), **trio.run(_measure_memory)}

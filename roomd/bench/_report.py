@@ -249,7 +249,10 @@ def _micro_line(micro: dict[str, Any]) -> str:
     return (
         f"micro (in process, us per message): direct send {micro['direct_us']:.2f}, "
         f"room send to 100 members {micro['room100_us']:.2f}, decoding a send "
-        f"{micro['decode_us']:.2f}"
+        f"{micro['decode_us']:.2f}; held: a detached session "
+        f"{micro['detached_session_bytes'] / 1024:.2f} KB, a message in history "
+        f"{micro['history_entry_bytes']:.0f} B "
+        f"(its push body {micro['history_message_bytes']:.0f} B)"
     )
 
 

@@ -414,6 +414,11 @@ class Transport:
             return False
         return None
 
+    def _take_more(self) -> bool:
+        """Whether messages remain buffered past the reader's last turn (and now it knows)."""
+        more, self._more = self._more, False
+        return more
+
     async def _reader(
         self, on_message: MessageHandler, owner: Any, on_control: ControlHandler | None
     ) -> bool:
@@ -424,8 +429,7 @@ class Transport:
             if done is not None:
                 return done
             await trio.lowlevel.checkpoint()
-            if self._more:
-                self._more = False
+            if self._take_more():
                 continue
             while True:
                 try:
@@ -450,9 +454,8 @@ class Transport:
                 if self._tls.closed:  # close_notify: what came before it is still handled
                     self._ws.feed(data)
                     while self._handle_buffered(on_message, owner, on_control) is None:
-                        if not self._more:
+                        if not self._take_more():
                             break
-                        self._more = False
                     return True
             self._ws.feed(data)
             del data  # not kept alive while waiting for more
