@@ -261,14 +261,9 @@ class Transport:
             return True
         data = queue[0] if len(queue) == 1 else b"".join(queue)
         queue.clear()  # (a list: an empty deque would keep a 600-byte block per connection)
-        try:
-            sent = self._sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self._break()
+        sent = self._send(data)
+        if sent is None:
             return True
-        self._stats.bytes_out += sent
         if sent < len(data):
             rest = data[sent:]
             queue.append(rest)
@@ -280,6 +275,19 @@ class Transport:
         if self._emptied is not None:
             self._emptied.set()
         return True
+
+    def _send(self, data: bytes) -> int | None:
+        """Give ``data`` to the kernel: how much it took (0 if its buffer is full), ``None`` if
+        the socket broke."""
+        try:
+            sent = self._sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._break()
+            return None
+        self._stats.bytes_out += sent
+        return sent
 
     def _write_tls(self, tls: ws.TlsSession) -> bool:
         """:meth:`_write` over TLS: encrypt everything queued, one ``send`` of the records."""
@@ -295,14 +303,9 @@ class Transport:
         data = self._cipher + tls.outgoing()
         if not data:
             return True
-        try:
-            sent = self._sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self._break()
+        sent = self._send(data)
+        if sent is None:
             return True
-        self._stats.bytes_out += sent
         self._cipher = data[sent:]
         self._queued_bytes = len(self._cipher)
         if self._cipher:
