@@ -27,7 +27,7 @@ import trio
 
 from roomd.client import Backoff, Client, Lifecycle, Opened
 from roomd.protocol import Push
-from tests.cluster_support import ClusterHandle, running_cluster
+from tests.cluster_support import ClusterHandle, metrics, running_cluster
 
 pytestmark = pytest.mark.cluster
 
@@ -209,10 +209,25 @@ async def _fault_then_check(
                 await trio.sleep(1.5)  # traffic through the recovery
                 stop.set()
                 allowed = {user for user, home in homes.items() if home in stopped_nodes}
-                took = await check(members, allowed)
+                try:
+                    took = await check(members, allowed)
+                except AssertionError:
+                    _print_logs(cluster)  # (pytest shows them with the failure)
+                    raise
                 assert sum(len(m.acked_room) for m in members) > 50
+                for name in set(NODES) - stopped_nodes:  # no node skipped a hole it could not fill
+                    samples = await trio.to_thread.run_sync(metrics, cluster.ports[name])
+                    assert samples["roomd_stream_lost_total"] == 0, name
                 print(f"converged {took:.2f} s after the traffic stopped")
                 assert took <= bound
+
+
+def _print_logs(cluster: ClusterHandle) -> None:
+    """What the nodes logged above DEBUG: how the cluster saw the fault."""
+    for name, proc in cluster.nodes.items():
+        for line in proc.lines:
+            if " DEBUG " not in line:
+                print(f"{name}| {line}")
 
 
 def _signal(cluster: ClusterHandle, name: str, signum: int) -> None:

@@ -27,7 +27,9 @@ from roomd.cluster import (
     MemoryNetwork,
     Online,
     UserOffline,
+    room_stream,
 )
+from roomd.cluster._streaming import READ, entry_from_wire
 from roomd.cluster._wire import Kind, decode
 from roomd.io import Flusher
 from roomd.protocol import PushTemplate
@@ -292,3 +294,46 @@ async def test_a_node_waking_from_a_freeze_judges_nobody_before_hearing_them(
         await trio.sleep(SECTION.heartbeat_interval * 2)  # b's heartbeats are heard again
         assert "b" in a.view.nodes and a.host.effects == []
         nursery.cancel_scope.cancel()
+
+
+async def test_a_hole_is_asked_for_again_while_its_sequencer_does_not_answer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Right after a bus outage the other nodes may not hear yet: a reader that finds a hole
+    asks the sequencer again until it answers, and delivers everything once, in order."""
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        a, b = await start(nursery, network, "a"), await start(nursery, network, "b")
+        await until(lambda: "b" in a.view.nodes and "a" in b.view.nodes)
+        stream = room_stream(*LOBBY)
+        sequencer = a if a.cluster.sequencer_of(stream) == "a" else b
+        reader = b if sequencer is a else a
+        reader.connect("rita", LOBBY)
+        await until(lambda: sequencer.view.room_members(LOBBY) == ["rita"])
+        reads_dropped: list[int] = []
+
+        def lose(receiver: str, message: bytes) -> bool:
+            env = decode(message)
+            if receiver == reader.name and env.kind == Kind.ENTRY:
+                return entry_from_wire(env.body[1]).offset not in (2, 3)  # a hole
+            asks = receiver == sequencer.name and env.kind == Kind.CALL and env.body[1] == READ
+            if asks and len(reads_dropped) < 2:  # the first two asks go unheard
+                reads_dropped.append(1)
+                return False
+            return True
+
+        network.filter = lose
+        for i in range(1, 5):
+            sequencer.cluster.streams.append(stream, b'"x":%d}' % i, f"m{i}")
+        await until(lambda: len(reads_dropped) == 2)
+        offsets = [o for kind, (s, o) in _entries(reader.host) if s == stream]
+        await until(
+            lambda: [o for _, (s, o) in _entries(reader.host) if s == stream] == [1, 2, 3, 4]
+        )
+        assert offsets == [1]  # (held past the hole until it was filled)
+        assert reader.cluster.streams.lost == 0
+        nursery.cancel_scope.cancel()
+
+
+def _entries(host: Host) -> list[tuple[str, Any]]:
+    return [d for d in host.delivered if d[0] == "entry"]

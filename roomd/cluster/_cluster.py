@@ -716,4 +716,16 @@ class Cluster:
                 "Presence snapshots asked of other nodes.",
                 self.snapshots_requested,
             ),
+            "stream_takeovers": (
+                "Streams this node began to number (new, or taken over from another node).",
+                self.streams.takeovers,
+            ),
+            "stream_repairs": (
+                "Holes in a stream's messages fetched from its sequencer.",
+                self.streams.repairs,
+            ),
+            "stream_lost": (
+                "Messages a repair found no longer held anywhere (delivered past).",
+                self.streams.lost,
+            ),
         }

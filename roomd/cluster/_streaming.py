@@ -30,6 +30,7 @@ from typing import Any, Final, Protocol
 
 import trio
 
+from ..protocol import ErrorCode, RoomdError
 from ._streams import Entry, Gap, Position, StreamKey, StreamStore, user_of
 
 log = logging.getLogger("roomd.cluster")
@@ -39,6 +40,10 @@ TAIL: Final = "roomd.stream-tail"  # stream -> [epoch, offset]; the caller reads
 COPY: Final = "roomd.stream-copy"  # stream -> the entries a node holds (a takeover gathers)
 APPEND_ATTEMPTS: Final = 3  # a message is sent to the stream's sequencer at most this often
 MAX_HELD: Final = 10_000  # messages held past a hole, per stream, while it is repaired
+# A hole is asked for this many times (0.2, 0.4, 0.8 s apart) while its sequencer does not
+# answer; then what came after it is delivered and the hole counted lost. Right after the bus
+# comes back, the other nodes may not hear yet (their subscriptions are being made again).
+REPAIR_ATTEMPTS: Final = 4
 READER_MEMORY: Final = 60.0  # seconds a node that asked for an inbox's tail is sent its messages
 Done = Callable[[Position | None], None]
 
@@ -318,14 +323,8 @@ class StreamService:
     async def _repair(self, stream: StreamKey) -> None:
         self.repairs += 1
         log_ = self.store.log(stream)
-        last = log_.last
         try:
-            missing = await self.read(stream, Position(last.epoch if last else "", log_.tail))
-        except Exception as exc:  # the sequencer no longer holds them, or did not answer
-            missing = []
-            log.warning(
-                "%s: could not repair %r after offset %d: %s", self.name, stream, log_.tail, exc
-            )
+            missing = await self._fetch_missing(stream)
         finally:
             self._repairing.discard(stream)
         for entry in missing:
@@ -336,6 +335,29 @@ class StreamService:
             if offset > log_.tail:
                 self.lost += offset - log_.tail - 1
                 self._keep(stream, held[offset])
+
+    async def _fetch_missing(self, stream: StreamKey) -> list[Entry]:
+        """What this node's copy of ``stream`` lacks after its last offset, from the sequencer:
+        asked again while it does not answer (:data:`REPAIR_ATTEMPTS`); nothing if it no longer
+        holds it all (a gap) or never answers."""
+        log_ = self.store.log(stream)
+        for attempt in range(1, REPAIR_ATTEMPTS + 1):
+            last = log_.last
+            try:
+                return await self.read(stream, Position(last.epoch if last else "", log_.tail))
+            except Exception as exc:  # no longer held (a gap), or the sequencer did not answer
+                gap = isinstance(exc, RoomdError) and exc.code == ErrorCode.HISTORY_GAP
+                if gap or attempt == REPAIR_ATTEMPTS:
+                    log.warning(
+                        "%s: could not repair %r after offset %d: %s",
+                        self.name,
+                        stream,
+                        log_.tail,
+                        exc,
+                    )
+                    return []
+            await trio.sleep(0.1 * 2**attempt)
+        raise AssertionError("unreachable")
 
     def resend(self, now: float) -> None:
         """Send every unconfirmed append again now, to its stream's sequencer (this node's bus
