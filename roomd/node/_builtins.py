@@ -46,6 +46,7 @@ from ..protocol import (
     validate_name,
 )
 from ._access import Access, Gate
+from ._ids import message_id_for
 from ._presence import PresenceFeed
 from ._requests import Requests
 from ._router import Router
@@ -401,17 +402,6 @@ class Builtins:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-_MESSAGE_IDS: Final = uuid.UUID("5b0c6f1e-8d0a-4e5c-9f7a-3c2d1e0f4a6b")
-
-
-def message_id_for(user: str, cmid: str | None) -> str:
-    """A new message's id: derived from the client message id when there is one, so that a
-    message sent again (after a resume, to any node) is recognised by its stream."""
-    if cmid is None:
-        return str(uuid.uuid4())
-    return str(uuid.uuid5(_MESSAGE_IDS, f"{user}\x00{cmid}"))
 
 
 def _settle_send(

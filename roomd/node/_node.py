@@ -52,9 +52,10 @@ from ._builtins import BUILTIN_EVENTS, Builtins
 from ._dispatch import FrameDispatcher, Handler
 from ._drain import Drainer
 from ._http import HttpFront, Route
+from ._ids import new_message_id
 from ._presence import PresenceFeed
 from ._requests import Requests
-from ._router import Router, new_message_id
+from ._router import Router
 from ._sessions import DEV_TOKEN_KEY, ResumeTokens, Sessions, detaches
 from ._stats import Stats, make_registry
 

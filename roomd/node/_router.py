@@ -9,7 +9,6 @@ presence view first (which answers with the effects to push) and then to the clu
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -38,12 +37,9 @@ from ..cluster import (
 )
 from ..hub import Connection, Hub, RoomKey
 from ..protocol import Push, PushTemplate
+from ._ids import new_message_id
 
 Done = Callable[[Position | None], None]
-
-
-def new_message_id() -> str:
-    return str(uuid.uuid4())
 
 
 class _Countdown:
