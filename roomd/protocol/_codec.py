@@ -160,7 +160,14 @@ def make_converter(*, detailed: bool = True) -> cattrs.Converter:
                 raise cattrs.ClassValidationError(
                     f"structuring {cls.__name__}", [exc], cls
                 ) from None
-            return attrs.evolve(message, payload=payload)
+            return ChatMessage(  # (not attrs.evolve: it inspects the class on every call)
+                message.type,
+                payload,
+                message.message_id,
+                message.timestamp,
+                message.sender,
+                message.metadata,
+            )
 
         return structure_chat
 
