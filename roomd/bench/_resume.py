@@ -11,7 +11,7 @@ what the Trio client sends and decides (``roomd/client/_client.py``):
   the room's stream (from the ``room.join`` ack, then from each push) and in the inbox (from the
   welcome of a new session, then from each direct push);
 * a resumed session is not joined again; a refused one is (and what it missed is lost: counted);
-* after a drop, the delay comes from the client's own policy (:func:`roomd.client._backoff.decide`
+* after a drop, the delay comes from the client's own policy (:func:`roomd.client.decide`
   with the default :class:`~roomd.client.Backoff`); a ``reconnect`` frame moves it at once to the
   URL it names (its alternates join the list); a connection that could not be opened moves on to
   the next URL of the list (the node first, then the others, as ``Client(url, urls=...)``).
@@ -25,8 +25,7 @@ import random
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from ..client import Backoff
-from ..client._backoff import Reconnect, decide
+from ..client import Backoff, Reconnect, decide
 
 Address = tuple[str, int]
 BACKOFF: Final = Backoff()  # the Trio client's default policy

@@ -27,6 +27,7 @@ import orjson
 import trio
 
 from . import _report
+from ._faults import FAULTS, run_fault
 from ._micro import run_micro
 from ._procs import BenchError, Cluster, ClusterOptions, Node, drivers, get_json, local_cluster
 from ._sessions import run_session
@@ -142,6 +143,26 @@ def _parser() -> argparse.ArgumentParser:
         help="drain: the nodes' shutdown.drain_period (the node's default, 10 s)",
     )
     g.add_argument("--seed", type=int, help="of the random drops and choices (drawn)")
+    g = p.add_argument_group("fault-*: faults of the cluster under light traffic (Trio clients)")
+    g.add_argument("--fault-users", type=int, default=d.fault_users, help=f"({d.fault_users})")
+    g.add_argument(
+        "--fault-room-rate",
+        type=float,
+        default=d.fault_room_rate,
+        help=f"room messages/s, all users ({d.fault_room_rate:g})",
+    )
+    g.add_argument(
+        "--fault-dm-rate",
+        type=float,
+        default=d.fault_dm_rate,
+        help=f"direct messages/s, all users ({d.fault_dm_rate:g})",
+    )
+    g.add_argument(
+        "--fault-after",
+        type=float,
+        default=d.fault_after,
+        help=f"seconds of traffic after the fault ({d.fault_after:g}); --fault-at: before it",
+    )
     g = p.add_argument_group("run")
     g.add_argument("--padding", type=int, default=d.padding, help="payload padding bytes (64)")
     g.add_argument(
@@ -218,6 +239,10 @@ def parse_settings(argv: Sequence[str]) -> tuple[Settings, str | None, int]:
         fault_at=args.fault_at,
         drain_period=args.drain_period,
         seed=args.seed,
+        fault_users=args.fault_users,
+        fault_room_rate=args.fault_room_rate,
+        fault_dm_rate=args.fault_dm_rate,
+        fault_after=args.fault_after,
         padding=args.padding,
         compress=args.compress,
         compress_threshold=args.compress_threshold,
@@ -341,6 +366,15 @@ async def _workloads(settings: Settings, results: dict[str, dict[str, Any]]) -> 
             _say(f"{name}: {settings.receivers} receivers in one room, resuming ...")
             work = run_session(bench, name, cluster.control)
             await _guarded(results, [name], _one(name, work))
+    for fault in (w for w in FAULT_WORKLOADS if w in settings.workloads):
+        async with (
+            _cluster(settings, defaults=True) as cluster,
+            drivers(1, "roomd.bench._clients", "clients") as started,
+        ):
+            bench = Bench(settings, cluster.nodes, cluster.broker_pid, started)
+            _say(f"{fault}: {FAULTS[fault]}, {settings.fault_users} users ...")
+            work = run_fault(bench, fault, cluster.control)
+            await _guarded(results, [fault], _one(fault, work))
     if "w3-idle" in settings.workloads:
         async with _cluster(settings) as cluster, drivers(settings.drivers) as started:
             bench = Bench(settings, cluster.nodes, cluster.broker_pid, started)
@@ -466,6 +500,9 @@ def _exact(result: dict[str, Any]) -> bool:
         return False
     if "skipped" in result or "direct_us" in result:
         return True
+    if "wrong_left" in result:  # a fault workload: also no wrong presence push
+        clean = result["lost"] == 0 and result["duplicates"] == 0 and not result["timed_out"]
+        return clean and result["wrong_left"] == 0 and result["wrong_joined"] == 0
     if "refused_resumes" in result:  # a session workload: also every reconnect resumed
         clean = result["lost"] == 0 and result["duplicates"] == 0 and not result["timed_out"]
         return clean and result["refused_resumes"] == 0

@@ -43,10 +43,10 @@ from ._workloads import ROOM, Bench
 EXIT_WAIT: Final = 60.0  # seconds a drained node may take to exit
 
 
-def victim_of(nodes: list[Node]) -> Node:
-    """The node that numbers the room's stream: rendezvous hashing over the node names, as
-    every node computes it (:func:`roomd.cluster.ranking`)."""
-    first = ranking(room_stream("/", ROOM), [n.name for n in nodes])[0]
+def victim_of(nodes: list[Node], room: str = ROOM) -> Node:
+    """The node that numbers ``room``'s stream: rendezvous hashing over the node names, as
+    every node computes it (:func:`roomd.cluster._streams.ranking`)."""
+    first = ranking(room_stream("/", room), [n.name for n in nodes])[0]
     return next(n for n in nodes if n.name == first)
 
 

@@ -81,6 +81,10 @@ class Settings:
     fault_at: float = 3.0  # drain, crash: seconds into the phase
     drain_period: float | None = None  # drain: the nodes' shutdown.drain_period (None: 10 s)
     seed: int | None = None  # of the random choices of the session workloads (None: drawn)
+    fault_users: int = 40  # fault-*: users in the room, spread over the nodes
+    fault_room_rate: float = 20.0  # fault-*: room messages/s, all users together
+    fault_dm_rate: float = 20.0  # fault-*: direct messages/s, all users together
+    fault_after: float = 8.0  # fault-*: seconds of traffic once the fault is over
     padding: int = 64
     compress: bool = False  # the drivers offer permessage-deflate
     compress_threshold: int | None = None  # the nodes' compression.threshold (None: default)
