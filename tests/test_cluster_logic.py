@@ -26,7 +26,9 @@ from roomd.cluster import (
     MemberLeft,
     MemoryNetwork,
     Online,
+    Position,
     UserOffline,
+    room_stream,
 )
 from roomd.cluster._wire import Kind, decode
 from roomd.io import Flusher
@@ -291,4 +293,30 @@ async def test_a_node_waking_from_a_freeze_judges_nobody_before_hearing_them(
         assert "b" in a.view.nodes and a.host.effects == []
         await trio.sleep(SECTION.heartbeat_interval * 2)  # b's heartbeats are heard again
         assert "b" in a.view.nodes and a.host.effects == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_node_that_comes_to_number_a_stream_reads_it_whole(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A node that joins (or restarts) ranks first for some streams that others numbered: a
+    read of such a stream, its own or another node's (a session resuming), gets every message,
+    not the nothing its own copy holds."""
+    hall = ("/", "hall")  # ranked a, b, c
+    stream = room_stream(*hall)
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        b, c = await start(nursery, network, "b"), await start(nursery, network, "c")
+        c.connect("cy", hall)
+        await until(lambda: b.view.room_members(hall) == ["cy"])
+        for i in range(3):
+            b.cluster.streams.append(stream, b'"event":"m%d"' % i, f"m{i}")
+        await until(lambda: ("entry", (stream, 3)) in c.host.delivered)
+        a = await start(nursery, network, "a")
+        await until(lambda: "a" in b.view.nodes and "a" in c.view.nodes)
+        assert a.cluster.sequencer_of(stream) == c.cluster.sequencer_of(stream) == "a"
+        mine = await a.cluster.streams.read(stream, Position("", 0))
+        assert [e.offset for e in mine] == [1, 2, 3]
+        theirs = await c.cluster.streams.read(stream, Position("", 0))
+        assert [e.offset for e in theirs] == [1, 2, 3]
         nursery.cancel_scope.cancel()

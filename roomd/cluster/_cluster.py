@@ -524,7 +524,7 @@ class Cluster:
         raise RoomdError(str(error.get("code")), str(error.get("message")))
 
     async def _on_read(self, body: Any, origin: str) -> Any:
-        return self.streams.on_read(body, origin)
+        return await self.streams.on_read(body, origin)
 
     async def _on_tail(self, body: Any, origin: str) -> Any:
         return await self.streams.on_tail(body, origin)

@@ -376,6 +376,7 @@ class StreamService:
         """
         sequencer = self.sequencer_of(stream)
         if sequencer == self.name or self.outbound is None:
+            await self._numbering(stream)
             return self.store.log(stream).since(after)
         wire = None if after is None else [after.epoch, after.offset]
         result = await self.outbound.call(sequencer, READ, [stream, wire])
@@ -466,12 +467,23 @@ class StreamService:
             self.store.logs.pop(stream, None)
             self._held.pop(stream, None)
 
-    def on_read(self, body: Any, origin: str) -> list[list[Any]]:
+    async def _numbering(self, stream: StreamKey) -> None:
+        """Until this node numbers ``stream``, which it ranks first for: a node that came to
+        rank first (it joined, or restarted) holds at most a reader's copy of a stream that
+        others numbered until then; it takes the stream over (gathering their copies) before
+        it answers from its log."""
+        if self.outbound is None or self._spawn is None or stream in self.store.sequencers:
+            return
+        await self._begin_takeover(stream).ready.wait()
+
+    async def on_read(self, body: Any, origin: str) -> list[list[Any]]:
         """The handler of :data:`READ` calls (raises ``Gap``): like :meth:`on_tail`, the reader
         is sent the inbox's messages from then on (a session resuming on ``origin`` gets what
         came before in this answer, and what comes after live)."""
         stream, wire = body
         self._add_reader(stream, origin)  # (and the reader knows it follows this node)
+        if self.sequencer_of(stream) == self.name:
+            await self._numbering(stream)
         after = None if wire is None else Position(wire[0], wire[1])
         return [entry_to_wire(e) for e in self.store.log(stream).since(after)]
 
