@@ -175,6 +175,7 @@ class Cluster:
         self._echo_at = -math.inf  # when this node last heard its own heartbeat from the bus
         self._bus_live = False  # our own heartbeats come back: publishing and subscriptions work
         self._gone: dict[str, _Gone] = {}
+        self._lives: dict[str, tuple[int, float]] = {name: (epoch, time.time())}
         self.bad_messages = 0
         self.snapshots_requested = 0
 
@@ -625,6 +626,9 @@ class Cluster:
             self._gone.pop(env.node, None)
         elif known.epoch != env.epoch:
             log.info("%s: node %s restarted (a new epoch)", self.name, env.node)
+        life = self._lives.get(env.node)
+        if life is None or life[0] != env.epoch:
+            self._lives[env.node] = (env.epoch, time.time())
 
     def _after(self, name: str, wants_snapshot: bool, effects: list[Effect]) -> None:
         if wants_snapshot:
@@ -666,6 +670,13 @@ class Cluster:
     def gone_since(self, node: str) -> float | None:
         gone = self._gone.get(node)
         return gone.since if gone is not None and node not in self.view.nodes else None
+
+    def life(self, node: str) -> tuple[int, float] | None:
+        state = self.view.nodes.get(node)
+        life = self._lives.get(node)
+        if state is None or life is None or life[0] != state.epoch:
+            return None
+        return life
 
     def stats(self) -> dict[str, Any]:
         now = trio.current_time()
