@@ -320,3 +320,33 @@ async def test_a_node_that_comes_to_number_a_stream_reads_it_whole(
         theirs = await c.cluster.streams.read(stream, Position("", 0))
         assert [e.offset for e in theirs] == [1, 2, 3]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_restarted_node_numbers_on_from_the_copies_not_from_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Restarted within the heartbeat timeout, a node is asked to number its streams before it
+    has heard anyone (the others still count its former life): it waits until it knows the
+    cluster, gathers the copies, and numbers on from them. Numbered from nothing, a message
+    got an offset every reader already had, and was dropped everywhere, though acknowledged."""
+    hall = ("/", "hall")  # ranked a, b, c
+    stream = room_stream(*hall)
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        a, b = await start(nursery, network, "a"), await start(nursery, network, "b")
+        c = await start(nursery, network, "c")
+        c.connect("cy", hall)
+        await until(lambda: b.view.room_members(hall) == ["cy"])
+        for i in range(3):
+            b.cluster.streams.append(stream, b'"event":"m%d"' % i, f"m{i}")
+        await until(lambda: ("entry", (stream, 3)) in c.host.delivered)
+        a.crash()
+        again = SimNode(network, "a")
+        nursery.start_soon(again._run, trio.TASK_STATUS_IGNORED)
+        await until(lambda: "a" in network.buses and network.buses["a"].running)
+        numbered: list[Position | None] = []
+        b.cluster.streams.append(stream, b'"event":"m3"', "m3", done=numbered.append)
+        await until(lambda: bool(numbered))
+        assert numbered[0] is not None and numbered[0].offset == 4
+        await until(lambda: ("entry", (stream, 4)) in c.host.delivered)
+        nursery.cancel_scope.cancel()

@@ -167,6 +167,7 @@ class Cluster:
         self._call_slots = trio.Semaphore(MAX_CONCURRENT_CALLS)
         self._own_marker = _wire.origin_marker(name)
         self._view_settled = trio.Event()  # a snapshot arrived or a node expired
+        self._joined = trio.Event()  # the view holds the cluster (or the ready timeout passed)
         self._ticking = trio.CancelScope()  # the heartbeat ticker's and the delta publisher's
         self._deltas: list[list[Any]] = []
         self._deltas_due = trio.Event()
@@ -233,6 +234,7 @@ class Cluster:
                     self.epoch,
                     up,
                 )
+            self._joined.set()
             task_status.started()
 
     async def _sync_view(self, deadline: float) -> None:
@@ -484,7 +486,12 @@ class Cluster:
         readers are (as presence says), and the node that would number it without this one
         (its sequencer until this node joined, if it did). A takeover starts from them. A node
         that does not answer within a heartbeat interval is not waited for; nor are they asked
-        before this node hears them (it waits up to a heartbeat timeout for its bus)."""
+        before this node hears them (it waits up to a heartbeat timeout for its bus), nor
+        before it has joined the cluster: a node just started (a restart within the heartbeat
+        timeout, which the others take for its former life) is asked to number its streams
+        before it knows where their readers are; numbered from nothing, they would reuse
+        offsets every reader holds."""
+        await self._joined.wait()
         await self.wait_synced(self.timeout)
         room = room_of(stream)
         user = user_of(stream)
