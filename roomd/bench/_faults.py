@@ -163,7 +163,7 @@ def tally(raw: dict[str, Any], start: int, end: int, hit: set[str]) -> dict[str,
     caught_up = end
     examples: list[str] = []
     latencies: list[int] = []
-    for text, sender, to, sent_ns, acked_ns, _failed in raw["sent"]:
+    for text, _sender, to, sent_ns, acked_ns, _failed in raw["sent"]:
         recipients = users if to is None else [to]
         got = [r for r in recipients if counts[r][text]]
         if not acked_ns:
@@ -177,8 +177,10 @@ def tally(raw: dict[str, Any], start: int, end: int, hit: set[str]) -> dict[str,
                 lost_during += missing
             else:
                 lost_after += missing
-            if len(examples) < 5:
-                examples.append(f"{text} ({sender}, {missing} of {len(recipients)})")
+            if len(examples) < 20:  # when sent and acknowledged, from the fault's start
+                sent_s, acked_s = (sent_ns - start) / 1e9, (acked_ns - start) / 1e9
+                at = f"sent {sent_s:+.2f} s, acked {acked_s:+.2f} s"
+                examples.append(f"{text} ({at}; {missing} of {len(recipients)} lack it)")
         for r in got:
             at = arrivals[r][text]
             latencies.append(at - sent_ns)
