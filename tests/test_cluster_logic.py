@@ -350,3 +350,29 @@ async def test_a_restarted_node_numbers_on_from_the_copies_not_from_nothing(
         assert numbered[0] is not None and numbered[0].offset == 4
         await until(lambda: ("entry", (stream, 4)) in c.host.delivered)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_read_whose_sequencer_died_goes_to_the_next_one(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A session resuming right after the node that numbered its room was killed reads the
+    room's stream before that node is declared down: the read goes unanswered, and is made
+    again to whoever numbers the stream then. (It was given up: the resume reported a gap and
+    the session never got what it missed, acknowledged though it was.)"""
+    hall = ("/", "hall")  # ranked a, b, c
+    stream = room_stream(*hall)
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        a, b = await start(nursery, network, "a"), await start(nursery, network, "b")
+        c = await start(nursery, network, "c")
+        c.connect("cy", hall)
+        await until(lambda: b.view.room_members(hall) == ["cy"])
+        for i in range(3):
+            b.cluster.streams.append(stream, b'"event":"m%d"' % i, f"m{i}")
+        await until(lambda: ("entry", (stream, 3)) in c.host.delivered)
+        a.crash()
+        assert b.cluster.sequencer_of(stream) == "a"  # (not declared down yet)
+        entries = await b.cluster.streams.read(stream, Position("", 0))
+        assert [e.offset for e in entries] == [1, 2, 3]
+        assert b.cluster.sequencer_of(stream) == "b"
+        nursery.cancel_scope.cancel()

@@ -30,6 +30,7 @@ from typing import Any, Final, Protocol
 
 import trio
 
+from ..protocol import RequestTimeout
 from ._streams import Entry, Gap, Position, StreamKey, StreamStore, user_of
 
 log = logging.getLogger("roomd.cluster")
@@ -38,6 +39,7 @@ READ: Final = "roomd.stream-read"  # [stream, position or None] -> entries after
 TAIL: Final = "roomd.stream-tail"  # stream -> [epoch, offset]; the caller reads the stream
 COPY: Final = "roomd.stream-copy"  # stream -> the entries a node holds (a takeover gathers)
 APPEND_ATTEMPTS: Final = 3  # a message is sent to the stream's sequencer at most this often
+READ_ATTEMPTS: Final = 3  # a stream is read from its sequencer at most this often
 MAX_HELD: Final = 10_000  # messages held past a hole, per stream, while it is repaired
 READER_MEMORY: Final = 60.0  # seconds a node that asked for an inbox's tail is sent its messages
 Done = Callable[[Position | None], None]
@@ -370,19 +372,31 @@ class StreamService:
     # Reading -------------------------------------------------------------------------------------
 
     async def read(self, stream: StreamKey, after: Position | None) -> list[Entry]:
-        """The messages of ``stream`` after ``after``, from its sequencer.
+        """The messages of ``stream`` after ``after``, from its sequencer. A sequencer that
+        does not answer may have died and not be declared down yet: the read is made again
+        to whoever numbers the stream then, ``READ_ATTEMPTS`` times in all.
 
-        Error handling: :class:`~._streams.Gap` when the sequencer no longer holds them all.
+        Error handling: :class:`~._streams.Gap` when the sequencer no longer holds them all;
+        :class:`~roomd.protocol.RequestTimeout` when no sequencer answered.
         """
-        sequencer = self.sequencer_of(stream)
-        if sequencer == self.name or self.outbound is None:
-            await self._numbering(stream)
-            return self.store.log(stream).since(after)
         wire = None if after is None else [after.epoch, after.offset]
-        result = await self.outbound.call(sequencer, READ, [stream, wire])
-        if user_of(stream) is not None:
-            self._followed[stream] = sequencer
-        return [entry_from_wire(item) for item in result]
+        attempts = 1
+        while True:
+            sequencer = self.sequencer_of(stream)
+            if sequencer == self.name or self.outbound is None:
+                await self._numbering(stream)
+                return self.store.log(stream).since(after)
+            try:
+                result = await self.outbound.call(sequencer, READ, [stream, wire])
+            except RequestTimeout:
+                if attempts >= READ_ATTEMPTS:
+                    raise
+                attempts += 1
+                log.warning("%s: %s did not answer a read of %r", self.name, sequencer, stream)
+                continue
+            if user_of(stream) is not None:
+                self._followed[stream] = sequencer
+            return [entry_from_wire(item) for item in result]
 
     def local_tail(self, stream: StreamKey) -> Position | None:
         """The position of the last message of ``stream`` if this node numbers it, else
