@@ -376,3 +376,45 @@ async def test_a_read_whose_sequencer_died_goes_to_the_next_one(
         assert [e.offset for e in entries] == [1, 2, 3]
         assert b.cluster.sequencer_of(stream) == "b"
         nursery.cancel_scope.cancel()
+
+
+async def test_a_takeover_waits_for_the_copies_of_nodes_that_answer_late(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The node that takes a stream over asks the live nodes for their copies; one that
+    answers late (busy) is asked again while it is up. Numbered from the taker's own copy, which
+    lacked the last message, the next message got that message's offset, and every reader that
+    held the last one dropped it, acknowledged though it was."""
+    hall = ("/", "hall")  # ranked a, b, c
+    stream = room_stream(*hall)
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        a, b = await start(nursery, network, "a"), await start(nursery, network, "b")
+        c = await start(nursery, network, "c")
+        b.connect("bo", hall)
+        c.connect("cy", hall)
+        await until(lambda: a.view.room_members(hall) == ["bo", "cy"])
+        for i in range(2):
+            a.cluster.streams.append(stream, b'"event":"m%d"' % i, f"m{i}")
+        late: list[bytes] = []
+
+        def lossy(receiver: str, message: bytes) -> bool:
+            kind = decode(message).kind
+            if receiver == "b" and kind == Kind.ENTRY and b"m2" in message:
+                return False  # b's copy lacks the last message
+            if receiver == "b" and kind == Kind.REPLY and b"cy" in message and not late:
+                late.append(message)  # c's copy comes too late the first time
+                return False
+            return True
+
+        network.filter = lossy
+        a.cluster.streams.append(stream, b'"event":"m2","from":"cy"', "m2")
+        await until(lambda: ("entry", (stream, 3)) in c.host.delivered)
+        a.crash()
+        await until(lambda: "a" not in b.view.nodes and "a" not in c.view.nodes)
+        numbered: list[Position | None] = []
+        b.cluster.streams.append(stream, b'"event":"m3"', "m3", done=numbered.append)
+        await until(lambda: bool(numbered))
+        assert late and numbered[0] is not None and numbered[0].offset == 4
+        await until(lambda: ("entry", (stream, 4)) in c.host.delivered)
+        nursery.cancel_scope.cancel()

@@ -485,7 +485,10 @@ class Cluster:
         """The copies of ``stream`` held by the nodes that may hold one: those where its
         readers are (as presence says), and the node that would number it without this one
         (its sequencer until this node joined, if it did). A takeover starts from them. A node
-        that does not answer within a heartbeat interval is not waited for; nor are they asked
+        that does not answer within a heartbeat interval is asked again while it is up (busy,
+        or dead and not declared down yet), for at most a heartbeat timeout and a call timeout
+        more: numbered without its copy, the stream could give the next message an offset that
+        copy holds, and every reader holding it would drop that message. Nor are they asked
         before this node hears them (it waits up to a heartbeat timeout for its bus), nor
         before it has joined the cluster: a node just started (a restart within the heartbeat
         timeout, which the others take for its former life) is asked to number its streams
@@ -510,7 +513,11 @@ class Cluster:
             return {}
         timeout = max(0.2, self.section.heartbeat_interval)
         out = await self.calls.call(COPY, stream, targets=sorted(targets), timeout=timeout)
-        copies: dict[str, list[Any]] = out.replies
+        copies: dict[str, list[Any]] = dict(out.replies)
+        with trio.move_on_after(self.timeout + self.section.call_timeout):
+            while missing := [node for node in out.missing if self.is_up(node)]:
+                out = await self.calls.call(COPY, stream, targets=missing, timeout=timeout)
+                copies.update(out.replies)
         return copies
 
     def _send_to_sequencer(self, node: str, stream: StreamKey, draft: Entry, hops: int) -> None:
