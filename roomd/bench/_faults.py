@@ -36,7 +36,6 @@ from ._workloads import MARGIN, Bench
 ROOM: Final = "faults"
 SETTLE: Final = 1.0  # seconds after the joins, for every node to know every member
 COLLECT: Final = 30.0  # seconds the clients get to receive what was acknowledged
-GRACE: Final = 1.0  # seconds more, for duplicates to show
 STOP_S: Final = 8.0  # fault-stop: how long the node is frozen
 BROKER_DOWN_S: Final = 3.0  # fault-broker-kill: how long the broker is gone
 BROKER_STOP_S: Final = 5.0  # fault-broker-stop: how long it is frozen
@@ -74,7 +73,8 @@ async def run_fault(bench: Bench, name: str, control: ClusterControl | None) -> 
     fault = await _inject(name, control, victim, len(nodes))
     await trio.sleep(s.fault_after)
     await driver.request({"cmd": "stop"}, CLIENT["call_timeout"] + MARGIN)
-    raw = await driver.request({"cmd": "collect", "timeout": COLLECT, "grace": GRACE}, 90.0)
+    collect = {"cmd": "collect", "timeout": COLLECT, "grace": max(1.0, s.grace)}
+    raw = await driver.request(collect, COLLECT + MARGIN)
     hit = {u for u, home in homes.items() if home is victim} if "broker" not in name else set()
     result = tally(raw, fault["start_ns"], fault["end_ns"], hit)
     result.update(
@@ -145,6 +145,8 @@ def tally(raw: dict[str, Any], start: int, end: int, hit: set[str]) -> dict[str,
     * **wrong presence**: ``room.left`` pushes, from the fault's start on, about users who never
       left; those about the users of the node that failed (``hit``), who did leave until they
       resumed elsewhere, are counted apart, as are the ``room.joined`` that follow;
+    * **hit shown**: seconds from the fault's start until the last ``room.left`` about a user
+      of the failed node (how long the others were shown it);
     * **converged**: seconds from the fault's end until the last presence push or reconnect;
       **caught up**: until the last acknowledged message sent before the end arrived
       everywhere it should;
@@ -188,12 +190,15 @@ def tally(raw: dict[str, Any], start: int, end: int, hit: set[str]) -> dict[str,
                 caught_up = max(caught_up, at)
     duplicates = sum(n - 1 for c in counts.values() for n in c.values() if n > 1)
     left = collections.Counter[str]()
+    hit_shown = start  # until the last member was told a user of the failed node left
     for m in members:
         for event, user, at in m["presence"]:
             if at < start:
                 continue
             kind = "hit" if user in hit else "wrong"
             left[f"{kind}_{'left' if event == 'room.left' else 'joined'}"] += 1
+            if kind == "hit" and event == "room.left":
+                hit_shown = max(hit_shown, at)
     shown_left = sum(1 for m in members for user in _last_left(m["presence"], start))
     reconnects = [o for m in members for o in m["opens"] if o["reconnect"]]
     refused = [f"{o['node']}: {o['reason']}" for o in reconnects if not o["resumed"]]
@@ -220,6 +225,7 @@ def tally(raw: dict[str, Any], start: int, end: int, hit: set[str]) -> dict[str,
         "not_resumed": sorted(set(refused))[:5],
         "replayed": sum(o["replayed"] for o in reconnects),
         "resent": sum(o["resent"] for o in reconnects),
+        "hit_shown_s": round((hit_shown - start) / 1e9, 3) if left["hit_left"] else None,
         "converged_s": round((converged - end) / 1e9, 3),
         "caught_up_s": round((caught_up - end) / 1e9, 3),
         "order_violations": _order_violations(members),

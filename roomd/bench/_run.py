@@ -274,16 +274,20 @@ def _node_of(url: str, index: int) -> Node:
 
 
 @contextlib.asynccontextmanager
-async def _cluster(settings: Settings, defaults: bool = False) -> AsyncIterator[Cluster]:
+async def _cluster(
+    settings: Settings, defaults: bool = False, label: str | None = None
+) -> AsyncIterator[Cluster]:
     """The cluster to run on: started here (``defaults``: with the node's own cluster
-    heartbeat, for the session and fault workloads), or the one of ``--urls``."""
+    heartbeat, for the session and fault workloads; its logs in a directory named ``label``
+    under ``--logs``), or the one of ``--urls``."""
     if not settings.urls:
         options = ClusterOptions(settings.compress_threshold, settings.tls)
         if defaults:
             options = attrs.evolve(options, heartbeat=None, drain_period=settings.drain_period)
-        async with local_cluster(
-            settings.nodes, settings.start_timeout, settings.logs, options
-        ) as cluster:
+        logs = settings.logs
+        if logs is not None and label is not None:
+            logs = str(Path(logs) / label)
+        async with local_cluster(settings.nodes, settings.start_timeout, logs, options) as cluster:
             yield cluster
         return
     nodes = [_node_of(url, i) for i, url in enumerate(settings.urls)]
@@ -359,7 +363,7 @@ async def _workloads(settings: Settings, results: dict[str, dict[str, Any]]) -> 
         results["micro"] = await trio.to_thread.run_sync(run_micro, settings.micro_sends)
     for name in (w for w in SESSION_WORKLOADS if w in settings.workloads):
         async with (
-            _cluster(settings, defaults=True) as cluster,
+            _cluster(settings, defaults=True, label=name) as cluster,
             drivers(settings.drivers) as started,
         ):
             bench = Bench(settings, cluster.nodes, cluster.broker_pid, started)
@@ -368,7 +372,7 @@ async def _workloads(settings: Settings, results: dict[str, dict[str, Any]]) -> 
             await _guarded(results, [name], _one(name, work))
     for fault in (w for w in FAULT_WORKLOADS if w in settings.workloads):
         async with (
-            _cluster(settings, defaults=True) as cluster,
+            _cluster(settings, defaults=True, label=fault) as cluster,
             drivers(1, "roomd.bench._clients", "clients") as started,
         ):
             bench = Bench(settings, cluster.nodes, cluster.broker_pid, started)
@@ -376,7 +380,10 @@ async def _workloads(settings: Settings, results: dict[str, dict[str, Any]]) -> 
             work = run_fault(bench, fault, cluster.control)
             await _guarded(results, [fault], _one(fault, work))
     if "w3-idle" in settings.workloads:
-        async with _cluster(settings) as cluster, drivers(settings.drivers) as started:
+        async with (
+            _cluster(settings, label="w3-idle") as cluster,
+            drivers(settings.drivers) as started,
+        ):
             bench = Bench(settings, cluster.nodes, cluster.broker_pid, started)
             _say(f"W3: {settings.connections} idle connections, held {settings.hold:g} s ...")
             await _guarded(results, ["w3-idle"], _one("w3-idle", run_w3(bench)))
