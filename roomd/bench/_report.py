@@ -388,6 +388,7 @@ _FAULT_HEAD: Final = [
     "wrong left/joined",
     "hit left/joined",
     "resumed/reconnects",
+    "hit shown s",
     "converged s",
     "caught up s",
     "p99 ms",
@@ -405,6 +406,7 @@ def _fault_row(name: str, r: dict[str, Any]) -> list[str]:
         f"{_n(r['wrong_left'])}/{_n(r['wrong_joined'])}",
         f"{_n(r['hit_left'])}/{_n(r['hit_joined'])}",
         f"{_n(r['resumed'])}/{_n(r['reconnects'])}",
+        _n(r.get("hit_shown_s")),
         _n(r["converged_s"]),
         _n(r["caught_up_s"]),
         _n(r["latency_ms"]["p99"]),
@@ -418,9 +420,9 @@ def _fault_lines(results: dict[str, dict[str, Any]]) -> list[str]:
         *_table(rows),
         "lost: deliveries of acknowledged messages missing (during: sent from the fault until "
         "the cluster converged); wrong: room.left/room.joined pushes about users who never "
-        "left; hit: about the users of the node that failed; converged: fault's end to the "
-        "last presence push or reconnect; caught up: to the last delivery of what was sent "
-        "until the fault's end",
+        "left; hit: about the users of the node that failed; hit shown: fault's start to the "
+        "last room.left about them; converged: fault's end to the last presence push or "
+        "reconnect; caught up: to the last delivery of what was sent until the fault's end",
     ]
 
 
