@@ -16,7 +16,7 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
 from roomd.bench import _bus, _profile, _report, _stats, _ws
 from roomd.bench._run import _exact
-from roomd.bench._workloads import WORKLOADS, Settings, merge_phase
+from roomd.bench._workloads import DEFAULT_WORKLOADS, Settings, merge_phase
 from roomd.cluster import _wire
 from roomd.io._zmq import make_context
 
@@ -365,7 +365,7 @@ async def test_bench_smoke(tmp_path: Path) -> None:
     assert "w1-burst" in report and "targets" in report
     document = json.loads(out.read_text())
     results = document["results"]
-    assert list(results) == list(WORKLOADS)
+    assert list(results) == list(DEFAULT_WORKLOADS)
     assert document["run"]["nodes"] == 2 and not document["run"]["default_sizes"]
     for name in ("w1-rate", "w1-burst", "w2-rate", "w2-burst"):
         r = results[name]

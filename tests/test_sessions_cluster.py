@@ -94,6 +94,38 @@ async def test_a_session_resumes_after_its_node_was_killed(tmp_path: Path) -> No
                     assert (await again.push("message"))["data"]["payload"]["content"] == "live"
 
 
+@pytest.mark.parametrize("where", ["nodeA", "nodeB"])
+async def test_a_session_resumes_after_its_node_was_killed_and_restarted(
+    tmp_path: Path, where: str
+) -> None:
+    """Its node is back (the same name, a new life) before the client resumes: on it, or on
+    another node that now knows only the new life, the session continues from the streams."""
+    with trio.fail_after(40):
+        async with running_cluster(tmp_path) as cluster:
+            a, c = cluster.node("nodeA"), cluster.node("nodeC")
+            async with connect(c, "carol") as carol:
+                await carol.ok("room.join", {"room": "r"})
+                async with connect(a, "alice") as alice:
+                    at = Positions(alice.welcome)
+                    at.joined(await alice.ok("room.join", {"room": "r"}))
+                    await carol.push("room.joined")
+                    cluster.nodes["nodeA"].kill()
+                    sent = [await carol.ok("send", {"to": {"room": "r"}, "data": text(f"m{i}")})
+                            for i in range(3)]  # fmt: skip
+                assert cluster.nodes["nodeA"].process is not None
+                await cluster.nodes["nodeA"].process.wait()
+                lines = len(cluster.nodes["nodeC"].lines)
+                await cluster.start_node("nodeA", 2)
+                await cluster.nodes["nodeC"].wait_for(r"nodeA (restarted|is up)", lines)
+                async with resumed(cluster.node(where), "alice", at.resume()) as (again, welcome):
+                    assert welcome["resumed"] is True, welcome
+                    assert welcome["session"] == at.session
+                    missed = [await again.push("message") for _ in range(welcome["replayed"])]
+                    contents = [p["data"]["payload"]["content"] for p in missed]
+                    assert contents == ["m0", "m1", "m2"]
+                    assert [p["offset"] for p in missed] == [s["offset"] for s in sent]
+
+
 async def test_every_member_sees_a_rooms_messages_in_one_order(tmp_path: Path) -> None:
     """Senders on three nodes at once: every member, on every node, gets the same sequence."""
     per_sender = 30

@@ -5,9 +5,12 @@ and answers with one JSON line on stdout; the orchestrator (:mod:`._run`) waits 
 before it sends the next command. Commands:
 
 ``open``    open connections (``targets``: ``[user, host, port, room, token]``), at most
-            ``concurrency`` handshakes at a time
+            ``concurrency`` handshakes at a time; with ``urls`` (``[host, port]`` of every
+            node) each user resumes its session after a drop (see :mod:`._resume`)
 ``settle``  read until nothing arrived for ``quiet`` seconds (at most ``max`` seconds)
-``arm``     prepare a phase (senders, receivers, message count, rate); receivers start counting
+``arm``     prepare a phase (senders, receivers, message count, rate; with ``acks``, sends
+            are acknowledged and only what was acknowledged is expected; ``drops``: connections
+            to cut during the phase, and where they resume); receivers start counting
 ``go``      send the phase's messages and collect deliveries until every expected one arrived
             (then ``grace`` more seconds, to count duplicates) or ``timeout``
 ``hold``    serve the connections for ``seconds`` (answering the node's pings)
@@ -42,6 +45,14 @@ _SEND: Final = (
     + b'","data":[%d,%d,%d,%d,"%b"]}}'
 )
 _EXCEPT_SELF: Final = b'"exceptSelf":true,'
+# A send whose ack is awaited (the session workloads: only what was acknowledged must arrive),
+# with a client message id, so that a node answers a repeat with the first answer.
+_SEND_ACKED: Final = (
+    b'{"type":"event","id":%d,"cmid":"b%d-%d","event":"send","data":{"to":%b,%b"event":"'
+    + BENCH_EVENT.encode()
+    + b'","data":[%d,%d,%d,%d,"%b"]}}'
+)
+ACK_BASE: Final = 1000  # a send's event id is ACK_BASE + its message number (1 is the join)
 _PING: Final = b'{"type":"ping","ts":0}'
 
 _Slot = tuple[int, Conn, int, int, bytes, bytes]  # offset_ns, conn, sender, k, to, flag
@@ -70,7 +81,8 @@ class Phase:
         self.stray = 0
         self.missing_receivers = 0
         self.padding = b"x" * int(spec.get("padding", len(PADDING)))
-        self.receivers: list[tuple[Conn, Receipts]] = []
+        self.receivers: list[tuple[str, Receipts]] = []  # (user, what it got)
+        self.slots: dict[str, list[int]] = {}  # user -> the senders it expects, in slot order
         for entry in spec["receivers"]:
             want = len(entry["expect"]) * self.messages
             self.expected += want
@@ -80,8 +92,19 @@ class Phase:
                 continue
             conn.expect = {s: slot for slot, s in enumerate(entry["expect"])}
             conn.receipts = Receipts(want)
-            self.receivers.append((conn, conn.receipts))
+            self.receivers.append((conn.user, conn.receipts))
+            self.slots[conn.user] = list(entry["expect"])
         self.remaining = sum(len(r) for _, r in self.receivers)
+        # Session workloads: sends are acknowledged, receivers resume, drops are scripted.
+        self.acks = bool(spec.get("acks"))
+        self.answers = bytearray(total)  # 1: acknowledged, 2: refused (an error ack)
+        self.count_acked = 0
+        self.count_refused = 0
+        self.arrivals: list[int] = []  # message number, arrival time, ... (session workloads)
+        self.drops: list[tuple[float, str, float, tuple[str, int]]] = sorted(
+            (d["at"], d["user"], d["pause"], (d["to"][0], d["to"][1]))
+            for d in spec.get("drops", ())
+        )
         self.schedule = self._schedule(spec)
         self.senders = {slot[1] for slot in self.schedule}
         self._next = 0
@@ -111,7 +134,22 @@ class Phase:
     # Sending ------------------------------------------------------------------------------------
 
     def tick(self, now: int) -> int | None:
-        """Send every message that is due; when the next one is due (``None``: all sent)."""
+        """Send every message that is due, cut the connections whose drop is due; when the
+        next thing is due (``None``: nothing more)."""
+        wake = self._send(now)
+        if not self.drops:
+            return wake
+        while self.drops and self.start + int(self.drops[0][0] * 1e9) <= now:
+            _, user, pause, to = self.drops.pop(0)
+            conn = self.engine.by_user.get(user)
+            if conn is not None:
+                self.engine.drop(conn, pause, to)
+        if self.drops:
+            due = self.start + int(self.drops[0][0] * 1e9)
+            wake = due if wake is None else min(wake, due)
+        return wake
+
+    def _send(self, now: int) -> int | None:
         schedule, engine = self.schedule, self.engine
         i = self._next
         previous: Conn | None = None
@@ -128,7 +166,12 @@ class Phase:
             if conn is not previous and previous is not None and previous.out:
                 engine.flush(previous)
             stamp = time.monotonic_ns()
-            frame = _SEND % (to, flag, self.id, s, k, stamp, self.padding)
+            if self.acks:
+                index = s * self.messages + k
+                args = (ACK_BASE + index, self.id, index, to, flag, self.id, s, k, stamp)
+                frame = _SEND_ACKED % (*args, self.padding)
+            else:
+                frame = _SEND % (to, flag, self.id, s, k, stamp, self.padding)
             engine.queue(conn, _ws.client_frame(frame))
             self.sent[s * self.messages + k] = stamp
             self.count_sent += 1
@@ -153,17 +196,42 @@ class Phase:
         )
 
     def finished(self) -> bool:
-        """Everything sent, and every delivery still possible arrived (a receiver whose
-        connection closed will get nothing more)."""
-        if not self.all_sent:
+        """Everything sent (and, with acks, answered), and every delivery still possible
+        arrived (a receiver whose connection closed, and that does not resume, will get
+        nothing more)."""
+        if not self.all_sent or self.drops:
+            return False
+        if self.acks and self.count_acked + self.count_refused < self.count_sent:
             return False
         if self.remaining <= 0:
             return True
         if self.engine.released != self._released:
             self._released = self.engine.released
-            possible = sum(r.missing for c, r in self.receivers if c.state == OPEN)
+            engine = self.engine
+            possible = sum(
+                r.missing
+                for user, r in self.receivers
+                if engine.by_user[user].state == OPEN or engine.reconnecting(user)
+            )
             return possible == 0
         return False
+
+    def acked(self, conn: Conn, frame: dict[str, Any], now: int) -> None:
+        """The answer to a send: acknowledged, or refused (its deliveries are not expected)."""
+        index = int(frame.get("id", 0)) - ACK_BASE
+        if not self.acks or not 0 <= index < len(self.answers) or self.answers[index]:
+            return
+        if frame.get("error") is None:
+            self.answers[index] = 1
+            self.count_acked += 1
+            return
+        self.answers[index] = 2
+        self.count_refused += 1
+        sender, k = divmod(index, self.messages)
+        for user, receipts in self.receivers:
+            slot = self.slots[user].index(sender) if sender in self.slots[user] else -1
+            if slot >= 0 and not receipts.has(slot * self.messages + k):
+                self.remaining -= 1
 
     # Receiving ----------------------------------------------------------------------------------
 
@@ -182,9 +250,12 @@ class Phase:
             self.unexpected += 1
             return
         if receipts.mark(slot * self.messages + k):
-            self.remaining -= 1
-            self.latencies.append(now - sent)
             index = s * self.messages + k
+            if self.answers[index] != 2:
+                self.remaining -= 1
+            self.latencies.append(now - sent)
+            if self.acks:
+                self.arrivals += (index, now)
             if not self.first[index]:
                 self.first[index] = now
             self.last[index] = now
@@ -201,10 +272,15 @@ class Phase:
             engine.pump(grace)
         engine.sink = None
         received = sum(r.received for _, r in self.receivers)
+        expected = self.expected
         lost_examples: list[str] = []
-        for conn, receipts in self.receivers:
+        for user, receipts in self.receivers:
             if receipts.missing and len(lost_examples) < 5:
-                lost_examples.append(f"{conn.user}: {receipts.missing_indexes(5)}")
+                lost_examples.append(f"{user}: {receipts.missing_indexes(5)}")
+        extra: dict[str, Any] = {}
+        if self.acks:
+            expected, received, extra = self._acked_accounting()
+            lost_examples = extra.pop("lost_examples")
         result = {
             "timed_out": not done,
             "start_ns": self.start,
@@ -212,7 +288,7 @@ class Phase:
             "scheduled": len(self.schedule),
             "sent": self.count_sent,
             "sent_ns": self.sent,
-            "expected": self.expected,
+            "expected": expected,
             "received": received,
             "duplicates": sum(r.duplicates for _, r in self.receivers),
             "unexpected": self.unexpected,
@@ -222,11 +298,59 @@ class Phase:
             "latencies": self.latencies,
             "first": self.first,
             "last": self.last,
+            **extra,
         }
-        for conn, _ in self.receivers:
+        for user, _ in self.receivers:
+            conn = engine.by_user[user]
             conn.receipts = None
             conn.expect = None
         return result
+
+    def _acked_accounting(self) -> tuple[int, int, dict[str, Any]]:
+        """Expected and received deliveries counting acknowledged messages only (what was not
+        acknowledged may arrive or not; it must never arrive twice), and the rest."""
+        expected = received = unacked_delivered = 0
+        examples: list[str] = []
+        n = self.messages
+        for user, receipts in self.receivers:
+            missing: list[int] = []
+            for slot, sender in enumerate(self.slots[user]):
+                for k in range(n):
+                    got = receipts.has(slot * n + k)
+                    state = self.answers[sender * n + k]
+                    if state == 1:
+                        expected += 1
+                        received += got
+                        if not got and len(missing) < 5:
+                            missing.append(sender * n + k)
+                    elif got:
+                        unacked_delivered += 1
+            if missing and len(examples) < 5:
+                examples.append(f"{user}: {missing}")
+        sessions = self.engine.sessions
+        records = [
+            r
+            for user, _ in self.receivers
+            if user in sessions
+            for r in sessions[user].records
+            if r["dropped_ns"] >= self.start
+        ]
+        pending = [u for u, _ in self.receivers if self.engine.reconnecting(u)]
+        return (
+            expected,
+            received,
+            {
+                "acked": self.count_acked,
+                "refused": self.count_refused,
+                "unacked": self.count_sent - self.count_acked - self.count_refused,
+                "unacked_delivered": unacked_delivered,
+                "arrivals": self.arrivals,
+                "reconnect_log": records,
+                "still_reconnecting": pending,
+                "retries": dict(self.engine.retries),
+                "lost_examples": examples,
+            },
+        )
 
 
 class Driver:
@@ -277,6 +401,8 @@ class Driver:
             self._deadline(cmd["timeout"]),
             deflate=bool(cmd.get("deflate")),
             tls=bool(cmd.get("tls")),
+            urls=[(host, port) for host, port in cmd["urls"]] if cmd.get("urls") else None,
+            seed=int(cmd.get("seed", 0)),
         )
         opened = [c for c in conns if c.state == OPEN]
         return {

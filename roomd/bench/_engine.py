@@ -7,6 +7,12 @@ of arrival is taken once per read. The engine knows the roomd handshake (upgrade
 ``welcome``, optionally ``room.join`` -> ``ack``), answers WebSocket pings, counts ``error``
 frames and close codes, and hands bench pushes to the :class:`Sink` of the running phase.
 
+Connections opened with sessions (:meth:`Engine.open` with ``urls``) resume when they drop, as
+the Trio client does (:mod:`._resume`): the user's next connection presents its session and its
+positions, to the node a ``reconnect`` frame names, or after the client's backoff to its node,
+or to the next node when a connection cannot be opened. A phase's receipts follow the user from
+one connection to the next.
+
 Resource handling: the engine owns every socket it opened; :meth:`Engine.close_all` and
 process exit release them. Every loop is bounded by a deadline (see :meth:`Engine.run`).
 """
@@ -16,9 +22,12 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import heapq
+import random
 import select
 import socket
 import ssl
+import struct
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Final, Protocol
@@ -27,6 +36,7 @@ import attrs
 import orjson
 
 from . import _ws
+from ._resume import Address, Session
 from ._stats import Receipts
 
 RECV_SIZE: Final = 256 * 1024
@@ -50,12 +60,15 @@ _WOULD_BLOCK: Final = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteEr
 _IN = select.EPOLLIN | select.EPOLLRDHUP
 _OUT = select.EPOLLOUT
 _HELLO = orjson.dumps({"type": "hello", "v": 1, "client": "roomd-bench"})
+_ABORT = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets the connection
 
 
 class Sink(Protocol):
-    """What receives the bench pushes while a phase runs."""
+    """What receives the bench pushes (and the acks of the sends) while a phase runs."""
 
     def record(self, conn: Conn, data: Any, now: int) -> None: ...
+
+    def acked(self, conn: Conn, frame: dict[str, Any], now: int) -> None: ...
 
 
 @attrs.frozen
@@ -89,6 +102,8 @@ class Conn:
         "ponged",
         "reader",
         "receipts",
+        "replay_left",
+        "session",
         "sock",
         "started_at",
         "state",
@@ -119,6 +134,8 @@ class Conn:
         self.ponged = False
         self.expect: dict[int, int] | None = None  # sender index -> slot in the receipts
         self.receipts: Receipts | None = None  # while a phase runs
+        self.session: Session | None = None  # when it resumes after a drop
+        self.replay_left = 0  # pushes of a resume's replay still to come
 
     @property
     def user(self) -> str:
@@ -141,12 +158,17 @@ class Engine:
         self.error_messages: list[str] = []  # the first few, for the report
         self.closes: collections.Counter[int] = collections.Counter()  # close codes received
         self.failures: collections.Counter[str] = collections.Counter()  # failed opens by reason
+        self.retries: collections.Counter[str] = collections.Counter()  # failed reconnects
         self.frames_in = 0
         self.last_frame_at = 0
         self.pings_answered = 0
         self.pongs = 0
         self.handshaking = 0
         self.released = 0  # connections closed so far, for phases watching their receivers
+        self.sessions: dict[str, Session] = {}  # by user: the users that resume
+        self._due: list[tuple[int, int, str]] = []  # (when, tie-breaker, user): reconnects
+        self._due_count = 0
+        self._options = (False, False)  # deflate, tls of the connections opened last
         # TLS to the benchmark's own nodes, whose certificate is made for the run: not checked.
         self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         self._tls.check_hostname = False
@@ -166,6 +188,9 @@ class Engine:
         while True:
             now = time.monotonic_ns()
             wake = tick(now) if tick is not None else None
+            if self._due:
+                due = self._reconnect_due(now)
+                wake = due if wake is None or (due is not None and due < wake) else wake
             if until():
                 return True
             now = time.monotonic_ns()
@@ -198,12 +223,23 @@ class Engine:
         *,
         deflate: bool = False,
         tls: bool = False,
+        urls: list[Address] | None = None,
+        seed: int = 0,
     ) -> list[Conn]:
         """Open connections, at most ``concurrency`` handshakes at a time, until all are open
         or failed, or the deadline; the connections in the order of ``targets``. ``deflate``
-        offers permessage-deflate; ``tls`` speaks TLS (wss://)."""
+        offers permessage-deflate; ``tls`` speaks TLS (wss://). With ``urls`` (every node), each
+        user resumes its session after a drop (see :mod:`._resume`): its node first, then the
+        others in that order."""
         pending = collections.deque(targets)
         started: list[Conn] = []
+        self._options = (deflate, tls)
+        if urls is not None:
+            for target in pending:
+                home = (target.host, target.port)
+                ordered = [home, *(u for u in urls if u != home)]
+                rng = random.Random(f"{seed}:{target.user}")
+                self.sessions[target.user] = Session(target.user, ordered, rng)
 
         def tick(now: int) -> None:
             while pending and self.handshaking < concurrency:
@@ -220,7 +256,13 @@ class Engine:
     def _start(self, target: Target, now: int, deflate: bool, tls: bool) -> Conn:
         conn = Conn(target, deflate=deflate, tls=tls)
         conn.started_at = now
+        conn.session = self.sessions.get(target.user)
+        if conn.session is not None:
+            conn.session.connecting(now)
         self.handshaking += 1
+        previous = self.by_user.get(target.user)
+        if previous is not None and previous.session is not None:  # receipts follow the user
+            conn.expect, conn.receipts = previous.expect, previous.receipts
         self.by_user[target.user] = conn
         err = conn.sock.connect_ex((target.host, target.port))
         if err not in (0, errno.EINPROGRESS):
@@ -374,6 +416,8 @@ class Engine:
         for opcode, payload in frames:
             if opcode == _ws.OP_TEXT:
                 self._on_text(conn, payload, now)
+                if conn.state == CLOSED:
+                    return  # (it dropped the connection: what follows is not read)
             elif opcode == _ws.OP_PING:
                 self.pings_answered += 1
                 self.send(conn, _ws.client_frame(payload, _ws.OP_PONG))
@@ -397,19 +441,30 @@ class Engine:
             self._fail(conn, f"upgrade: {exc}")
             return b""
         conn.state = HELLO
-        self.send(conn, _ws.client_frame(_HELLO))
+        hello = _HELLO if conn.session is None else orjson.dumps(conn.session.hello())
+        self.send(conn, _ws.client_frame(hello))
         return rest
 
     def _on_text(self, conn: Conn, payload: bytes, now: int) -> None:
         frame = orjson.loads(payload)
         kind = frame.get("type")
+        session = conn.session
         if kind == "push":
             if frame.get("event") == BENCH_EVENT and self.sink is not None:
                 self.sink.record(conn, frame.get("data"), now)
+            if session is not None:
+                session.saw(frame)
+                if conn.replay_left and "seq" in frame:
+                    conn.replay_left -= 1
+                    if not conn.replay_left:
+                        session.replay_done(now)
         elif kind == "welcome":
             if conn.state == HELLO:
                 room = conn.target.room
-                if room is None:
+                if session is not None and session.welcomed(frame, now):
+                    conn.replay_left = int(frame.get("replayed", 0))
+                    self._opened_now(conn)  # the session kept its rooms
+                elif room is None:
                     self._opened_now(conn)
                 else:
                     conn.state = JOINING
@@ -422,7 +477,16 @@ class Engine:
                 if error:
                     self._fail(conn, f"room.join: {error.get('code')}")
                 else:
+                    if session is not None and conn.target.room is not None:
+                        session.joined("/", conn.target.room, frame.get("result"))
                     self._opened_now(conn)
+            elif self.sink is not None:
+                self.sink.acked(conn, frame, now)
+        elif kind == "reconnect":
+            if session is not None:
+                session.moved(str(frame.get("url")), list(frame.get("alternates") or ()))
+                self.closes[1001] += 1
+                self._release(conn, cause="reconnect frame")  # dropped, as the client does
         elif kind == "pong":
             conn.ponged = True
             self.pongs += 1
@@ -443,7 +507,7 @@ class Engine:
                 self.handshaking -= 1
             with contextlib.suppress(OSError):
                 conn.sock.send(_ws.close_frame(code if code != 1005 else 1000))
-        self._release(conn)
+        self._release(conn, code, cause=f"closed {code}")
 
     def _gone(self, conn: Conn) -> None:
         """The server closed the TCP connection."""
@@ -452,23 +516,30 @@ class Engine:
             return
         if conn.state == OPEN:
             self.closes[1006] += 1
-            self._release(conn)
+            self._release(conn, cause="connection lost")
             return
         self._fail(conn, "connection closed by server")
 
     def _fail(self, conn: Conn, reason: str) -> None:
         if conn.state in _OPENING:
-            self.failures[reason] += 1
+            if conn.session is not None and conn.session.reconnecting:
+                self.retries[reason] += 1  # a reconnect's attempt: the session tries on
+            else:
+                self.failures[reason] += 1
             self.handshaking -= 1
             conn.error = reason
         elif conn.state == OPEN:
             self.closes[1006] += 1
             conn.error = reason
-        self._release(conn)
+        self._release(conn, cause=reason)
 
-    def _release(self, conn: Conn) -> None:
+    def _release(self, conn: Conn, code: int | None = None, *, cause: str = "") -> None:
+        """Close the socket; a user with a session reconnects (unless the workload closed it:
+        :meth:`close`, :meth:`drop`)."""
         if conn.state == CLOSED:
             return
+        opened = conn.state in (OPEN, CLOSING)
+        on_purpose = conn.state == CLOSING
         conn.state = CLOSED
         self.released += 1
         conn.closed_at = time.monotonic_ns()
@@ -477,12 +548,62 @@ class Engine:
                 self._epoll.unregister(conn.fd)
         conn.sock.close()
         conn.out.clear()
+        session = conn.session
+        if session is None or on_purpose or self.by_user.get(conn.user) is not conn:
+            return
+        if session.sid is None and not session.reconnecting:
+            return  # never welcomed: a failed open, not a drop
+        delay = session.dropped(code, opened, conn.closed_at, cause=cause)
+        if delay is not None:
+            self._schedule(session.user, conn.closed_at + int(delay * 1e9))
+
+    # Reconnecting -------------------------------------------------------------------------------
+
+    def _schedule(self, user: str, when: int) -> None:
+        self._due_count += 1
+        heapq.heappush(self._due, (when, self._due_count, user))
+
+    def _reconnect_due(self, now: int) -> int | None:
+        """Start the reconnects that are due; when the next one is (``None``: none waits)."""
+        due = self._due
+        deflate, tls = self._options
+        while due and due[0][0] <= now:
+            _, _, user = heapq.heappop(due)
+            old = self.by_user.get(user)
+            session = self.sessions.get(user)
+            if session is None or (old is not None and old.state != CLOSED):
+                continue  # (already connected again)
+            host, port = session.address
+            room = old.target.room if old is not None else None
+            self._start(Target(user, host, port, room), now, deflate, tls)
+        return due[0][0] if due else None
+
+    def reconnecting(self, user: str) -> bool:
+        """Whether ``user``'s session is between a drop and its next welcome."""
+        session = self.sessions.get(user)
+        return session is not None and session.reconnecting
+
+    def drop(self, conn: Conn, pause: float, to: Address) -> None:
+        """Cut ``conn`` as a network would: no close frame, the TCP connection reset; its
+        session resumes at ``to`` after ``pause`` seconds."""
+        session = conn.session
+        if conn.state != OPEN or session is None:
+            return
+        with contextlib.suppress(OSError):
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORT)
+        now = time.monotonic_ns()
+        session.dropped_on_purpose(now, to, "dropped")
+        conn.state = CLOSING  # (released without scheduling: the workload chose when and where)
+        self._release(conn)
+        self._schedule(session.user, now + int(pause * 1e9))
 
     def close(self, conns: Iterable[Conn], deadline: int) -> tuple[int, int]:
         """Close gracefully (close frame, wait for the server's); force what is left at the
         deadline. ``(closed gracefully, forced)``."""
         closing = []
         for conn in conns:
+            conn.session = None  # closed by the workload: no session resumes
+            self.sessions.pop(conn.user, None)
             if conn.state == OPEN:
                 conn.state = CLOSING
                 self.send(conn, _ws.close_frame(1000))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import os
 import re
+import signal
 import socket
 import ssl
 import subprocess
@@ -146,12 +147,16 @@ class Child:
             self._changed = trio.Event()
         self._changed.set()
 
-    async def wait_for(self, pattern: str, seen: set[str] | None = None) -> re.Match[str]:
-        """The next line matching ``pattern`` (from the start: lines are kept in the tail)
-        whose first group is not in ``seen``. Bound it with a cancel scope."""
+    async def wait_for(
+        self, pattern: str, seen: set[str] | None = None, since: int = 0
+    ) -> re.Match[str]:
+        """The next line matching ``pattern`` (from line ``since`` on, counted from the
+        process's first line: lines are kept in the tail) whose first group is not in
+        ``seen``. Bound it with a cancel scope."""
         regex = re.compile(pattern)
         while True:
-            for line in list(self.tail):
+            skip = max(0, since - (self.count - len(self.tail)))
+            for line in list(self.tail)[skip:]:
                 match = regex.search(line)
                 if match and (seen is None or match.group(1) not in seen):
                     return match
@@ -167,7 +172,13 @@ class Child:
 
 
 async def stop_all(children: Sequence[Child]) -> None:
-    """SIGTERM every running child, SIGKILL those still running after the grace; wait."""
+    """SIGTERM every running child, SIGKILL those still running after the grace; wait. (A
+    stopped child, which a fault workload froze, is woken first: it could not handle the
+    SIGTERM.)"""
+    for child in children:
+        if child.process is not None and child.process.returncode is None:
+            with suppress(ProcessLookupError):
+                os.kill(child.process.pid, signal.SIGCONT)
     await stop_processes(children, STOP_GRACE)
 
 
@@ -185,11 +196,51 @@ class Node:
     tls: bool = False  # it serves wss:// and https://
 
 
+@attrs.define(eq=False)
+class ClusterControl:
+    """The processes of a cluster this benchmark started, for the fault workloads: signal
+    them, wait for one to exit, start one again."""
+
+    children: dict[str, Child]  # "broker", then the nodes by name
+    nursery: trio.Nursery
+
+    def pid(self, name: str) -> int | None:
+        process = self.children[name].process
+        return None if process is None or process.returncode is not None else process.pid
+
+    def signal(self, name: str, signum: int) -> None:
+        pid = self.pid(name)
+        if pid is None:
+            raise BenchError(f"{name} is not running")
+        os.kill(pid, signum)
+
+    async def wait_exit(self, name: str) -> int:
+        """Until ``name`` has exited; its exit status."""
+        process = self.children[name].process
+        assert process is not None
+        return await process.wait()
+
+    async def restart(self, name: str, peers: int = 0) -> None:
+        """Start ``name`` again (it must have exited) and wait until it serves: the broker
+        once it printed its endpoints, a node once it is ready and saw ``peers`` others."""
+        child = self.children[name]
+        since = child.count
+        await child.start(self.nursery)
+        if name == "broker":
+            await child.wait_for(r'^(\{"frontend")', since=since)
+            return
+        await child.wait_for(r"(cluster ready)", since=since)
+        seen: set[str] = set()
+        while len(seen) < peers:
+            seen.add((await child.wait_for(r"node (\S+) is up", seen, since)).group(1))
+
+
 @attrs.frozen
 class Cluster:
     nodes: list[Node]
     broker_pid: int | None = None
     broker_endpoints: tuple[str, str] | None = None  # frontend, backend (when started here)
+    control: ClusterControl | None = None  # when started here
 
 
 @attrs.frozen
@@ -198,6 +249,10 @@ class ClusterOptions:
 
     compress_threshold: int | None = None  # compression.threshold
     tls: bool = False  # serve TLS with a certificate made for the run
+    # cluster.heartbeat_interval: 1 s for the load workloads; None: the node's default (the
+    # session and fault workloads measure what the defaults give)
+    heartbeat: float | None = 1.0
+    drain_period: float | None = None  # shutdown.drain_period (None: the node's default)
 
 
 def cluster_toml(
@@ -229,9 +284,11 @@ def cluster_toml(
         'mode = "broker"',
         f'broker_frontend = "{frontend}"',
         f'broker_backend = "{backend}"',
-        "heartbeat_interval = 1.0",
-        "heartbeat_misses = 3",
     ]
+    if options.heartbeat is not None:
+        lines += [f"heartbeat_interval = {options.heartbeat}", "heartbeat_misses = 3"]
+    if options.drain_period is not None:
+        lines += ["[shutdown]", f"drain_period = {options.drain_period}"]
     if options.compress_threshold is not None:
         lines += ["[compression]", f"threshold = {options.compress_threshold}"]
     if tls is not None:
@@ -277,6 +334,7 @@ async def local_cluster(
                         ],
                         broker.pid,
                         (f"tcp://127.0.0.1:{ports[-2]}", f"tcp://127.0.0.1:{ports[-1]}"),
+                        ClusterControl({c.name: c for c in children}, nursery),
                     )
                 except BenchError as exc:
                     dead = [c for c in children if c.process and c.process.returncode is not None]
@@ -389,9 +447,10 @@ async def drivers(
 # HTTP ------------------------------------------------------------------------------------------
 
 
-async def get_json(node: Node, path: str, timeout: float = 5.0) -> Any:
-    """``GET path`` over HTTP/1.0 (over TLS if the node serves it, without checking its
-    certificate: the benchmark's own); the JSON body. Error handling: :class:`BenchError`."""
+async def get_json(node: Node, path: str, timeout: float = 5.0, method: str = "GET") -> Any:
+    """``GET path`` (or another ``method``, without a body) over HTTP/1.0 (over TLS if the
+    node serves it, without checking its certificate: the benchmark's own); the JSON body of
+    a 200 or 202 answer. Error handling: :class:`BenchError`."""
     host, port = node.host, node.port
     try:
         with trio.fail_after(timeout):
@@ -402,14 +461,15 @@ async def get_json(node: Node, path: str, timeout: float = 5.0) -> Any:
                 context.verify_mode = ssl.CERT_NONE
                 stream = trio.SSLStream(stream, context, https_compatible=True)
             async with stream:
-                await stream.send_all(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+                request = f"{method} {path} HTTP/1.0\r\nHost: {host}\r\nContent-Length: 0"
+                await stream.send_all(request.encode() + b"\r\n\r\n")
                 data = b""
                 while chunk := await stream.receive_some(65536):
                     data += chunk
     except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
-        raise BenchError(f"GET http://{host}:{port}{path}: {exc!r}") from None
+        raise BenchError(f"{method} http://{host}:{port}{path}: {exc!r}") from None
     head, _, body = data.partition(b"\r\n\r\n")
     status = head.split(b"\r\n", 1)[0].split()
-    if len(status) < 2 or status[1] != b"200":
-        raise BenchError(f"GET http://{host}:{port}{path}: {head[:80]!r}")
+    if len(status) < 2 or status[1] not in (b"200", b"202"):
+        raise BenchError(f"{method} http://{host}:{port}{path}: {head[:80]!r}")
     return orjson.loads(body)

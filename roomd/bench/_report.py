@@ -14,6 +14,7 @@ from typing import Any, Final
 import attrs
 
 from . import _stats
+from ._workloads import FAULT_WORKLOADS, SESSION_WORKLOADS
 
 Verdict = tuple[str, bool | None]  # (what was measured against the target, met?)
 
@@ -63,12 +64,32 @@ def _w3_idle(r: dict[str, Any]) -> Verdict:
     return text, met
 
 
+def _sessions(r: dict[str, Any]) -> Verdict:
+    text = f"lost {r['lost']}, dup {r['duplicates']}, not resumed {r['refused_resumes']}"
+    return text, _clean(r) and r["refused_resumes"] == 0
+
+
+SESSION_TARGET: Final = Target("0 lost, 0 duplicated, every reconnect resumed", _sessions)
+
+
+def _faults(r: dict[str, Any]) -> Verdict:
+    wrong = r["wrong_left"] + r["wrong_joined"]
+    text = f"lost {r['lost']}, dup {r['duplicates']}, wrong presence {wrong}"
+    return text, _clean(r) and wrong == 0
+
+
+FAULT_TARGET: Final = Target("0 lost, 0 duplicated, no wrong presence push", _faults)
+
 TARGETS: Final[dict[str, Target]] = {
     "w1-rate": Target("0 lost, p99 of all deliveries <= 25 ms", _w1_rate),
     "w1-burst": Target(">= 120,000 deliveries/s, 0 lost", _w1_burst),
     "w2-rate": Target("0 lost, p50 <= 2 ms, p99 <= 15 ms", _w2_rate),
     "w2-burst": Target(">= 30,000 deliveries/s, 0 lost", _w2_burst),
     "w3-idle": Target("<= 8 KB RSS/conn, >= 3,000 opened/s, all alive", _w3_idle),
+    "resume": SESSION_TARGET,
+    "drain": SESSION_TARGET,
+    "crash": SESSION_TARGET,
+    **dict.fromkeys(FAULT_WORKLOADS, FAULT_TARGET),
 }
 
 
@@ -191,6 +212,12 @@ def render(document: dict[str, Any]) -> str:
     micro = results.get("micro")
     if micro is not None and "error" not in micro:
         lines += [*([""] if lines[-1] else []), _micro_line(micro)]
+    sessions = {k: r for k, r in results.items() if k in SESSION_WORKLOADS and "lost" in r}
+    if sessions:
+        lines += [*([""] if lines[-1] else []), *_session_lines(sessions)]
+    faults = {k: r for k, r in results.items() if k in FAULT_WORKLOADS and "lost" in r}
+    if faults:
+        lines += [*([""] if lines[-1] else []), *_fault_lines(faults)]
     for name, r in results.items():
         if "error" in r:
             lines.append(f"{name}: FAILED: {r['error']}")
@@ -302,6 +329,120 @@ def _bus_lines(bus: dict[str, Any]) -> list[str]:
     ]
 
 
+_SESSION_HEAD: Final = [
+    "workload",
+    "receivers",
+    "acked/sent",
+    "lost",
+    "dup",
+    "unacked",
+    "resumed/reconnects",
+    "replayed",
+    "resume p50/p99/max ms",
+    "back s",
+    "empty s",
+    "p99 ms all/during",
+]
+
+
+def _session_row(name: str, r: dict[str, Any]) -> list[str]:
+    resume = r["resume_ms"]
+    fault = r.get("fault_s", {})
+    during = r.get("latency_during_ms", {}).get("p99")
+    unacked = f"{r['unacked']} ({r['unacked_delivered']} arrived)" if r["unacked"] else "0"
+    return [
+        name + (" TIMEOUT" if r["timed_out"] else ""),
+        f"{r['receivers']} ({r['affected']} hit)",
+        f"{_n(r['acked'])}/{_n(r['sent'])}",
+        _n(r["lost"]),
+        _n(r["duplicates"]),
+        unacked,
+        f"{r['resumed']}/{r['reconnects']}",
+        _n(r["replayed"]),
+        _lat(resume, ("p50", "p99", "max")),
+        _n(fault.get("all_back")) if fault else _n(_ms_to_s(r.get("back_ms", {}).get("max"))),
+        _n(fault.get("node_empty")) if fault else "-",
+        f"{_n(r['latency_ms']['all']['p99'])}/{_n(during)}",
+    ]
+
+
+def _ms_to_s(value: float | None) -> float | None:
+    return None if value is None else round(value / 1000, 3)
+
+
+def _session_lines(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The session workloads: what was lost, how the reconnects went, what the fault cost."""
+    rows = [_SESSION_HEAD, *(_session_row(name, r) for name, r in results.items())]
+    return [
+        *_table(rows),
+        "acked: sends acknowledged (lost and dup count their deliveries); hit: receivers "
+        "dropped (resume) or on the drained/killed node; resume: from the TCP connect that "
+        "resumed to the last replayed push; back: fault (resume: drop) to the last hit "
+        "client's replay; empty: fault to the last hit client leaving its node",
+    ]
+
+
+_FAULT_HEAD: Final = [
+    "fault",
+    "acked/sent",
+    "lost during/after",
+    "dup",
+    "unacked",
+    "wrong left/joined",
+    "hit left/joined",
+    "resumed/reconnects",
+    "hit shown s",
+    "converged s",
+    "caught up s",
+    "p99 ms",
+]
+
+
+def _fault_row(name: str, r: dict[str, Any]) -> list[str]:
+    unacked = f"{_n(r['unacked'])} ({_n(r['unacked_arrived'])} arrived)" if r["unacked"] else "0"
+    return [
+        name + (" TIMEOUT" if r["timed_out"] else ""),
+        f"{_n(r['acked'])}/{_n(r['sent'])}",
+        f"{_n(r['lost_during'])} / {_n(r['lost_after'])}",
+        _n(r["duplicates"]),
+        unacked,
+        f"{_n(r['wrong_left'])}/{_n(r['wrong_joined'])}",
+        f"{_n(r['hit_left'])}/{_n(r['hit_joined'])}",
+        f"{_n(r['resumed'])}/{_n(r['reconnects'])}",
+        _n(r.get("hit_shown_s")),
+        _n(r["converged_s"]),
+        _n(r["caught_up_s"]),
+        _n(r["latency_ms"]["p99"]),
+    ]
+
+
+def _fault_lines(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The fault workloads: what each fault cost."""
+    rows = [_FAULT_HEAD, *(_fault_row(name, r) for name, r in results.items())]
+    return [
+        *_table(rows),
+        "lost: deliveries of acknowledged messages missing (during: sent from the fault until "
+        "the cluster converged); wrong: room.left/room.joined pushes about users who never "
+        "left; hit: about the users of the node that failed; hit shown: fault's start to the "
+        "last room.left about them; converged: fault's end to the last presence push or "
+        "reconnect; caught up: to the last delivery of what was sent until the fault's end",
+    ]
+
+
+def _fault_medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of each figure of a fault workload; losses, duplicates and wrong presence
+    pushes of the worst run (each run's in ``values``)."""
+    out: dict[str, Any] = {"runs": len(runs), "timed_out": any(r["timed_out"] for r in runs)}
+    for key, value in runs[0].items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[key] = _median([r[key] for r in runs])
+    out["latency_ms"] = {q: _median([r["latency_ms"][q] for r in runs]) for q in _QS}
+    worst = ("lost", "lost_during", "lost_after", "duplicates", "wrong_left", "wrong_joined")
+    out.update({k: max(r[k] for r in runs) for k in (*worst, "refused_resumes")})
+    out["values"] = {k: [r[k] for r in runs] for k in (*worst, "converged_s", "hit_left")}
+    return out
+
+
 def _load(values: list[float]) -> str:
     return " ".join(f"{v:.2f}" for v in values)
 
@@ -378,10 +519,15 @@ def medians(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         out["micro"] = {k: _median([m[k] for m in micro]) for k in micro[0]}
     for name in names:
         runs = [d["results"][name] for d in documents if "error" not in d["results"].get(name, {})]
+        runs = [r for r in runs if "skipped" not in r]
         if not runs:
-            out[name] = {"error": "failed in every run"}
+            out[name] = {"error": "failed or skipped in every run"}
             continue
-        if name == "w3-idle":
+        if name in SESSION_WORKLOADS:
+            out[name] = _session_medians(runs)
+        elif name in FAULT_WORKLOADS:
+            out[name] = _fault_medians(runs)
+        elif name == "w3-idle":
             out[name] = {
                 "runs": len(runs),
                 "opened_per_s": _median([r["opened_per_s"] for r in runs]),
@@ -416,6 +562,37 @@ def medians(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         measured, met = TARGETS[name].check(out[name])
         out[name]["target"] = {"text": TARGETS[name].text, "measured": measured, "met": met}
     return out
+
+
+def _session_medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of each figure of a session workload; losses, duplicates, reconnects not
+    resumed and unacknowledged sends of the worst run."""
+    worst = ("lost", "duplicates", "refused_resumes", "unacked", "unacked_delivered")
+    out: dict[str, Any] = {k: max(r[k] for r in runs) for k in worst}
+    out["timed_out"] = any(r["timed_out"] for r in runs)
+    out["runs"] = len(runs)
+    for k in ("receivers", "affected", "sent", "acked", "resumed", "reconnects", "replayed"):
+        out[k] = round(_median([r[k] for r in runs]) or 0)
+    out["resume_ms"] = {q: _median([r["resume_ms"][q] for r in runs]) for q in _QS}
+    out["latency_ms"] = {
+        "all": {q: _median([r["latency_ms"]["all"][q] for r in runs]) for q in _QS}
+    }
+    if "fault_s" in runs[0]:
+        out["fault_s"] = {k: _median([r["fault_s"][k] for r in runs]) for k in runs[0]["fault_s"]}
+        out["latency_during_ms"] = {
+            q: _median([r["latency_during_ms"][q] for r in runs]) for q in _QS
+        }
+    if "back_ms" in runs[0]:
+        out["back_ms"] = {q: _median([r["back_ms"][q] for r in runs]) for q in _QS}
+    out["values"] = {
+        "resume_p99_ms": [r["resume_ms"]["p99"] for r in runs],
+        "fault_s": [r.get("fault_s") for r in runs],
+        "p99_during_ms": [r.get("latency_during_ms", {}).get("p99") for r in runs],
+    }
+    return out
+
+
+_QS: Final = ("p50", "p99", "max")
 
 
 def _bus_medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -518,6 +695,12 @@ def render_medians(table: dict[str, dict[str, Any]], documents: list[dict[str, A
     micro = table.get("micro")
     if micro is not None:
         lines.append(_micro_line(micro))
+    sessions = {k: m for k, m in table.items() if k in SESSION_WORKLOADS and "lost" in m}
+    if sessions:
+        lines += _session_lines(sessions)
+    faults = {k: m for k, m in table.items() if k in FAULT_WORKLOADS and "lost" in m}
+    if faults:
+        lines += _fault_lines(faults)
     if any("target" in m for m in table.values()):
         lines.append("targets (on the medians):")
     for name, m in table.items():

@@ -27,9 +27,22 @@ import orjson
 import trio
 
 from . import _report
+from ._faults import FAULTS, run_fault
 from ._micro import run_micro
 from ._procs import BenchError, Cluster, ClusterOptions, Node, drivers, get_json, local_cluster
-from ._workloads import WORKLOADS, Bench, Settings, run_bus, run_w1, run_w2, run_w3
+from ._sessions import run_session
+from ._workloads import (
+    DEFAULT_WORKLOADS,
+    FAULT_WORKLOADS,
+    SESSION_WORKLOADS,
+    WORKLOADS,
+    Bench,
+    Settings,
+    run_bus,
+    run_w1,
+    run_w2,
+    run_w3,
+)
 
 BUS_SKIPPED: Final = "with --urls the broker's endpoints are not known"
 
@@ -49,8 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--workloads",
-        default=",".join(WORKLOADS),
-        help=f"comma-separated subset of {','.join(WORKLOADS)} (all)",
+        default=",".join(DEFAULT_WORKLOADS),
+        help=f"comma-separated, of {','.join(WORKLOADS)}; 'faults' for every fault-* "
+        f"(default: {','.join(DEFAULT_WORKLOADS)})",
     )
     p.add_argument("--drivers", type=int, default=d.drivers, help="driver processes (1)")
     g = p.add_argument_group("W1: one room")
@@ -98,6 +112,57 @@ def _parser() -> argparse.ArgumentParser:
         default=d.micro_sends,
         help=f"micro: in-process sends per round ({d.micro_sends:,})",
     )
+    g = p.add_argument_group("resume, drain, crash: W1's room and rate, receivers that resume")
+    g.add_argument(
+        "--session-messages",
+        type=int,
+        default=d.session_messages,
+        help=f"messages sent at --rate ({d.session_messages})",
+    )
+    g.add_argument(
+        "--resume-fraction",
+        type=float,
+        default=d.resume_fraction,
+        help=f"resume: share of receivers dropped ({d.resume_fraction:g})",
+    )
+    g.add_argument(
+        "--resume-pause",
+        type=float,
+        default=d.resume_pause,
+        help=f"resume: longest pause before resuming, seconds ({d.resume_pause:g})",
+    )
+    g.add_argument(
+        "--fault-at",
+        type=float,
+        default=d.fault_at,
+        help=f"drain, crash: seconds into the phase ({d.fault_at:g})",
+    )
+    g.add_argument(
+        "--drain-period",
+        type=float,
+        help="drain: the nodes' shutdown.drain_period (the node's default, 10 s)",
+    )
+    g.add_argument("--seed", type=int, help="of the random drops and choices (drawn)")
+    g = p.add_argument_group("fault-*: faults of the cluster under light traffic (Trio clients)")
+    g.add_argument("--fault-users", type=int, default=d.fault_users, help=f"({d.fault_users})")
+    g.add_argument(
+        "--fault-room-rate",
+        type=float,
+        default=d.fault_room_rate,
+        help=f"room messages/s, all users ({d.fault_room_rate:g})",
+    )
+    g.add_argument(
+        "--fault-dm-rate",
+        type=float,
+        default=d.fault_dm_rate,
+        help=f"direct messages/s, all users ({d.fault_dm_rate:g})",
+    )
+    g.add_argument(
+        "--fault-after",
+        type=float,
+        default=d.fault_after,
+        help=f"seconds of traffic after the fault ({d.fault_after:g}); --fault-at: before it",
+    )
     g = p.add_argument_group("run")
     g.add_argument("--padding", type=int, default=d.padding, help="payload padding bytes (64)")
     g.add_argument(
@@ -139,7 +204,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def parse_settings(argv: Sequence[str]) -> tuple[Settings, str | None, int]:
     args = _parser().parse_args(argv)
-    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    workloads = []
+    for name in (w.strip() for w in args.workloads.split(",")):
+        workloads += list(FAULT_WORKLOADS) if name == "faults" else [name] if name else []
     unknown = [w for w in workloads if w not in WORKLOADS]
     if unknown:
         raise SystemExit(f"roomd bench: unknown workload(s) {unknown}; choose from {WORKLOADS}")
@@ -166,6 +233,16 @@ def parse_settings(argv: Sequence[str]) -> tuple[Settings, str | None, int]:
         bus_window=args.bus_window,
         bus_direct=args.bus_direct,
         micro_sends=args.micro_sends,
+        session_messages=args.session_messages,
+        resume_fraction=args.resume_fraction,
+        resume_pause=args.resume_pause,
+        fault_at=args.fault_at,
+        drain_period=args.drain_period,
+        seed=args.seed,
+        fault_users=args.fault_users,
+        fault_room_rate=args.fault_room_rate,
+        fault_dm_rate=args.fault_dm_rate,
+        fault_after=args.fault_after,
         padding=args.padding,
         compress=args.compress,
         compress_threshold=args.compress_threshold,
@@ -197,12 +274,20 @@ def _node_of(url: str, index: int) -> Node:
 
 
 @contextlib.asynccontextmanager
-async def _cluster(settings: Settings) -> AsyncIterator[Cluster]:
+async def _cluster(
+    settings: Settings, defaults: bool = False, label: str | None = None
+) -> AsyncIterator[Cluster]:
+    """The cluster to run on: started here (``defaults``: with the node's own cluster
+    heartbeat, for the session and fault workloads; its logs in a directory named ``label``
+    under ``--logs``), or the one of ``--urls``."""
     if not settings.urls:
         options = ClusterOptions(settings.compress_threshold, settings.tls)
-        async with local_cluster(
-            settings.nodes, settings.start_timeout, settings.logs, options
-        ) as cluster:
+        if defaults:
+            options = attrs.evolve(options, heartbeat=None, drain_period=settings.drain_period)
+        logs = settings.logs
+        if logs is not None and label is not None:
+            logs = str(Path(logs) / label)
+        async with local_cluster(settings.nodes, settings.start_timeout, logs, options) as cluster:
             yield cluster
         return
     nodes = [_node_of(url, i) for i, url in enumerate(settings.urls)]
@@ -276,8 +361,29 @@ async def _workloads(settings: Settings, results: dict[str, dict[str, Any]]) -> 
     if "micro" in settings.workloads:
         _say("micro: the node's own work per message, in this process ...")
         results["micro"] = await trio.to_thread.run_sync(run_micro, settings.micro_sends)
+    for name in (w for w in SESSION_WORKLOADS if w in settings.workloads):
+        async with (
+            _cluster(settings, defaults=True, label=name) as cluster,
+            drivers(settings.drivers) as started,
+        ):
+            bench = Bench(settings, cluster.nodes, cluster.broker_pid, started)
+            _say(f"{name}: {settings.receivers} receivers in one room, resuming ...")
+            work = run_session(bench, name, cluster.control)
+            await _guarded(results, [name], _one(name, work))
+    for fault in (w for w in FAULT_WORKLOADS if w in settings.workloads):
+        async with (
+            _cluster(settings, defaults=True, label=fault) as cluster,
+            drivers(1, "roomd.bench._clients", "clients") as started,
+        ):
+            bench = Bench(settings, cluster.nodes, cluster.broker_pid, started)
+            _say(f"{fault}: {FAULTS[fault]}, {settings.fault_users} users ...")
+            work = run_fault(bench, fault, cluster.control)
+            await _guarded(results, [fault], _one(fault, work))
     if "w3-idle" in settings.workloads:
-        async with _cluster(settings) as cluster, drivers(settings.drivers) as started:
+        async with (
+            _cluster(settings, label="w3-idle") as cluster,
+            drivers(settings.drivers) as started,
+        ):
             bench = Bench(settings, cluster.nodes, cluster.broker_pid, started)
             _say(f"W3: {settings.connections} idle connections, held {settings.hold:g} s ...")
             await _guarded(results, ["w3-idle"], _one("w3-idle", run_w3(bench)))
@@ -401,6 +507,12 @@ def _exact(result: dict[str, Any]) -> bool:
         return False
     if "skipped" in result or "direct_us" in result:
         return True
+    if "wrong_left" in result:  # a fault workload: also no wrong presence push
+        clean = result["lost"] == 0 and result["duplicates"] == 0 and not result["timed_out"]
+        return clean and result["wrong_left"] == 0 and result["wrong_joined"] == 0
+    if "refused_resumes" in result:  # a session workload: also every reconnect resumed
+        clean = result["lost"] == 0 and result["duplicates"] == 0 and not result["timed_out"]
+        return clean and result["refused_resumes"] == 0
     if "connections" in result:
         return bool(result["all_alive"]) and result["opened"] == result["connections"]
     return result["lost"] == 0 and result["duplicates"] == 0 and not result["timed_out"]

@@ -20,7 +20,7 @@ import itertools
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -32,7 +32,18 @@ from ._procs import BenchError, Driver, Node, alive, cpu_seconds, get_json, rss_
 
 ROOM: Final = "bench"
 MARGIN: Final = 30.0  # seconds a driver may take beyond the timeout it was given
-WORKLOADS: Final = ("w1-rate", "w1-burst", "w2-rate", "w2-burst", "w3-idle", "bus", "micro")
+# Run when none is named: the load workloads.
+DEFAULT_WORKLOADS: Final = ("w1-rate", "w1-burst", "w2-rate", "w2-burst", "w3-idle", "bus", "micro")
+SESSION_WORKLOADS: Final = ("resume", "drain", "crash")  # see ._sessions
+FAULT_WORKLOADS: Final = (  # see ._faults; ``faults`` names them all
+    "fault-kill",
+    "fault-stop",
+    "fault-broker-kill",
+    "fault-broker-stop",
+    "fault-term",
+    "fault-restart",
+)
+WORKLOADS: Final = (*DEFAULT_WORKLOADS, *SESSION_WORKLOADS, *FAULT_WORKLOADS)  # report order
 BUS_PATHS: Final = ("broker", "direct")
 BUS_JOIN_TIMEOUT: Final = 10.0  # seconds for a probe to get through a new PUB/SUB pair
 BUS_PROBE_WAIT: Final = 0.02  # seconds the subscriber waits for each probe
@@ -46,7 +57,7 @@ class Settings:
     nodes: int = 5
     urls: list[str] = attrs.field(factory=list)
     drivers: int = 1
-    workloads: list[str] = attrs.field(factory=lambda: list(WORKLOADS))
+    workloads: list[str] = attrs.field(factory=lambda: list(DEFAULT_WORKLOADS))
     receivers: int = 500
     messages: int = 500  # W1 burst
     rate_messages: int = 200  # W1 rate
@@ -64,6 +75,16 @@ class Settings:
     bus_window: int = 10_000  # bus messages unacknowledged at most (0: no limit)
     bus_direct: bool = True  # the bus also PUB -> SUB directly, for comparison
     micro_sends: int = 20_000  # in-process sends per round of the micro workload
+    session_messages: int = 300  # resume, drain, crash: messages at the W1 rate (15 s)
+    resume_fraction: float = 0.2  # resume: the share of receivers whose connection drops
+    resume_pause: float = 5.0  # resume: seconds a dropped receiver waits at most to resume
+    fault_at: float = 3.0  # drain, crash: seconds into the phase
+    drain_period: float | None = None  # drain: the nodes' shutdown.drain_period (None: 10 s)
+    seed: int | None = None  # of the random choices of the session workloads (None: drawn)
+    fault_users: int = 40  # fault-*: users in the room, spread over the nodes
+    fault_room_rate: float = 20.0  # fault-*: room messages/s, all users together
+    fault_dm_rate: float = 20.0  # fault-*: direct messages/s, all users together
+    fault_after: float = 8.0  # fault-*: seconds of traffic once the fault is over
     padding: int = 64
     compress: bool = False  # the drivers offer permessage-deflate
     compress_threshold: int | None = None  # the nodes' compression.threshold (None: default)
@@ -78,7 +99,7 @@ class Settings:
     def default_sizes(self) -> bool:
         """Whether the sizes are those the issue's targets are stated for (the bus workload's
         have no target)."""
-        same = attrs.evolve(self, urls=[], drivers=1, workloads=list(WORKLOADS))
+        same = attrs.evolve(self, urls=[], drivers=1, workloads=list(DEFAULT_WORKLOADS))
         same = attrs.evolve(same, profile=None, logs=None)
         d = Settings()
         same = attrs.evolve(same, bus_messages=d.bus_messages, bus_bytes=d.bus_bytes)
@@ -168,7 +189,16 @@ class Bench:
                     nursery.start_soon(one, i, driver, command)
         return replies
 
-    async def open(self, per_driver: list[list[list[Any]]], timeout: float) -> dict[str, Any]:
+    async def open(
+        self,
+        per_driver: list[list[list[Any]]],
+        timeout: float,
+        *,
+        urls: list[list[Any]] | None = None,
+        seed: int = 0,
+    ) -> dict[str, Any]:
+        """Open each driver's connections (``urls``: every node's ``[host, port]``, and the
+        users resume their sessions after a drop)."""
         concurrency = max(1, self.settings.concurrency // len(self.drivers))
         commands = [
             {
@@ -178,6 +208,8 @@ class Bench:
                 "timeout": timeout,
                 "deflate": self.settings.compress,
                 "tls": self.settings.tls,
+                "urls": urls,
+                "seed": seed,
             }
             for t in per_driver
         ]
@@ -225,19 +257,35 @@ class Bench:
         out["profile"] = _profile.summarize(directory, label)
 
     async def phase(
-        self, label: str, specs: list[dict[str, Any]], timeout: float
+        self,
+        label: str,
+        specs: list[dict[str, Any]],
+        timeout: float,
+        during: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     ) -> dict[str, Any]:
-        """Arm every driver with its part of a phase, run it, and merge the answers."""
+        """Arm every driver with its part of a phase, run it, and merge the answers.
+        ``during`` runs while the phase does (a fault); what it returns is ``fault``."""
         await self.on_all([{"cmd": "arm", "phase": spec} for spec in specs], 10.0)
         load = os.getloadavg()[0]
+        fault: dict[str, Any] = {}
+
+        async def inject() -> None:
+            assert during is not None
+            fault.update(await during())
+
         async with self.profiled(label) as profile:
             cpu = self.cpu()
             started = time.monotonic()
             go = {"cmd": "go", "timeout": timeout, "grace": self.settings.grace}
-            replies = await self.on_all([go] * len(self.drivers), timeout + self.settings.grace)
+            async with trio.open_nursery() as nursery:
+                if during is not None:
+                    nursery.start_soon(inject)
+                replies = await self.on_all([go] * len(self.drivers), timeout + self.settings.grace)
             wall = time.monotonic() - started
             cpu_after = self.cpu()
         result = merge_phase(replies)
+        if during is not None:
+            result["fault"] = fault
         result.update(profile)
         result["wall_s"] = round(wall, 3)
         result["cpu_s"] = _rounded(self.cpu_used(cpu, cpu_after))
@@ -279,6 +327,24 @@ def merge_phase(replies: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "last": _stats.Summary.of_ns(_stats.per_message_latencies(sent, last)).as_dict(),
         },
         **_problems(replies),
+        **(_merge_sessions(replies) if "reconnect_log" in replies[0] else {}),
+    }
+
+
+def _merge_sessions(replies: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The session workloads' own figures, summed or joined over drivers."""
+    retries: dict[str, int] = {}
+    for reply in replies:
+        for reason, n in reply["retries"].items():
+            retries[reason] = retries.get(reason, 0) + n
+    return {
+        **{k: sum(r[k] for r in replies) for k in ("acked", "refused", "unacked")},
+        "unacked_delivered": sum(r["unacked_delivered"] for r in replies),
+        "sent_ns": _stats.merge_max([r["sent_ns"] for r in replies]),
+        "arrivals": [x for r in replies for x in r["arrivals"]],
+        "reconnect_log": [x for r in replies for x in r["reconnect_log"]],
+        "still_reconnecting": [x for r in replies for x in r["still_reconnecting"]],
+        "retries": retries,
     }
 
 

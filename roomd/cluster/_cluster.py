@@ -167,6 +167,7 @@ class Cluster:
         self._call_slots = trio.Semaphore(MAX_CONCURRENT_CALLS)
         self._own_marker = _wire.origin_marker(name)
         self._view_settled = trio.Event()  # a snapshot arrived or a node expired
+        self._joined = trio.Event()  # the view holds the cluster (or the ready timeout passed)
         self._ticking = trio.CancelScope()  # the heartbeat ticker's and the delta publisher's
         self._deltas: list[list[Any]] = []
         self._deltas_due = trio.Event()
@@ -175,6 +176,7 @@ class Cluster:
         self._echo_at = -math.inf  # when this node last heard its own heartbeat from the bus
         self._bus_live = False  # our own heartbeats come back: publishing and subscriptions work
         self._gone: dict[str, _Gone] = {}
+        self._lives: dict[str, tuple[int, float]] = {name: (epoch, time.time())}
         self.bad_messages = 0
         self.snapshots_requested = 0
 
@@ -232,6 +234,7 @@ class Cluster:
                     self.epoch,
                     up,
                 )
+            self._joined.set()
             task_status.started()
 
     async def _sync_view(self, deadline: float) -> None:
@@ -482,8 +485,16 @@ class Cluster:
         """The copies of ``stream`` held by the nodes that may hold one: those where its
         readers are (as presence says), and the node that would number it without this one
         (its sequencer until this node joined, if it did). A takeover starts from them. A node
-        that does not answer within a heartbeat interval is not waited for; nor are they asked
-        before this node hears them (it waits up to a heartbeat timeout for its bus)."""
+        that does not answer within a heartbeat interval is asked again while it is up (busy,
+        or dead and not declared down yet), for at most a heartbeat timeout and a call timeout
+        more: numbered without its copy, the stream could give the next message an offset that
+        copy holds, and every reader holding it would drop that message. Nor are they asked
+        before this node hears them (it waits up to a heartbeat timeout for its bus), nor
+        before it has joined the cluster: a node just started (a restart within the heartbeat
+        timeout, which the others take for its former life) is asked to number its streams
+        before it knows where their readers are; numbered from nothing, they would reuse
+        offsets every reader holds."""
+        await self._joined.wait()
         await self.wait_synced(self.timeout)
         room = room_of(stream)
         user = user_of(stream)
@@ -502,7 +513,11 @@ class Cluster:
             return {}
         timeout = max(0.2, self.section.heartbeat_interval)
         out = await self.calls.call(COPY, stream, targets=sorted(targets), timeout=timeout)
-        copies: dict[str, list[Any]] = out.replies
+        copies: dict[str, list[Any]] = dict(out.replies)
+        with trio.move_on_after(self.timeout + self.section.call_timeout):
+            while missing := [node for node in out.missing if self.is_up(node)]:
+                out = await self.calls.call(COPY, stream, targets=missing, timeout=timeout)
+                copies.update(out.replies)
         return copies
 
     def _send_to_sequencer(self, node: str, stream: StreamKey, draft: Entry, hops: int) -> None:
@@ -524,7 +539,7 @@ class Cluster:
         raise RoomdError(str(error.get("code")), str(error.get("message")))
 
     async def _on_read(self, body: Any, origin: str) -> Any:
-        return self.streams.on_read(body, origin)
+        return await self.streams.on_read(body, origin)
 
     async def _on_tail(self, body: Any, origin: str) -> Any:
         return await self.streams.on_tail(body, origin)
@@ -625,6 +640,9 @@ class Cluster:
             self._gone.pop(env.node, None)
         elif known.epoch != env.epoch:
             log.info("%s: node %s restarted (a new epoch)", self.name, env.node)
+        life = self._lives.get(env.node)
+        if life is None or life[0] != env.epoch:
+            self._lives[env.node] = (env.epoch, time.time())
 
     def _after(self, name: str, wants_snapshot: bool, effects: list[Effect]) -> None:
         if wants_snapshot:
@@ -666,6 +684,13 @@ class Cluster:
     def gone_since(self, node: str) -> float | None:
         gone = self._gone.get(node)
         return gone.since if gone is not None and node not in self.view.nodes else None
+
+    def life(self, node: str) -> tuple[int, float] | None:
+        state = self.view.nodes.get(node)
+        life = self._lives.get(node)
+        if state is None or life is None or life[0] != state.epoch:
+            return None
+        return life
 
     def stats(self) -> dict[str, Any]:
         now = trio.current_time()

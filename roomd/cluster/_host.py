@@ -107,6 +107,11 @@ class ClusterLink(Protocol):
         """When ``node`` went down or left (wall-clock time), if it did and is not back."""
         ...
 
+    def life(self, node: str) -> tuple[int, float] | None:
+        """The life of ``node`` that is up: its epoch, and since when (wall-clock time) this
+        node knows it; ``None`` if ``node`` is not up (or lives cannot be told apart)."""
+        ...
+
     def stats(self) -> dict[str, Any]:
         """The mode, the nodes known with status and load, the bus."""
         ...

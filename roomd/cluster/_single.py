@@ -73,6 +73,9 @@ class SingleNode:
     def gone_since(self, node: str) -> float | None:
         return None
 
+    def life(self, node: str) -> tuple[int, float] | None:
+        return None  # (alone, a restarted node holds nothing of its former life)
+
     def stats(self) -> dict[str, Any]:
         return {
             "mode": self.mode,

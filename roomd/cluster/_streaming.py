@@ -30,7 +30,7 @@ from typing import Any, Final, Protocol
 
 import trio
 
-from ..protocol import ErrorCode, RoomdError
+from ..protocol import ErrorCode, RequestTimeout, RoomdError
 from ._streams import Entry, Gap, Position, StreamKey, StreamStore, user_of
 
 log = logging.getLogger("roomd.cluster")
@@ -39,11 +39,13 @@ READ: Final = "roomd.stream-read"  # [stream, position or None] -> entries after
 TAIL: Final = "roomd.stream-tail"  # stream -> [epoch, offset]; the caller reads the stream
 COPY: Final = "roomd.stream-copy"  # stream -> the entries a node holds (a takeover gathers)
 APPEND_ATTEMPTS: Final = 3  # a message is sent to the stream's sequencer at most this often
+READ_ATTEMPTS: Final = 3  # a stream is read from its sequencer at most this often
 MAX_HELD: Final = 10_000  # messages held past a hole, per stream, while it is repaired
-# A hole is asked for this many times (0.2, 0.4, 0.8 s apart) while its sequencer does not
-# answer; then what came after it is delivered and the hole counted lost. Right after the bus
-# comes back, the other nodes may not hear yet (their subscriptions are being made again).
-REPAIR_ATTEMPTS: Final = 4
+# A hole is asked for this many times (0.2 s apart; each a read, itself made READ_ATTEMPTS
+# times) while its sequencer does not answer; then what came after it is delivered and the
+# hole counted lost. Right after the bus comes back, the other nodes may not hear yet (their
+# subscriptions are being made again).
+REPAIR_ATTEMPTS: Final = 2
 READER_MEMORY: Final = 60.0  # seconds a node that asked for an inbox's tail is sent its messages
 Done = Callable[[Position | None], None]
 
@@ -392,18 +394,31 @@ class StreamService:
     # Reading -------------------------------------------------------------------------------------
 
     async def read(self, stream: StreamKey, after: Position | None) -> list[Entry]:
-        """The messages of ``stream`` after ``after``, from its sequencer.
+        """The messages of ``stream`` after ``after``, from its sequencer. A sequencer that
+        does not answer may have died and not be declared down yet: the read is made again
+        to whoever numbers the stream then, ``READ_ATTEMPTS`` times in all.
 
-        Error handling: :class:`~._streams.Gap` when the sequencer no longer holds them all.
+        Error handling: :class:`~._streams.Gap` when the sequencer no longer holds them all;
+        :class:`~roomd.protocol.RequestTimeout` when no sequencer answered.
         """
-        sequencer = self.sequencer_of(stream)
-        if sequencer == self.name or self.outbound is None:
-            return self.store.log(stream).since(after)
         wire = None if after is None else [after.epoch, after.offset]
-        result = await self.outbound.call(sequencer, READ, [stream, wire])
-        if user_of(stream) is not None:
-            self._followed[stream] = sequencer
-        return [entry_from_wire(item) for item in result]
+        attempts = 1
+        while True:
+            sequencer = self.sequencer_of(stream)
+            if sequencer == self.name or self.outbound is None:
+                await self._numbering(stream)
+                return self.store.log(stream).since(after)
+            try:
+                result = await self.outbound.call(sequencer, READ, [stream, wire])
+            except RequestTimeout:
+                if attempts >= READ_ATTEMPTS:
+                    raise
+                attempts += 1
+                log.warning("%s: %s did not answer a read of %r", self.name, sequencer, stream)
+                continue
+            if user_of(stream) is not None:
+                self._followed[stream] = sequencer
+            return [entry_from_wire(item) for item in result]
 
     def local_tail(self, stream: StreamKey) -> Position | None:
         """The position of the last message of ``stream`` if this node numbers it, else
@@ -488,12 +503,23 @@ class StreamService:
             self.store.logs.pop(stream, None)
             self._held.pop(stream, None)
 
-    def on_read(self, body: Any, origin: str) -> list[list[Any]]:
+    async def _numbering(self, stream: StreamKey) -> None:
+        """Until this node numbers ``stream``, which it ranks first for: a node that came to
+        rank first (it joined, or restarted) holds at most a reader's copy of a stream that
+        others numbered until then; it takes the stream over (gathering their copies) before
+        it answers from its log."""
+        if self.outbound is None or self._spawn is None or stream in self.store.sequencers:
+            return
+        await self._begin_takeover(stream).ready.wait()
+
+    async def on_read(self, body: Any, origin: str) -> list[list[Any]]:
         """The handler of :data:`READ` calls (raises ``Gap``): like :meth:`on_tail`, the reader
         is sent the inbox's messages from then on (a session resuming on ``origin`` gets what
         came before in this answer, and what comes after live)."""
         stream, wire = body
         self._add_reader(stream, origin)  # (and the reader knows it follows this node)
+        if self.sequencer_of(stream) == self.name:
+            await self._numbering(stream)
         after = None if wire is None else Position(wire[0], wire[1])
         return [entry_to_wire(e) for e in self.store.log(stream).since(after)]
 

@@ -186,7 +186,7 @@ class FrameDispatcher:
     ) -> None:
         cfg = self.config
         session = conn.session
-        session.resume_token = self.sessions.tokens.issue(session.id, session.user, self.name)
+        session.resume_token = self.sessions.token_for(session.id, session.user)
         conn.send(
             Welcome(
                 v=PROTOCOL_VERSION,

@@ -76,6 +76,7 @@ class Drainer:
                     nursery.start_soon(self._deadline, transport)
                     await trio.sleep(pause)
                 await idle()
+                nursery.cancel_scope.cancel()  # empty: the move deadlines have nothing to do
         for transport in list(connected().values()):
             transport.close(CloseCode.GOING_AWAY)
 

@@ -173,6 +173,7 @@ class Node:
             ended=self._session_ended,
             cluster=self.cluster,
             notice=cluster.heartbeat_interval * (cluster.heartbeat_misses + 1),
+            epoch=self.epoch,
         )
         self._dispatch = FrameDispatcher(
             self.name,

@@ -82,6 +82,7 @@ class TokenClaims:
     user: str
     node: str  # where the session was when the token was issued
     issued: float  # wall-clock time
+    epoch: int | None = None  # the life of that node (a node that restarts is a new life)
 
 
 class ResumeTokens:
@@ -92,8 +93,11 @@ class ResumeTokens:
     def __init__(self, secret: str) -> None:
         self._key = hmac.new(secret.encode(), _TOKEN_CONTEXT, hashlib.sha256).digest()
 
-    def issue(self, session: str, user: str, node: str) -> str:
-        payload = orjson.dumps([session, user, node, round(time.time(), 3)])
+    def issue(self, session: str, user: str, node: str, epoch: int | None = None) -> str:
+        claims: list[Any] = [session, user, node, round(time.time(), 3)]
+        if epoch is not None:
+            claims.append(epoch)
+        payload = orjson.dumps(claims)
         return f"{_b64(payload)}.{_b64(self._sign(payload))}"
 
     def check(self, token: str, session: str, user: str) -> TokenClaims:
@@ -104,12 +108,13 @@ class ResumeTokens:
             payload = _unb64(head)
             if not hmac.compare_digest(_unb64(signature), self._sign(payload)):
                 raise ValueError("bad signature")
-            sid, owner, node, issued = orjson.loads(payload)
+            sid, owner, node, issued, *rest = orjson.loads(payload)
+            epoch = int(rest[0]) if rest else None
         except (ValueError, TypeError, orjson.JSONDecodeError):
             raise ResumeRefused(Reason.INVALID_TOKEN) from None
         if sid != session or owner != user:
             raise ResumeRefused(Reason.INVALID_TOKEN)
-        return TokenClaims(sid, owner, node, float(issued))
+        return TokenClaims(sid, owner, node, float(issued), epoch)
 
     def _sign(self, payload: bytes) -> bytes:
         return hmac.new(self._key, payload, hashlib.sha256).digest()
@@ -159,8 +164,10 @@ class Sessions:
         ended: Callable[[Connection], None],
         cluster: ClusterLink,
         notice: float,
+        epoch: int | None = None,
     ) -> None:
         self.name = name
+        self.epoch = epoch  # this node's life, named in the tokens it issues
         self.cluster = cluster
         self.notice = notice  # seconds the cluster may take to declare a dead node down
         self._moving: set[Connection] = set()
@@ -209,6 +216,10 @@ class Sessions:
 
     # Resuming ------------------------------------------------------------------------------------
 
+    def token_for(self, session: str, user: str) -> str:
+        """A resume token for ``session``, naming this node and its life."""
+        return self.tokens.issue(session, user, self.name, self.epoch)
+
     async def take(self, conn: Connection, request: ResumeRequest) -> None:
         """Let ``conn`` continue the session ``request`` names: held here (detached, or still
         attached to an older connection, closed with 4012), held by the node that issued its
@@ -222,8 +233,10 @@ class Sessions:
         if self._take_here(conn, request):
             return
         home = claims.node
-        if home != self.name and self.cluster.is_up(home):
-            carried = await self._claim(home, request.session, conn.user)
+        if self._another_life(claims):
+            carried = []  # its node restarted since: what that life carried went with it
+        elif home != self.name and self.cluster.is_up(home):
+            carried = await self._claim(home, request.session, conn.user, claims.epoch)
         else:
             gone = self.cluster.gone_since(home) if home != self.name else None
             if home == self.name or (gone is not None and time.time() - gone > self.window):
@@ -232,6 +245,18 @@ class Sessions:
             carried = []  # its node is gone: what it carried is lost, the streams are not
         conn.session.continue_remote(request.session, request.seq, carried)
         self.router.opened(conn)
+
+    def _another_life(self, claims: TokenClaims) -> bool:
+        """Whether the node that issued the token is up in a later life (it was killed and
+        started again, as fast as it likes): the session is not held there, and continues
+        from the streams, as after a crash. Error handling: :class:`ResumeRefused`
+        (``expired``) when that life began longer than the resume window ago."""
+        life = self.cluster.life(claims.node)
+        if claims.epoch is None or life is None or life[0] == claims.epoch:
+            return False
+        if time.time() - life[1] > self.window:
+            raise ResumeRefused(Reason.EXPIRED)
+        return True
 
     def _take_here(self, conn: Connection, request: ResumeRequest) -> bool:
         held = self._detached.pop(request.session, None)
@@ -246,7 +271,9 @@ class Sessions:
             waiter.event.set()
         return True
 
-    async def _claim(self, home: str, session: str, user: str) -> list[list[Any]]:
+    async def _claim(
+        self, home: str, session: str, user: str, epoch: int | None
+    ) -> list[list[Any]]:
         """What ``home`` carried of the session it hands over. A home that does not answer may
         have just died (its client came back first): it is asked again until it answers or is
         declared down, for at most the time the cluster takes to notice a dead node; then the
@@ -256,7 +283,8 @@ class Sessions:
         Error handling: :class:`ResumeRefused`."""
 
         async def ask() -> Any:
-            out = await self.cluster.calls.call(CLAIM, [session, user], targets=[home])
+            body = [session, user] if epoch is None else [session, user, epoch]
+            out = await self.cluster.calls.call(CLAIM, body, targets=[home])
             return out.replies.get(home)
 
         answer = await ask()
@@ -265,6 +293,8 @@ class Sessions:
                 answer = await ask()
         if answer is None:  # down, or up and silent (frozen): the streams hold the rest
             log.warning("%s: %s did not hand session %s over", self.name, home, session)
+            return []
+        if answer.get("another_life"):  # it restarted since (this node did not know yet)
             return []
         if not answer["found"]:
             raise ResumeRefused(Reason.EXPIRED if answer["expired"] else Reason.UNKNOWN_SESSION)
@@ -275,7 +305,9 @@ class Sessions:
         """Another node resumes one of this node's sessions: hand it over (its connection, if
         still open, is closed with 4012). Its presence here ends a moment later, once the
         other node has announced it (so that nobody sees it leave and come back)."""
-        session, user = body
+        session, user, *life = body
+        if life and self.epoch is not None and life[0] != self.epoch:
+            return {"found": False, "expired": False, "another_life": True}
         held = self._detached.pop(session, None)
         conn = held[0] if held is not None else self.hub.connections.get(session)
         if conn is None or conn.user != user:
