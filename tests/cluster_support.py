@@ -16,7 +16,9 @@ from typing import Any
 import attrs
 import trio
 
+from broker import BrokerStats, broker_stats
 from roomd import Node
+from roomd.io import make_keys
 from tests.support import SECRET, make_config
 
 HEARTBEAT = 0.2  # seconds: nodes notice a dead peer after 3 missed heartbeats
@@ -87,6 +89,46 @@ class Proc:
         return await self.process.wait()
 
 
+class TcpRelay:
+    """A TCP relay on 127.0.0.1 that keeps every byte it carries: what a bus connection looks
+    like on the wire. Run it with ``await nursery.start(relay.run)`` (started: its port)."""
+
+    def __init__(self, target: tuple[str, int], host: str = "127.0.0.1") -> None:
+        self.target = target
+        self.host = host
+        self.seen = bytearray()  # both directions, as they came
+        self.connections = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host=self.host)
+        port = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            task_status.started(port)
+            await trio.serve_listeners(self._serve, listeners, handler_nursery=nursery)
+
+    async def _serve(self, client: trio.SocketStream) -> None:
+        self.connections += 1
+        try:
+            server = await trio.open_tcp_stream(*self.target)
+        except OSError:
+            await client.aclose()
+            return
+        async with client, server, trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump, client, server, nursery.cancel_scope)
+            nursery.start_soon(self._pump, server, client, nursery.cancel_scope)
+
+    async def _pump(
+        self, source: trio.SocketStream, sink: trio.SocketStream, scope: trio.CancelScope
+    ) -> None:
+        try:
+            async for chunk in source:
+                self.seen += chunk
+                await sink.send_all(chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        scope.cancel()
+
+
 @attrs.define
 class ClusterHandle:
     mode: str
@@ -95,6 +137,12 @@ class ClusterHandle:
     nodes: dict[str, Proc]
     broker: Proc | None
     nursery: trio.Nursery
+    relays: list[TcpRelay] = attrs.field(factory=list)  # between the nodes and the broker
+    control: str | None = None  # the broker's control endpoint
+
+    async def broker_stats(self) -> BrokerStats:
+        assert self.control is not None
+        return await trio.to_thread.run_sync(broker_stats, self.control, 2.0)
 
     def node(self, name: str) -> Node:
         """A Node object that only carries the address of process ``name`` (for connect())."""
@@ -116,15 +164,27 @@ class ClusterHandle:
 
 async def wait_peers(proc: Proc, count: int, start: int = 0) -> None:
     """Until ``proc`` logged ``count`` distinct peers as up (from line ``start`` on)."""
+    await distinct_matches(proc, r"node (\S+) is up", count, start)
+
+
+async def distinct_matches(proc: Proc, pattern: str, count: int, start: int = 0) -> set[str]:
+    """Until ``proc`` logged lines matching ``pattern`` with ``count`` distinct values of its
+    first group (from line ``start`` on); those values."""
     seen: set[str] = set()
     index = start
     for _ in range(1000):
         if len(seen) >= count:
-            return
-        match = await proc.wait_for(r"node (\S+) is up", index)
+            return seen
+        match = await proc.wait_for(pattern, index)
         seen.add(match.group(1))
         index = proc.lines.index(match.string, index) + 1
-    raise AssertionError("peers")
+    raise AssertionError(f"{proc.name}: {pattern!r}")
+
+
+def cluster_keys(directory: Path, names: list[str]) -> Path:
+    """A key directory with a CurveZMQ keypair for each of ``names`` (nodes and brokers)."""
+    make_keys(directory, names)
+    return directory
 
 
 def write_config(
@@ -134,7 +194,11 @@ def write_config(
     ports: dict[str, int],
     bus: dict[str, int],
     broker: tuple[int, int],
+    keys: Path | None = None,
 ) -> None:
+    """A cluster file; with ``keys`` (a directory made by :func:`cluster_keys`) the bus is
+    CurveZMQ, without it ``cluster.insecure``."""
+    security = [f'keys = "{keys}"'] if keys is not None else ["insecure = true"]
     lines = [
         "[auth]",
         "dev = true",
@@ -149,6 +213,7 @@ def write_config(
         f'mode = "{mode}"',
         f'broker_frontend = "tcp://127.0.0.1:{broker[0]}"',
         f'broker_backend = "tcp://127.0.0.1:{broker[1]}"',
+        *security,
         f"heartbeat_interval = {HEARTBEAT}",
         "heartbeat_misses = 3",
         "snapshot_retry = 0.3",
@@ -162,18 +227,27 @@ def write_config(
 
 @asynccontextmanager
 async def running_cluster(
-    tmp_path: Path, mode: str = "broker", count: int = 3
+    tmp_path: Path,
+    mode: str = "broker",
+    count: int = 3,
+    secure: bool = True,
+    relayed: bool = False,
 ) -> AsyncIterator[ClusterHandle]:
+    """A broker (in broker mode) and ``count`` nodes, CurveZMQ unless not ``secure``. With
+    ``relayed`` the nodes reach the broker through :class:`TcpRelay` s (``handle.relays``)."""
     names = [f"node{chr(ord('A') + i)}" for i in range(count)]
-    ports_list = free_ports(2 * count + 2)
+    ports_list = free_ports(2 * count + 3)
     ports = dict(zip(names, ports_list[:count], strict=True))
     bus = dict(zip(names, ports_list[count : 2 * count], strict=True))
-    broker_ports = (ports_list[-2], ports_list[-1])
+    broker_ports = (ports_list[-3], ports_list[-2])
+    control = f"tcp://127.0.0.1:{ports_list[-1]}"
     path = tmp_path / f"{mode}.toml"
-    write_config(path, mode, names, ports, bus, broker_ports)
+    keys = cluster_keys(tmp_path / "keys", ["broker", *names]) if secure else None
+    relays = [TcpRelay(("127.0.0.1", port)) for port in broker_ports] if relayed else []
     env_python = sys.executable
     broker = None
     if mode == "broker":
+        security = ["--keys", str(keys)] if keys is not None else ["--insecure"]
         broker = Proc(
             "broker",
             [
@@ -184,8 +258,11 @@ async def running_cluster(
                 f"tcp://127.0.0.1:{broker_ports[0]}",
                 "--backend",
                 f"tcp://127.0.0.1:{broker_ports[1]}",
+                "--control",
+                control,
                 "--stats-interval",
                 "0",
+                *security,
             ],
         )
     nodes = {
@@ -206,7 +283,12 @@ async def running_cluster(
         for name in names
     }
     async with trio.open_nursery() as nursery:
-        handle = ClusterHandle(mode, path, ports, nodes, broker, nursery)
+        advertised = broker_ports
+        if relays:
+            front, back = [await nursery.start(relay.run) for relay in relays]
+            advertised = (front, back)
+        write_config(path, mode, names, ports, bus, advertised, keys)
+        handle = ClusterHandle(mode, path, ports, nodes, broker, nursery, relays, control)
         try:
             if broker is not None:
                 await handle.restart_broker()

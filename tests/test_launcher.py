@@ -20,6 +20,7 @@ async def test_roomd_cluster_runs_every_process_and_ctrl_c_stops_them(tmp_path: 
         "stats_interval = 0\n"
         f'[cluster]\nmode = "broker"\nbroker_frontend = "tcp://127.0.0.1:{front}"\n'
         f'broker_backend = "tcp://127.0.0.1:{back}"\nheartbeat_interval = 0.2\n'
+        f'keys = "{tmp_path / "keys"}"\n'
         f'[[cluster.nodes]]\nname = "nodeA"\nport = {port_a}\n'
         f'[[cluster.nodes]]\nname = "nodeB"\nport = {port_b}\n'
     )
@@ -36,6 +37,11 @@ async def test_roomd_cluster_runs_every_process_and_ctrl_c_stops_them(tmp_path: 
             launcher.process.send_signal(signal.SIGINT)
             assert await launcher.process.wait() == 0
     output = "\n".join(launcher.lines)
+    # A first run made the keys of the cluster's processes; a second one finds them.
+    assert f"made CurveZMQ keys for broker, nodeA, nodeB in {tmp_path / 'keys'}" in output
+    assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == [
+        f"{name}.{kind}" for name in ("broker", "nodeA", "nodeB") for kind in ("key", "key_secret")
+    ]
     for name in ("broker", "nodeA", "nodeB"):
         assert f"{name} exited with status 0" in output, output
     # The nodes stopped before the broker: each one's goodbye reached the other (unless that

@@ -32,7 +32,7 @@ import orjson
 import trio
 
 from .._config import load_config
-from .._launcher import plan, stop_processes
+from .._launcher import ensure_keys, plan, stop_processes
 
 STOP_GRACE: Final = 5.0
 KEEP_LINES: Final = 10_000  # output lines kept per process
@@ -190,6 +190,7 @@ class Cluster:
     nodes: list[Node]
     broker_pid: int | None = None
     broker_endpoints: tuple[str, str] | None = None  # frontend, backend (when started here)
+    keys: str | None = None  # the key directory of its CurveZMQ bus (None: insecure)
 
 
 @attrs.frozen
@@ -198,6 +199,7 @@ class ClusterOptions:
 
     compress_threshold: int | None = None  # compression.threshold
     tls: bool = False  # serve TLS with a certificate made for the run
+    insecure: bool = False  # a plaintext bus (cluster.insecure) instead of CurveZMQ
 
 
 def cluster_toml(
@@ -206,6 +208,7 @@ def cluster_toml(
     broker: tuple[int, int],
     options: ClusterOptions = ClusterOptions(),
     tls: tuple[Path, Path] | None = None,
+    keys: Path | None = None,
 ) -> str:
     """The cluster file of a benchmark: dev auth, limits out of the workloads' way."""
     frontend, backend = (f"tcp://127.0.0.1:{p}" for p in broker)
@@ -231,6 +234,7 @@ def cluster_toml(
         f'broker_backend = "{backend}"',
         "heartbeat_interval = 1.0",
         "heartbeat_misses = 3",
+        "insecure = true" if options.insecure or keys is None else f'keys = "{keys}"',
     ]
     if options.compress_threshold is not None:
         lines += ["[compression]", f"threshold = {options.compress_threshold}"]
@@ -255,10 +259,12 @@ async def local_cluster(
     with tempfile.TemporaryDirectory(prefix="roomd-bench-") as tmp:
         path = Path(tmp) / "cluster.toml"
         tls = self_signed(Path(tmp)) if options.tls else None
-        path.write_text(cluster_toml(names, ports[:count], (ports[-2], ports[-1]), options, tls))
-        children = [
-            Child(c.name, c.argv) for c in plan(load_config(path), path, ["--log-level", "INFO"])
-        ]
+        keys = None if options.insecure else Path(tmp) / "keys"
+        broker_ports = (ports[-2], ports[-1])
+        path.write_text(cluster_toml(names, ports[:count], broker_ports, options, tls, keys))
+        config = load_config(path)
+        ensure_keys(config)
+        children = [Child(c.name, c.argv) for c in plan(config, path, ["--log-level", "INFO"])]
         async with trio.open_nursery() as nursery:
             try:
                 with trio.move_on_after(start_timeout) as scope:
@@ -277,6 +283,7 @@ async def local_cluster(
                         ],
                         broker.pid,
                         (f"tcp://127.0.0.1:{ports[-2]}", f"tcp://127.0.0.1:{ports[-1]}"),
+                        str(keys) if keys is not None else None,
                     )
                 except BenchError as exc:
                     dead = [c for c in children if c.process and c.process.returncode is not None]

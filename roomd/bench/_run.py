@@ -117,6 +117,11 @@ def _parser() -> argparse.ArgumentParser:
         help="the nodes serve wss:// with a certificate made for the run (openssl)",
     )
     g.add_argument(
+        "--bus-insecure",
+        action="store_true",
+        help="a plaintext bus (cluster.insecure) instead of CurveZMQ, for comparison",
+    )
+    g.add_argument(
         "--timeout", type=float, default=d.timeout, help="phase limit beyond sending (60 s)"
     )
     g.add_argument("--json", metavar="FILE", help="write the full results as JSON")
@@ -170,6 +175,7 @@ def parse_settings(argv: Sequence[str]) -> tuple[Settings, str | None, int]:
         compress=args.compress,
         compress_threshold=args.compress_threshold,
         tls=args.tls,
+        bus_insecure=args.bus_insecure,
         timeout=args.timeout,
         profile=args.profile,
         logs=args.logs,
@@ -199,7 +205,7 @@ def _node_of(url: str, index: int) -> Node:
 @contextlib.asynccontextmanager
 async def _cluster(settings: Settings) -> AsyncIterator[Cluster]:
     if not settings.urls:
-        options = ClusterOptions(settings.compress_threshold, settings.tls)
+        options = ClusterOptions(settings.compress_threshold, settings.tls, settings.bus_insecure)
         async with local_cluster(
             settings.nodes, settings.start_timeout, settings.logs, options
         ) as cluster:
@@ -292,7 +298,7 @@ async def _bus(settings: Settings, cluster: Cluster) -> dict[str, Any]:
         drivers(1, "roomd.bench._bus", "bus-sub") as sub,
     ):
         bench = Bench(settings, cluster.nodes, cluster.broker_pid, [*pub, *sub])
-        return await run_bus(bench, cluster.broker_endpoints)
+        return await run_bus(bench, cluster.broker_endpoints, cluster.keys)
 
 
 async def _on_signal(

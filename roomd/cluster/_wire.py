@@ -91,6 +91,42 @@ def is_from(message: bytes, marker: bytes) -> bool:
     return message.startswith(marker, message.find(b"\x00") + 1)
 
 
+_UINT_WIDTHS: Final = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}  # msgpack uint 8/16/32/64
+
+
+def stamp(message: bytes) -> tuple[bytes, int, int] | None:
+    """The (origin, epoch, seq) of a message, read without decoding it (its msgpack part
+    starts with a 4-array whose first item is a short string); None if it is not a bus
+    message of this shape."""
+    end = message.find(b"\x00")
+    origin_end = message.find(b"\x00", end + 1)
+    if end < 0 or origin_end < 0:
+        return None
+    i = origin_end + 1
+    try:
+        if message[i] != 0x94 or not 0xA0 <= message[i + 1] <= 0xBF:
+            return None
+        i += 2 + (message[i + 1] & 0x1F)
+        epoch, i = _uint(message, i)
+        seq, _ = _uint(message, i)
+    except IndexError:
+        return None
+    if epoch < 0 or seq < 0:
+        return None
+    return message[end + 1 : origin_end], epoch, seq
+
+
+def _uint(data: bytes, i: int) -> tuple[int, int]:
+    """The msgpack unsigned integer at ``data[i]`` and the index after it (-1: not one)."""
+    head = data[i]
+    if head < 0x80:
+        return head, i + 1
+    width = _UINT_WIDTHS.get(head)
+    if width is None or i + 1 + width > len(data):
+        return -1, i
+    return int.from_bytes(data[i + 1 : i + 1 + width], "big"), i + 1 + width
+
+
 def decode(message: bytes) -> Envelope:
     end = message.find(b"\x00")
     origin_end = message.find(b"\x00", end + 1)
