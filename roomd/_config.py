@@ -143,12 +143,18 @@ ClusterMode = Literal["none", "broker", "mesh"]
 
 @attrs.define
 class ClusterNode:
-    """One node of a cluster file: where it listens and, in mesh mode, where it publishes."""
+    """One node of a cluster file: where it listens and, in mesh mode, where it publishes.
+
+    What a process binds and where the others reach it are separate settings (they differ
+    behind NAT, port mappings, or a bind to ``0.0.0.0``): ``host``/``bus_bind`` are bound,
+    ``public_url``/``bus`` are told to the others."""
 
     name: str
     port: int
-    host: str = "127.0.0.1"
-    bus: str | None = None  # mesh: this node's PUB endpoint, e.g. tcp://127.0.0.1:7000
+    host: str = "127.0.0.1"  # the address its WebSocket/HTTP port binds
+    bus: str | None = None  # mesh: where the others reach its PUB socket
+    bus_bind: str | None = None  # mesh: what its PUB socket binds (default: bus)
+    public_url: str | None = None  # where clients reach it (default: ws://host:port/ws)
 
 
 @attrs.define
@@ -158,6 +164,8 @@ class ClusterBroker:
     name: str
     frontend: str  # its XSUB: nodes publish here
     backend: str  # its XPUB: nodes subscribe here
+    frontend_bind: str | None = None  # what `roomd cluster` has it bind (default: frontend)
+    backend_bind: str | None = None  # (default: backend)
 
 
 @attrs.frozen
@@ -182,7 +190,8 @@ class ClusterSection:
     broker_frontend: str = "tcp://127.0.0.1:5555"  # nodes publish to the broker's XSUB
     broker_backend: str = "tcp://127.0.0.1:5556"  # nodes subscribe at the broker's XPUB
     brokers: list[ClusterBroker] = attrs.field(factory=list)  # default: the two above ("broker")
-    bus: str | None = None  # mesh: this node's PUB endpoint (default: from `nodes`)
+    bus: str | None = None  # mesh: where the others reach this node's PUB (default: from `nodes`)
+    bus_bind: str | None = None  # mesh: what this node's PUB binds (default: `bus`)
     peers: list[str] = attrs.field(factory=list)  # mesh: NAME=ENDPOINT (default: from `nodes`)
     nodes: list[ClusterNode] = attrs.field(factory=list)
     # CurveZMQ on every bus connection. The key directory holds this node's secret key
@@ -259,8 +268,12 @@ def configure_node(
     entry = cluster.entry(node_name)
     if entry is not None:
         node = attrs.evolve(node, host=entry.host, port=entry.port)
+        if entry.public_url is not None:
+            node = attrs.evolve(node, public_url=entry.public_url)
         if cluster.bus is None:
             cluster = attrs.evolve(cluster, bus=entry.bus)
+        if cluster.bus_bind is None:
+            cluster = attrs.evolve(cluster, bus_bind=entry.bus_bind)
     node = attrs.evolve(
         node,
         name=node_name,

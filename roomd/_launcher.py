@@ -74,8 +74,10 @@ def plan(config: Config, config_path: str | Path, node_args: Sequence[str] = ())
         for broker in section.broker_list():
             argv = [python, "-m", "broker", "--config", str(config_path), *security]
             if section.brokers:  # each broker of the list binds its own endpoints
-                argv += ["--name", broker.name, "--frontend", broker.frontend]
-                argv += ["--backend", broker.backend, "--control", ""]
+                frontend = broker.frontend_bind or broker.frontend
+                backend = broker.backend_bind or broker.backend
+                argv += ["--name", broker.name, "--frontend", frontend, "--backend", backend]
+                argv += ["--control", ""]
             children.append(Child(broker.name, argv, stop_last=True))
     for entry in config.cluster.nodes:
         argv = [python, "-m", "roomd.cli", "--name", entry.name, "--config", str(config_path)]

@@ -24,11 +24,11 @@ from tests.support import SECRET, make_config
 HEARTBEAT = 0.2  # seconds: nodes notice a dead peer after 3 missed heartbeats
 
 
-def free_ports(count: int) -> list[int]:
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     socks = [socket.socket() for _ in range(count)]
     try:
         for s in socks:
-            s.bind(("127.0.0.1", 0))
+            s.bind((host, 0))
         return [s.getsockname()[1] for s in socks]
     finally:
         for s in socks:

@@ -61,7 +61,12 @@ def _serve_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--cluster", choices=["none", "broker", "mesh"], help="cluster mode")
     cluster.add_argument("--broker-frontend", metavar="ENDPOINT", help="broker XSUB endpoint")
     cluster.add_argument("--broker-backend", metavar="ENDPOINT", help="broker XPUB endpoint")
-    cluster.add_argument("--bus", metavar="ENDPOINT", help="mesh: this node's PUB endpoint")
+    cluster.add_argument(
+        "--bus", metavar="ENDPOINT", help="mesh: where the other nodes reach this node's PUB"
+    )
+    cluster.add_argument(
+        "--bus-bind", metavar="ENDPOINT", help="mesh: what this node's PUB binds (default: --bus)"
+    )
     cluster.add_argument(
         "--peer",
         action="append",
@@ -181,6 +186,7 @@ def serve(argv: Sequence[str]) -> int:
     section.broker_frontend = args.broker_frontend or section.broker_frontend
     section.broker_backend = args.broker_backend or section.broker_backend
     section.bus = args.bus or section.bus
+    section.bus_bind = args.bus_bind or section.bus_bind
     section.peers = args.peer or section.peers
     section.keys = args.keys or section.keys
     section.insecure = args.insecure_bus or section.insecure

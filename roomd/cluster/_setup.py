@@ -83,7 +83,7 @@ def make_bus(
         mode="mesh",
         on_batch=on_batch,
         remotes=peers,
-        bind=section.bus,
+        bind=section.bus_bind or section.bus,
         keys=keys,
         trusted=TrustedKeys(directory) if keys is not None and directory is not None else None,
         liveness=liveness,
