@@ -138,7 +138,8 @@ class ClusterHandle:
     broker: Proc | None
     nursery: trio.Nursery
     relays: list[TcpRelay] = attrs.field(factory=list)  # between the nodes and the broker
-    control: str | None = None  # the broker's control endpoint
+    control: str | None = None  # the (first) broker's control endpoint
+    brokers: dict[str, Proc] = attrs.field(factory=dict)
 
     async def broker_stats(self) -> BrokerStats:
         assert self.control is not None
@@ -156,10 +157,11 @@ class ClusterHandle:
         await proc.wait_for("cluster ready")
         await wait_peers(proc, expect_peers)
 
-    async def restart_broker(self) -> None:
-        assert self.broker is not None
-        await self.broker.start(self.nursery)
-        await self.broker.wait_for(r'^\{"frontend"')
+    async def restart_broker(self, name: str | None = None) -> None:
+        broker = self.brokers[name] if name is not None else self.broker
+        assert broker is not None
+        await broker.start(self.nursery)
+        await broker.wait_for(r'^\{"frontend"')
 
 
 async def wait_peers(proc: Proc, count: int, start: int = 0) -> None:
@@ -195,9 +197,11 @@ def write_config(
     bus: dict[str, int],
     broker: tuple[int, int],
     keys: Path | None = None,
+    brokers: dict[str, tuple[int, int]] | None = None,
 ) -> None:
     """A cluster file; with ``keys`` (a directory made by :func:`cluster_keys`) the bus is
-    CurveZMQ, without it ``cluster.insecure``."""
+    CurveZMQ, without it ``cluster.insecure``. ``brokers`` (name: its two ports) lists
+    several brokers instead of ``broker``."""
     security = [f'keys = "{keys}"'] if keys is not None else ["insecure = true"]
     lines = [
         "[auth]",
@@ -219,10 +223,29 @@ def write_config(
         "snapshot_retry = 0.3",
         "call_timeout = 1.0",
     ]
+    for name, (front, back) in (brokers or {}).items():
+        lines += ["[[cluster.brokers]]", f'name = "{name}"']
+        lines += [f'frontend = "tcp://127.0.0.1:{front}"', f'backend = "tcp://127.0.0.1:{back}"']
     for name in names:
         lines += ["[[cluster.nodes]]", f'name = "{name}"', f"port = {ports[name]}"]
         lines.append(f'bus = "tcp://127.0.0.1:{bus[name]}"')
     path.write_text("\n".join(lines) + "\n")
+
+
+def broker_proc(
+    name: str,
+    front: int,
+    back: int,
+    control: str | None,
+    keys: Path | None,
+    host: str = "127.0.0.1",
+) -> Proc:
+    """A ``python -m broker`` process (CurveZMQ with the key directory ``keys``)."""
+    argv = [sys.executable, "-m", "broker", "--name", name, "--stats-interval", "0"]
+    argv += ["--frontend", f"tcp://{host}:{front}", "--backend", f"tcp://{host}:{back}"]
+    argv += ["--control", control] if control else []
+    argv += ["--keys", str(keys)] if keys is not None else ["--insecure"]
+    return Proc(name, argv)
 
 
 @asynccontextmanager
@@ -232,39 +255,29 @@ async def running_cluster(
     count: int = 3,
     secure: bool = True,
     relayed: bool = False,
+    brokers: int = 1,
 ) -> AsyncIterator[ClusterHandle]:
     """A broker (in broker mode) and ``count`` nodes, CurveZMQ unless not ``secure``. With
-    ``relayed`` the nodes reach the broker through :class:`TcpRelay` s (``handle.relays``)."""
+    ``relayed`` the nodes reach the broker through :class:`TcpRelay` s (``handle.relays``).
+    With ``brokers`` > 1, that many brokers ``b1``, ``b2`` ... (``handle.brokers``), the
+    first with the control endpoint."""
     names = [f"node{chr(ord('A') + i)}" for i in range(count)]
-    ports_list = free_ports(2 * count + 3)
+    ports_list = free_ports(2 * count + 1 + 2 * brokers)
     ports = dict(zip(names, ports_list[:count], strict=True))
     bus = dict(zip(names, ports_list[count : 2 * count], strict=True))
-    broker_ports = (ports_list[-3], ports_list[-2])
-    control = f"tcp://127.0.0.1:{ports_list[-1]}"
+    control = f"tcp://127.0.0.1:{ports_list[2 * count]}"
+    broker_names = ["broker"] if brokers == 1 else [f"b{i + 1}" for i in range(brokers)]
+    pairs = ports_list[2 * count + 1 :]
+    broker_ports = {n: (pairs[2 * i], pairs[2 * i + 1]) for i, n in enumerate(broker_names)}
     path = tmp_path / f"{mode}.toml"
-    keys = cluster_keys(tmp_path / "keys", ["broker", *names]) if secure else None
-    relays = [TcpRelay(("127.0.0.1", port)) for port in broker_ports] if relayed else []
+    keys = cluster_keys(tmp_path / "keys", [*broker_names, *names]) if secure else None
+    first = broker_ports[broker_names[0]]
+    relays = [TcpRelay(("127.0.0.1", port)) for port in first] if relayed else []
     env_python = sys.executable
-    broker = None
+    broker_procs: dict[str, Proc] = {}
     if mode == "broker":
-        security = ["--keys", str(keys)] if keys is not None else ["--insecure"]
-        broker = Proc(
-            "broker",
-            [
-                env_python,
-                "-m",
-                "broker",
-                "--frontend",
-                f"tcp://127.0.0.1:{broker_ports[0]}",
-                "--backend",
-                f"tcp://127.0.0.1:{broker_ports[1]}",
-                "--control",
-                control,
-                "--stats-interval",
-                "0",
-                *security,
-            ],
-        )
+        for i, (name, (front, back)) in enumerate(broker_ports.items()):
+            broker_procs[name] = broker_proc(name, front, back, control if i == 0 else None, keys)
     nodes = {
         name: Proc(
             name,
@@ -283,15 +296,19 @@ async def running_cluster(
         for name in names
     }
     async with trio.open_nursery() as nursery:
-        advertised = broker_ports
+        advertised = first
         if relays:
             front, back = [await nursery.start(relay.run) for relay in relays]
             advertised = (front, back)
-        write_config(path, mode, names, ports, bus, advertised, keys)
-        handle = ClusterHandle(mode, path, ports, nodes, broker, nursery, relays, control)
+        listed = broker_ports if brokers > 1 else None
+        write_config(path, mode, names, ports, bus, advertised, keys, listed)
+        broker = broker_procs.get(broker_names[0])
+        handle = ClusterHandle(
+            mode, path, ports, nodes, broker, nursery, relays, control, broker_procs
+        )
         try:
-            if broker is not None:
-                await handle.restart_broker()
+            for name in broker_procs:
+                await handle.restart_broker(name)
             for proc in nodes.values():
                 await proc.start(nursery)
             for proc in nodes.values():
@@ -300,7 +317,7 @@ async def running_cluster(
             yield handle
         finally:
             with trio.CancelScope(shield=True):
-                for proc in [*nodes.values(), *([broker] if broker else [])]:
+                for proc in [*nodes.values(), *broker_procs.values()]:
                     proc.kill()
                     if proc.process is not None:
                         await proc.process.wait()
