@@ -16,7 +16,9 @@ traffic and checks what docs/sessions.md and docs/cluster.md promise:
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,8 +28,15 @@ import pytest
 import trio
 
 from roomd.client import Backoff, Client, Lifecycle, Opened
+from roomd.io import make_keys
 from roomd.protocol import Push
-from tests.cluster_support import ClusterHandle, metrics, running_cluster
+from tests.cluster_support import (
+    ClusterHandle,
+    Proc,
+    free_ports,
+    metrics,
+    running_cluster,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -298,3 +307,28 @@ async def test_one_of_two_brokers_killed_then_back(tmp_path: Path) -> None:
         after = proc.lines[marks[name] :]
         # The bus never went down, so nothing was held, caught up or resent.
         assert not [line for line in after if "bus is down" in line or "frozen" in line], name
+
+
+async def test_a_node_with_an_unknown_key(tmp_path: Path) -> None:
+    """docs/cluster.md: a node whose key the broker does not trust can neither publish nor
+    subscribe; the cluster goes on as if it were not there."""
+    intruder: list[Proc] = []
+
+    async def fault(cluster: ClusterHandle) -> set[str]:
+        elsewhere = tmp_path / "elsewhere"
+        make_keys(elsewhere, ["nodeX"])
+        shutil.copy(tmp_path / "keys" / "broker.key", elsewhere)
+        (port,) = free_ports(1)
+        argv = [sys.executable, "-m", "roomd.cli", "--name", "nodeX", "--port", str(port)]
+        argv += ["--config", str(cluster.config_path), "--keys", str(elsewhere)]
+        intruder.append(Proc("nodeX", argv))
+        await intruder[0].start(cluster.nursery)
+        await intruder[0].wait_for("refused this node's key")
+        stats = await cluster.broker_stats()
+        assert stats.auth.publishers_refused + stats.auth.subscribers_refused >= 1
+        return set()
+
+    cluster = await _fault_then_check(tmp_path, fault, bound=3)
+    intruder[0].kill()
+    for proc in cluster.nodes.values():
+        assert not [line for line in proc.lines if "nodeX" in line], proc.name
