@@ -166,6 +166,9 @@ class ClusterBroker:
     backend: str  # its XPUB: nodes subscribe here
     frontend_bind: str | None = None  # what `roomd cluster` has it bind (default: frontend)
     backend_bind: str | None = None  # (default: backend)
+    # Brokers of one shard carry the same topics (replicas: copies dropped by the receivers);
+    # with shards 0..n-1 each topic goes through the brokers of one (a stable hash of it).
+    shard: int = 0
 
 
 @attrs.frozen

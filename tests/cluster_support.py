@@ -198,10 +198,11 @@ def write_config(
     broker: tuple[int, int],
     keys: Path | None = None,
     brokers: dict[str, tuple[int, int]] | None = None,
+    sharded: bool = False,
 ) -> None:
     """A cluster file; with ``keys`` (a directory made by :func:`cluster_keys`) the bus is
     CurveZMQ, without it ``cluster.insecure``. ``brokers`` (name: its two ports) lists
-    several brokers instead of ``broker``."""
+    several brokers instead of ``broker``: replicas, or (``sharded``) one shard each."""
     security = [f'keys = "{keys}"'] if keys is not None else ["insecure = true"]
     lines = [
         "[auth]",
@@ -223,8 +224,8 @@ def write_config(
         "snapshot_retry = 0.3",
         "call_timeout = 1.0",
     ]
-    for name, (front, back) in (brokers or {}).items():
-        lines += ["[[cluster.brokers]]", f'name = "{name}"']
+    for shard, (name, (front, back)) in enumerate((brokers or {}).items()):
+        lines += ["[[cluster.brokers]]", f'name = "{name}"', f"shard = {shard if sharded else 0}"]
         lines += [f'frontend = "tcp://127.0.0.1:{front}"', f'backend = "tcp://127.0.0.1:{back}"']
     for name in names:
         lines += ["[[cluster.nodes]]", f'name = "{name}"', f"port = {ports[name]}"]
@@ -256,11 +257,12 @@ async def running_cluster(
     secure: bool = True,
     relayed: bool = False,
     brokers: int = 1,
+    sharded: bool = False,
 ) -> AsyncIterator[ClusterHandle]:
     """A broker (in broker mode) and ``count`` nodes, CurveZMQ unless not ``secure``. With
     ``relayed`` the nodes reach the broker through :class:`TcpRelay` s (``handle.relays``).
     With ``brokers`` > 1, that many brokers ``b1``, ``b2`` ... (``handle.brokers``), the
-    first with the control endpoint."""
+    first with the control endpoint: replicas, or (``sharded``) one shard each."""
     names = [f"node{chr(ord('A') + i)}" for i in range(count)]
     ports_list = free_ports(2 * count + 1 + 2 * brokers)
     ports = dict(zip(names, ports_list[:count], strict=True))
@@ -301,7 +303,7 @@ async def running_cluster(
             front, back = [await nursery.start(relay.run) for relay in relays]
             advertised = (front, back)
         listed = broker_ports if brokers > 1 else None
-        write_config(path, mode, names, ports, bus, advertised, keys, listed)
+        write_config(path, mode, names, ports, bus, advertised, keys, listed, sharded)
         broker = broker_procs.get(broker_names[0])
         handle = ClusterHandle(
             mode, path, ports, nodes, broker, nursery, relays, control, broker_procs

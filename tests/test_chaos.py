@@ -209,9 +209,10 @@ async def _fault_then_check(
     fault: Callable[[ClusterHandle], Awaitable[set[str]]],
     bound: float,
     brokers: int = 1,
+    sharded: bool = False,
 ) -> ClusterHandle:
     with trio.fail_after(90):
-        async with running_cluster(tmp_path, brokers=brokers) as cluster:
+        async with running_cluster(tmp_path, brokers=brokers, sharded=sharded) as cluster:
             async with traffic(cluster) as (members, stop):
                 await trio.sleep(1.0)
                 homes = {m.name: m.home for m in members}
@@ -332,3 +333,26 @@ async def test_a_node_with_an_unknown_key(tmp_path: Path) -> None:
     intruder[0].kill()
     for proc in cluster.nodes.values():
         assert not [line for line in proc.lines if "nodeX" in line], proc.name
+
+
+async def test_a_shard_broker_killed_and_restarted(tmp_path: Path) -> None:
+    """docs/cluster.md: brokers in two shards, one broker each; the broker of one shard is
+    killed and restarted. The topics it carried have no way through meanwhile: every node's bus
+    is down, as with a lone broker's restart, and the same promises hold."""
+    marks: dict[str, int] = {}
+
+    async def fault(cluster: ClusterHandle) -> set[str]:
+        marks.update({name: len(proc.lines) for name, proc in cluster.nodes.items()})
+        b2 = cluster.brokers["b2"]
+        b2.kill()
+        assert b2.process is not None
+        await b2.process.wait()
+        for proc in cluster.nodes.values():
+            await proc.wait_for("bus is down", marks[proc.name])
+        await trio.sleep(1.0)
+        await cluster.restart_broker("b2")
+        for proc in cluster.nodes.values():
+            await proc.wait_for("bus is live", marks[proc.name])
+        return set()
+
+    await _fault_then_check(tmp_path, fault, bound=10, brokers=2, sharded=True)

@@ -1,16 +1,19 @@
 """The bus: a PUB socket and SUB sockets, to the brokers or to every mesh peer.
 
-Broker mode: the PUB connects to every broker's XSUB (frontend), so each message goes through
-all of them; one SUB per broker connects to its XPUB (backend), and every SUB subscribes to the
-same topics. With two brokers or more every message arrives once per broker: the copies are
-dropped by (origin, epoch, seq) (:class:`~roomd.cluster._dedup.Dedup`). Mesh mode: the PUB
-binds this node's endpoint; one SUB connects to every peer's and to its own.
+Broker mode: the PUB connects to every broker's XSUB (frontend); one SUB per broker connects
+to its XPUB (backend). Brokers come in shards (one by default): a topic is subscribed to on the
+SUBs of its shard's brokers only (:func:`~roomd.cluster._wire.shard_of`), so the PUB sockets
+upstream send it through those brokers only. The brokers of one shard are replicas: every
+message arrives once per live replica, and the copies are dropped by (origin, epoch, seq)
+(:class:`~roomd.cluster._dedup.Dedup`). Mesh mode: the PUB binds this node's endpoint; one SUB
+connects to every peer's and to its own.
 
 The bus is ready once a probe published on this node's own topic has come back through it:
 then its subscriptions are live (the slow-joiner problem: messages published before a
-subscription reaches the publisher are lost silently). Probes go on every ``liveness / 3``
-seconds: each broker they come back through is live, and a broker none came back through for
-``liveness`` seconds is down (logged, and counted in :attr:`Bus.outages`).
+subscription reaches the publisher are lost silently), through every shard. Probes (one per
+shard) go on every ``liveness / 3`` seconds: each broker they come back through is live, and a
+broker none came back through for ``liveness`` seconds is down (logged, and counted in
+:attr:`Bus.outages`). The bus is :meth:`Bus.complete` while every shard has a live broker.
 
 CurveZMQ (given a keypair): every connection is encrypted; a connecting socket knows each
 server's public key; the bound PUB of mesh mode admits only the keys in the key directory
@@ -67,6 +70,7 @@ class Remote:
     subscribe: str  # the endpoint a SUB connects to (a broker's backend, a peer's bus)
     publish: str | None = None  # the endpoint the PUB connects to (a broker's frontend)
     key: str | None = None  # its CURVE public key (Z85); None on an insecure bus
+    shard: int = 0  # brokers: the topics it carries (see _wire.shard_of)
 
 
 @attrs.define(eq=False)
@@ -75,6 +79,8 @@ class _Path:
 
     name: str
     sub: ZmqSocket
+    shard: int
+    probe: bytes  # this node's probe through the brokers of the shard
     echo_at: float = -math.inf  # when this node's probe last came back through it
     live: bool = False
     received: int = 0
@@ -132,8 +138,14 @@ class Bus:
         self._liveness = liveness
         self._pub: ZmqSocket | None = None
         self._paths: list[_Path] = []
-        self._dedup = Dedup() if mode == "broker" and len(remotes) > 1 else None
-        self._probe = _wire.node_topic(name) + b"probe:" + secrets.token_bytes(8).hex().encode()
+        shards = sorted({r.shard for r in remotes}) if mode == "broker" else [0]
+        if shards != list(range(len(shards))):
+            raise ValueError(f"the brokers' shards must be 0, 1, ... without a hole: {shards}")
+        self.shards = len(shards)
+        # Replicas (several brokers in a shard) deliver copies, which are dropped.
+        self._dedup = Dedup() if mode == "broker" and len(remotes) > self.shards else None
+        token = b"probe:" + secrets.token_bytes(8).hex().encode()
+        self._probes = [_wire.probe_topic(name, shard) + token for shard in range(self.shards)]
         self._ready = trio.Event()
         self._failing: set[str] = set()  # endpoints whose last handshake failed (logged)
         self._retrying: set[tuple[int, str]] = set()
@@ -160,12 +172,22 @@ class Bus:
             "handshakeFailures": self.handshake_failures,
         }
         if self.mode == "broker":
-            out["brokers"] = [{"name": p.name, "live": p.live} for p in self._paths]
+            out["brokers"] = [
+                {"name": p.name, "live": p.live, **({"shard": p.shard} if self.shards > 1 else {})}
+                for p in self._paths
+            ]
             out["outages"] = self.outages
         return out
 
     def paths_live(self) -> int:
         return sum(p.live for p in self._paths)
+
+    def complete(self) -> bool:
+        """Whether every topic has a way through: a live broker in every shard (in mesh mode,
+        always: each peer is a node, judged by the cluster)."""
+        if self.mode != "broker":
+            return True
+        return len({p.shard for p in self._paths if p.live}) == self.shards
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Open the sockets (started then), probe until the subscriptions are live, then
@@ -185,11 +207,15 @@ class Bus:
                     )
                     for _ in (self._remotes if self.mode == "broker" else ("mesh",))
                 ]
-                names = [r.name for r in self._remotes] if self.mode == "broker" else ["mesh"]
-                self._paths = [_Path(n, s) for n, s in zip(names, subs, strict=True)]
-                for sub in subs:
-                    for topic in (_wire.CONTROL, _wire.ALL, _wire.node_topic(self.name)):
-                        sub.subscribe(topic)
+                remotes = self._remotes if self.mode == "broker" else (Remote("mesh", ""),)
+                self._paths = [
+                    _Path(r.name, sub, r.shard, self._probes[r.shard])
+                    for r, sub in zip(remotes, subs, strict=True)
+                ]
+                for path in self._paths:
+                    path.sub.subscribe(_wire.probe_topic(self.name, path.shard))
+                for topic in (_wire.CONTROL, _wire.ALL, _wire.node_topic(self.name)):
+                    self.subscribe(topic)
                 watched = [pub, *subs] if self.mode == "broker" else subs
                 monitors = [
                     await stack.enter_async_context(open_monitor(ctx, s, self.name))
@@ -247,7 +273,7 @@ class Bus:
         attempt = 0
         while not self._ready.is_set():
             attempt += 1
-            pub.send_nowait(self._probe)
+            self._send_probes(pub)
             with trio.move_on_after(PROBE_INTERVAL):
                 await self._ready.wait()
             if self._ready.is_set():
@@ -257,8 +283,12 @@ class Bus:
                 log.warning("bus not ready yet (%s mode, %s)", self.mode, where)
         while True:
             await trio.sleep(self._liveness / 3)
-            pub.send_nowait(self._probe)
+            self._send_probes(pub)
             self._check_paths(trio.current_time())
+
+    def _send_probes(self, pub: ZmqSocket) -> None:
+        for probe in self._probes:
+            pub.send_nowait(probe)
 
     def _check_paths(self, now: float) -> None:
         if self.mode != "broker":
@@ -289,10 +319,11 @@ class Bus:
                     self.paths_live(),
                     len(self._paths),
                 )
-        self._ready.set()
+        if self.complete():  # (every shard's subscriptions are live)
+            self._ready.set()
 
     async def _receive(self, path: _Path) -> None:
-        probe, dedup = self._probe, self._dedup
+        probe, dedup = path.probe, self._dedup
         while True:
             batch = await path.sub.receive_batch(RECEIVE_BATCH)
             path.received += len(batch)
@@ -417,9 +448,15 @@ class Bus:
             self.dropped += len(outgoing) - sent
 
     def subscribe(self, topic: bytes) -> None:
+        """Receive ``topic`` through the brokers of its shard (the PUB sockets upstream learn
+        it from them, so what is published on it goes through those brokers only)."""
+        shard = _wire.shard_of(topic, self.shards)
         for path in self._paths:
-            path.sub.subscribe(topic)
+            if path.shard == shard:
+                path.sub.subscribe(topic)
 
     def unsubscribe(self, topic: bytes) -> None:
+        shard = _wire.shard_of(topic, self.shards)
         for path in self._paths:
-            path.sub.unsubscribe(topic)
+            if path.shard == shard:
+                path.sub.unsubscribe(topic)

@@ -85,6 +85,8 @@ class BusPort(Protocol):
 
     def paths_live(self) -> int: ...
 
+    def complete(self) -> bool: ...
+
 
 BatchHandler = Callable[[list[bytes]], None]
 BusFactory = Callable[[BatchHandler], BusPort]
@@ -334,14 +336,21 @@ class Cluster:
         self.host.apply_effects(effects)
 
     def _check_bus(self, now: float) -> None:
-        """The bus is live while this node's own heartbeats come back through it."""
-        live = now - self._echo_at <= self.timeout
+        """The bus is live while this node's own heartbeats come back through it, and every
+        topic has a way through it (with sharded brokers: every shard has a live broker)."""
+        live = now - self._echo_at <= self.timeout and self.bus.complete()
         if live != self._bus_live:
             self._bus_live = live
             self._note_synced()
             if live:
                 log.info("%s: bus is live (its own heartbeats come back)", self.name)
                 self._heard_again(now)
+            elif not self.bus.complete():
+                log.warning(
+                    "%s: bus is down (every broker of a shard is down: the topics it carries "
+                    "have no way through); the view of the cluster is held until it is back",
+                    self.name,
+                )
             else:
                 log.warning(
                     "%s: bus is down (none of its own heartbeats came back for %.1f s); the "

@@ -112,6 +112,9 @@ class MemoryBus:
     def paths_live(self) -> int:
         return 1 if self.running else 0
 
+    def complete(self) -> bool:
+        return self.running
+
     def publish(self, message: bytes) -> None:
         if self.running and self.network._publish(self.name, message):
             self.published += 1

@@ -56,7 +56,9 @@ def make_bus(
         keys = own_keypair(name, directory)
     if section.mode == "broker":
         remotes = [
-            Remote(b.name, b.backend, b.frontend, _public(directory, b.name, "broker", keys))
+            Remote(
+                b.name, b.backend, b.frontend, _public(directory, b.name, "broker", keys), b.shard
+            )
             for b in section.broker_list()
         ]
         return Bus(

@@ -3,7 +3,8 @@
 ``topic`` ``\\x00`` ``node`` ``\\x00`` msgpack ``[kind, epoch, seq, body]``
 
 Topics end with ``\\x00`` (names never contain control characters), so a subscription to room
-``a`` never matches room ``ab``. A node subscribes to what it hosts: the rooms with a local
+``a`` never matches room ``ab``. With brokers in several shards, each topic travels through the
+brokers of one shard (:func:`shard_of`). A node subscribes to what it hosts: the rooms with a local
 member (``r``), its own node topic (``n``), and the broadcast (``a``) and control (``c``) topics;
 XPUB/XSUB forwards subscriptions upstream, so a message travels only to nodes interested in it.
 Pushes to users go to the topics of the nodes where those users are connected (the presence
@@ -17,6 +18,7 @@ start). Presence deltas carry their own gap-free numbering in their body (see ``
 
 from __future__ import annotations
 
+import zlib
 from typing import Any, Final
 
 import attrs
@@ -41,6 +43,21 @@ class Kind:
     SEQUENCE: Final = "seq"  # [stream, draft entry, hops]: to the stream's sequencer
     ENTRY: Final = "entry"  # [stream, entry]: a numbered message, to the stream's readers
     CONFIRM: Final = "confirm"  # [stream, message_id, epoch, offset]: to the sender's node
+
+
+def probe_topic(node: str, shard: int) -> bytes:
+    """The topic of ``node``'s probes through the brokers of ``shard``."""
+    return b"p" + node.encode() + b"\x1f" + str(shard).encode() + b"\x00"
+
+
+def shard_of(topic: bytes, shards: int) -> int:
+    """The shard whose brokers carry ``topic``: a stable hash (CRC-32) of it, the same on every
+    node; a probe names its own."""
+    if shards <= 1:
+        return 0
+    if topic.startswith(b"p"):
+        return int(topic[topic.rfind(b"\x1f") + 1 : -1]) % shards
+    return zlib.crc32(topic) % shards
 
 
 def room_topic(ns: str, room: str) -> bytes:
