@@ -9,7 +9,12 @@ from ._broker import Broker as Broker
 from ._broker import BrokerEndpoints as BrokerEndpoints
 from ._config import BrokerSettings as BrokerSettings
 from ._config import ConfigError as ConfigError
+from ._config import default_keys as default_keys
 from ._config import parse_settings as parse_settings
+from ._curve import BrokerKeys as BrokerKeys
+from ._curve import KeyFileError as KeyFileError
+from ._curve import load_broker_keys as load_broker_keys
+from ._stats import AuthStats as AuthStats
 from ._stats import BrokerStats as BrokerStats
 from ._stats import SocketStats as SocketStats
 from ._stats import broker_stats as broker_stats

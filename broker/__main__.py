@@ -2,8 +2,8 @@
 
 Once bound, prints one JSON line on stdout with the endpoints actually bound (useful with port
 ``*``), e.g. ``{"frontend": "tcp://127.0.0.1:5555", "backend": "...", "control": null}``.
-Exit status: 0 after a signal, 1 on a runtime failure, 2 on bad options or an endpoint that
-cannot be bound.
+Exit status: 0 after a signal, 1 on a runtime failure, 2 on bad options, a key that cannot be
+used, or an endpoint that cannot be bound.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import zmq
 
 from ._broker import Broker
 from ._config import ConfigError, parse_settings
+from ._curve import BrokerKeys, KeyFileError, load_broker_keys
 
 log = logging.getLogger("broker")
 
@@ -35,12 +36,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    keys: BrokerKeys | None = None
+    if not settings.insecure:
+        try:
+            keys = load_broker_keys(settings.key_directory(), settings.name)
+        except KeyFileError as exc:
+            log.error("%s", exc)
+            return 2
     broker = Broker(
         settings.frontend,
         settings.backend,
         settings.control,
         stats_interval=settings.stats_interval,
         hwm=settings.hwm,
+        keys=keys,
     )
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

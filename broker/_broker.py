@@ -10,6 +10,10 @@ thread that calls :meth:`Broker.run`. That thread also answers the control endpo
 statistics. The broker is a plain (non-Trio) process on purpose: it does no async I/O of its own;
 the proxy's hot loop is C, and a blocking ``zmq.Poller`` over a handful of sockets is all the rest
 needs. (It also means the broker does not import trio or roomd.)
+
+CurveZMQ: given its keys, the broker is the CURVE server of both sockets, and the same thread
+answers libzmq's ZAP requests (``_curve.Zap``): only nodes whose public key is in its key
+directory may publish (frontend) or subscribe (backend); every connection is encrypted.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from typing import Final, Self
 import attrs
 import zmq
 
-from ._stats import STATISTICS, BrokerStats
+from ._curve import BACKEND, FRONTEND, BrokerKeys, Zap
+from ._stats import STATISTICS, AuthStats, BrokerStats
 
 __all__ = ["DEFAULT_HWM", "Broker", "BrokerEndpoints"]
 
@@ -83,8 +88,11 @@ class Broker:
         *,
         stats_interval: float = 10.0,
         hwm: int = DEFAULT_HWM,
+        keys: BrokerKeys | None = None,
     ) -> None:
         self._config = BrokerEndpoints(frontend, backend, control)
+        self._keys = keys  # None: plaintext, anyone may connect
+        self._zap: Zap | None = None
         self._stats_interval = stats_interval  # 0 disables the periodic log line
         self._hwm = hwm
         self._endpoints: BrokerEndpoints | None = None
@@ -117,10 +125,16 @@ class Broker:
         self._ctx = ctx = zmq.Context()
         ctx.setsockopt(zmq.LINGER, 0)
         try:
+            if self._keys is not None:
+                # Before the sockets bind: libzmq lets anyone in while no ZAP handler is bound.
+                self._zap = Zap(ctx, self._keys.directory)
+                self._sockets.append(self._zap.socket)
             # The XSUB only sends subscriptions upstream, and libzmq drops those silently at the
             # send HWM (including the full resend to a publisher that (re)connects): unlimited.
             self._frontend = self._socket(zmq.XSUB, sndhwm=0, rcvhwm=self._hwm)
             self._backend = self._socket(zmq.XPUB, sndhwm=self._hwm)
+            self._secure(self._frontend, FRONTEND)
+            self._secure(self._backend, BACKEND)
             inproc = f"inproc://roomd-broker-control-{id(self):x}"
             self._proxy_control = self._socket(zmq.PAIR)
             self._proxy_control.bind(inproc)
@@ -150,6 +164,19 @@ class Broker:
             endpoints.backend,
             endpoints.control or "off",
         )
+        if self._keys is None:
+            log.warning(
+                "insecure: the bus is plaintext and anyone who reaches %s or %s may publish "
+                "as any node and read every room",
+                endpoints.frontend,
+                endpoints.backend,
+            )
+        else:
+            log.info(
+                "CurveZMQ: public key %s; the nodes' keys are read from %s",
+                self._keys.public.decode(),
+                self._keys.directory,
+            )
         try:
             self._serve()
         finally:
@@ -216,6 +243,24 @@ class Broker:
         sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TTL_MS)
         return sock
 
+    def _secure(self, sock: zmq.Socket[bytes], side: str) -> None:
+        if self._keys is None:
+            return
+        sock.setsockopt(zmq.CURVE_SERVER, 1)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, self._keys.secret)
+        sock.setsockopt(zmq.ZAP_DOMAIN, side.encode())
+
+    def _auth(self) -> AuthStats:
+        if self._zap is None:
+            return AuthStats()
+        counts = self._zap.counts()
+        return AuthStats(
+            counts[FRONTEND].accepted,
+            counts[FRONTEND].refused,
+            counts[BACKEND].accepted,
+            counts[BACKEND].refused,
+        )
+
     def _proxy_main(self) -> None:
         # Signals must reach the main thread, whose poll they interrupt.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
@@ -232,6 +277,8 @@ class Broker:
         poller.register(self._wake_r, zmq.POLLIN)
         if self._control is not None:
             poller.register(self._control, zmq.POLLIN)
+        if self._zap is not None:
+            poller.register(self._zap.socket, zmq.POLLIN)
         interval = self._stats_interval
         next_report = time.monotonic() + interval if interval > 0 else math.inf
         last = BrokerStats()
@@ -241,6 +288,8 @@ class Broker:
             ready = dict(poller.poll(timeout_ms))
             if self._wake_r in ready:
                 self._drain_wakeups()
+            if self._zap is not None and self._zap.socket in ready:
+                self._zap.answer()
             if self._control is not None and self._control in ready:
                 self._answer_control(self._control)
             if time.monotonic() >= next_report:
@@ -283,6 +332,13 @@ class Broker:
             now.backend.messages_out,
             now.backend.bytes_out,
         )
+        if delta.auth.publishers_refused or delta.auth.subscribers_refused:
+            log.warning(
+                "last %g s: refused %d publishers and %d subscribers (unknown keys)",
+                interval,
+                delta.auth.publishers_refused,
+                delta.auth.subscribers_refused,
+            )
         return now
 
     def _query_proxy(self) -> BrokerStats:
@@ -292,7 +348,8 @@ class Broker:
         if not self._proxy_client.poll(_PROXY_REPLY_TIMEOUT_MS, zmq.POLLIN):
             raise TimeoutError("the proxy did not answer STATISTICS")
         frames = self._proxy_client.recv_multipart()
-        return BrokerStats.from_proxy_reply(frames, time.monotonic() - self._started_at)
+        stats = BrokerStats.from_proxy_reply(frames, time.monotonic() - self._started_at)
+        return attrs.evolve(stats, auth=self._auth(), secure=self._keys is not None)
 
     def _shutdown(self, thread: threading.Thread) -> None:
         with self._lock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -13,7 +14,7 @@ import attrs
 
 from ._broker import DEFAULT_HWM
 
-__all__ = ["BrokerSettings", "ConfigError", "parse_settings"]
+__all__ = ["BrokerSettings", "ConfigError", "default_keys", "parse_settings"]
 
 
 class ConfigError(Exception):
@@ -30,6 +31,16 @@ def _log_level(inst: object, attr: attrs.Attribute[str], value: str) -> None:
         raise ConfigError(f"{attr.name}: unknown log level {value!r}")
 
 
+def default_keys(environ: Mapping[str, str] | None = None) -> Path:
+    """The key directory roomd uses when none is configured: ``keys`` in its state directory
+    (``$ROOMD_STATE_DIR``, else ``$XDG_STATE_HOME/roomd``, else ``~/.local/state/roomd``)."""
+    env = os.environ if environ is None else environ
+    if env.get("ROOMD_STATE_DIR"):
+        return Path(env["ROOMD_STATE_DIR"]).expanduser() / "keys"
+    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base).expanduser() / "roomd" / "keys"
+
+
 @attrs.frozen(kw_only=True)
 class BrokerSettings:
     frontend: str = "tcp://127.0.0.1:5555"
@@ -38,6 +49,13 @@ class BrokerSettings:
     stats_interval: float = attrs.field(default=10.0, validator=_non_negative)
     log_level: str = attrs.field(default="INFO", validator=_log_level)
     hwm: int = attrs.field(default=DEFAULT_HWM, validator=_non_negative)
+    # CurveZMQ: the broker's secret key is KEYS/NAME.key_secret; every KEYS/*.key may connect.
+    name: str = "broker"
+    keys: str | None = None  # default: default_keys()
+    insecure: bool = False  # plaintext, and anyone who reaches the ports may publish and read
+
+    def key_directory(self) -> Path:
+        return Path(self.keys).expanduser() if self.keys else default_keys()
 
 
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -47,6 +65,9 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "stats_interval": (int, float),
     "log_level": (str,),
     "hwm": (int,),
+    "name": (str,),
+    "keys": (str,),
+    "insecure": (bool,),
 }
 
 
@@ -69,6 +90,21 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-level", help=f"DEBUG, INFO, WARNING... ({default.log_level})")
     parser.add_argument("--hwm", type=int, help=f"per-pipe high-water mark ({default.hwm})")
+    parser.add_argument(
+        "--name", help=f"its key is KEYS/NAME.key_secret (default {default.name!r})"
+    )
+    parser.add_argument(
+        "--keys",
+        metavar="DIR",
+        help="key directory: this broker's secret key, and the public keys (*.key) of the "
+        f"nodes that may connect (default {default_keys()})",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="no CurveZMQ: plaintext, and anyone who reaches the ports may publish and read",
+    )
     parser.add_argument("--config", type=Path, help="TOML file with a [broker] table")
     return parser
 
@@ -87,7 +123,8 @@ def _read_config(path: Path) -> dict[str, Any]:
         name = key.replace("-", "_")
         if name not in _TYPES:
             raise ConfigError(f"{path}: unknown key {key!r} in [broker] ({', '.join(_TYPES)})")
-        if isinstance(value, bool) or not isinstance(value, _TYPES[name]):
+        types = _TYPES[name]
+        if isinstance(value, bool) != (bool in types) or not isinstance(value, types):
             raise ConfigError(f"{path}: [broker] {key} has the wrong type: {value!r}")
         values[name] = value
     return values
@@ -104,6 +141,8 @@ def parse_settings(argv: Sequence[str] | None = None) -> BrokerSettings:
     config_path = args.pop("config")
     values = _read_config(config_path) if config_path is not None else {}
     values.update({k: v for k, v in args.items() if v is not None})
+    if values.get("control") == "":
+        values["control"] = None  # (an empty endpoint turns the file's off)
     if "stats_interval" in values:
         values["stats_interval"] = float(values["stats_interval"])
     return BrokerSettings(**values)

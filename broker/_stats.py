@@ -39,6 +39,25 @@ class SocketStats:
 
 
 @attrs.frozen
+class AuthStats:
+    """Connections the broker's ZAP handler let in and refused (CurveZMQ; all zero when the
+    broker is insecure): publishers at the frontend, subscribers at the backend."""
+
+    publishers_accepted: int = 0
+    publishers_refused: int = 0
+    subscribers_accepted: int = 0
+    subscribers_refused: int = 0
+
+    def __sub__(self, other: AuthStats) -> AuthStats:
+        return AuthStats(
+            self.publishers_accepted - other.publishers_accepted,
+            self.publishers_refused - other.publishers_refused,
+            self.subscribers_accepted - other.subscribers_accepted,
+            self.subscribers_refused - other.subscribers_refused,
+        )
+
+
+@attrs.frozen
 class BrokerStats:
     """Totals since the broker started.
 
@@ -52,6 +71,8 @@ class BrokerStats:
     frontend: SocketStats = SocketStats()
     backend: SocketStats = SocketStats()
     uptime: float = 0.0  # seconds since Broker.run() started
+    auth: AuthStats = AuthStats()
+    secure: bool = False  # CurveZMQ on both sockets
 
     @property
     def published(self) -> int:
@@ -63,7 +84,11 @@ class BrokerStats:
 
     def __sub__(self, other: BrokerStats) -> BrokerStats:
         return BrokerStats(
-            self.frontend - other.frontend, self.backend - other.backend, self.uptime - other.uptime
+            self.frontend - other.frontend,
+            self.backend - other.backend,
+            self.uptime - other.uptime,
+            self.auth - other.auth,
+            self.secure,
         )
 
     def to_json(self) -> bytes:
@@ -75,7 +100,11 @@ class BrokerStats:
         if "error" in raw:
             raise ValueError(f"broker replied with an error: {raw['error']}")
         return cls(
-            SocketStats(**raw["frontend"]), SocketStats(**raw["backend"]), float(raw["uptime"])
+            SocketStats(**raw["frontend"]),
+            SocketStats(**raw["backend"]),
+            float(raw["uptime"]),
+            AuthStats(**raw.get("auth", {})),
+            bool(raw.get("secure", False)),
         )
 
     @classmethod

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -142,12 +143,48 @@ ClusterMode = Literal["none", "broker", "mesh"]
 
 @attrs.define
 class ClusterNode:
-    """One node of a cluster file: where it listens and, in mesh mode, where it publishes."""
+    """One node of a cluster file: where it listens and, in mesh mode, where it publishes.
+
+    What a process binds and where the others reach it are separate settings (they differ
+    behind NAT, port mappings, or a bind to ``0.0.0.0``): ``host``/``bus_bind`` are bound,
+    ``public_url``/``bus`` are told to the others."""
 
     name: str
     port: int
-    host: str = "127.0.0.1"
-    bus: str | None = None  # mesh: this node's PUB endpoint, e.g. tcp://127.0.0.1:7000
+    host: str = "127.0.0.1"  # the address its WebSocket/HTTP port binds
+    bus: str | None = None  # mesh: where the others reach its PUB socket
+    bus_bind: str | None = None  # mesh: what its PUB socket binds (default: bus)
+    public_url: str | None = None  # where clients reach it (default: ws://host:port/ws)
+
+
+@attrs.define
+class ClusterBroker:
+    """One broker: where nodes reach it. Its public key is ``<cluster.keys>/<name>.key``."""
+
+    name: str
+    frontend: str  # its XSUB: nodes publish here
+    backend: str  # its XPUB: nodes subscribe here
+    frontend_bind: str | None = None  # what `roomd cluster` has it bind (default: frontend)
+    backend_bind: str | None = None  # (default: backend)
+    # Brokers of one shard carry the same topics (replicas: copies dropped by the receivers);
+    # with shards 0..n-1 each topic goes through the brokers of one (a stable hash of it).
+    shard: int = 0
+
+
+@attrs.frozen
+class Peer:
+    """A mesh peer: its bus endpoint and, for CurveZMQ, its name (its key is ``<name>.key``)."""
+
+    name: str | None
+    endpoint: str
+
+    @classmethod
+    def parse(cls, text: str) -> Peer:
+        """``NAME=ENDPOINT``, or a bare ``ENDPOINT`` (enough with ``cluster.insecure``)."""
+        name, sep, endpoint = text.partition("=")
+        if sep and "://" not in name:
+            return cls(name, endpoint)
+        return cls(None, text)
 
 
 @attrs.define
@@ -155,9 +192,16 @@ class ClusterSection:
     mode: ClusterMode = "none"
     broker_frontend: str = "tcp://127.0.0.1:5555"  # nodes publish to the broker's XSUB
     broker_backend: str = "tcp://127.0.0.1:5556"  # nodes subscribe at the broker's XPUB
-    bus: str | None = None  # mesh: this node's PUB endpoint (default: from `nodes`)
-    peers: list[str] = attrs.field(factory=list)  # mesh: the others' (default: from `nodes`)
+    brokers: list[ClusterBroker] = attrs.field(factory=list)  # default: the two above ("broker")
+    bus: str | None = None  # mesh: where the others reach this node's PUB (default: from `nodes`)
+    bus_bind: str | None = None  # mesh: what this node's PUB binds (default: `bus`)
+    peers: list[str] = attrs.field(factory=list)  # mesh: NAME=ENDPOINT (default: from `nodes`)
     nodes: list[ClusterNode] = attrs.field(factory=list)
+    # CurveZMQ on every bus connection. The key directory holds this node's secret key
+    # (<name>.key_secret) and the public keys (*.key) of the brokers and nodes it trusts;
+    # default: <state directory>/keys (see `roomd keys`).
+    keys: str | None = None
+    insecure: bool = False  # a plaintext bus that anyone who reaches it may use (logs a warning)
     heartbeat_interval: float = 0.5  # seconds between node heartbeats
     heartbeat_misses: int = 3  # heartbeats missed before a node is declared down
     snapshot_retry: float = 1.0  # seconds before asking again for an unanswered snapshot
@@ -167,10 +211,17 @@ class ClusterSection:
     def entry(self, name: str) -> ClusterNode | None:
         return next((n for n in self.nodes if n.name == name), None)
 
-    def mesh_peers(self, name: str) -> tuple[str, ...]:
+    def broker_list(self) -> list[ClusterBroker]:
+        """The brokers of broker mode: ``brokers``, else the one of ``broker_frontend`` and
+        ``broker_backend``, named ``broker``."""
+        if self.brokers:
+            return list(self.brokers)
+        return [ClusterBroker("broker", self.broker_frontend, self.broker_backend)]
+
+    def mesh_peers(self, name: str) -> tuple[Peer, ...]:
         if self.peers:
-            return tuple(self.peers)
-        return tuple(n.bus for n in self.nodes if n.name != name and n.bus)
+            return tuple(Peer.parse(p) for p in self.peers)
+        return tuple(Peer(n.name, n.bus) for n in self.nodes if n.name != name and n.bus)
 
 
 @attrs.define
@@ -192,25 +243,49 @@ class Config:
     broker: dict[str, Any] = attrs.field(factory=dict)
 
 
+def state_directory(node: NodeSection, environ: Mapping[str, str] | None = None) -> Path:
+    """Where a node keeps its state: ``node.state_dir`` (which ``ROOMD_STATE_DIR`` overrides,
+    see :func:`load_config`), else ``$XDG_STATE_HOME/roomd``, else ``~/.local/state/roomd``."""
+    if node.state_dir:
+        return Path(node.state_dir).expanduser()
+    env = os.environ if environ is None else environ
+    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base).expanduser() / "roomd"
+
+
+def key_directory(config: Config) -> Path:
+    """The cluster's key directory: ``cluster.keys``, else ``keys`` in the state directory."""
+    if config.cluster.keys:
+        return Path(config.cluster.keys).expanduser()
+    return state_directory(config.node) / "keys"
+
+
 def configure_node(
     config: Config, name: str | None = None, host: str | None = None, port: int | None = None
 ) -> Config:
     """A copy of ``config`` for one node: its name and overrides applied; a node listed in
-    ``cluster.nodes`` takes its host, port and bus endpoint from there unless overridden."""
+    ``cluster.nodes`` takes its host, port and bus endpoint from there unless overridden; the
+    key directory is resolved (:func:`key_directory`)."""
     node_name = name if name is not None else config.node.name
     node, cluster = config.node, config.cluster
     entry = cluster.entry(node_name)
     if entry is not None:
         node = attrs.evolve(node, host=entry.host, port=entry.port)
+        if entry.public_url is not None:
+            node = attrs.evolve(node, public_url=entry.public_url)
         if cluster.bus is None:
             cluster = attrs.evolve(cluster, bus=entry.bus)
+        if cluster.bus_bind is None:
+            cluster = attrs.evolve(cluster, bus_bind=entry.bus_bind)
     node = attrs.evolve(
         node,
         name=node_name,
         host=host if host is not None else node.host,
         port=port if port is not None else node.port,
     )
-    return attrs.evolve(config, node=node, cluster=cluster)
+    configured = attrs.evolve(config, node=node, cluster=cluster)
+    keys = str(key_directory(configured))
+    return attrs.evolve(configured, cluster=attrs.evolve(cluster, keys=keys))
 
 
 class ConfigError(Exception):

@@ -18,7 +18,8 @@ from typing import Final, Protocol
 import attrs
 import trio
 
-from ._config import Config
+from ._config import Config, key_directory
+from .io import make_keys, public_key_path, secret_key_path
 
 log = logging.getLogger("roomd.launcher")
 
@@ -34,13 +35,50 @@ class Child:
     process: trio.Process | None = None
 
 
+def ensure_keys(config: Config) -> list[str]:
+    """Make the CurveZMQ keys a local cluster needs and lacks (every broker's and node's, in
+    the key directory); the names they were made for. Nothing with ``cluster.insecure``.
+
+    Error handling: :exc:`ValueError` for a name whose public key is there without its
+    secret key (it belongs to a process elsewhere); :exc:`OSError` as the file system says.
+    """
+    section = config.cluster
+    if section.insecure or section.mode == "none":
+        return []
+    directory = key_directory(config)
+    names = [entry.name for entry in section.nodes]
+    if section.mode == "broker":
+        names = [broker.name for broker in section.broker_list()] + names
+    missing = []
+    for name in names:
+        if secret_key_path(directory, name).exists():
+            continue
+        if public_key_path(directory, name).exists():
+            raise ValueError(
+                f"{public_key_path(directory, name)} has no secret key beside it: a local "
+                f"cluster runs {name} here (roomd keys {name} --force replaces it)"
+            )
+        missing.append(name)
+    if missing:
+        make_keys(directory, missing)
+    return missing
+
+
 def plan(config: Config, config_path: str | Path, node_args: Sequence[str] = ()) -> list[Child]:
-    """The processes a cluster file describes: the broker (in broker mode), then each node."""
+    """The processes a cluster file describes: the brokers (in broker mode), then each node."""
     python = sys.executable
     children = []
-    if config.cluster.mode == "broker":
-        broker = [python, "-m", "broker", "--config", str(config_path)]
-        children.append(Child("broker", broker, stop_last=True))
+    section = config.cluster
+    if section.mode == "broker":
+        security = ["--insecure"] if section.insecure else ["--keys", str(key_directory(config))]
+        for broker in section.broker_list():
+            argv = [python, "-m", "broker", "--config", str(config_path), *security]
+            if section.brokers:  # each broker of the list binds its own endpoints
+                frontend = broker.frontend_bind or broker.frontend
+                backend = broker.backend_bind or broker.backend
+                argv += ["--name", broker.name, "--frontend", frontend, "--backend", backend]
+                argv += ["--control", ""]
+            children.append(Child(broker.name, argv, stop_last=True))
     for entry in config.cluster.nodes:
         argv = [python, "-m", "roomd.cli", "--name", entry.name, "--config", str(config_path)]
         children.append(Child(entry.name, [*argv, *node_args]))

@@ -125,7 +125,9 @@ async def connect(
     headers: list[tuple[str, str]] | None = None,
 ) -> AsyncIterator[RawClient]:
     query = f"?token={token}" if token else (f"?user={user}" if user else "")
-    url = f"ws://127.0.0.1:{node.port}{path}{query}"
+    host = node.config.node.host
+    host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+    url = f"ws://{host}:{node.port}{path}{query}"
     async with open_websocket_url(url, extra_headers=headers or [], message_queue_size=1024) as ws:
         client = RawClient(ws, binary)
         if hello:

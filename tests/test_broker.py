@@ -17,8 +17,25 @@ import pytest
 import trio
 import zmq
 
-from broker import Broker, BrokerStats, ConfigError, broker_stats, parse_settings
-from roomd.io._zmq import SocketType, ZmqSocket, make_context, open_socket
+from broker import (
+    AuthStats,
+    Broker,
+    BrokerStats,
+    ConfigError,
+    broker_stats,
+    default_keys,
+    parse_settings,
+)
+from roomd.io import make_keys, read_keypair, read_public_key, write_keypair
+from roomd.io._zmq import (
+    Handshake,
+    SocketType,
+    ZmqSocket,
+    curve_keypair,
+    make_context,
+    open_monitor,
+    open_socket,
+)
 from tests.support import wait_until
 
 Context = zmq.Context[zmq.Socket[bytes]]
@@ -44,11 +61,15 @@ class RunningBroker:
 
 @asynccontextmanager
 async def broker_process(
-    frontend: str = ANY_PORT, backend: str = ANY_PORT, control: str = ANY_PORT
+    frontend: str = ANY_PORT,
+    backend: str = ANY_PORT,
+    control: str = ANY_PORT,
+    security: tuple[str, ...] = ("--insecure",),
 ) -> AsyncIterator[RunningBroker]:
-    """Run ``python -m broker`` until the block exits; it is killed in any case."""
+    """Run ``python -m broker`` until the block exits; it is killed in any case (insecure
+    unless ``security`` says otherwise, e.g. ``("--keys", DIR)``)."""
     args = ["--frontend", frontend, "--backend", backend, "--control", control]
-    args += ["--stats-interval", "0", "--log-level", "WARNING"]
+    args += ["--stats-interval", "0", "--log-level", "WARNING", *security]
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "broker", *args], stdout=subprocess.PIPE
     )
@@ -311,7 +332,8 @@ async def test_bind_conflict(ctx: Context) -> None:
         taken = f"tcp://127.0.0.1:{holder.bind_to_random_port('tcp://127.0.0.1')}"
         with pytest.raises(zmq.ZMQError):
             Broker(taken, ANY_PORT).bind()
-        command = [sys.executable, "-m", "broker", "--frontend", taken, "--log-level", "CRITICAL"]
+        command = [sys.executable, "-m", "broker", "--frontend", taken, "--insecure"]
+        command += ["--log-level", "CRITICAL"]
         result = await trio.run_process(command, check=False)
         assert result.returncode == 2
         holder.close()
@@ -328,9 +350,22 @@ def test_settings_from_toml_and_cli(tmp_path: Path) -> None:
     assert settings.stats_interval == 5.0
     assert settings.log_level == "DEBUG"
     assert settings.control is None
+    assert (settings.name, settings.keys, settings.insecure) == ("broker", None, False)
+    assert settings.key_directory() == default_keys()
+
+    config.write_text('[broker]\nname = "b2"\nkeys = "/etc/roomd/keys"\ninsecure = true\n')
+    settings = parse_settings(["--config", str(config), "--control", ""])
+    assert (settings.name, settings.keys, settings.insecure) == ("b2", "/etc/roomd/keys", True)
+    assert settings.control is None  # an empty endpoint turns it off
+    assert parse_settings(["--insecure"]).insecure
+    assert default_keys({"ROOMD_STATE_DIR": "/s"}) == Path("/s/keys")
+    assert default_keys({"XDG_STATE_HOME": "/x"}) == Path("/x/roomd/keys")
 
     config.write_text("[broker]\nfrontnd = 'x'\n")
     with pytest.raises(ConfigError, match="unknown key"):
+        parse_settings(["--config", str(config)])
+    config.write_text("[broker]\ninsecure = 1\n")
+    with pytest.raises(ConfigError, match="wrong type"):
         parse_settings(["--config", str(config)])
     config.write_text("[broker]\nhwm = 'lots'\n")
     with pytest.raises(ConfigError, match="wrong type"):
@@ -341,3 +376,71 @@ def test_settings_from_toml_and_cli(tmp_path: Path) -> None:
         parse_settings(["--log-level", "LOUD"])
     with pytest.raises(ConfigError, match="cannot read"):
         parse_settings(["--config", str(tmp_path / "missing.toml")])
+
+
+# CurveZMQ ----------------------------------------------------------------------------------
+
+
+async def test_a_curve_broker_lets_in_trusted_keys_and_counts_the_others(
+    ctx: Context, tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys"
+    make_keys(keys, ["broker", "nodeA"])
+    node = read_keypair(keys / "nodeA.key_secret")
+    broker_key = read_public_key(keys / "broker.key")
+    stranger = curve_keypair()  # a key the broker's directory does not hold
+    with trio.fail_after(10):
+        async with (
+            broker_process(security=("--keys", str(keys))) as b,
+            open_socket(ctx, SocketType.PUB, keys=node) as pub,
+            open_socket(ctx, SocketType.SUB, keys=node) as sub,
+            open_socket(ctx, SocketType.PUB, keys=stranger) as bad_pub,
+            open_socket(ctx, SocketType.SUB, keys=stranger) as bad_sub,
+        ):
+            monitors = [open_monitor(ctx, s, "bad") for s in (bad_pub, bad_sub)]
+            for s in (sub, bad_sub):
+                s.subscribe(b"r:a")
+            sub.connect(b.backend, broker_key)
+            pub.connect(b.frontend, broker_key)
+            bad_pub.connect(b.frontend, broker_key)
+            bad_sub.connect(b.backend, broker_key)
+            for monitor in monitors:
+                assert (await monitor.next_event()).what == Handshake.REFUSED
+                await monitor.aclose()
+            await wait_for_flow(pub, [(sub, b"r:a")])  # a trusted node works as before
+            for i in range(20):
+                bad_pub.send_nowait(b"r:a forged %d" % i)  # (no connection takes them)
+            await pub.send(b"r:a end")
+            assert await receive_until(sub, b"r:a end") == []
+            with trio.move_on_after(0.1):
+                assert not await bad_sub.receive_batch()
+            stats = await b.stats()
+            assert stats.secure
+            assert stats.auth == AuthStats(
+                publishers_accepted=1,
+                publishers_refused=1,
+                subscribers_accepted=1,
+                subscribers_refused=1,
+            )
+
+            # A key added to the directory is trusted from the next connection on.
+            write_keypair(keys, "late", stranger)
+            bad_sub.disconnect(b.backend)
+            bad_sub.connect(b.backend, broker_key)
+            await wait_for_flow(pub, [(bad_sub, b"r:a")])
+            assert (await b.stats()).auth.subscribers_accepted == 2
+
+
+async def test_a_broker_without_its_key_does_not_start(tmp_path: Path) -> None:
+    with trio.fail_after(10):
+        command = [sys.executable, "-m", "broker", "--keys", str(tmp_path), "--name", "b1"]
+        result = await trio.run_process(command, check=False, capture_stderr=True)
+        assert result.returncode == 2
+        error = result.stderr.decode()
+        assert f"{tmp_path}/b1.key_secret does not exist" in error
+        assert f"roomd keys b1 --dir {tmp_path}" in error and "--insecure" in error
+        make_keys(tmp_path, ["b1"])
+        (tmp_path / "b1.key_secret").chmod(0o644)
+        result = await trio.run_process(command, check=False, capture_stderr=True)
+        assert result.returncode == 2
+        assert "may be read by others" in result.stderr.decode()

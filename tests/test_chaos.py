@@ -16,7 +16,9 @@ traffic and checks what docs/sessions.md and docs/cluster.md promise:
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,8 +28,15 @@ import pytest
 import trio
 
 from roomd.client import Backoff, Client, Lifecycle, Opened
+from roomd.io import make_keys
 from roomd.protocol import Push
-from tests.cluster_support import ClusterHandle, metrics, running_cluster
+from tests.cluster_support import (
+    ClusterHandle,
+    Proc,
+    free_ports,
+    metrics,
+    running_cluster,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -199,9 +208,11 @@ async def _fault_then_check(
     tmp_path: Path,
     fault: Callable[[ClusterHandle], Awaitable[set[str]]],
     bound: float,
-) -> None:
+    brokers: int = 1,
+    sharded: bool = False,
+) -> ClusterHandle:
     with trio.fail_after(90):
-        async with running_cluster(tmp_path) as cluster:
+        async with running_cluster(tmp_path, brokers=brokers, sharded=sharded) as cluster:
             async with traffic(cluster) as (members, stop):
                 await trio.sleep(1.0)
                 homes = {m.name: m.home for m in members}
@@ -220,6 +231,7 @@ async def _fault_then_check(
                     assert samples["roomd_stream_lost_total"] == 0, name
                 print(f"converged {took:.2f} s after the traffic stopped")
                 assert took <= bound
+    return cluster
 
 
 def _print_logs(cluster: ClusterHandle) -> None:
@@ -282,3 +294,80 @@ async def test_the_broker_killed_and_restarted(tmp_path: Path) -> None:
         return set()
 
     await _fault_then_check(tmp_path, fault, bound=10)
+
+
+async def test_one_of_two_brokers_killed_then_back(tmp_path: Path) -> None:
+    """docs/cluster.md: with two brokers, killing one loses nothing and nobody notices beyond a
+    log line and a metric; it rejoins when it is back."""
+    marks: dict[str, int] = {}
+
+    async def fault(cluster: ClusterHandle) -> set[str]:
+        b1 = cluster.brokers["b1"]
+        marks.update({name: len(proc.lines) for name, proc in cluster.nodes.items()})
+        b1.kill()
+        assert b1.process is not None
+        await b1.process.wait()
+        for proc in cluster.nodes.values():
+            await proc.wait_for(r"broker b1 is down .*; 1 of 2 brokers live", marks[proc.name])
+        samples = await trio.to_thread.run_sync(metrics, cluster.ports["nodeA"])
+        assert samples["roomd_bus_brokers_live"] == 1
+        assert samples["roomd_bus_broker_outages_total"] == 1
+        await trio.sleep(1.0)  # traffic through one broker
+        await cluster.restart_broker("b1")
+        for proc in cluster.nodes.values():
+            await proc.wait_for(r"broker b1 is live; 2 of 2 brokers live", marks[proc.name])
+        return set()  # nobody left: no node may tell its clients otherwise
+
+    cluster = await _fault_then_check(tmp_path, fault, bound=3, brokers=2)
+    for name, proc in cluster.nodes.items():
+        after = proc.lines[marks[name] :]
+        # The bus never went down, so nothing was held, caught up or resent.
+        assert not [line for line in after if "bus is down" in line or "frozen" in line], name
+
+
+async def test_a_node_with_an_unknown_key(tmp_path: Path) -> None:
+    """docs/cluster.md: a node whose key the broker does not trust can neither publish nor
+    subscribe; the cluster goes on as if it were not there."""
+    intruder: list[Proc] = []
+
+    async def fault(cluster: ClusterHandle) -> set[str]:
+        elsewhere = tmp_path / "elsewhere"
+        make_keys(elsewhere, ["nodeX"])
+        shutil.copy(tmp_path / "keys" / "broker.key", elsewhere)
+        (port,) = free_ports(1)
+        argv = [sys.executable, "-m", "roomd.cli", "--name", "nodeX", "--port", str(port)]
+        argv += ["--config", str(cluster.config_path), "--keys", str(elsewhere)]
+        intruder.append(Proc("nodeX", argv))
+        await intruder[0].start(cluster.nursery)
+        await intruder[0].wait_for("refused this node's key")
+        stats = await cluster.broker_stats()
+        assert stats.auth.publishers_refused + stats.auth.subscribers_refused >= 1
+        return set()
+
+    cluster = await _fault_then_check(tmp_path, fault, bound=3)
+    intruder[0].kill()
+    for proc in cluster.nodes.values():
+        assert not [line for line in proc.lines if "nodeX" in line], proc.name
+
+
+async def test_a_shard_broker_killed_and_restarted(tmp_path: Path) -> None:
+    """docs/cluster.md: brokers in two shards, one broker each; the broker of one shard is
+    killed and restarted. The topics it carried have no way through meanwhile: every node's bus
+    is down, as with a lone broker's restart, and the same promises hold."""
+    marks: dict[str, int] = {}
+
+    async def fault(cluster: ClusterHandle) -> set[str]:
+        marks.update({name: len(proc.lines) for name, proc in cluster.nodes.items()})
+        b2 = cluster.brokers["b2"]
+        b2.kill()
+        assert b2.process is not None
+        await b2.process.wait()
+        for proc in cluster.nodes.values():
+            await proc.wait_for("bus is down", marks[proc.name])
+        await trio.sleep(1.0)
+        await cluster.restart_broker("b2")
+        for proc in cluster.nodes.values():
+            await proc.wait_for("bus is live", marks[proc.name])
+        return set()
+
+    await _fault_then_check(tmp_path, fault, bound=10, brokers=2, sharded=True)

@@ -235,6 +235,7 @@ async def test_a_broker_restart_loses_no_room_message(tmp_path: Path) -> None:
 
 async def test_gap_on_the_bus_triggers_a_snapshot(tmp_path: Path) -> None:
     from roomd.cluster import _wire
+    from roomd.io import make_keys, read_keypair, read_public_key
     from roomd.io._zmq import SocketType, make_context, open_socket
 
     with trio.fail_after(30):
@@ -242,14 +243,18 @@ async def test_gap_on_the_bus_triggers_a_snapshot(tmp_path: Path) -> None:
             text = cluster.config_path.read_text()
             front = text.split('broker_frontend = "')[1].split('"')[0]
             back = text.split('broker_backend = "')[1].split('"')[0]
+            # A process the broker trusts (its public key is in the key directory).
+            make_keys(tmp_path / "keys", ["ghost"])
+            keys = read_keypair(tmp_path / "keys" / "ghost.key_secret")
+            broker_key = read_public_key(tmp_path / "keys" / "broker.key")
             ctx = make_context()
             try:
                 async with (
-                    open_socket(ctx, SocketType.PUB) as pub,
-                    open_socket(ctx, SocketType.SUB) as sub,
+                    open_socket(ctx, SocketType.PUB, keys=keys) as pub,
+                    open_socket(ctx, SocketType.SUB, keys=keys) as sub,
                 ):
-                    pub.connect(front)
-                    sub.connect(back)
+                    pub.connect(front, broker_key)
+                    sub.connect(back, broker_key)
                     sub.subscribe(_wire.node_topic("ghost"))
                     sub.subscribe(_wire.CONTROL)
                     await sub.receive()  # a real node's heartbeat: our subscription is live

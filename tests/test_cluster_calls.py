@@ -3,16 +3,19 @@ broker process."""
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
 from roomd import HandlerError, Node
-from tests.cluster_support import HEARTBEAT, Proc, free_ports
+from tests.cluster_support import HEARTBEAT, Proc, cluster_keys, free_ports
 from tests.support import connect, make_config, wait_until
 
 pytestmark = pytest.mark.cluster
@@ -36,6 +39,7 @@ class Nodes(dict[str, Node]):
 @asynccontextmanager
 async def embedded_cluster(names: list[str], **sections: dict[str, Any]) -> AsyncIterator[Nodes]:
     front, back = free_ports(2)
+    keys = cluster_keys(Path(tempfile.mkdtemp(prefix="roomd-keys-")), ["broker", *names])
     broker = Proc(
         "broker",
         [
@@ -48,6 +52,8 @@ async def embedded_cluster(names: list[str], **sections: dict[str, Any]) -> Asyn
             f"tcp://127.0.0.1:{back}",
             "--stats-interval",
             "0",
+            "--keys",
+            str(keys),
         ],
     )
     async with trio.open_nursery() as nursery:
@@ -60,6 +66,7 @@ async def embedded_cluster(names: list[str], **sections: dict[str, Any]) -> Asyn
                 "broker_backend": f"tcp://127.0.0.1:{back}",
                 "heartbeat_interval": HEARTBEAT,
                 "call_timeout": 1.0,
+                "keys": str(keys),
             }
             config = make_config(cluster=cluster, **sections)
             nodes = Nodes({name: Node(config, name=name) for name in names})
@@ -71,6 +78,7 @@ async def embedded_cluster(names: list[str], **sections: dict[str, Any]) -> Asyn
         finally:
             broker.kill()
             nursery.cancel_scope.cancel()
+            shutil.rmtree(keys, ignore_errors=True)
 
 
 async def test_cluster_call_gathers_replies_and_names_the_missing() -> None:
@@ -197,16 +205,21 @@ async def test_room_send_with_ack_across_nodes() -> None:
             assert counts == {"acked": 2, "errors": 0, "missing": 1, "nodesMissing": []}
 
 
-async def test_a_node_serves_while_the_broker_is_down_and_joins_once_it_is_up() -> None:
+async def test_a_node_serves_while_the_broker_is_down_and_joins_once_it_is_up(
+    tmp_path: Path,
+) -> None:
     front, back = free_ports(2)
+    keys = cluster_keys(tmp_path / "keys", ["broker", "n1", "n2"])
     cluster = {
         "mode": "broker",
         "broker_frontend": f"tcp://127.0.0.1:{front}",
         "broker_backend": f"tcp://127.0.0.1:{back}",
         "heartbeat_interval": HEARTBEAT,
         "ready_timeout": 0.5,
+        "keys": str(keys),
     }
     endpoints = ["--frontend", cluster["broker_frontend"], "--backend", cluster["broker_backend"]]
+    endpoints += ["--keys", str(keys)]
     broker = Proc("broker", [sys.executable, "-m", "broker", *endpoints, "--stats-interval", "0"])
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:

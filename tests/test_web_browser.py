@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from roomd.node import mint_token
-from tests.cluster_support import free_ports, write_config
+from tests.cluster_support import cluster_keys, free_ports, write_config
 from tests.support import SECRET
 from tests.web_support import REPO, LoggedProcess, chromium, missing
 
@@ -47,13 +47,12 @@ class Cluster:
         bus = {"nodeA": ports[3], "nodeB": ports[4]}
         broker = (ports[5], ports[6])
         config = tmp / "cluster.toml"
-        write_config(config, "broker", ["nodeA", "nodeB"], self.ports, bus, broker)
+        keys = cluster_keys(tmp / "keys", ["broker", "nodeA", "nodeB"])
+        write_config(config, "broker", ["nodeA", "nodeB"], self.ports, bus, broker, keys)
         python = sys.executable
         frontend, backend = (f"tcp://127.0.0.1:{port}" for port in broker)
-        self.broker = LoggedProcess(
-            "broker",
-            [python, "-m", "broker", "--frontend", frontend, "--backend", backend, *QUIET],
-        )
+        endpoints = ["--frontend", frontend, "--backend", backend, "--keys", str(keys)]
+        self.broker = LoggedProcess("broker", [python, "-m", "broker", *endpoints, *QUIET])
         node = [python, "-m", "roomd.cli"]
         self.nodes = {
             name: LoggedProcess(name, [*node, "--name", name, "--config", str(config)])

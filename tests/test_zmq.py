@@ -1,6 +1,7 @@
 """Tests for roomd.io._zmq: the ZeroMQ-on-Trio adapter.
 
-Everything goes over tcp://127.0.0.1 (inproc:// never signals zmq.FD) on ports the OS picks.
+Everything goes over tcp://127.0.0.1 on ports the OS picks; the ZAP handler and socket monitors
+are on inproc://, as libzmq wants them.
 """
 
 from __future__ import annotations
@@ -21,11 +22,18 @@ from roomd.io._zmq import (
     DEFAULT_SNDHWM,
     HEARTBEAT_IVL_MS,
     RECONNECT_IVL_MAX_MS,
+    Handshake,
+    Keypair,
     SocketType,
+    ZapRequest,
     ZmqSocket,
+    curve_keypair,
     make_context,
+    open_monitor,
     open_socket,
+    serve_zap,
 )
+from tests.cluster_support import TcpRelay
 
 Context = zmq.Context[zmq.Socket[bytes]]
 ANY_PORT = "tcp://127.0.0.1:*"
@@ -351,3 +359,132 @@ async def test_blocked_sender_and_blocked_receiver_on_one_socket(ctx: Context) -
                     received += len(await b.receive_batch())
             assert got == [b"to-a"]
             assert received == queued + 1
+
+
+# CurveZMQ ----------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def curve_server(
+    ctx: Context, trusted: set[str], requests: list[ZapRequest]
+) -> AsyncIterator[tuple[ZmqSocket, Keypair]]:
+    """A CURVE PUB bound on 127.0.0.1, and its context's ZAP handler (a Trio task) letting in
+    the keys of ``trusted``; every request is recorded in ``requests``."""
+    server = curve_keypair()
+
+    def authorize(request: ZapRequest) -> bool:
+        requests.append(request)
+        return request.public_key in trusted
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_zap, ctx, authorize)
+        async with open_socket(ctx, SocketType.PUB, keys=server, zap_domain="test") as pub:
+            yield pub, server
+        nursery.cancel_scope.cancel()
+
+
+async def flows(pub: ZmqSocket, sub: ZmqSocket, message: bytes) -> bool:
+    """Whether ``message`` published now and again reaches ``sub`` within a second."""
+    with trio.move_on_after(1.0):
+        while True:
+            pub.send_nowait(message)
+            with trio.move_on_after(0.02):
+                if message in await sub.receive_batch():
+                    return True
+    return False
+
+
+async def test_curve_lets_in_trusted_keys_only_and_encrypts(ctx: Context) -> None:
+    friend, stranger = curve_keypair(), curve_keypair()
+    requests: list[ZapRequest] = []
+    with trio.fail_after(10):
+        async with (
+            curve_server(ctx, {friend.public}, requests) as (pub, server),
+            trio.open_nursery() as nursery,
+        ):
+            endpoint = pub.bind(ANY_PORT)
+            relay = TcpRelay(("127.0.0.1", int(endpoint.rsplit(":", 1)[1])))
+            relayed = f"tcp://127.0.0.1:{await nursery.start(relay.run)}"
+            async with (
+                open_socket(ctx, SocketType.SUB, keys=friend) as good,
+                open_socket(ctx, SocketType.SUB, keys=stranger) as bad,
+            ):
+                with pytest.raises(ValueError, match="needs the server's key"):
+                    good.connect(endpoint)
+                monitor = open_monitor(ctx, bad, "bad")
+                for sub in (good, bad):
+                    sub.subscribe(b"r:")
+                good.connect(relayed, server.public)
+                bad.connect(endpoint, server.public)
+                event = await monitor.next_event()
+                assert (event.what, event.endpoint, event.value) == (
+                    Handshake.REFUSED,
+                    endpoint,
+                    400,
+                )
+                assert await flows(pub, good, b"r:the-secret-room plain-text-payload")
+                with trio.move_on_after(0.1):
+                    assert not await bad.receive_batch()
+                await monitor.aclose()
+            nursery.cancel_scope.cancel()
+    keys = {(r.domain, r.address, r.mechanism, r.public_key) for r in requests}
+    assert keys == {
+        ("test", "127.0.0.1", "CURVE", friend.public),
+        ("test", "127.0.0.1", "CURVE", stranger.public),
+    }
+    assert relay.connections == 1 and len(relay.seen) > 200
+    assert b"secret-room" not in relay.seen and b"plain-text" not in relay.seen
+    assert b"CURVE" in relay.seen  # the handshake names its mechanism: this is the bus's traffic
+
+
+async def test_without_curve_the_relay_sees_the_plain_text(ctx: Context) -> None:
+    # The control for the test above: the same relay reads an insecure connection.
+    with trio.fail_after(10):
+        async with (
+            open_socket(ctx, SocketType.PUB) as pub,
+            open_socket(ctx, SocketType.SUB) as sub,
+            trio.open_nursery() as nursery,
+        ):
+            endpoint = pub.bind(ANY_PORT)
+            relay = TcpRelay(("127.0.0.1", int(endpoint.rsplit(":", 1)[1])))
+            sub.subscribe(b"r:")
+            sub.connect(f"tcp://127.0.0.1:{await nursery.start(relay.run)}")
+            assert await flows(pub, sub, b"r:the-secret-room plain-text-payload")
+            nursery.cancel_scope.cancel()
+    assert b"r:the-secret-room plain-text-payload" in relay.seen
+
+
+async def test_many_handshakes_at_once_are_all_answered(ctx: Context) -> None:
+    # The ZAP handler's REP is on inproc:// and wakes its Trio task through zmq.FD.
+    clients = [curve_keypair() for _ in range(30)]
+    requests: list[ZapRequest] = []
+    with trio.fail_after(10):
+        async with curve_server(ctx, {c.public for c in clients}, requests) as (pub, server):
+            endpoint = pub.bind(ANY_PORT)
+            subs = [open_socket(ctx, SocketType.SUB, keys=c) for c in clients]
+            try:
+                for sub in subs:
+                    sub.subscribe(b"")
+                    sub.connect(endpoint, server.public)
+                for sub in subs:
+                    assert await flows(pub, sub, b"hello")
+            finally:
+                for sub in subs:
+                    await sub.aclose()
+    assert len(requests) == len(clients)
+
+
+async def test_a_security_mismatch_is_reported(ctx: Context) -> None:
+    requests: list[ZapRequest] = []
+    with trio.fail_after(10):
+        async with (
+            curve_server(ctx, set(), requests) as (pub, _),
+            open_socket(ctx, SocketType.SUB) as plain,
+        ):
+            endpoint = pub.bind(ANY_PORT)
+            monitor = open_monitor(ctx, plain, "plain")
+            plain.connect(endpoint)
+            event = await monitor.next_event()
+            assert (event.what, event.endpoint) == (Handshake.MISMATCH, endpoint)
+            await monitor.aclose()
+    assert requests == []  # a mechanism mismatch never reaches the ZAP handler

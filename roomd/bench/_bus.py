@@ -12,7 +12,10 @@ Publisher side:
 
 ``pub``      build the messages (``messages``, ``bytes``), open the PUB (``path``: ``broker``
              connects to ``frontend``, ``direct`` binds a port) and a PULL for acknowledgements;
-             answers the endpoints for the subscriber
+             answers the endpoints for the subscriber. With ``keys`` (a key directory) the PUB
+             speaks CurveZMQ as a node's does, with the keypair :data:`SENDER` (made there if
+             missing): to the broker (``broker.key``), or as the server of the direct path
+             (its ZAP handler lets in the keys of the directory)
 ``probe``    publish one probe
 ``publish``  publish every message with ``send_nowait``, a checkpoint every ``checkpoint``
              messages, at most ``window`` of them unacknowledged (0: no limit; when the window
@@ -22,8 +25,9 @@ Publisher side:
 
 Subscriber side:
 
-``sub``      open the SUB (subscribed to :data:`TOPIC`, connected to ``endpoint``) and a PUSH to
-             the publisher's ``acks`` endpoint
+``sub``      open the SUB (subscribed to :data:`TOPIC`, connected to ``endpoint``, with
+             ``keys`` CurveZMQ to ``server_key``) and a PUSH to the publisher's ``acks``
+             endpoint
 ``probed``   whether a probe arrived within ``wait`` seconds (a SUB misses what is published
              before its subscription reached the publisher: the slow joiner)
 ``arm``      read until nothing arrived for 0.1 s, then count ``messages`` in the background,
@@ -48,11 +52,13 @@ raises is answered with ``{"error": ...}``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
 import traceback
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, Final
 
 import attrs
@@ -61,7 +67,21 @@ import trio
 import zmq
 
 from ..cluster import _wire
-from ..io import SocketType, ZmqSocket, make_context, open_socket
+from ..io import (
+    Keypair,
+    SocketType,
+    TrustedKeys,
+    ZapRequest,
+    ZmqSocket,
+    make_context,
+    make_keys,
+    open_socket,
+    public_key_path,
+    read_keypair,
+    read_public_key,
+    secret_key_path,
+    serve_zap,
+)
 from . import _stats
 
 TOPIC: Final = _wire.node_topic("bench-bus")  # no node subscribes to it
@@ -204,6 +224,7 @@ class BusEnd:
         self._built_for = (0, -1)  # (count, size) of self.messages
         self.tally: Tally | None = None
         self._counting: trio.CancelScope | None = None
+        self._zap = False  # the ZAP handler of the direct path's CurveZMQ runs
         self.commands: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
             "pub": self.pub,
             "probe": self.probe,
@@ -233,17 +254,27 @@ class BusEnd:
         if wanted != self._built_for:
             self.messages, self._built_for = build(*wanted), wanted
         await self.close(cmd)
-        self.sock = pub = open_socket(self.ctx, SocketType.PUB)
+        keys = _keypair(cmd.get("keys"))
+        if keys is not None and cmd["path"] == "direct" and not self._zap:
+            trusted = TrustedKeys(Path(cmd["keys"]))
+            await self.nursery.start(serve_zap, self.ctx, _trusting(trusted))
+            self._zap = True
+        self.sock = pub = open_socket(self.ctx, SocketType.PUB, keys=keys)
         self.acks = acks = open_socket(self.ctx, SocketType.PULL)
+        server_key = None
         if cmd["path"] == "broker":
-            pub.connect(cmd["frontend"])
+            if keys is not None:
+                server_key = read_public_key(public_key_path(cmd["keys"], "broker"))
+            pub.connect(cmd["frontend"], server_key)
             endpoint = cmd["backend"]
         elif cmd["path"] == "direct":
             endpoint = pub.bind("tcp://127.0.0.1:*")
+            server_key = keys.public if keys is not None else None
         else:
             raise ValueError(f"unknown path {cmd['path']!r}")
         return {
             "endpoint": endpoint,
+            "server_key": server_key,
             "acks": acks.bind("tcp://127.0.0.1:*"),
             "message_bytes": round(self.messages.mean_bytes, 1),
         }
@@ -292,10 +323,10 @@ class BusEnd:
 
     async def sub(self, cmd: dict[str, Any]) -> dict[str, Any]:
         await self.close(cmd)
-        self.sock = sub = open_socket(self.ctx, SocketType.SUB)
+        self.sock = sub = open_socket(self.ctx, SocketType.SUB, keys=_keypair(cmd.get("keys")))
         self.acks = acks = open_socket(self.ctx, SocketType.PUSH)
         sub.subscribe(TOPIC)
-        sub.connect(cmd["endpoint"])
+        sub.connect(cmd["endpoint"], cmd.get("server_key"))
         acks.connect(cmd["acks"])
         return {}
 
@@ -361,6 +392,24 @@ class BusEnd:
                 await sock.aclose()
         self.sock = self.acks = None
         return {}
+
+
+def _keypair(directory: str | None) -> Keypair | None:
+    """The bench's own keypair (:data:`SENDER`) in the key directory, made if missing."""
+    if directory is None:
+        return None
+    path = secret_key_path(directory, SENDER)
+    if not path.exists():
+        with contextlib.suppress(FileExistsError):  # (the other process made it meanwhile)
+            make_keys(directory, [SENDER])
+    return read_keypair(path)
+
+
+def _trusting(trusted: TrustedKeys) -> Callable[[ZapRequest], bool]:
+    def authorize(request: ZapRequest) -> bool:
+        return request.public_key is not None and request.public_key in trusted
+
+    return authorize
 
 
 async def _scoped(

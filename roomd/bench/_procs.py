@@ -33,7 +33,7 @@ import orjson
 import trio
 
 from .._config import load_config
-from .._launcher import plan, stop_processes
+from .._launcher import ensure_keys, plan, stop_processes
 
 STOP_GRACE: Final = 5.0
 KEEP_LINES: Final = 10_000  # output lines kept per process
@@ -241,6 +241,7 @@ class Cluster:
     broker_pid: int | None = None
     broker_endpoints: tuple[str, str] | None = None  # frontend, backend (when started here)
     control: ClusterControl | None = None  # when started here
+    keys: str | None = None  # the key directory of its CurveZMQ bus (None: insecure)
 
 
 @attrs.frozen
@@ -253,6 +254,7 @@ class ClusterOptions:
     # session and fault workloads measure what the defaults give)
     heartbeat: float | None = 1.0
     drain_period: float | None = None  # shutdown.drain_period (None: the node's default)
+    insecure: bool = False  # a plaintext bus (cluster.insecure) instead of CurveZMQ
 
 
 def cluster_toml(
@@ -261,6 +263,7 @@ def cluster_toml(
     broker: tuple[int, int],
     options: ClusterOptions = ClusterOptions(),
     tls: tuple[Path, Path] | None = None,
+    keys: Path | None = None,
 ) -> str:
     """The cluster file of a benchmark: dev auth, limits out of the workloads' way."""
     frontend, backend = (f"tcp://127.0.0.1:{p}" for p in broker)
@@ -284,6 +287,7 @@ def cluster_toml(
         'mode = "broker"',
         f'broker_frontend = "{frontend}"',
         f'broker_backend = "{backend}"',
+        "insecure = true" if options.insecure or keys is None else f'keys = "{keys}"',
     ]
     if options.heartbeat is not None:
         lines += [f"heartbeat_interval = {options.heartbeat}", "heartbeat_misses = 3"]
@@ -312,10 +316,12 @@ async def local_cluster(
     with tempfile.TemporaryDirectory(prefix="roomd-bench-") as tmp:
         path = Path(tmp) / "cluster.toml"
         tls = self_signed(Path(tmp)) if options.tls else None
-        path.write_text(cluster_toml(names, ports[:count], (ports[-2], ports[-1]), options, tls))
-        children = [
-            Child(c.name, c.argv) for c in plan(load_config(path), path, ["--log-level", "INFO"])
-        ]
+        keys = None if options.insecure else Path(tmp) / "keys"
+        broker_ports = (ports[-2], ports[-1])
+        path.write_text(cluster_toml(names, ports[:count], broker_ports, options, tls, keys))
+        config = load_config(path)
+        ensure_keys(config)
+        children = [Child(c.name, c.argv) for c in plan(config, path, ["--log-level", "INFO"])]
         async with trio.open_nursery() as nursery:
             try:
                 with trio.move_on_after(start_timeout) as scope:
@@ -335,6 +341,7 @@ async def local_cluster(
                         broker.pid,
                         (f"tcp://127.0.0.1:{ports[-2]}", f"tcp://127.0.0.1:{ports[-1]}"),
                         ClusterControl({c.name: c for c in children}, nursery),
+                        str(keys) if keys is not None else None,
                     )
                 except BenchError as exc:
                     dead = [c for c in children if c.process and c.process.returncode is not None]

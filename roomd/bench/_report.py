@@ -321,10 +321,11 @@ def _bus_lines(bus: dict[str, Any]) -> list[str]:
             ]
         )
     window = f"at most {bus['window']:,} unacknowledged" if bus["window"] else "no window"
+    security = "CurveZMQ" if bus.get("secure") else "plaintext"
     return [
         *_table(rows),
         f"bus: {bus['messages']:,} messages of {bus['message_bytes']:.0f} bytes (users pushes) "
-        f"from a PUB process to a SUB process, {window}, a checkpoint every "
+        f"from a PUB process to a SUB process ({security}), {window}, a checkpoint every "
         f"{bus['checkpoint']} sends; messages/s = received / (last arrival - first send)",
     ]
 

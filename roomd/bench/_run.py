@@ -182,6 +182,11 @@ def _parser() -> argparse.ArgumentParser:
         help="the nodes serve wss:// with a certificate made for the run (openssl)",
     )
     g.add_argument(
+        "--bus-insecure",
+        action="store_true",
+        help="a plaintext bus (cluster.insecure) instead of CurveZMQ, for comparison",
+    )
+    g.add_argument(
         "--timeout", type=float, default=d.timeout, help="phase limit beyond sending (60 s)"
     )
     g.add_argument("--json", metavar="FILE", help="write the full results as JSON")
@@ -247,6 +252,7 @@ def parse_settings(argv: Sequence[str]) -> tuple[Settings, str | None, int]:
         compress=args.compress,
         compress_threshold=args.compress_threshold,
         tls=args.tls,
+        bus_insecure=args.bus_insecure,
         timeout=args.timeout,
         profile=args.profile,
         logs=args.logs,
@@ -281,7 +287,9 @@ async def _cluster(
     heartbeat, for the session and fault workloads; its logs in a directory named ``label``
     under ``--logs``), or the one of ``--urls``."""
     if not settings.urls:
-        options = ClusterOptions(settings.compress_threshold, settings.tls)
+        options = ClusterOptions(
+            settings.compress_threshold, settings.tls, insecure=settings.bus_insecure
+        )
         if defaults:
             options = attrs.evolve(options, heartbeat=None, drain_period=settings.drain_period)
         logs = settings.logs
@@ -398,7 +406,7 @@ async def _bus(settings: Settings, cluster: Cluster) -> dict[str, Any]:
         drivers(1, "roomd.bench._bus", "bus-sub") as sub,
     ):
         bench = Bench(settings, cluster.nodes, cluster.broker_pid, [*pub, *sub])
-        return await run_bus(bench, cluster.broker_endpoints)
+        return await run_bus(bench, cluster.broker_endpoints, cluster.keys)
 
 
 async def _on_signal(

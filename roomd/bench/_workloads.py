@@ -89,6 +89,7 @@ class Settings:
     compress: bool = False  # the drivers offer permessage-deflate
     compress_threshold: int | None = None  # the nodes' compression.threshold (None: default)
     tls: bool = False  # the nodes serve TLS (a certificate made for the run), the drivers use it
+    bus_insecure: bool = False  # no CurveZMQ on the cluster's bus (nor on the bus workload's)
     timeout: float = 60.0  # a phase's limit beyond its sending time
     grace: float = 0.3  # seconds of listening for duplicates after the last expected delivery
     quiet: float = 0.5  # seconds without traffic that count as settled
@@ -494,11 +495,14 @@ async def run_w3(bench: Bench) -> dict[str, Any]:
 # bus -------------------------------------------------------------------------------------------
 
 
-async def run_bus(bench: Bench, endpoints: tuple[str, str]) -> dict[str, Any]:
+async def run_bus(
+    bench: Bench, endpoints: tuple[str, str], keys: str | None = None
+) -> dict[str, Any]:
     """The bus through the broker at ``endpoints`` (frontend, backend), then directly. The
-    drivers of ``bench`` are the publisher and the subscriber process (:mod:`._bus`)."""
+    drivers of ``bench`` are the publisher and the subscriber process (:mod:`._bus`); with
+    ``keys`` (the cluster's key directory) both speak CurveZMQ, as nodes do."""
     paths = BUS_PATHS if bench.settings.bus_direct else BUS_PATHS[:1]
-    results = {path: await _bus_path(bench, path, endpoints) for path in paths}
+    results = {path: await _bus_path(bench, path, endpoints, keys) for path in paths}
     broker = results["broker"]
     return {
         "messages": broker["messages"],
@@ -509,20 +513,23 @@ async def run_bus(bench: Bench, endpoints: tuple[str, str]) -> dict[str, Any]:
         **{k: sum(r[k] for r in results.values()) for k in ("sent", "received", "lost")},
         "duplicates": sum(r["duplicates"] for r in results.values()),
         "timed_out": any(r["timed_out"] for r in results.values()),
+        "secure": keys is not None,
         "paths": results,
         **({"dead_nodes": bench.dead_nodes()} if bench.dead_nodes() else {}),
     }
 
 
-async def _bus_path(bench: Bench, path: str, endpoints: tuple[str, str]) -> dict[str, Any]:
+async def _bus_path(
+    bench: Bench, path: str, endpoints: tuple[str, str], keys: str | None
+) -> dict[str, Any]:
     """One run over ``path``; CPU is read around the publishing and collecting only."""
     s, (pub, sub) = bench.settings, bench.drivers
     size = {"messages": s.bus_messages, "bytes": s.bus_bytes}
     opening = {"cmd": "pub", "path": path, "frontend": endpoints[0], "backend": endpoints[1]}
-    opened = await pub.request(opening | size, MARGIN)
-    await sub.request(
-        {"cmd": "sub", "endpoint": opened["endpoint"], "acks": opened["acks"]}, MARGIN
-    )
+    opened = await pub.request(opening | size | {"keys": keys}, MARGIN)
+    subscribing = {"cmd": "sub", "endpoint": opened["endpoint"], "acks": opened["acks"]}
+    subscribing |= {"keys": keys, "server_key": opened["server_key"]}
+    await sub.request(subscribing, MARGIN)
     setup = await _join(pub, sub, path)
     ack_every = max(1, s.bus_window // BUS_ACKS_PER_WINDOW) if s.bus_window else 0
     arm = {"cmd": "arm", "ack_every": ack_every}

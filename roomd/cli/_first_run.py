@@ -20,6 +20,7 @@ from typing import Final
 import attrs
 
 from .._config import Config
+from .._config import state_directory as _state_directory
 from ..node import OPERATOR_CLAIM, mint_token
 
 SECRET_FILE: Final = "secret"
@@ -40,14 +41,8 @@ class StoredSecret:
 
 
 def state_directory(config: Config, environ: Mapping[str, str] | None = None) -> Path:
-    """Where a node keeps its state: ``node.state_dir`` (which ``ROOMD_STATE_DIR`` overrides,
-    see :func:`~roomd.load_config`), else ``$XDG_STATE_HOME/roomd``, else
-    ``~/.local/state/roomd``."""
-    if config.node.state_dir:
-        return Path(config.node.state_dir).expanduser()
-    env = os.environ if environ is None else environ
-    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base).expanduser() / "roomd"
+    """Where a node keeps its state (see :func:`roomd._config.state_directory`)."""
+    return _state_directory(config.node, environ)
 
 
 def stored_secret(directory: Path, *, create: bool = True) -> StoredSecret | None:

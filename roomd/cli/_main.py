@@ -13,11 +13,13 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 
 import trio
 
-from .._config import Config, ConfigError, load_config
+from .._config import Config, ConfigError, key_directory, load_config
 from .._version import __version__
+from ..io import make_keys, read_public_key
 from ..node import OPERATOR_CLAIM, Node, check_secret, mint_token
 from ._first_run import StateError, StoredSecret, operator_name, signin_links, use_stored_secret
 
@@ -34,7 +36,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def _serve_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="roomd",
-        description="Run a roomd node. Other commands: token, drain, cluster, chat, "
+        description="Run a roomd node. Other commands: token, drain, keys, cluster, chat, "
         "discover, bench (roomd COMMAND --help).",
     )
     parser.add_argument("--version", action="version", version=f"roomd {__version__}")
@@ -59,9 +61,28 @@ def _serve_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--cluster", choices=["none", "broker", "mesh"], help="cluster mode")
     cluster.add_argument("--broker-frontend", metavar="ENDPOINT", help="broker XSUB endpoint")
     cluster.add_argument("--broker-backend", metavar="ENDPOINT", help="broker XPUB endpoint")
-    cluster.add_argument("--bus", metavar="ENDPOINT", help="mesh: this node's PUB endpoint")
     cluster.add_argument(
-        "--peer", action="append", default=[], metavar="ENDPOINT", help="mesh: a peer's bus"
+        "--bus", metavar="ENDPOINT", help="mesh: where the other nodes reach this node's PUB"
+    )
+    cluster.add_argument(
+        "--bus-bind", metavar="ENDPOINT", help="mesh: what this node's PUB binds (default: --bus)"
+    )
+    cluster.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="NAME=ENDPOINT",
+        help="mesh: a peer's name and bus (its key is NAME.key in the key directory)",
+    )
+    cluster.add_argument(
+        "--keys",
+        metavar="DIR",
+        help="the key directory: NAME.key_secret (this node), the brokers' and peers' *.key",
+    )
+    cluster.add_argument(
+        "--insecure-bus",
+        action="store_true",
+        help="no CurveZMQ (cluster.insecure): a plaintext bus that anyone who reaches it may use",
     )
     _common(parser)
     return parser
@@ -107,6 +128,25 @@ def _drain_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _keys_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="roomd keys",
+        description="Make CurveZMQ keypairs for the cluster bus: NAME.key (the public key, to "
+        "give to the brokers and nodes it meets) and NAME.key_secret (mode 0600, for the "
+        "process of that name only), in the key directory.",
+    )
+    parser.add_argument("names", nargs="+", metavar="NAME", help="a node's or a broker's name")
+    parser.add_argument(
+        "--dir",
+        metavar="DIR",
+        help="the key directory (default: cluster.keys of --config, else keys in the state "
+        "directory)",
+    )
+    parser.add_argument("--force", action="store_true", help="replace existing key files")
+    _common(parser)
+    return parser
+
+
 def _load(path: str | None) -> Config:
     try:
         return load_config(path)
@@ -146,7 +186,10 @@ def serve(argv: Sequence[str]) -> int:
     section.broker_frontend = args.broker_frontend or section.broker_frontend
     section.broker_backend = args.broker_backend or section.broker_backend
     section.bus = args.bus or section.bus
+    section.bus_bind = args.bus_bind or section.bus_bind
     section.peers = args.peer or section.peers
+    section.keys = args.keys or section.keys
+    section.insecure = args.insecure_bus or section.insecure
     name = args.name or config.node.name
     _setup_logging(args.log_level, name)
     stored = _secret(config, create=True)
@@ -263,14 +306,34 @@ def drain(argv: Sequence[str]) -> int:
     return 0
 
 
+def keys(argv: Sequence[str]) -> int:
+    """``roomd keys NAME...``: a keypair for each name, in the key directory."""
+    args = _keys_parser().parse_args(argv)
+    config = _load(args.config)
+    directory = Path(args.dir).expanduser() if args.dir else key_directory(config)
+    try:
+        written = make_keys(directory, args.names, force=args.force)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"roomd keys: {exc}") from None
+    for name, (public, secret) in zip(args.names, written, strict=True):
+        print(f"{name}: {public} (public key {read_public_key(public)}), {secret} (secret)")
+    return 0
+
+
 def cluster(argv: Sequence[str]) -> int:
-    from .._launcher import plan, run_children
+    from .._launcher import ensure_keys, plan, run_children
 
     args = _cluster_parser().parse_args(argv)
     config = _load(args.config)
     if not config.cluster.nodes:
         raise SystemExit(f"roomd: {args.config} lists no [[cluster.nodes]]")
     node_args = [a for a in args.node_args if a != "--"]
+    try:
+        made = ensure_keys(config)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"roomd cluster: {exc}") from None
+    if made:
+        print(f"made CurveZMQ keys for {', '.join(made)} in {key_directory(config)}", flush=True)
     return trio.run(run_children, plan(config, args.config, node_args), not args.no_color)
 
 
@@ -293,6 +356,7 @@ def bench(argv: Sequence[str]) -> int:
 
 
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "keys": keys,
     "token": token,
     "drain": drain,
     "cluster": cluster,

@@ -20,9 +20,9 @@ from .._config import ClusterSection
 from ..io import Flusher
 from ..protocol import ErrorCode, PushTemplate, RequestTimeout, RoomdError
 from . import _wire
-from ._bus import Bus
 from ._calls import Calls, Reply, error_body, run_handler
 from ._host import ClusterHost
+from ._setup import make_bus
 from ._streaming import (
     COPY,
     READ,
@@ -81,6 +81,12 @@ class BusPort(Protocol):
 
     def unsubscribe(self, topic: bytes) -> None: ...
 
+    def details(self) -> dict[str, Any]: ...
+
+    def paths_live(self) -> int: ...
+
+    def complete(self) -> bool: ...
+
 
 BatchHandler = Callable[[list[bytes]], None]
 BusFactory = Callable[[BatchHandler], BusPort]
@@ -118,16 +124,7 @@ class Cluster:
         self.bus: BusPort = (
             bus(self._on_batch)
             if bus is not None
-            else Bus(
-                name,
-                flusher=flusher,
-                mode=section.mode,
-                on_batch=self._on_batch,
-                frontend=section.broker_frontend,
-                backend=section.broker_backend,
-                bind=section.bus,
-                peers=section.mesh_peers(name),
-            )
+            else make_bus(name, section, flusher=flusher, on_batch=self._on_batch)
         )
         self.calls = Calls(
             name, timeout=section.call_timeout, nodes_up=view.nodes_up, publish=self._publish_call
@@ -342,14 +339,21 @@ class Cluster:
         self.host.apply_effects(effects)
 
     def _check_bus(self, now: float) -> None:
-        """The bus is live while this node's own heartbeats come back through it."""
-        live = now - self._echo_at <= self.timeout
+        """The bus is live while this node's own heartbeats come back through it, and every
+        topic has a way through it (with sharded brokers: every shard has a live broker)."""
+        live = now - self._echo_at <= self.timeout and self.bus.complete()
         if live != self._bus_live:
             self._bus_live = live
             self._note_synced()
             if live:
                 log.info("%s: bus is live (its own heartbeats come back)", self.name)
                 self._heard_again(now)
+            elif not self.bus.complete():
+                log.warning(
+                    "%s: bus is down (every broker of a shard is down: the topics it carries "
+                    "have no way through); the view of the cluster is held until it is back",
+                    self.name,
+                )
             else:
                 log.warning(
                     "%s: bus is down (none of its own heartbeats came back for %.1f s); the "
@@ -720,6 +724,7 @@ class Cluster:
                 "dropped": self.bus.dropped,
                 "badMessages": self.bad_messages,
                 "snapshotsRequested": self.snapshots_requested,
+                **self.bus.details(),
             },
         }
 
@@ -728,15 +733,30 @@ class Cluster:
             "cluster_nodes_up": len(self.view.nodes_up()),
             "cluster_users_online": self.view.online_count(),
             "bus_live": int(self._bus_live),
+            "bus_brokers_live": self.bus.paths_live() if self.mode == "broker" else 0,
         }
 
     def counters(self) -> dict[str, tuple[str, float]]:
         bus = self.bus
+        details = bus.details()
         return {
             "bus_published": ("Messages published on the bus.", bus.published),
             "bus_received": ("Messages received from the bus.", bus.received),
             "bus_dropped": ("Messages the bus could not send.", bus.dropped),
             "bus_bad_messages": ("Bus messages that could not be handled.", self.bad_messages),
+            "bus_duplicates": (
+                "Copies of bus messages dropped (they came through another broker first).",
+                details.get("duplicates", 0),
+            ),
+            "bus_broker_outages": ("Times a broker was found down.", details.get("outages", 0)),
+            "bus_refused": (
+                "Connections to this node's bus refused (an unknown key).",
+                details.get("refused", 0),
+            ),
+            "bus_handshake_failures": (
+                "Connections of this node's bus that a broker or peer refused or failed.",
+                details.get("handshakeFailures", 0),
+            ),
             "snapshots_requested": (
                 "Presence snapshots asked of other nodes.",
                 self.snapshots_requested,

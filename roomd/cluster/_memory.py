@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable
+from typing import Any
 
 import trio
 
@@ -104,6 +105,15 @@ class MemoryBus:
         finally:
             self.running = False
             self.topics.clear()
+
+    def details(self) -> dict[str, Any]:
+        return {}
+
+    def paths_live(self) -> int:
+        return 1 if self.running else 0
+
+    def complete(self) -> bool:
+        return self.running
 
     def publish(self, message: bytes) -> None:
         if self.running and self.network._publish(self.name, message):

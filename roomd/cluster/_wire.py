@@ -3,7 +3,8 @@
 ``topic`` ``\\x00`` ``node`` ``\\x00`` msgpack ``[kind, epoch, seq, body]``
 
 Topics end with ``\\x00`` (names never contain control characters), so a subscription to room
-``a`` never matches room ``ab``. A node subscribes to what it hosts: the rooms with a local
+``a`` never matches room ``ab``. With brokers in several shards, each topic travels through the
+brokers of one shard (:func:`shard_of`). A node subscribes to what it hosts: the rooms with a local
 member (``r``), its own node topic (``n``), and the broadcast (``a``) and control (``c``) topics;
 XPUB/XSUB forwards subscriptions upstream, so a message travels only to nodes interested in it.
 Pushes to users go to the topics of the nodes where those users are connected (the presence
@@ -17,6 +18,7 @@ start). Presence deltas carry their own gap-free numbering in their body (see ``
 
 from __future__ import annotations
 
+import zlib
 from typing import Any, Final
 
 import attrs
@@ -41,6 +43,21 @@ class Kind:
     SEQUENCE: Final = "seq"  # [stream, draft entry, hops]: to the stream's sequencer
     ENTRY: Final = "entry"  # [stream, entry]: a numbered message, to the stream's readers
     CONFIRM: Final = "confirm"  # [stream, message_id, epoch, offset]: to the sender's node
+
+
+def probe_topic(node: str, shard: int) -> bytes:
+    """The topic of ``node``'s probes through the brokers of ``shard``."""
+    return b"p" + node.encode() + b"\x1f" + str(shard).encode() + b"\x00"
+
+
+def shard_of(topic: bytes, shards: int) -> int:
+    """The shard whose brokers carry ``topic``: a stable hash (CRC-32) of it, the same on every
+    node; a probe names its own."""
+    if shards <= 1:
+        return 0
+    if topic.startswith(b"p"):
+        return int(topic[topic.rfind(b"\x1f") + 1 : -1]) % shards
+    return zlib.crc32(topic) % shards
 
 
 def room_topic(ns: str, room: str) -> bytes:
@@ -89,6 +106,42 @@ def encode(topic: bytes, kind: str, node: str, epoch: int, seq: int, body: Any) 
 def is_from(message: bytes, marker: bytes) -> bool:
     """Whether ``message`` was published by the node whose :func:`origin_marker` is given."""
     return message.startswith(marker, message.find(b"\x00") + 1)
+
+
+_UINT_WIDTHS: Final = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}  # msgpack uint 8/16/32/64
+
+
+def stamp(message: bytes) -> tuple[bytes, int, int] | None:
+    """The (origin, epoch, seq) of a message, read without decoding it (its msgpack part
+    starts with a 4-array whose first item is a short string); None if it is not a bus
+    message of this shape."""
+    end = message.find(b"\x00")
+    origin_end = message.find(b"\x00", end + 1)
+    if end < 0 or origin_end < 0:
+        return None
+    i = origin_end + 1
+    try:
+        if message[i] != 0x94 or not 0xA0 <= message[i + 1] <= 0xBF:
+            return None
+        i += 2 + (message[i + 1] & 0x1F)
+        epoch, i = _uint(message, i)
+        seq, _ = _uint(message, i)
+    except IndexError:
+        return None
+    if epoch < 0 or seq < 0:
+        return None
+    return message[end + 1 : origin_end], epoch, seq
+
+
+def _uint(data: bytes, i: int) -> tuple[int, int]:
+    """The msgpack unsigned integer at ``data[i]`` and the index after it (-1: not one)."""
+    head = data[i]
+    if head < 0x80:
+        return head, i + 1
+    width = _UINT_WIDTHS.get(head)
+    if width is None or i + 1 + width > len(data):
+        return -1, i
+    return int.from_bytes(data[i + 1 : i + 1 + width], "big"), i + 1 + width
 
 
 def decode(message: bytes) -> Envelope:

@@ -1,7 +1,7 @@
 // Real roomd nodes as child processes for the tests of roomd.js, and small async helpers.
 // Run by tests/test_web_js.py: ROOMD_PYTHON is the Python that has roomd installed.
 
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -138,10 +138,17 @@ export async function freePorts(count) {
 
 /**
  * A broker and `names.length` development nodes in one cluster (fast heartbeats: a killed node
- * is known to be down within a second). Resolves once every node sees all the others.
+ * is known to be down within a second; a CurveZMQ bus, keys made for the run). Resolves once
+ * every node sees all the others.
  */
 export async function startCluster(names, extra = []) {
   const [frontend, backend] = (await freePorts(2)).map((port) => `tcp://127.0.0.1:${port}`);
+  const keys = join(mkdtempSync(join(tmpdir(), "roomd-js-keys-")), "keys");
+  const made = spawnSync(PYTHON, ["-m", "roomd.cli", "keys", "broker", ...names, "--dir", keys], {
+    cwd: REPO,
+    encoding: "utf8",
+  });
+  if (made.status !== 0) throw new Error(`roomd keys failed:\n${made.stderr}`);
   const config = configFile([
     "[auth]",
     "dev = true",
@@ -149,13 +156,14 @@ export async function startCluster(names, extra = []) {
     'mode = "broker"',
     `broker_frontend = "${frontend}"`,
     `broker_backend = "${backend}"`,
+    `keys = "${keys}"`,
     "heartbeat_interval = 0.2",
     "heartbeat_misses = 3",
     "snapshot_retry = 0.3",
     "call_timeout = 1.0",
     ...extra,
   ]);
-  const brokerArgv = ["-m", "broker", "--frontend", frontend, "--backend", backend];
+  const brokerArgv = ["-m", "broker", "--frontend", frontend, "--backend", backend, "--keys", keys];
   const broker = new NodeProcess(
     [...brokerArgv, "--stats-interval", "0"],
     "broker",
