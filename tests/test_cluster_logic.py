@@ -462,3 +462,35 @@ async def test_a_takeover_waits_for_the_copies_of_nodes_that_answer_late(
         assert late and numbered[0] is not None and numbered[0].offset == 4
         await until(lambda: ("entry", (stream, 4)) in c.host.delivered)
         nursery.cancel_scope.cancel()
+
+
+async def test_the_entry_confirms_a_message_to_a_node_it_reaches(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A sender's node that reads the stream (members of the room there) takes the numbered
+    entry as its confirmation: no separate CONFIRM crosses the bus. A node that does not read
+    it is confirmed on its own."""
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        a, b, c = [await start(nursery, network, n) for n in "abc"]
+        await until(lambda: all(len(n.view.nodes) == 3 for n in (a, b, c)))
+        stream = room_stream(*LOBBY)
+        sequencer = next(n for n in (a, b, c) if n.cluster.sequencer_of(stream) == n.name)
+        reader, other = [n for n in (a, b, c) if n is not sequencer]
+        reader.connect("rita", LOBBY)
+        await until(lambda: all(n.view.room_members(LOBBY) == ["rita"] for n in (a, b, c)))
+        network.log.clear()
+        numbered: dict[str, Position | None] = {}
+        for sender, i in ((reader, 1), (other, 2)):
+            sender.cluster.streams.append(
+                stream,
+                b'"x":%d}' % i,
+                f"m{i}",
+                done=lambda p, n=sender.name: numbered.update({n: p}),
+            )
+            await until(lambda n=sender.name: n in numbered)
+        assert numbered[reader.name] == Position(numbered[reader.name].epoch, 1)  # type: ignore[union-attr]
+        assert numbered[other.name] is not None and numbered[other.name].offset == 2
+        confirms = [decode(m) for _, m in network.log if decode(m).kind == Kind.CONFIRM]
+        assert [env.topic_name() for env in confirms] == [other.name]
+        nursery.cancel_scope.cancel()

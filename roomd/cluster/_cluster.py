@@ -459,10 +459,11 @@ class Cluster:
         self.draining = True
         self._heartbeat()
 
-    def _publish_entry(self, stream: StreamKey, entry: Entry, readers: set[str]) -> None:
+    def _publish_entry(self, stream: StreamKey, entry: Entry, readers: set[str]) -> set[str]:
         """To the stream's readers: a room's on its topic; an inbox's to the nodes where the
         user is connected, as presence says, and those that asked for its tail lately
-        (``readers``: they may know of a connection presence has not told of yet)."""
+        (``readers``: they may know of a connection presence has not told of yet). The nodes
+        it should reach, as this node knows them."""
         body = [stream, entry_to_wire(entry)]
         room = room_of(stream)
         user = user_of(stream)
@@ -480,6 +481,8 @@ class Cluster:
             successor = self._successor(stream)
             if successor is not None:
                 self._publish(_wire.node_topic(successor), Kind.ENTRY, body)
+                nodes.add(successor)
+        return nodes
 
     def _successor(self, stream: StreamKey) -> str | None:
         following = [n for n in self._ranking(stream)[:2] if n != self.name]

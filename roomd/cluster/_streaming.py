@@ -62,7 +62,7 @@ class Outbound:
     def __init__(
         self,
         *,
-        publish_entry: Callable[[StreamKey, Entry, set[str]], None],
+        publish_entry: Callable[[StreamKey, Entry, set[str]], set[str]],
         send_to_sequencer: Callable[[str, StreamKey, Entry, int], None],
         confirm: Callable[[str, StreamKey, str, Position], None],
         call: Callable[[str, str, Any], Awaitable[Any]],
@@ -192,13 +192,17 @@ class StreamService:
         entry, new = self.store.sequencer(stream).number(
             draft.body, draft.message_id, time.time(), draft.skip_user, draft.except_session
         )
+        reached: set[str] = set()
         if new:
             self.host.deliver_entry(stream, entry)
             if self.outbound is not None:
-                self.outbound.publish_entry(stream, entry, self._inbox_readers(stream))
+                reached = self.outbound.publish_entry(stream, entry, self._inbox_readers(stream))
         if origin == self.name:
             self.on_confirm(stream, entry.message_id, entry.position)
-        elif self.outbound is not None:
+        elif self.outbound is not None and origin not in reached:
+            # (A node the entry itself reaches takes it as the confirmation: one bus message
+            # fewer. Should it not arrive there after all, the origin sends the message again
+            # and, numbered already, it is confirmed on its own.)
             self.outbound.confirm(origin, stream, draft.message_id, entry.position)
         return entry
 
