@@ -397,6 +397,9 @@ async def test_bench_smoke(tmp_path: Path) -> None:
     assert "bus path" in report
     micro = results["micro"]
     assert micro["delivered"] > 300 and 0 < micro["decode_us"] < micro["direct_us"]
+    # Across three nodes: (100 to warm up + 3 rounds of 100) in bursts, the same one by one.
+    assert micro["cluster_delivered"] == 2 * (100 + 3 * 100)
+    assert micro["cluster_direct_burst_us"] > 0 and micro["cluster_direct_one_us"] > 0
     # What a node holds: a detached session and a message of history are measured, not zero,
     # and the history measured is the thousand messages sent (a room log keeps 1,000).
     assert micro["detached_session_bytes"] > 200

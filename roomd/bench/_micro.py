@@ -7,7 +7,14 @@ message, none of the kernel's.
 
 * ``direct``: a chat message from one user to another (``send`` to a user, acknowledged);
 * ``room``: a chat message to a room of 100 members on this node (acknowledged);
-* ``decode``: decoding and checking the ``send`` frame alone.
+* ``decode``: decoding and checking the ``send`` frame alone;
+* ``cluster direct``: the same direct message between two nodes of a three-node cluster in this
+  process, on an in-memory bus (:class:`~roomd.cluster.MemoryNetwork`: no ZeroMQ, no broker),
+  the addressee's inbox numbered by the third node: the Python work of all three per message
+  (sender: decode, route, ask the sequencer; sequencer: number, keep, publish the entry,
+  confirm; addressee's node: keep, deliver; sender: acknowledge), in CPU time. Sent in bursts
+  of 100 (``burst``) and one at a time, each waiting for its acknowledgement (``one by one``:
+  what every message costs when nothing batches it, scheduling included).
 
 And what a node holds (``tracemalloc``, bytes allocated and still held):
 
@@ -28,7 +35,7 @@ import orjson
 import trio
 
 from .._config import config_from_dict
-from ..cluster import room_stream
+from ..cluster import MemoryNetwork, room_stream, user_stream
 from ..hub import Connection, RateLimiter
 from ..node import Node
 from ..protocol import Session, decode_client_frame
@@ -53,15 +60,16 @@ class _Outlet:
         raise AssertionError("no event worker expected")
 
 
-def _node() -> Node:
-    config = config_from_dict(
-        {
-            "node": {"name": "micro", "port": 0},
-            "auth": {"dev": True},
-            "limits": {"rate": 1e9, "burst": 10**9},
-        }
-    )
-    return Node(config)
+def _node(name: str = "micro", network: MemoryNetwork | None = None) -> Node:
+    settings: dict[str, Any] = {
+        "node": {"name": name, "host": "127.0.0.1", "port": 0},
+        "auth": {"dev": True},
+        "limits": {"rate": 1e9, "burst": 10**9},
+    }
+    if network is None:
+        return Node(config_from_dict(settings))
+    settings["cluster"] = {"mode": "broker", "insecure": True}
+    return Node(config_from_dict(settings), bus=network.bus(name))
 
 
 def _connect(node: Node, user: str) -> Connection:
@@ -108,6 +116,91 @@ async def _measure(count: int) -> dict[str, float]:
     }
 
 
+class _Counter(_Outlet):
+    """An outlet that wakes a waiter once it has counted ``target`` frames."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        super().__init__()
+        self.nursery = nursery
+        self.target = 0
+        self.reached = trio.Event()
+
+    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        self.nursery.start_soon(fn, *args)
+
+    def send_frame(self, frame: bytes, volatile: bool = False) -> bool:
+        self.frames += 1
+        if self.frames >= self.target:
+            self.reached.set()
+        return True
+
+    async def wait_for(self, frames: int) -> None:
+        if self.frames < frames:
+            self.target, self.reached = frames, trio.Event()
+            await self.reached.wait()
+
+
+async def _measure_cluster(count: int) -> dict[str, float]:
+    """CPU microseconds per direct message across a three-node cluster in this process."""
+    network = MemoryNetwork()
+    nodes = [_node(f"node{i}", network) for i in (1, 2, 3)]
+    async with trio.open_nursery() as nursery:
+        for node in nodes:
+            await nursery.start(node.run)
+        with trio.fail_after(10):
+            while any(len(node.view.nodes) < 3 for node in nodes):  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        # The addressee on node2, its inbox numbered by node3: the three hops of the usual case.
+        bob = next(
+            f"bob{i}"
+            for i in range(1000)
+            if nodes[0].cluster.streams.sequencer_of(user_stream(f"bob{i}")) == "node3"
+        )
+        acks, pushes = _Counter(nursery), _Counter(nursery)
+        alice = Connection(Session("alice"), acks, RateLimiter(1e9, 10**9, 0.0), 0.0)
+        receiver = Connection(Session(bob), pushes, RateLimiter(1e9, 10**9, 0.0), 0.0)
+        nodes[0]._dispatch.on_message(alice, '{"type":"hello","v":1}', False)
+        nodes[1]._dispatch.on_message(receiver, '{"type":"hello","v":1}', False)
+        with trio.fail_after(10):
+            while not all(node.view.remote_hosts([bob]) for node in (nodes[0], nodes[2])):  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        welcomed = pushes.frames
+        frame = _send_frame({"user": bob})
+        on_message = nodes[0]._dispatch.on_message
+
+        async def burst(messages: int) -> None:
+            for _ in range(messages // 100):
+                for _ in range(100):
+                    on_message(alice, frame, False)
+                await acks.wait_for(acks.frames + 100)
+
+        async def one_by_one(messages: int) -> None:
+            for _ in range(messages):
+                on_message(alice, frame, False)
+                await acks.wait_for(acks.frames + 1)
+
+        async def cpu_per(run: Callable[[int], Awaitable[None]], messages: int) -> float:
+            await run(min(200, messages))  # warm up (the inbox's first message takes it over)
+            best = float("inf")
+            for _ in range(3):
+                delivered = pushes.frames
+                start = time.process_time()
+                with trio.fail_after(60):
+                    await run(messages)
+                    await pushes.wait_for(delivered + messages)
+                best = min(best, (time.process_time() - start) / messages)
+            return best * 1e6
+
+        result = {
+            "cluster_direct_burst_us": await cpu_per(burst, max(100, count // 4 // 100 * 100)),
+            "cluster_direct_one_us": await cpu_per(one_by_one, max(100, count // 20)),
+        }
+        result["cluster_delivered"] = float(pushes.frames - welcomed)
+        for node in nodes:
+            node.shutdown()
+    return result
+
+
 def _held_per(make: Callable[[int], object], count: int) -> float:
     """Bytes still allocated after ``make(i)`` for ``i`` in ``range(count)``, divided."""
     tracemalloc.start()
@@ -151,4 +244,8 @@ async def _measure_memory() -> dict[str, float]:
 
 def run_micro(count: int = 20_000) -> dict[str, float]:
     """Microseconds per call of each case (the best of three rounds of ``count``)."""
-    return {**trio.run(_measure, count), **trio.run(_measure_memory)}
+    return {
+        **trio.run(_measure, count),
+        **trio.run(_measure_cluster, count),
+        **trio.run(_measure_memory),
+    }

@@ -276,7 +276,9 @@ def _micro_line(micro: dict[str, Any]) -> str:
     return (
         f"micro (in process, us per message): direct send {micro['direct_us']:.2f}, "
         f"room send to 100 members {micro['room100_us']:.2f}, decoding a send "
-        f"{micro['decode_us']:.2f}; held: a detached session "
+        f"{micro['decode_us']:.2f}; a direct message across three nodes (memory bus) "
+        f"{micro['cluster_direct_burst_us']:.1f} in bursts, "
+        f"{micro['cluster_direct_one_us']:.1f} one at a time; held: a detached session "
         f"{micro['detached_session_bytes'] / 1024:.2f} KB, a message in history "
         f"{micro['history_entry_bytes']:.0f} B "
         f"(its push body {micro['history_message_bytes']:.0f} B)"

@@ -58,12 +58,13 @@ class MemoryNetwork:
         self.log.append((publisher, message))
         if publisher in self.cut_off:
             return False
+        topic = message[: message.find(b"\x00") + 1]  # (every topic ends at its first NUL)
         for bus in list(self.buses.values()):
             if bus.name in self.cut_off or not bus.running:
                 continue
             if self.filter is not None and not self.filter(bus.name, message):
                 continue
-            if any(message.startswith(topic) for topic in bus.topics):
+            if topic in bus.topics:
                 bus.inbox.append(message)
                 bus.wake.set()
         return True

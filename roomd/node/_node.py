@@ -24,6 +24,7 @@ import trio
 from .._config import Config, configure_node
 from .._version import __version__
 from ..cluster import (
+    BusFactory,
     CallHandler,
     ClusterReplies,
     ClusterView,
@@ -97,7 +98,9 @@ class Node:
     """A roomd node.
 
     Run it with ``await nursery.start(node.run)`` (the started value is the bound port) and stop
-    it with :meth:`shutdown`. Register application events with :meth:`on`.
+    it with :meth:`shutdown`. Register application events with :meth:`on`. ``bus`` replaces the
+    ZeroMQ bus of a cluster node (a :class:`~roomd.cluster.MemoryNetwork`'s, to run several
+    nodes in one process).
 
     Resource handling: :meth:`run` owns every task and socket of the node; when it returns, all
     connections are closed.
@@ -110,6 +113,7 @@ class Node:
         name: str | None = None,
         host: str | None = None,
         port: int | None = None,
+        bus: BusFactory | None = None,
     ) -> None:
         self.config = configure_node(config if config is not None else Config(), name, host, port)
         auth = self.config.auth
@@ -142,6 +146,7 @@ class Node:
             host=self.router,
             flusher=self.flusher,
             history=HistoryLimits(self.config.history.max_messages, self.config.history.max_age),
+            bus=bus,
         )
         self.router.attach(self.cluster)
         self.requests = Requests(self.name, self.hub, self.view, self.cluster)
