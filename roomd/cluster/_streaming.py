@@ -253,13 +253,13 @@ class StreamService:
         return [entry_to_wire(e) for e in self.store.log(stream)]
 
     def absorb(self, stream: StreamKey, entries: list[Entry]) -> None:
-        """Keep a copy of ``entries`` (read from the sequencer for a session resuming here):
-        this node's log then knows where the stream stands, and notices a hole after it."""
-        now = time.time()
-        log_ = self.store.log(stream)
+        """Take ``entries`` (read from the sequencer for a session resuming here) as if they
+        had come from the bus: those this node had not had yet are kept and delivered to its
+        readers here (its other members of the room got none of them: their copies on the bus
+        may still be on the way, and would then be dropped as already held), in order; its log
+        then knows where the stream stands, and notices a hole after it."""
         for entry in entries:
-            if entry.offset > log_.tail:
-                log_.append(entry, now)
+            self.on_entry(stream, entry)
 
     def on_confirm(self, stream: StreamKey, message_id: str, position: Position) -> None:
         pending = self._pending.pop((stream, message_id), None)
