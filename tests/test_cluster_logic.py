@@ -501,7 +501,7 @@ async def test_entries_read_for_a_resume_reach_the_nodes_other_readers(
 ) -> None:
     """A node that reads a stream for a session resuming there, before the same entries come
     over the bus, delivers them to its other readers too: the bus's copies come after and are
-    dropped as already held (one run in three of the crash benchmark lost a second of the
+    dropped as already held (one fault-kill benchmark run in three lost a second of the
     room's messages for one node's members this way)."""
     network = MemoryNetwork()
     async with trio.open_nursery() as nursery:
