@@ -42,11 +42,15 @@ log = logging.getLogger("broker")
 #: Per-pipe high-water mark of the broker's sockets, in messages. The broker is the one place all
 #: traffic goes through, so it gets more room than a node (roomd.io._zmq.DEFAULT_SNDHWM).
 DEFAULT_HWM: Final = 100_000
-#: ZMTP heartbeats on accepted connections, so a node that vanished without a TCP FIN is dropped
-#: (and its subscriptions with it) within seconds. Same values as roomd.io._zmq's.
-HEARTBEAT_IVL_MS: Final = 1_000
-HEARTBEAT_TIMEOUT_MS: Final = 3_000
-HEARTBEAT_TTL_MS: Final = 3_000
+#: TCP keepalive on accepted connections, so a node that vanished without a TCP FIN is dropped
+#: (and its subscriptions with it) within about 5 s: probes after 2 s of silence, 1 s apart, 3
+#: unanswered. Never ZMTP heartbeats: a node too busy to read its SUB cannot answer them, the
+#: broker would drop it, and libzmq then aborts the node (roomd.io._zmq.KEEPALIVE_IDLE_S says
+#: more). A node that is frozen or slow keeps its subscriptions; what the broker cannot queue for
+#: it (``hwm``) is dropped, and its streams repair the gap.
+KEEPALIVE_IDLE_S: Final = 2
+KEEPALIVE_INTVL_S: Final = 1
+KEEPALIVE_CNT: Final = 3
 
 _TERMINATE: Final = b"TERMINATE"
 _PROXY_REPLY_TIMEOUT_MS: Final = 2_000
@@ -238,9 +242,10 @@ class Broker:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, sndhwm)
         sock.setsockopt(zmq.RCVHWM, rcvhwm)
-        sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
-        sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TTL_MS)
+        sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, KEEPALIVE_IDLE_S)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, KEEPALIVE_INTVL_S)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, KEEPALIVE_CNT)
         return sock
 
     def _secure(self, sock: zmq.Socket[bytes], side: str) -> None:

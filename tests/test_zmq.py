@@ -7,9 +7,12 @@ are on inproc://, as libzmq wants them.
 from __future__ import annotations
 
 import select
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import cast
 
 import pytest
@@ -20,7 +23,7 @@ import zmq
 from roomd.io._zmq import (
     DEFAULT_RCVHWM,
     DEFAULT_SNDHWM,
-    HEARTBEAT_IVL_MS,
+    KEEPALIVE_IDLE_S,
     RECONNECT_IVL_MAX_MS,
     Handshake,
     Keypair,
@@ -70,7 +73,9 @@ async def test_options_and_context_defaults(ctx: Context) -> None:
             assert raw.getsockopt(zmq.LINGER) == 0
             assert raw.getsockopt(zmq.SNDHWM) == 0  # subscriptions must never be dropped
             assert raw.getsockopt(zmq.RCVHWM) == DEFAULT_RCVHWM
-            assert raw.getsockopt(zmq.HEARTBEAT_IVL) == HEARTBEAT_IVL_MS
+            assert raw.getsockopt(zmq.HEARTBEAT_IVL) == 0  # never: see test_a_stalled_...
+            assert raw.getsockopt(zmq.TCP_KEEPALIVE) == 1
+            assert raw.getsockopt(zmq.TCP_KEEPALIVE_IDLE) == KEEPALIVE_IDLE_S
             assert raw.getsockopt(zmq.RECONNECT_IVL_MAX) == RECONNECT_IVL_MAX_MS
             assert sub.bind("tcp://127.0.0.1:0").startswith("tcp://127.0.0.1:")
         assert sub.closed
@@ -488,3 +493,21 @@ async def test_a_security_mismatch_is_reported(ctx: Context) -> None:
             assert (event.what, event.endpoint) == (Handshake.MISMATCH, endpoint)
             await monitor.aclose()
     assert requests == []  # a mechanism mismatch never reaches the ZAP handler
+
+
+@pytest.mark.parametrize("path", ["direct", "broker"])
+def test_a_stalled_subscriber_lives_through_a_flood(path: str) -> None:
+    """A subscriber that stops reading at its high-water mark while a publisher floods it (a
+    node too busy to read its bus), then reads again, is not aborted by libzmq: with ZMTP
+    heartbeats on either end (the SUB's, or the broker's XPUB's) libzmq 4.3.5 drops the
+    stalled connection and then fails an assertion in the reading process."""
+    script = Path(__file__).with_name("zmq_stall.py")
+    run = subprocess.run(
+        [sys.executable, str(script), path],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=script.parent.parent,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert int(run.stdout.split()[-1]) > 0  # and it still receives

@@ -44,9 +44,9 @@ from zmq.utils.monitor import parse_monitor_message
 __all__ = [
     "DEFAULT_RCVHWM",
     "DEFAULT_SNDHWM",
-    "HEARTBEAT_IVL_MS",
-    "HEARTBEAT_TIMEOUT_MS",
-    "HEARTBEAT_TTL_MS",
+    "KEEPALIVE_CNT",
+    "KEEPALIVE_IDLE_S",
+    "KEEPALIVE_INTVL_S",
     "RECONNECT_IVL_MAX_MS",
     "RECONNECT_IVL_MS",
     "ZAP_ENDPOINT",
@@ -63,7 +63,7 @@ __all__ = [
     "open_monitor",
     "open_socket",
     "serve_zap",
-    "set_heartbeats",
+    "set_keepalive",
 ]
 
 log = logging.getLogger("roomd.zmq")
@@ -74,12 +74,17 @@ log = logging.getLogger("roomd.zmq")
 DEFAULT_SNDHWM: Final = 20_000
 DEFAULT_RCVHWM: Final = 20_000
 
-#: ZMTP heartbeats: a PING every second; a peer silent for 3 s is considered dead and its
-#: connection is dropped (the TTL asks the peer to do the same with us). This catches peers that
-#: vanished without a TCP FIN (host down, partition), which TCP alone notices only after minutes.
-HEARTBEAT_IVL_MS: Final = 1_000
-HEARTBEAT_TIMEOUT_MS: Final = 3_000
-HEARTBEAT_TTL_MS: Final = 3_000
+#: TCP keepalive, not ZMTP heartbeats, finds peers that vanished without a FIN (host down,
+#: partition): probes after 2 s of silence, 1 s apart, the connection dropped after 3 unanswered
+#: (about 5 s). The kernel answers them, so a peer that is slow to read is never taken for a dead
+#: one. ZMTP heartbeats (``HEARTBEAT_IVL``) must stay off on every bus socket: a receiver that
+#: stops reading at its receive high-water mark cannot answer PINGs, either end then drops the
+#: connection, and libzmq 4.3.5 aborts the receiving process when it reads again (``Assertion
+#: failed: _input_stopped`` or ``!_io_error``, libzmq issues 3937 and 4767; reproduced in
+#: tests/test_zmq.py). A node busy under a burst was killed that way.
+KEEPALIVE_IDLE_S: Final = 2
+KEEPALIVE_INTVL_S: Final = 1
+KEEPALIVE_CNT: Final = 3
 #: A connecting socket retries after 100 ms, backing off exponentially up to 1 s.
 RECONNECT_IVL_MS: Final = 100
 RECONNECT_IVL_MAX_MS: Final = 1_000
@@ -105,22 +110,24 @@ def make_context(io_threads: int = 1) -> zmq.Context[zmq.Socket[bytes]]:
     return ctx
 
 
-def set_heartbeats(
+def set_keepalive(
     sock: zmq.Socket[bytes],
     *,
-    interval_ms: int = HEARTBEAT_IVL_MS,
-    timeout_ms: int = HEARTBEAT_TIMEOUT_MS,
-    ttl_ms: int = HEARTBEAT_TTL_MS,
+    idle_s: int = KEEPALIVE_IDLE_S,
+    interval_s: int = KEEPALIVE_INTVL_S,
+    count: int = KEEPALIVE_CNT,
     reconnect_ivl_ms: int = RECONNECT_IVL_MS,
     reconnect_ivl_max_ms: int = RECONNECT_IVL_MAX_MS,
 ) -> None:
-    """Set the options that detect dead TCP peers and pace reconnection.
+    """Set the options that detect dead TCP peers (TCP keepalive; no ZMTP heartbeats: see
+    :data:`KEEPALIVE_IDLE_S`) and pace reconnection.
 
     Must be called before ``bind``/``connect``: options apply to connections made afterwards.
     """
-    sock.setsockopt(zmq.HEARTBEAT_IVL, interval_ms)
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, timeout_ms)
-    sock.setsockopt(zmq.HEARTBEAT_TTL, ttl_ms)
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, idle_s)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, interval_s)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, count)
     sock.setsockopt(zmq.RECONNECT_IVL, reconnect_ivl_ms)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, reconnect_ivl_max_ms)
 
@@ -156,7 +163,7 @@ def open_socket(
     *,
     sndhwm: int | None = None,
     rcvhwm: int = DEFAULT_RCVHWM,
-    heartbeats: bool = True,
+    keepalive: bool = True,
     keys: Keypair | None = None,
     zap_domain: str = "",
 ) -> ZmqSocket:
@@ -179,8 +186,8 @@ def open_socket(
             sndhwm = 0 if kind in (SocketType.SUB, SocketType.XSUB) else DEFAULT_SNDHWM
         sock.setsockopt(zmq.SNDHWM, sndhwm)
         sock.setsockopt(zmq.RCVHWM, rcvhwm)
-        if heartbeats:
-            set_heartbeats(sock)
+        if keepalive:
+            set_keepalive(sock)
         if keys is not None:
             sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.public.encode("ascii"))
             sock.setsockopt(zmq.CURVE_SECRETKEY, keys.secret.encode("ascii"))
@@ -505,7 +512,7 @@ async def serve_zap(
     (500) and is logged. A context has at most one handler: a second one gets
     :exc:`trio.BrokenResourceError` (``EADDRINUSE``).
     """
-    async with open_socket(ctx, SocketType.REP, heartbeats=False) as rep:
+    async with open_socket(ctx, SocketType.REP, keepalive=False) as rep:
         rep.bind(ZAP_ENDPOINT)
         task_status.started()
         while True:
@@ -617,7 +624,7 @@ def open_monitor(ctx: zmq.Context[zmq.Socket[bytes]], sock: ZmqSocket, name: str
     """
     endpoint = f"inproc://roomd-monitor-{name}-{id(sock):x}"
     sock.start_monitor(endpoint, sum(_EVENTS))
-    pair = open_socket(ctx, SocketType.PAIR, heartbeats=False)
+    pair = open_socket(ctx, SocketType.PAIR, keepalive=False)
     try:
         pair.connect(endpoint)
     except BaseException:

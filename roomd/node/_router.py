@@ -174,18 +174,23 @@ class Router:
 
     def deliver_entry(self, stream: StreamKey, entry: Entry) -> int:
         """A numbered message of a stream, to its readers here: a room's members or a user's
-        connections (each stamped with the message's position)."""
+        connections (each stamped with the message's position). Nothing is built for a stream
+        with no reader here (a sequencer often has none)."""
+        room = room_of(stream)
+        user = user_of(stream) if room is None else None
+        if not (
+            self.hub.members(room) if room is not None else self.hub.user_connections(user or "")
+        ):
+            return 0
         template = PushTemplate(
             with_position(entry.body, entry.epoch, entry.offset),
             stream=stream,
             offset=entry.offset,
         )
         excluded = self.hub.connections.get(entry.except_session) if entry.except_session else None
-        room = room_of(stream)
         if room is not None:
             return self.deliver_room(room, template, entry.skip_user, excluded)
-        user = user_of(stream) or ""
-        return self.hub.deliver(self.hub.user_connections(user), template, excluded)
+        return self.hub.deliver(self.hub.user_connections(user or ""), template, excluded)
 
     def deliver_users(self, users: list[str], template: PushTemplate) -> int:
         return self.hub.deliver(self.hub.users_connections(users), template)
