@@ -182,7 +182,8 @@ def tally(raw: dict[str, Any], start: int, end: int, hit: set[str]) -> dict[str,
             if len(examples) < 20:  # when sent and acknowledged, from the fault's start
                 sent_s, acked_s = (sent_ns - start) / 1e9, (acked_ns - start) / 1e9
                 at = f"sent {sent_s:+.2f} s, acked {acked_s:+.2f} s"
-                examples.append(f"{text} ({at}; {missing} of {len(recipients)} lack it)")
+                lacking = ", ".join(r for r in recipients if not counts[r][text])
+                examples.append(f"{text} ({at}; {missing} of {len(recipients)} lack it: {lacking})")
         for r in got:
             at = arrivals[r][text]
             latencies.append(at - sent_ns)
