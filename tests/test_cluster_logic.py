@@ -530,3 +530,39 @@ async def test_entries_read_for_a_resume_reach_the_nodes_other_readers(
         reader.cluster._on_batch(late)  # the bus's copies, late
         assert _entries(reader.host) == [("entry", (stream, 1)), ("entry", (stream, 2))]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_sequencer_shows_its_own_readers_only_what_left_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A sequencer delivers an entry to its own members, and acknowledges its own sender, once
+    the bus has echoed it back: killed before its entry left (here: its bus cut), it has shown
+    nobody a message the next sequencer will never know of (whose offset it will give another
+    message). Normally the echo comes at once."""
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        a, b = await start(nursery, network, "a"), await start(nursery, network, "b")
+        await until(lambda: "b" in a.view.nodes and "a" in b.view.nodes)
+        stream = room_stream(*LOBBY)
+        sequencer = a if a.cluster.sequencer_of(stream) == "a" else b
+        other = b if sequencer is a else a
+        sequencer.connect("sam", LOBBY)
+        other.connect("rita", LOBBY)
+        await until(lambda: all(n.view.room_members(LOBBY) == ["rita", "sam"] for n in (a, b)))
+        numbered: list[Position | None] = []
+        sequencer.cluster.streams.append(stream, b'"x":1}', "m1", done=numbered.append)
+        assert _entries(sequencer.host) == [] and numbered == []  # (not before the echo)
+        await until(lambda: bool(numbered))
+        assert _entries(sequencer.host) == [("entry", (stream, 1))]
+        await until(lambda: _entries(other.host) == [("entry", (stream, 1))])
+
+        network.cut(sequencer.name)  # its next entry never leaves it
+        sequencer.cluster.streams.append(stream, b'"x":2}', "m2", done=numbered.append)
+        await trio.sleep(0.5)
+        assert _entries(sequencer.host) == [("entry", (stream, 1))] and len(numbered) == 1
+        sequencer.crash()
+        await until(lambda: sequencer.name not in other.view.nodes)
+        other.cluster.streams.append(stream, b'"x":3}', "m3")
+        await until(lambda: len(_entries(other.host)) == 2)
+        assert _entries(other.host)[1] == ("entry", (stream, 2))  # offset 2: another message
+        nursery.cancel_scope.cancel()

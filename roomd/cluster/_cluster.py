@@ -459,22 +459,32 @@ class Cluster:
         self.draining = True
         self._heartbeat()
 
-    def _publish_entry(self, stream: StreamKey, entry: Entry, readers: set[str]) -> set[str]:
+    def _publish_entry(
+        self, stream: StreamKey, entry: Entry, readers: set[str]
+    ) -> tuple[set[str], bool]:
         """To the stream's readers: a room's on its topic; an inbox's to the nodes where the
         user is connected, as presence says, and those that asked for its tail lately
         (``readers``: they may know of a connection presence has not told of yet). The nodes
-        it should reach, as this node knows them."""
+        it should reach, as this node knows them, and whether it comes back to this node (its
+        readers here wait for that: see :mod:`._streaming`): a room's entry does when this node
+        has members of the room (it subscribes to its topic); an inbox's is also published on
+        this node's own topic when the user is connected here."""
         body = [stream, entry_to_wire(entry)]
         room = room_of(stream)
         user = user_of(stream)
+        own = self.view.own
         if room is not None:
             self._publish(_wire.room_topic(*room), Kind.ENTRY, body)
             nodes = set(self.view.nodes_in_room(room))
+            echo = room in own.rooms
         else:
             nodes = readers | set(self.view.remote_hosts([user] if user is not None else []))
             nodes.discard(self.name)
             for node in sorted(nodes):
                 self._publish(_wire.node_topic(node), Kind.ENTRY, body)
+            echo = user in own.users
+            if echo:
+                self._publish(_wire.node_topic(self.name), Kind.ENTRY, body)
         # With no reader elsewhere to keep a copy, the node that would number the stream
         # should this one go keeps one.
         if not nodes - {self.name}:
@@ -482,7 +492,7 @@ class Cluster:
             if successor is not None:
                 self._publish(_wire.node_topic(successor), Kind.ENTRY, body)
                 nodes.add(successor)
-        return nodes
+        return nodes, echo
 
     def _successor(self, stream: StreamKey) -> str | None:
         following = [n for n in self._ranking(stream)[:2] if n != self.name]
@@ -571,8 +581,15 @@ class Cluster:
                 log.exception("%s: bad bus message %r", self.name, message[:80])
 
     def _own(self, message: bytes) -> None:
-        """One of this node's messages, back from the bus: only heartbeats matter (they tell
-        that the bus is live, or that another node uses this name)."""
+        """One of this node's messages, back from the bus: heartbeats (they tell that the bus
+        is live, or that another node uses this name) and stream entries (they have left the
+        process: this node's readers may have them)."""
+        if self.streams.awaiting_echo and message[:1] in b"rn":
+            envelope = _wire.decode(message)
+            if envelope.kind == Kind.ENTRY:
+                stream, wire = envelope.body
+                self.streams.on_echo(stream, wire[0])
+            return
         if _wire.CONTROL in message[:2]:
             envelope = _wire.decode(message)
             if envelope.kind != Kind.HEARTBEAT:

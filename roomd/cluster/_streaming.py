@@ -19,6 +19,16 @@ ones from the sequencer, and delivers all in order.
 ``done`` callbacks tell the sender's node the position its message got (or ``None`` if no
 sequencer confirmed it in time): the node acknowledges a send only once it is numbered, so an
 acknowledged message is held by at least its sequencer and the sender's node.
+
+**What leaves the process first.** A sequencer delivers a message to its own readers, and
+acknowledges its own clients' sends, only once its numbered entry has come back to it through the
+bus (the broker echoes what a node publishes on a topic it subscribes to): a ZeroMQ send only
+queues the message for libzmq's I/O thread, so a node killed a moment after numbering could
+otherwise have shown its own readers messages no other node ever got. The stream's next
+sequencer would then number other messages with the same offsets, and those readers, resuming
+elsewhere, would find their position in an epoch nobody continued (a gap: the messages sent
+meanwhile lost to them). An entry whose echo does not come within :data:`ECHO_WAIT` of a live bus
+is delivered all the same.
 """
 
 from __future__ import annotations
@@ -46,6 +56,7 @@ MAX_HELD: Final = 10_000  # messages held past a hole, per stream, while it is r
 # hole counted lost. Right after the bus comes back, the other nodes may not hear yet (their
 # subscriptions are being made again).
 REPAIR_ATTEMPTS: Final = 2
+ECHO_WAIT: Final = 1.0  # seconds of a live bus an entry waits for its echo before it is delivered
 READER_MEMORY: Final = 60.0  # seconds a node that asked for an inbox's tail is sent its messages
 Done = Callable[[Position | None], None]
 
@@ -62,7 +73,7 @@ class Outbound:
     def __init__(
         self,
         *,
-        publish_entry: Callable[[StreamKey, Entry, set[str]], set[str]],
+        publish_entry: Callable[[StreamKey, Entry, set[str]], tuple[set[str], bool]],
         send_to_sequencer: Callable[[str, StreamKey, Entry, int], None],
         confirm: Callable[[str, StreamKey, str, Position], None],
         call: Callable[[str, str, Any], Awaitable[Any]],
@@ -122,6 +133,9 @@ class StreamService:
         self.bus_live = bus_live
         self._spawn: Callable[..., None] | None = None
         self._pending: dict[tuple[StreamKey, str], _Pending] = {}
+        # Numbered here, published, delivered here once the bus echoes them: (stream, offset)
+        # -> (entry, whether its sender is this node's, when numbered)
+        self._unechoed: dict[tuple[StreamKey, int], tuple[Entry, bool, float]] = {}
         self._taking: dict[StreamKey, _Takeover] = {}
         self._held: dict[StreamKey, dict[int, Entry]] = {}
         self._repairing: set[StreamKey] = set()
@@ -193,12 +207,19 @@ class StreamService:
             draft.body, draft.message_id, time.time(), draft.skip_user, draft.except_session
         )
         reached: set[str] = set()
+        echo = False
         if new:
-            self.host.deliver_entry(stream, entry)
             if self.outbound is not None:
-                reached = self.outbound.publish_entry(stream, entry, self._inbox_readers(stream))
+                readers = self._inbox_readers(stream)
+                reached, echo = self.outbound.publish_entry(stream, entry, readers)
+            if echo:  # (see the module docstring: what leaves the process first)
+                key = (stream, entry.offset)
+                self._unechoed[key] = (entry, origin == self.name, trio.current_time())
+            else:
+                self.host.deliver_entry(stream, entry)
         if origin == self.name:
-            self.on_confirm(stream, entry.message_id, entry.position)
+            if not echo:
+                self.on_confirm(stream, entry.message_id, entry.position)
         elif self.outbound is not None and origin not in reached:
             # (A node the entry itself reaches takes it as the confirmation: one bus message
             # fewer. Should it not arrive there after all, the origin sends the message again
@@ -261,6 +282,22 @@ class StreamService:
         for entry in entries:
             self.on_entry(stream, entry)
 
+    def on_echo(self, stream: StreamKey, offset: int) -> None:
+        """This node's entry came back through the bus: it has left the process, and may be
+        delivered to this node's readers (and its sender here acknowledged)."""
+        waiting = self._unechoed.pop((stream, offset), None)
+        if waiting is not None:
+            self._release(stream, *waiting[:2])
+
+    def _release(self, stream: StreamKey, entry: Entry, local_origin: bool) -> None:
+        self.host.deliver_entry(stream, entry)
+        if local_origin:
+            self.on_confirm(stream, entry.message_id, entry.position)
+
+    @property
+    def awaiting_echo(self) -> bool:
+        return bool(self._unechoed)
+
     def on_confirm(self, stream: StreamKey, message_id: str, position: Position) -> None:
         pending = self._pending.pop((stream, message_id), None)
         if pending is not None and pending.done is not None:
@@ -273,6 +310,11 @@ class StreamService:
         again once it is back (:meth:`resend`), their senders still unanswered."""
         if not self.bus_live():
             return
+        for (stream, offset), (entry, local_origin, since) in list(self._unechoed.items()):
+            if now - since > ECHO_WAIT:  # (dropped on the way: it has been published all the same)
+                del self._unechoed[(stream, offset)]
+                log.warning("%s: no echo of %r offset %d; delivered", self.name, stream, offset)
+                self._release(stream, entry, local_origin)
         for key, pending in list(self._pending.items()):
             if pending.target == self.name or (
                 now < pending.deadline and self.is_up(pending.target)
@@ -368,6 +410,8 @@ class StreamService:
     def resend(self, now: float) -> None:
         """Send every unconfirmed append again now, to its stream's sequencer (this node's bus
         is back: what it sent meanwhile was lost)."""
+        for key, (entry, local_origin, _) in list(self._unechoed.items()):
+            self._unechoed[key] = (entry, local_origin, now)  # (the PUB sends what it queued)
         for pending in list(self._pending.values()):
             if pending.target == self.name or self.outbound is None:
                 continue
