@@ -26,7 +26,7 @@ import attrs
 import orjson
 import trio
 
-from . import _report
+from . import _cost, _report
 from ._faults import FAULTS, run_fault
 from ._micro import run_micro
 from ._procs import BenchError, Cluster, ClusterOptions, Node, drivers, get_json, local_cluster
@@ -36,6 +36,7 @@ from ._workloads import (
     FAULT_WORKLOADS,
     SESSION_WORKLOADS,
     WORKLOADS,
+    X10_WORKLOADS,
     Bench,
     Settings,
     run_bus,
@@ -63,8 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workloads",
         default=",".join(DEFAULT_WORKLOADS),
-        help=f"comma-separated, of {','.join(WORKLOADS)}; 'faults' for every fault-* "
-        f"(default: {','.join(DEFAULT_WORKLOADS)})",
+        help=f"comma-separated, of {','.join(WORKLOADS)}; 'faults' for every fault-*, "
+        f"'x10' for every *-x10 (default: {','.join(DEFAULT_WORKLOADS)})",
     )
     p.add_argument("--drivers", type=int, default=d.drivers, help="driver processes (1)")
     g = p.add_argument_group("W1: one room")
@@ -82,6 +83,17 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--hold", type=float, default=d.hold, help=f"seconds ({d.hold:g})")
     g.add_argument(
         "--concurrency", type=int, default=d.concurrency, help="handshakes at a time (200)"
+    )
+    g = p.add_argument_group("x10: W1, W2 and W3 at ten times their sizes (not run by default)")
+    g.add_argument(
+        "--x10-receivers", type=int, default=d.x10_receivers, help=f"W1 ({d.x10_receivers:,})"
+    )
+    g.add_argument("--x10-pairs", type=int, default=d.x10_pairs, help=f"W2 ({d.x10_pairs:,})")
+    g.add_argument(
+        "--x10-connections",
+        type=int,
+        default=d.x10_connections,
+        help=f"W3 ({d.x10_connections:,})",
     )
     g = p.add_argument_group("bus: raw bus messages through the broker (no nodes in the path)")
     g.add_argument("--bus-messages", type=int, default=d.bus_messages, help=f"({d.bus_messages:,})")
@@ -211,7 +223,8 @@ def parse_settings(argv: Sequence[str]) -> tuple[Settings, str | None, int]:
     args = _parser().parse_args(argv)
     workloads = []
     for name in (w.strip() for w in args.workloads.split(",")):
-        workloads += list(FAULT_WORKLOADS) if name == "faults" else [name] if name else []
+        groups = {"faults": list(FAULT_WORKLOADS), "x10": list(X10_WORKLOADS)}
+        workloads += groups.get(name, [name] if name else [])
     unknown = [w for w in workloads if w not in WORKLOADS]
     if unknown:
         raise SystemExit(f"roomd bench: unknown workload(s) {unknown}; choose from {WORKLOADS}")
@@ -232,6 +245,9 @@ def parse_settings(argv: Sequence[str]) -> tuple[Settings, str | None, int]:
         connections=args.connections,
         hold=args.hold,
         concurrency=args.concurrency,
+        x10_receivers=args.x10_receivers,
+        x10_pairs=args.x10_pairs,
+        x10_connections=args.x10_connections,
         bus_messages=args.bus_messages,
         bus_bytes=args.bus_bytes,
         bus_checkpoint=args.bus_checkpoint,
@@ -335,9 +351,11 @@ async def run(settings: Settings, command: str) -> dict[str, Any]:
             "load_start": load_start,
             "load_end": list(os.getloadavg()),
             "default_sizes": settings.default_sizes(),
+            "fd_limit": list(resource.getrlimit(resource.RLIMIT_NOFILE)),
             "settings": attrs.asdict(settings),
         },
         "results": results,
+        "scaling": _cost.scaling(results),
     }
 
 
@@ -387,15 +405,37 @@ async def _workloads(settings: Settings, results: dict[str, dict[str, Any]]) -> 
             _say(f"{fault}: {FAULTS[fault]}, {settings.fault_users} users ...")
             work = run_fault(bench, fault, cluster.control)
             await _guarded(results, [fault], _one(fault, work))
-    if "w3-idle" in settings.workloads:
+    idle = (("w3-idle", settings.connections), ("w3-idle-x10", settings.x10_connections))
+    for w3, size in idle:
+        if w3 in settings.workloads:
+            await _w3(settings, results, w3, size)
+    x1: list[str] = [w for w in X10_WORKLOADS if w in settings.workloads and w.startswith("w1-")]
+    x2: list[str] = [w for w in X10_WORKLOADS if w in settings.workloads and w.startswith("w2-")]
+    if x1 or x2:
         async with (
-            _cluster(settings, label="w3-idle") as cluster,
+            _cluster(settings, label="x10") as cluster,
             drivers(settings.drivers) as started,
         ):
             bench = Bench(settings, cluster.nodes, cluster.broker_pid, started)
-            _say(f"W3: {settings.connections} idle connections, held {settings.hold:g} s ...")
-            await _guarded(results, ["w3-idle"], _one("w3-idle", run_w3(bench)))
-            results["w3-idle"]["fresh_cluster"] = not settings.urls
+            if x1:
+                _say(f"W1 x10: {settings.x10_receivers} receivers in one room ...")
+                await _guarded(results, x1, run_w1(bench, x1, settings.x10_receivers))
+            if x2:
+                _say(f"W2 x10: {settings.x10_pairs} pairs ...")
+                await _guarded(results, x2, run_w2(bench, x2, settings.x10_pairs))
+
+
+async def _w3(settings: Settings, results: dict[str, dict[str, Any]], name: str, size: int) -> None:
+    """W3 (or W3 x10) on a fresh cluster when this run starts the cluster."""
+    async with (
+        _cluster(settings, label=name) as cluster,
+        drivers(settings.drivers) as started,
+    ):
+        bench = Bench(settings, cluster.nodes, cluster.broker_pid, started)
+        _say(f"{name}: {size} idle connections, held {settings.hold:g} s ...")
+        await _guarded(results, [name], _one(name, run_w3(bench, size)))
+        if "error" not in results[name]:
+            results[name]["fresh_cluster"] = not settings.urls
 
 
 async def _bus(settings: Settings, cluster: Cluster) -> dict[str, Any]:
@@ -493,7 +533,8 @@ def main(argv: Sequence[str]) -> int:
         print(_report.render(documents[-1]), flush=True)
     output: dict[str, Any] = documents[0]
     if repeat > 1:
-        output = {"runs": documents, "medians": _report.medians(documents)}
+        table = _report.medians(documents)
+        output = {"runs": documents, "medians": table, "scaling": _cost.scaling(table)}
         print("\n" + _report.render_medians(output["medians"], documents), flush=True)
     if json_path:
         with open(json_path, "wb") as f:
