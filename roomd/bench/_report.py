@@ -321,7 +321,7 @@ def _cost_lines(results: dict[str, dict[str, Any]]) -> list[str]:
         )
     if lines:
         lines.append(
-            "server = nodes + broker (CPU from /proc); a W1 message is one delivery per "
+            "server = nodes + broker (their CPU-time clocks); a W1 message is one delivery per "
             "receiver, a W2 message one delivery"
         )
     return lines

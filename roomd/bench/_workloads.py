@@ -30,6 +30,7 @@ import trio
 
 from . import _cost, _profile, _stats
 from ._procs import BenchError, Driver, Node, alive, cpu_seconds, get_json, rss_bytes
+from ._progress import Progress
 
 ROOM: Final = "bench"
 MARGIN: Final = 30.0  # seconds a driver may take beyond the timeout it was given
@@ -127,6 +128,7 @@ class Bench:
     broker_pid: int | None
     drivers: list[Driver]
     _phase_ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
+    progress: Progress = attrs.field(factory=Progress.silent, kw_only=True)
 
     def next_phase(self) -> int:
         return next(self._phase_ids)
@@ -210,6 +212,7 @@ class Bench:
         """Open each driver's connections (``urls``: every node's ``[host, port]``, and the
         users resume their sessions after a drop)."""
         concurrency = max(1, self.settings.concurrency // len(self.drivers))
+        where = self.progress.counters(len(self.drivers))
         commands = [
             {
                 "cmd": "open",
@@ -220,8 +223,9 @@ class Bench:
                 "tls": self.settings.tls,
                 "urls": urls,
                 "seed": seed,
+                "progress": w,
             }
-            for t in per_driver
+            for t, w in zip(per_driver, where, strict=True)
         ]
         replies = await self.on_all(commands, timeout)
         starts = [r["start_ns"] for r in replies if r["start_ns"]]
@@ -275,7 +279,12 @@ class Bench:
     ) -> dict[str, Any]:
         """Arm every driver with its part of a phase, run it, and merge the answers.
         ``during`` runs while the phase does (a fault); what it returns is ``fault``."""
-        await self.on_all([{"cmd": "arm", "phase": spec} for spec in specs], 10.0)
+        where = self.progress.counters(len(self.drivers))
+        armed = [
+            {"cmd": "arm", "phase": spec | {"progress": w}}
+            for spec, w in zip(specs, where, strict=True)
+        ]
+        await self.on_all(armed, 10.0)
         load = os.getloadavg()[0]
         fault: dict[str, Any] = {}
 
@@ -283,6 +292,7 @@ class Bench:
             assert during is not None
             fault.update(await during())
 
+        self.progress.begin(label)
         async with self.profiled(label) as profile:
             cpu = self.cpu()
             started = time.monotonic()
@@ -300,11 +310,22 @@ class Bench:
         result["wall_s"] = round(wall, 3)
         result["cpu_s"] = _rounded(self.cpu_used(cpu, cpu_after))
         result["cost"] = _cost.phase_cost(result)
+        self.progress.end(label, _phase_summary(result))
         result["rss_mb"] = _mb(self.rss())
         result["load_before"] = load
         if self.dead_nodes():
             result["dead_nodes"] = self.dead_nodes()
         return result
+
+
+def _phase_summary(result: dict[str, Any]) -> str:
+    """A phase's one line: what arrived, and what the server spent."""
+    cost = result["cost"]["us_per_delivery"]
+    return (
+        f"{result['received']:,}/{result['expected']:,} delivered, {result['lost']:,} lost, "
+        f"{result['duplicates']:,} dup{' TIMEOUT' if result['timed_out'] else ''}; server "
+        f"{'-' if cost is None else f'{cost:,.2f}'} us per delivery"
+    )
 
 
 def merge_phase(replies: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -372,6 +393,7 @@ async def run_w1(
     baseline = await bench.connections()
     sender = "w1-s"
     receivers = [f"w1-r{i}" for i in range(size)]
+    bench.progress.note(f"w1: opening {size + 1:,} connections")
     targets: list[list[list[Any]]] = [[] for _ in range(count)]
     targets[0].append(_target(sender, nodes[0], ROOM))
     for i, user in enumerate(receivers):
@@ -420,6 +442,7 @@ async def run_w2(
     size = s.pairs if size is None else size
     baseline = await bench.connections()
     targets: list[list[list[Any]]] = [[] for _ in range(count)]
+    bench.progress.note(f"w2: opening {2 * size:,} connections")
     for i in range(size):
         targets[i % count].append(_target(f"w2-a{i}", nodes[i % len(nodes)], None))
         targets[i % count].append(_target(f"w2-b{i}", nodes[(i + 1) % len(nodes)], None))
@@ -463,7 +486,7 @@ async def run_w2(
 # W3 --------------------------------------------------------------------------------------------
 
 
-async def run_w3(bench: Bench, size: int | None = None) -> dict[str, Any]:
+async def run_w3(bench: Bench, size: int | None = None, name: str = "w3-idle") -> dict[str, Any]:
     """W3 with ``size`` idle connections (``--connections``). Error handling:
     :class:`BenchError` before anything is opened when this process's file-descriptor limit,
     which the nodes and drivers inherit, cannot hold them."""
@@ -478,6 +501,7 @@ async def run_w3(bench: Bench, size: int | None = None) -> dict[str, Any]:
         targets[i % count].append(_target(f"w3-{i}", nodes[i % len(nodes)], None))
     await trio.sleep(1.0)  # let the nodes' memory settle after the previous workload
     rss_before = bench.rss()
+    bench.progress.begin(name, "handshakes", f"{size:,} connections, held {s.hold:g} s")
     async with bench.profiled("w3-open") as profile:
         cpu = bench.cpu()
         opened = await bench.open(targets, max(60.0, size / 100))
@@ -499,6 +523,14 @@ async def run_w3(bench: Bench, size: int | None = None) -> dict[str, Any]:
     await trio.sleep(1.0)
     rss_closed = bench.rss()
     per_conn = _per_conn(rss_before, rss_held, opened["opened"])
+    cost = _cost.idle_cost(opened["opened"], cpu_open, cpu_idle, held_s, per_conn)
+    ms, kib = cost["ms_per_connection"], cost["kib_per_connection"]
+    bench.progress.end(
+        name,
+        f"{opened['opened']:,}/{size:,} opened, {alive:,} alive after {s.hold:g} s; server "
+        f"{'-' if ms is None else f'{ms:.2f}'} ms per connection opened, "
+        f"{'-' if kib is None else f'{kib:.2f}'} KiB per idle connection",
+    )
     return {
         "connections": size,
         "size": size,
@@ -525,7 +557,7 @@ async def run_w3(bench: Bench, size: int | None = None) -> dict[str, Any]:
             "hold": _rounded(cpu_idle),
         },
         "hold_wall_s": round(held_s, 3),
-        "cost": _cost.idle_cost(opened["opened"], cpu_open, cpu_idle, held_s, per_conn),
+        "cost": cost,
         "teardown": teardown,
         **profile,
         **({"dead_nodes": bench.dead_nodes()} if bench.dead_nodes() else {}),
