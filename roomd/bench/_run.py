@@ -26,7 +26,7 @@ import attrs
 import orjson
 import trio
 
-from . import _cost, _report
+from . import _cost, _plots, _report
 from ._faults import FAULTS, run_fault
 from ._micro import run_micro
 from ._procs import BenchError, Cluster, ClusterOptions, Node, drivers, get_json, local_cluster
@@ -212,6 +212,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--logs", metavar="DIR", help="save the broker's and nodes' output in DIR")
     g.add_argument(
+        "--plots",
+        metavar="DIR",
+        help="write SVG plots in DIR: each W1/W2 phase's latency distribution, and the "
+        "scaling of cost with size when x10 workloads ran",
+    )
+    g.add_argument(
         "--profile",
         metavar="DIR",
         help="py-spy every node during each phase; raw stacks in DIR, top functions in the "
@@ -273,6 +279,7 @@ def parse_settings(argv: Sequence[str]) -> tuple[Settings, str | None, int]:
         timeout=args.timeout,
         profile=args.profile,
         logs=args.logs,
+        plots=args.plots,
     )
     if any(url.startswith("wss://") for url in urls):
         settings = attrs.evolve(settings, tls=True)
@@ -565,6 +572,9 @@ def main(argv: Sequence[str]) -> int:
         table = _report.medians(documents)
         output = {"runs": documents, "medians": table, "scaling": _cost.scaling(table)}
         print("\n" + _report.render_medians(output["medians"], documents), flush=True)
+    if settings.plots:
+        written = _plots.write(settings.plots, documents, output["scaling"])
+        _say(f"plots: {len(written)} SVG file(s) in {settings.plots}")
     if json_path:
         with open(json_path, "wb") as f:
             f.write(orjson.dumps(output, option=orjson.OPT_INDENT_2))

@@ -104,12 +104,13 @@ class Settings:
     start_timeout: float = 60.0
     profile: str | None = None  # a directory: py-spy the nodes during each phase
     logs: str | None = None  # a directory for the broker's and nodes' output
+    plots: str | None = None  # a directory for the plots (SVG)
 
     def default_sizes(self) -> bool:
         """Whether the sizes are those the issue's targets are stated for (the bus workload's
         have no target)."""
         same = attrs.evolve(self, urls=[], drivers=1, workloads=list(DEFAULT_WORKLOADS))
-        same = attrs.evolve(same, profile=None, logs=None)
+        same = attrs.evolve(same, profile=None, logs=None, plots=None)
         d = Settings()
         same = attrs.evolve(same, bus_messages=d.bus_messages, bus_bytes=d.bus_bytes)
         same = attrs.evolve(same, bus_checkpoint=d.bus_checkpoint, bus_window=d.bus_window)
