@@ -202,6 +202,12 @@ def test_idle_cost_and_scaling_against_the_base_size() -> None:
     ]
     assert (rows[0]["base_size"], rows[0]["x10_size"], rows[0]["ratio"]) == (500, 5000, 1.5)
     assert rows[1]["ratio"] is None and rows[3]["ratio"] == 1.0
+    assert rows[0]["exact"]  # neither says otherwise
+    results["w1-burst-x10"] |= {"lost": 3, "timed_out": True}
+    results["w3-idle"] |= {"all_alive": True}
+    assert [r["exact"] for r in _cost.scaling(results)] == [False, True, True, True]
+    text = "\n".join(_report._scaling_lines(_cost.scaling(results)))
+    assert "w1-burst *" in text and "* a run of this workload lost" in text
 
 
 def test_fd_shortfall_says_what_to_do() -> None:
@@ -562,7 +568,7 @@ async def test_bench_x10_plots_and_progress(tmp_path: Path) -> None:
     scaling = document["scaling"]
     assert {r["workload"] for r in scaling} == {"w1-rate", "w1-burst", "w2-rate", "w2-burst",
                                                  "w3-idle"}  # fmt: skip
-    assert all(r["ratio"] > 0 for r in scaling), scaling
+    assert all(r["ratio"] > 0 and r["exact"] for r in scaling), scaling
     w1 = next(r for r in scaling if r["workload"] == "w1-burst")
     assert (w1["base_size"], w1["x10_size"], w1["size_unit"]) == (6, 18, "receivers")
     assert "scaling" in report and "x10 / base" in report

@@ -85,9 +85,18 @@ def _kind(name: str) -> str:
     return name.split("-", 1)[0]
 
 
+def exact(result: Mapping[str, Any]) -> bool:
+    """Whether a W1, W2 or W3 result is whole: nothing lost, duplicated or timed out, every
+    idle connection alive (a cost of a run that was not says little about the size)."""
+    if "all_alive" in result:
+        return bool(result["all_alive"])
+    return not result.get("timed_out") and not result.get("lost") and not result.get("duplicates")
+
+
 def scaling(results: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One row per figure of each x10 workload that ran with its base workload: the sizes,
-    the cost at each, and x10 over base (above 1: each unit costs more at the larger size)."""
+    the cost at each, x10 over base (above 1: each unit costs more at the larger size), and
+    whether both ran exactly (``exact``)."""
     rows: list[dict[str, Any]] = []
     for big, base in BASE_OF.items():
         x10, one = results.get(big), results.get(base)
@@ -106,6 +115,7 @@ def scaling(results: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
                     "base": a,
                     "x10": b,
                     "ratio": None if a is None or b is None or a <= 0 else round(b / a, 2),
+                    "exact": exact(one) and exact(x10),
                 }
             )
     return rows

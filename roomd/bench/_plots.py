@@ -24,7 +24,7 @@ COLORS: Final = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b
 FONT: Final = 'font-family="sans-serif" font-size="11"'
 WIDTH: Final = 560
 HEIGHT: Final = 340
-MARGIN: Final = (56, 16, 34, 44)  # left, right, top, bottom
+MARGIN: Final = (56, 24, 34, 44)  # left, right, top, bottom
 
 
 @attrs.frozen
@@ -190,6 +190,7 @@ def scaling_svg(rows: Sequence[dict[str, Any]]) -> str:
         x = Axis(f"{row['size_unit'] or 'size'} (log scale)", *log_range(sizes), log=True)
         y = Axis(row["unit"], 0, top)
         ratio = "" if row["ratio"] is None else f"  (x10 / base {row['ratio']:.2f})"
+        ratio += "" if row.get("exact", True) else " *not exact*"
         series = [Series(row["workload"], points, COLORS[index % len(COLORS)], markers=True)]
         origin = ((index % columns) * width, (index // columns) * height)
         title = f"{row['workload']}: {row['unit']}{ratio}"

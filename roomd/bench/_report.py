@@ -333,7 +333,7 @@ def _scaling_lines(rows: list[dict[str, Any]]) -> list[str]:
     for row in rows:
         table.append(
             [
-                row["workload"],
+                row["workload"] + ("" if row.get("exact", True) else " *"),
                 row["unit"],
                 f"{_n(row['base_size'])} {row['size_unit'] or ''}".rstrip(),
                 _n(row["x10_size"]),
@@ -342,7 +342,10 @@ def _scaling_lines(rows: list[dict[str, Any]]) -> list[str]:
                 "-" if row["ratio"] is None else f"{row['ratio']:.2f}",
             ]
         )
-    return _table(table)
+    notes = []
+    if not all(row.get("exact", True) for row in rows):
+        notes = ["* a run of this workload lost, duplicated or dropped something: see above"]
+    return [*_table(table), *notes]
 
 
 _BUS_CPU: Final = ("broker", "pub", "sub", "nodes")
