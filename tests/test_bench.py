@@ -139,6 +139,8 @@ def _burst(rate: float, lost: int = 0) -> dict[str, Any]:
         "deliveries_per_s": rate, "lost": lost, "duplicates": 0, "timed_out": False,
         "latency_ms": {"all": latency, "first": latency, "last": latency},
         "cpu_s": {"nodes": 1.0, "broker": 0.1, "drivers": 0.5},
+        "cost": {"server_cpu_s": 1.1, "us_per_delivery": 1e6 / rate, "us_per_message": 2200.0,
+                 "driver_us_per_delivery": 2.0},
     }  # fmt: skip
 
 
@@ -152,11 +154,14 @@ def test_medians_take_the_middle_and_the_worst_loss() -> None:
     ]
     table = _report.medians(documents)
     assert table["w1-burst"]["deliveries_per_s"] == 130_000.0
+    assert table["w1-burst"]["cost"]["us_per_delivery"] == round(1e6 / 130_000, 3)
+    assert len(table["w1-burst"]["cost_values"]["us_per_delivery"]) == 3
     assert table["w1-burst"]["lost"] == 2
     assert table["w1-burst"]["target"]["met"] is False  # a run lost messages
     assert table["w3-idle"]["target"]["met"] is True
     text = _report.render_medians(table, documents)
     assert "medians of 3 runs" in text and "130,000" in text
+    assert "server cost" in text and "7.69" in text  # us per delivery at 130,000/s
 
 
 def test_cdf_keeps_the_distribution_in_a_fixed_number_of_points() -> None:
