@@ -3,9 +3,12 @@ answers) and one end-to-end smoke run with tiny sizes (no timing asserts)."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import re
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +17,15 @@ import trio
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
-from roomd.bench import _bus, _profile, _report, _stats, _ws
+from roomd.bench import _bus, _cost, _plots, _profile, _progress, _report, _stats, _ws
 from roomd.bench._run import _exact
-from roomd.bench._workloads import DEFAULT_WORKLOADS, Settings, merge_phase
+from roomd.bench._workloads import (
+    DEFAULT_WORKLOADS,
+    X10_WORKLOADS,
+    Settings,
+    fd_shortfall,
+    merge_phase,
+)
 from roomd.cluster import _wire
 from roomd.io._zmq import make_context
 
@@ -130,6 +139,8 @@ def _burst(rate: float, lost: int = 0) -> dict[str, Any]:
         "deliveries_per_s": rate, "lost": lost, "duplicates": 0, "timed_out": False,
         "latency_ms": {"all": latency, "first": latency, "last": latency},
         "cpu_s": {"nodes": 1.0, "broker": 0.1, "drivers": 0.5},
+        "cost": {"server_cpu_s": 1.1, "us_per_delivery": 1e6 / rate, "us_per_message": 2200.0,
+                 "driver_us_per_delivery": 2.0},
     }  # fmt: skip
 
 
@@ -143,11 +154,127 @@ def test_medians_take_the_middle_and_the_worst_loss() -> None:
     ]
     table = _report.medians(documents)
     assert table["w1-burst"]["deliveries_per_s"] == 130_000.0
+    assert table["w1-burst"]["cost"]["us_per_delivery"] == round(1e6 / 130_000, 3)
+    assert len(table["w1-burst"]["cost_values"]["us_per_delivery"]) == 3
     assert table["w1-burst"]["lost"] == 2
     assert table["w1-burst"]["target"]["met"] is False  # a run lost messages
     assert table["w3-idle"]["target"]["met"] is True
     text = _report.render_medians(table, documents)
     assert "medians of 3 runs" in text and "130,000" in text
+    assert "server cost" in text and "7.69" in text  # us per delivery at 130,000/s
+
+
+def test_cdf_keeps_the_distribution_in_a_fixed_number_of_points() -> None:
+    ordered = sorted(i * 10_000 for i in range(1, 100_001))  # 0.01 .. 1,000 ms
+    cdf = _stats.cdf_ms(ordered)
+    assert len(cdf) == len(_stats.CDF_QUANTILES)
+    points = dict((q, ms) for q, ms in cdf)
+    assert (points[0], points[50], points[99], points[100]) == (0.01, 500.0, 990.0, 1000.0)
+    assert [ms for _, ms in cdf] == sorted(ms for _, ms in cdf)
+    assert _stats.cdf_ms([]) == []
+
+
+def test_phase_cost_per_delivery_and_per_message() -> None:
+    result = {"received": 250_000, "sent": 500}
+    result["cpu_s"] = {"nodes": 0.6, "broker": 0.05, "drivers": 0.5}
+    cost = _cost.phase_cost(result)
+    assert cost["server_cpu_s"] == 0.65
+    assert cost["us_per_delivery"] == 2.6 and cost["us_per_message"] == 1300.0
+    assert cost["driver_us_per_delivery"] == 2.0
+    unknown = _cost.phase_cost(result | {"cpu_s": {"nodes": None, "broker": None}})
+    assert unknown["us_per_delivery"] is None and unknown["server_cpu_s"] is None
+    assert _cost.phase_cost(result | {"received": 0, "sent": 0})["us_per_delivery"] is None
+
+
+def test_idle_cost_and_scaling_against_the_base_size() -> None:
+    cost = _cost.idle_cost(5000, {"nodes": 2.5, "broker": 0.5}, {"nodes": 0.3, "broker": 0.0},
+                           30.0, 7.5)  # fmt: skip
+    assert cost["ms_per_connection"] == 0.6 and cost["idle_cpu_pct"] == 1.0
+    assert cost["idle_us_per_connection_s"] == 2.0 and cost["kib_per_connection"] == 7.5
+    results: dict[str, Any] = {
+        "w1-burst": {"size": 500, "size_unit": "receivers", "cost": {"us_per_delivery": 2.0}},
+        "w1-burst-x10": {"size": 5000, "cost": {"us_per_delivery": 3.0}},
+        "w2-burst": {"size": 100, "cost": {"us_per_message": 50.0}},  # no x10: no row
+        "w3-idle": {"size": 5000, "cost": cost},
+        "w3-idle-x10": {"size": 20_000, "cost": cost | {"ms_per_connection": None}},
+    }
+    rows = _cost.scaling(results)
+    assert [(r["workload"], r["figure"]) for r in rows] == [
+        ("w1-burst", "us_per_delivery"),
+        ("w3-idle", "ms_per_connection"),
+        ("w3-idle", "idle_us_per_connection_s"),
+        ("w3-idle", "kib_per_connection"),
+    ]
+    assert (rows[0]["base_size"], rows[0]["x10_size"], rows[0]["ratio"]) == (500, 5000, 1.5)
+    assert rows[1]["ratio"] is None and rows[3]["ratio"] == 1.0
+    assert rows[0]["exact"]  # neither says otherwise
+    results["w1-burst-x10"] |= {"lost": 3, "timed_out": True}
+    results["w3-idle"] |= {"all_alive": True}
+    assert [r["exact"] for r in _cost.scaling(results)] == [False, True, True, True]
+    text = "\n".join(_report._scaling_lines(_cost.scaling(results)))
+    assert "w1-burst *" in text and "* a run of this workload lost" in text
+
+
+def test_fd_shortfall_says_what_to_do() -> None:
+    assert fd_shortfall(100, 1, 5) is None
+    message = fd_shortfall(10**9, 1, 5)
+    assert message is not None and "file-descriptor limit" in message
+    assert "--drivers" in message
+
+
+def test_progress_off_a_terminal_is_a_line_per_phase_start_and_end() -> None:
+    stream = io.StringIO()
+    progress = _progress.Progress(stream)
+    assert not progress.tty and progress.counters(2) == [None, None]
+    progress.note("w1: opening 501 connections")  # between phases: nothing
+    progress.begin("w1-rate")
+    progress.end("w1-rate", "10/10 delivered")
+    progress.begin("w3-idle", "handshakes", "50 connections")
+    progress.end("w3-idle", "50/50 opened")
+    progress.close()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 4 and "\r" not in stream.getvalue()
+    assert lines[0] == "w1-rate: started" and lines[2] == "w3-idle: started (50 connections)"
+    assert re.fullmatch(r"w1-rate: done in \d+\.\d s: 10/10 delivered", lines[1])
+
+
+def test_progress_on_a_terminal_counts_what_the_drivers_publish() -> None:
+    stream = io.StringIO()
+    progress = _progress.Progress(stream, tty=True)
+    where = progress.counters(2)
+    progress.begin("w1-burst")
+    cells = [_progress.Cell(w) for w in where if w is not None]
+    cells[0].offer(10, 1500)
+    cells[0].offer(11, 9999)  # not due yet: not published
+    cells[1].write(500)
+    assert progress.status() is not None and "2,000 deliveries" in (progress.status() or "")
+    progress.end("w1-burst", "2,000/2,000 delivered")
+    for cell in cells:
+        cell.close()
+    path = Path(str(where[0][0]))  # type: ignore[index]
+    assert path.exists()
+    progress.close()
+    assert not path.exists()
+    text = stream.getvalue()
+    assert "\r\x1b[Kw1-burst" in text and "w1-burst: done in" in text
+
+
+def _svg_texts(svg: str) -> list[str]:
+    root = ET.fromstring(svg)
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    return [t.text or "" for t in root.iter("{http://www.w3.org/2000/svg}text")]
+
+
+def test_plots_are_svg_with_the_workloads_in_them() -> None:
+    run = {"received": 100, "latency_cdf_ms": _stats.cdf_ms([i * 50_000 for i in range(1, 101)])}
+    texts = _svg_texts(_plots.latency_svg("w1-rate", [run, run]))
+    assert any("w1-rate" in t for t in texts) and "run 2" in texts
+    row = {"workload": "w1-burst", "unit": "us per delivery", "size_unit": "receivers",
+           "base_size": 500, "x10_size": 5000, "base": 2.0, "x10": 3.0, "ratio": 1.5}  # fmt: skip
+    texts = _svg_texts(_plots.scaling_svg([row, row | {"x10": None, "ratio": None}]))
+    assert any("w1-burst" in t and "1.50" in t for t in texts)
+    assert _plots.Axis("x", 1, 1000, log=True).ticks()[:4] == [1, 2, 5, 10]
+    assert _plots.Axis("y", 0, 100).ticks() == [0, 20, 40, 60, 80, 100]
 
 
 # The bus workload -------------------------------------------------------------------------------
@@ -378,6 +505,9 @@ async def test_bench_smoke(tmp_path: Path) -> None:
         assert r["cpu_s"]["nodes"] is not None and r["cpu_s"]["drivers"] is not None
         assert r["deliveries_per_s"] > 0
         assert "met" in r["target"]
+        cost = r["cost"]
+        assert cost["server_cpu_s"] > 0 and cost["driver_us_per_delivery"] > 0, (name, cost)
+        assert cost["us_per_delivery"] > 0 and cost["us_per_message"] > 0, (name, cost)
     assert results["w1-burst"]["expected"] == 10 * 20
     assert results["w2-burst"]["expected"] == 8 * 20
     w3 = results["w3-idle"]
@@ -385,6 +515,8 @@ async def test_bench_smoke(tmp_path: Path) -> None:
     assert w3["server_connections"] == 50
     assert w3["teardown"]["server_connections_after"] == 0
     assert w3["rss_per_connection_kb"] is not None
+    assert w3["cost"]["ms_per_connection"] > 0 and w3["cost"]["idle_cpu_pct"] > 0
+    assert "server cost" in report and "ms of server CPU per connection opened" in report
     bus = results["bus"]
     assert set(bus["paths"]) == {"broker", "direct"}
     for path, r in bus["paths"].items():
@@ -406,3 +538,62 @@ async def test_bench_smoke(tmp_path: Path) -> None:
     assert micro["history_messages"] == 1000
     assert micro["history_entry_bytes"] > micro["history_message_bytes"] > 100
     assert "a detached session" in report
+
+
+@pytest.mark.cluster
+async def test_bench_x10_plots_and_progress(tmp_path: Path) -> None:
+    """The x10 workloads at tiny sizes beside the base ones: the cost of each phase, the
+    scaling table, the plots, and a line per phase start and end on stderr (not a terminal)."""
+    out, plots = tmp_path / "bench.json", tmp_path / "plots"
+    argv = [
+        sys.executable, "-m", "roomd.cli", "bench", "--nodes", "2",
+        "--workloads", "w1-rate,w1-burst,w2-rate,w2-burst,w3-idle,x10",
+        "--receivers", "6", "--messages", "20", "--rate-messages", "10", "--rate", "50",
+        "--pairs", "3", "--pair-messages", "5", "--pair-rate", "50", "--pair-burst", "20",
+        "--connections", "30", "--hold", "1",
+        "--x10-receivers", "18", "--x10-pairs", "9", "--x10-connections", "90",
+        "--timeout", "15", "--json", str(out), "--plots", str(plots),
+    ]  # fmt: skip
+    with trio.fail_after(60):
+        done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
+    report, errors = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 0, report + errors
+    document = json.loads(out.read_text())
+    results = document["results"]
+    assert set(X10_WORKLOADS) <= set(results)
+    for name in X10_WORKLOADS:
+        assert _exact(results[name]), (name, results[name])
+    assert results["w1-burst-x10"]["expected"] == 18 * 20
+    assert results["w2-burst-x10"]["expected"] == 18 * 20
+    assert results["w3-idle-x10"]["opened"] == 90
+    for name, r in results.items():
+        cost = r["cost"]
+        if name.startswith("w3-"):
+            assert cost["ms_per_connection"] > 0 and cost["idle_cpu_pct"] > 0, (name, cost)
+            assert cost["kib_per_connection"] > 0, (name, cost)
+        else:
+            assert cost["us_per_delivery"] > 0 and cost["us_per_message"] > 0, (name, cost)
+    scaling = document["scaling"]
+    assert {r["workload"] for r in scaling} == {"w1-rate", "w1-burst", "w2-rate", "w2-burst",
+                                                 "w3-idle"}  # fmt: skip
+    assert all(r["ratio"] > 0 and r["exact"] for r in scaling), scaling
+    w1 = next(r for r in scaling if r["workload"] == "w1-burst")
+    assert (w1["base_size"], w1["x10_size"], w1["size_unit"]) == (6, 18, "receivers")
+    assert "scaling" in report and "x10 / base" in report
+    # Progress off a terminal: each phase's start and end, nothing else but the plots' line.
+    lines = errors.splitlines()
+    assert lines[-1] == f"plots: 9 SVG file(s) in {plots}"
+    phases = [re.fullmatch(r"(\S+): (started.*|done in .*)", line) for line in lines[:-1]]
+    assert all(phases), lines
+    started = [m.group(1) for m in phases if m and m.group(2).startswith("started")]
+    ended = [m.group(1) for m in phases if m and m.group(2).startswith("done")]
+    assert sorted(started) == sorted(ended) == sorted(results), lines
+    # The plots: valid SVG, one latency plot per W1 and W2 phase, and the scaling.
+    files = sorted(p.name for p in plots.iterdir())
+    phases_run = [n for n in results if not n.startswith("w3-")]
+    assert files == sorted([f"latency-{n}.svg" for n in phases_run] + ["scaling.svg"])
+    for name in phases_run:
+        texts = _svg_texts((plots / f"latency-{name}.svg").read_text())
+        assert any(t.startswith(f"{name}: delivery latency") for t in texts), texts
+    texts = _svg_texts((plots / "scaling.svg").read_text())
+    assert sum("x10 / base" in t for t in texts) == len(scaling)

@@ -35,6 +35,7 @@ import orjson
 
 from . import _ws
 from ._engine import BENCH_EVENT, OPEN, Conn, Engine, Target
+from ._progress import open_cell
 from ._stats import Receipts
 
 FLUSH_BYTES: Final = 16 * 1024  # a sender writes its queued frames at least this often
@@ -105,6 +106,7 @@ class Phase:
             (d["at"], d["user"], d["pause"], (d["to"][0], d["to"][1]))
             for d in spec.get("drops", ())
         )
+        self.cell = open_cell(spec.get("progress"))  # deliveries so far, for the progress line
         self.schedule = self._schedule(spec)
         self.senders = {slot[1] for slot in self.schedule}
         self._next = 0
@@ -137,6 +139,8 @@ class Phase:
         """Send every message that is due, cut the connections whose drop is due; when the
         next thing is due (``None``: nothing more)."""
         wake = self._send(now)
+        if self.cell is not None:
+            self.cell.offer(now, len(self.latencies))
         if not self.drops:
             return wake
         while self.drops and self.start + int(self.drops[0][0] * 1e9) <= now:
@@ -271,6 +275,9 @@ class Phase:
         if done and grace > 0:
             engine.pump(grace)
         engine.sink = None
+        if self.cell is not None:
+            self.cell.write(len(self.latencies))
+            self.cell.close()
         received = sum(r.received for _, r in self.receivers)
         expected = self.expected
         lost_examples: list[str] = []
@@ -395,6 +402,7 @@ class Driver:
 
     def open(self, cmd: dict[str, Any]) -> dict[str, Any]:
         targets = [Target(*entry) for entry in cmd["targets"]]
+        cell = open_cell(cmd.get("progress"))
         conns = self.engine.open(
             targets,
             int(cmd["concurrency"]),
@@ -403,7 +411,10 @@ class Driver:
             tls=bool(cmd.get("tls")),
             urls=[(host, port) for host, port in cmd["urls"]] if cmd.get("urls") else None,
             seed=int(cmd.get("seed", 0)),
+            progress=None if cell is None else cell.offer,
         )
+        if cell is not None:
+            cell.close()
         opened = [c for c in conns if c.state == OPEN]
         return {
             "requested": len(targets),

@@ -225,12 +225,13 @@ class Engine:
         tls: bool = False,
         urls: list[Address] | None = None,
         seed: int = 0,
+        progress: Callable[[int, int], None] | None = None,
     ) -> list[Conn]:
         """Open connections, at most ``concurrency`` handshakes at a time, until all are open
         or failed, or the deadline; the connections in the order of ``targets``. ``deflate``
         offers permessage-deflate; ``tls`` speaks TLS (wss://). With ``urls`` (every node), each
         user resumes its session after a drop (see :mod:`._resume`): its node first, then the
-        others in that order."""
+        others in that order. ``progress(now, handshakes done)`` runs on every turn."""
         pending = collections.deque(targets)
         started: list[Conn] = []
         self._options = (deflate, tls)
@@ -244,6 +245,8 @@ class Engine:
         def tick(now: int) -> None:
             while pending and self.handshaking < concurrency:
                 started.append(self._start(pending.popleft(), now, deflate, tls))
+            if progress is not None:
+                progress(now, len(started) - self.handshaking)
 
         self.run(lambda: not pending and self.handshaking == 0, deadline, tick)
         for conn in started:

@@ -13,8 +13,8 @@ from typing import Any, Final
 
 import attrs
 
-from . import _stats
-from ._workloads import FAULT_WORKLOADS, SESSION_WORKLOADS
+from . import _cost, _stats
+from ._workloads import FAULT_WORKLOADS, SESSION_WORKLOADS, WORKLOADS
 
 Verdict = tuple[str, bool | None]  # (what was measured against the target, met?)
 
@@ -192,13 +192,15 @@ def render(document: dict[str, Any]) -> str:
         )
     if len(rows) > 1:
         lines += _table(rows)
-    w3 = results.get("w3-idle")
-    if w3 is not None and "error" not in w3:
+    for name in ("w3-idle", "w3-idle-x10"):
+        w3 = results.get(name)
+        if w3 is None or "error" in w3:
+            continue
         kb = w3["rss_per_connection_kb"]
         hs = w3["setup"]["handshake_ms"]
         lines += [
             "",
-            f"w3-idle: {w3['opened']:,}/{w3['connections']:,} opened in "
+            f"{name}: {w3['opened']:,}/{w3['connections']:,} opened in "
             f"{w3['setup']['seconds'] or 0:.2f} s ({_n(w3['opened_per_s'])}/s, handshake p50/p99 "
             f"{_lat(hs, ('p50', 'p99'))} ms); node RSS "
             f"{'n/a' if kb is None else f'{kb:+.2f} KB'} per connection; "
@@ -206,6 +208,12 @@ def render(document: dict[str, Any]) -> str:
             f"({w3['dropped_during_hold']} dropped); "
             f"CPU s nodes/broker/drv opening {_cpu(w3['cpu_s']['open'])}",
         ]
+    costs = _cost_lines(results)
+    if costs:
+        lines += ["", *costs]
+    scaling = _cost.scaling(results)
+    if scaling:
+        lines += ["", *_scaling_lines(scaling)]
     bus = results.get("bus")
     if bus is not None and "paths" in bus:
         lines += [*([""] if lines[-1] else []), *_bus_lines(bus)]
@@ -261,8 +269,83 @@ def render(document: dict[str, Any]) -> str:
 
 
 def _is_phase(name: str) -> bool:
-    """Whether a workload is one of the measured WebSocket phases (W1, W2)."""
+    """Whether a workload is one of the measured WebSocket phases (W1, W2, and at x10)."""
     return name.startswith(("w1-", "w2-"))
+
+
+def _is_idle(name: str) -> bool:
+    """Whether a workload is W3 (or W3 x10)."""
+    return name.startswith("w3-")
+
+
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.2f}" if value < 100 else f"{value:,.0f}"
+
+
+def _cost_lines(results: dict[str, dict[str, Any]]) -> list[str]:
+    """What the server's work cost: W1 and W2 per delivery and per message, W3 per
+    connection opened and held."""
+    rows = [
+        [
+            "server cost",
+            "server CPU s",
+            "us/delivery",
+            "us/message",
+            "driver us/delivery",
+        ]
+    ]
+    for name, r in results.items():
+        if not _is_phase(name) or "cost" not in r:
+            continue
+        c = r["cost"]
+        rows.append(
+            [
+                name,
+                "-" if c["server_cpu_s"] is None else f"{c['server_cpu_s']:.2f}",
+                _us(c["us_per_delivery"]),
+                _us(c["us_per_message"]),
+                _us(c["driver_us_per_delivery"]),
+            ]
+        )
+    lines = _table(rows) if len(rows) > 1 else []
+    for name, r in results.items():
+        if not _is_idle(name) or "cost" not in r:
+            continue
+        c = r["cost"]
+        pct = c["idle_cpu_pct"]
+        lines.append(
+            f"{name}: {_us(c['ms_per_connection'])} ms of server CPU per connection opened; "
+            f"held idle: {'-' if pct is None else f'{pct:.2f}'}% of a core for "
+            f"{r['opened']:,} connections ({_us(c['idle_us_per_connection_s'])} us per "
+            f"connection per s), {_us(c['kib_per_connection'])} KiB per connection"
+        )
+    if lines:
+        lines.append(
+            "server = nodes + broker (their CPU-time clocks); a W1 message is one delivery per "
+            "receiver, a W2 message one delivery"
+        )
+    return lines
+
+
+def _scaling_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The scaling table: each x10 workload's cost against its base workload's."""
+    table = [["scaling", "cost", "base size", "x10 size", "at base", "at x10", "x10 / base"]]
+    for row in rows:
+        table.append(
+            [
+                row["workload"] + ("" if row.get("exact", True) else " *"),
+                row["unit"],
+                f"{_n(row['base_size'])} {row['size_unit'] or ''}".rstrip(),
+                _n(row["x10_size"]),
+                _us(row["base"]),
+                _us(row["x10"]),
+                "-" if row["ratio"] is None else f"{row['ratio']:.2f}",
+            ]
+        )
+    notes = []
+    if not all(row.get("exact", True) for row in rows):
+        notes = ["* a run of this workload lost, duplicated or dropped something: see above"]
+    return [*_table(table), *notes]
 
 
 _BUS_CPU: Final = ("broker", "pub", "sub", "nodes")
@@ -508,7 +591,8 @@ def medians(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per workload, the median of each figure over runs; losses, duplicates and timeouts are
     the worst of any run (a target of 0 lost is met only if every run lost nothing)."""
     out: dict[str, dict[str, Any]] = {}
-    names = [n for n in TARGETS if any(n in d["results"] for d in documents)]
+    measured = [n for n in WORKLOADS if n in TARGETS or n in _cost.BASE_OF]
+    names = [n for n in measured if any(n in d["results"] for d in documents)]
     bus = [d["results"]["bus"] for d in documents if "paths" in d["results"].get("bus", {})]
     if bus:
         out["bus"] = _bus_medians(bus)
@@ -530,9 +614,12 @@ def medians(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             out[name] = _session_medians(runs)
         elif name in FAULT_WORKLOADS:
             out[name] = _fault_medians(runs)
-        elif name == "w3-idle":
+        elif _is_idle(name):
             out[name] = {
                 "runs": len(runs),
+                "size": runs[0].get("size"),
+                "size_unit": runs[0].get("size_unit"),
+                "opened": round(_median([r.get("opened") for r in runs]) or 0),
                 "opened_per_s": _median([r["opened_per_s"] for r in runs]),
                 "rss_per_connection_kb": _median([r["rss_per_connection_kb"] for r in runs]),
                 "alive_after_hold": min(r["alive_after_hold"] for r in runs),
@@ -541,6 +628,7 @@ def medians(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                     "opened_per_s": [r["opened_per_s"] for r in runs],
                     "rss_per_connection_kb": [r["rss_per_connection_kb"] for r in runs],
                 },
+                **_cost_medians(runs),
             }
         else:
             latency: dict[str, dict[str, float | None]] = {"all": {}, "first": {}, "last": {}}
@@ -548,6 +636,8 @@ def medians(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 latency[which][q] = _median([r["latency_ms"][which][q] for r in runs])
             out[name] = {
                 "runs": len(runs),
+                "size": runs[0].get("size"),
+                "size_unit": runs[0].get("size_unit"),
                 "deliveries_per_s": _median([r["deliveries_per_s"] for r in runs]),
                 "latency_ms": latency,
                 "lost": max(r["lost"] for r in runs),
@@ -561,10 +651,23 @@ def medians(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                     "deliveries_per_s": [r["deliveries_per_s"] for r in runs],
                     "p99_ms": [r["latency_ms"]["all"]["p99"] for r in runs],
                 },
+                **_cost_medians(runs),
             }
-        measured, met = TARGETS[name].check(out[name])
-        out[name]["target"] = {"text": TARGETS[name].text, "measured": measured, "met": met}
+        if name in TARGETS:
+            verdict, met = TARGETS[name].check(out[name])
+            out[name]["target"] = {"text": TARGETS[name].text, "measured": verdict, "met": met}
     return out
+
+
+def _cost_medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of each cost figure over runs, and each run's (``cost_values``)."""
+    costs = [r["cost"] for r in runs if "cost" in r]
+    if not costs:
+        return {}
+    return {
+        "cost": {k: _median([c.get(k) for c in costs]) for k in costs[0]},
+        "cost_values": {k: [c.get(k) for c in costs] for k in costs[0]},
+    }
 
 
 def _session_medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -662,14 +765,20 @@ def render_medians(table: dict[str, dict[str, Any]], documents: list[dict[str, A
         )
     if len(rows) > 1:
         lines += _table(rows)
-    w3 = table.get("w3-idle")
-    if w3 is not None and "error" not in w3:
+    for name in ("w3-idle", "w3-idle-x10"):
+        w3 = table.get(name)
+        if w3 is None or "error" in w3:
+            continue
         kb = w3["rss_per_connection_kb"]
         lines.append(
-            f"w3-idle: {_n(w3['opened_per_s'])} opened/s, node RSS "
+            f"{name}: {_n(w3['opened_per_s'])} opened/s, node RSS "
             f"{'n/a' if kb is None else f'{kb:.2f} KB'} per connection, "
             f"all alive in every run: {w3['all_alive']}"
         )
+    lines += _cost_lines(table)
+    scaling = _cost.scaling(table)
+    if scaling:
+        lines += _scaling_lines(scaling)
     bus = table.get("bus")
     if bus is not None and "paths" in bus:
         rows = [

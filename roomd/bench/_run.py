@@ -26,16 +26,18 @@ import attrs
 import orjson
 import trio
 
-from . import _report
+from . import _cost, _plots, _report
 from ._faults import FAULTS, run_fault
 from ._micro import run_micro
 from ._procs import BenchError, Cluster, ClusterOptions, Node, drivers, get_json, local_cluster
+from ._progress import Progress
 from ._sessions import run_session
 from ._workloads import (
     DEFAULT_WORKLOADS,
     FAULT_WORKLOADS,
     SESSION_WORKLOADS,
     WORKLOADS,
+    X10_WORKLOADS,
     Bench,
     Settings,
     run_bus,
@@ -63,8 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workloads",
         default=",".join(DEFAULT_WORKLOADS),
-        help=f"comma-separated, of {','.join(WORKLOADS)}; 'faults' for every fault-* "
-        f"(default: {','.join(DEFAULT_WORKLOADS)})",
+        help=f"comma-separated, of {','.join(WORKLOADS)}; 'faults' for every fault-*, "
+        f"'x10' for every *-x10 (default: {','.join(DEFAULT_WORKLOADS)})",
     )
     p.add_argument("--drivers", type=int, default=d.drivers, help="driver processes (1)")
     g = p.add_argument_group("W1: one room")
@@ -82,6 +84,17 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--hold", type=float, default=d.hold, help=f"seconds ({d.hold:g})")
     g.add_argument(
         "--concurrency", type=int, default=d.concurrency, help="handshakes at a time (200)"
+    )
+    g = p.add_argument_group("x10: W1, W2 and W3 at ten times their sizes (not run by default)")
+    g.add_argument(
+        "--x10-receivers", type=int, default=d.x10_receivers, help=f"W1 ({d.x10_receivers:,})"
+    )
+    g.add_argument("--x10-pairs", type=int, default=d.x10_pairs, help=f"W2 ({d.x10_pairs:,})")
+    g.add_argument(
+        "--x10-connections",
+        type=int,
+        default=d.x10_connections,
+        help=f"W3 ({d.x10_connections:,})",
     )
     g = p.add_argument_group("bus: raw bus messages through the broker (no nodes in the path)")
     g.add_argument("--bus-messages", type=int, default=d.bus_messages, help=f"({d.bus_messages:,})")
@@ -199,6 +212,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--logs", metavar="DIR", help="save the broker's and nodes' output in DIR")
     g.add_argument(
+        "--plots",
+        metavar="DIR",
+        help="write SVG plots in DIR: each W1/W2 phase's latency distribution, and the "
+        "scaling of cost with size when x10 workloads ran",
+    )
+    g.add_argument(
         "--profile",
         metavar="DIR",
         help="py-spy every node during each phase; raw stacks in DIR, top functions in the "
@@ -211,7 +230,8 @@ def parse_settings(argv: Sequence[str]) -> tuple[Settings, str | None, int]:
     args = _parser().parse_args(argv)
     workloads = []
     for name in (w.strip() for w in args.workloads.split(",")):
-        workloads += list(FAULT_WORKLOADS) if name == "faults" else [name] if name else []
+        groups = {"faults": list(FAULT_WORKLOADS), "x10": list(X10_WORKLOADS)}
+        workloads += groups.get(name, [name] if name else [])
     unknown = [w for w in workloads if w not in WORKLOADS]
     if unknown:
         raise SystemExit(f"roomd bench: unknown workload(s) {unknown}; choose from {WORKLOADS}")
@@ -232,6 +252,9 @@ def parse_settings(argv: Sequence[str]) -> tuple[Settings, str | None, int]:
         connections=args.connections,
         hold=args.hold,
         concurrency=args.concurrency,
+        x10_receivers=args.x10_receivers,
+        x10_pairs=args.x10_pairs,
+        x10_connections=args.x10_connections,
         bus_messages=args.bus_messages,
         bus_bytes=args.bus_bytes,
         bus_checkpoint=args.bus_checkpoint,
@@ -256,6 +279,7 @@ def parse_settings(argv: Sequence[str]) -> tuple[Settings, str | None, int]:
         timeout=args.timeout,
         profile=args.profile,
         logs=args.logs,
+        plots=args.plots,
     )
     if any(url.startswith("wss://") for url in urls):
         settings = attrs.evolve(settings, tls=True)
@@ -306,16 +330,22 @@ async def _cluster(
     yield Cluster(nodes)
 
 
-async def run(settings: Settings, command: str) -> dict[str, Any]:
-    """Run the selected workloads; the report document (see :func:`_report.render`)."""
+async def run(settings: Settings, command: str, progress: Progress | None = None) -> dict[str, Any]:
+    """Run the selected workloads; the report document (see :func:`_report.render`).
+    ``progress``: where to show what is going on (default: nowhere)."""
     load_start = list(os.getloadavg())
     results: dict[str, dict[str, Any]] = {}
     started = time.time()
     received: list[int] = []
+    progress = progress or Progress.silent()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_on_signal, signals, nursery.cancel_scope, received)
-            await _workloads(settings, results)
+            nursery.start_soon(_on_signal, signals, nursery.cancel_scope, received, progress)
+            nursery.start_soon(progress.redraw)
+            try:
+                await _workloads(settings, results, progress)
+            finally:
+                progress.close()
             nursery.cancel_scope.cancel()
     if received:
         raise BenchError(f"stopped by {signal.Signals(received[0]).name}")
@@ -335,67 +365,112 @@ async def run(settings: Settings, command: str) -> dict[str, Any]:
             "load_start": load_start,
             "load_end": list(os.getloadavg()),
             "default_sizes": settings.default_sizes(),
+            "fd_limit": list(resource.getrlimit(resource.RLIMIT_NOFILE)),
             "settings": attrs.asdict(settings),
         },
         "results": results,
+        "scaling": _cost.scaling(results),
     }
 
 
-async def _workloads(settings: Settings, results: dict[str, dict[str, Any]]) -> None:
+async def _workloads(
+    settings: Settings, results: dict[str, dict[str, Any]], progress: Progress
+) -> None:
     """The bus, then W1 and W2, on one cluster (the bus first, while the nodes are idle); W3 on
     a fresh one (when this run starts the cluster), so that its memory per connection is not
     flattered by memory the nodes freed after W1 and W2."""
-    w1 = [w for w in settings.workloads if w.startswith("w1-")]
-    w2 = [w for w in settings.workloads if w.startswith("w2-")]
+    w1 = [w for w in settings.workloads if w.startswith("w1-") and w not in X10_WORKLOADS]
+    w2 = [w for w in settings.workloads if w.startswith("w2-") and w not in X10_WORKLOADS]
     bus = "bus" in settings.workloads
     if bus and settings.urls:
         results["bus"] = {"skipped": BUS_SKIPPED}
-        _say(f"bus: skipped: {BUS_SKIPPED}")
+        progress.say(f"bus: skipped: {BUS_SKIPPED}")
         bus = False
     if w1 or w2 or bus:
         async with _cluster(settings) as cluster:
             if bus:
-                _say(f"bus: {settings.bus_messages:,} messages through the broker ...")
-                await _guarded(results, ["bus"], _one("bus", _bus(settings, cluster)))
+                what = f"{settings.bus_messages:,} messages through the broker"
+                progress.begin("bus", "", what)
+                await _guarded(results, ["bus"], _one("bus", _bus(settings, cluster)), progress)
+                progress.end("bus", _bus_summary(results["bus"]))
             if w1 or w2:
                 async with drivers(settings.drivers) as started:
-                    bench = Bench(settings, cluster.nodes, cluster.broker_pid, started)
+                    bench = _bench(settings, cluster, started, progress)
                     if w1:
-                        _say(f"W1: {settings.receivers} receivers in one room ...")
-                        await _guarded(results, w1, run_w1(bench, sorted(w1, key=WORKLOADS.index)))
+                        work = run_w1(bench, sorted(w1, key=WORKLOADS.index))
+                        await _guarded(results, w1, work, progress)
                     if w2:
-                        _say(f"W2: {settings.pairs} pairs ...")
-                        await _guarded(results, w2, run_w2(bench, sorted(w2, key=WORKLOADS.index)))
+                        work = run_w2(bench, sorted(w2, key=WORKLOADS.index))
+                        await _guarded(results, w2, work, progress)
     if "micro" in settings.workloads:
-        _say("micro: the node's own work per message, in this process ...")
+        progress.begin("micro", "", "the node's own work per message, in this process")
         results["micro"] = await trio.to_thread.run_sync(run_micro, settings.micro_sends)
+        progress.end("micro", f"{results['micro']['direct_us']:.2f} us per direct send")
     for name in (w for w in SESSION_WORKLOADS if w in settings.workloads):
         async with (
             _cluster(settings, defaults=True, label=name) as cluster,
             drivers(settings.drivers) as started,
         ):
-            bench = Bench(settings, cluster.nodes, cluster.broker_pid, started)
-            _say(f"{name}: {settings.receivers} receivers in one room, resuming ...")
+            bench = _bench(settings, cluster, started, progress)
+            progress.note(f"{name}: {settings.receivers} receivers in one room")
             work = run_session(bench, name, cluster.control)
-            await _guarded(results, [name], _one(name, work))
+            await _guarded(results, [name], _one(name, work), progress)
     for fault in (w for w in FAULT_WORKLOADS if w in settings.workloads):
         async with (
             _cluster(settings, defaults=True, label=fault) as cluster,
             drivers(1, "roomd.bench._clients", "clients") as started,
         ):
-            bench = Bench(settings, cluster.nodes, cluster.broker_pid, started)
-            _say(f"{fault}: {FAULTS[fault]}, {settings.fault_users} users ...")
+            bench = _bench(settings, cluster, started, progress)
+            progress.begin(fault, "", f"{FAULTS[fault]}, {settings.fault_users} users")
             work = run_fault(bench, fault, cluster.control)
-            await _guarded(results, [fault], _one(fault, work))
-    if "w3-idle" in settings.workloads:
+            await _guarded(results, [fault], _one(fault, work), progress)
+            r = results[fault]
+            progress.end(fault, "failed" if "error" in r else f"{r['lost']:,} lost")
+    idle = (("w3-idle", settings.connections), ("w3-idle-x10", settings.x10_connections))
+    for w3, size in idle:
+        if w3 in settings.workloads:
+            await _w3(settings, results, w3, size, progress)
+    x1: list[str] = [w for w in X10_WORKLOADS if w in settings.workloads and w.startswith("w1-")]
+    x2: list[str] = [w for w in X10_WORKLOADS if w in settings.workloads and w.startswith("w2-")]
+    if x1 or x2:
         async with (
-            _cluster(settings, label="w3-idle") as cluster,
+            _cluster(settings, label="x10") as cluster,
             drivers(settings.drivers) as started,
         ):
-            bench = Bench(settings, cluster.nodes, cluster.broker_pid, started)
-            _say(f"W3: {settings.connections} idle connections, held {settings.hold:g} s ...")
-            await _guarded(results, ["w3-idle"], _one("w3-idle", run_w3(bench)))
-            results["w3-idle"]["fresh_cluster"] = not settings.urls
+            bench = _bench(settings, cluster, started, progress)
+            if x1:
+                await _guarded(results, x1, run_w1(bench, x1, settings.x10_receivers), progress)
+            if x2:
+                await _guarded(results, x2, run_w2(bench, x2, settings.x10_pairs), progress)
+
+
+def _bench(settings: Settings, cluster: Cluster, started: list[Any], progress: Progress) -> Bench:
+    return Bench(settings, cluster.nodes, cluster.broker_pid, started, progress=progress)
+
+
+def _bus_summary(bus: dict[str, Any]) -> str:
+    if "paths" not in bus:
+        return "failed"
+    return f"{bus['messages_per_s']:,.0f} messages/s through the broker, {bus['lost']:,} lost"
+
+
+async def _w3(
+    settings: Settings,
+    results: dict[str, dict[str, Any]],
+    name: str,
+    size: int,
+    progress: Progress,
+) -> None:
+    """W3 (or W3 x10) on a fresh cluster when this run starts the cluster."""
+    progress.note(f"{name}: starting a fresh cluster")
+    async with (
+        _cluster(settings, label=name) as cluster,
+        drivers(settings.drivers) as started,
+    ):
+        bench = _bench(settings, cluster, started, progress)
+        await _guarded(results, [name], _one(name, run_w3(bench, size, name)), progress)
+        if "error" not in results[name]:
+            results[name]["fresh_cluster"] = not settings.urls
 
 
 async def _bus(settings: Settings, cluster: Cluster) -> dict[str, Any]:
@@ -410,12 +485,12 @@ async def _bus(settings: Settings, cluster: Cluster) -> dict[str, Any]:
 
 
 async def _on_signal(
-    signals: AsyncIterator[int], scope: trio.CancelScope, received: list[int]
+    signals: AsyncIterator[int], scope: trio.CancelScope, received: list[int], progress: Progress
 ) -> None:
     """The first SIGINT or SIGTERM cancels the run; the processes are stopped on the way out."""
     async for signum in signals:
         received.append(signum)
-        _say(f"roomd bench: {signal.Signals(signum).name}: stopping every process")
+        progress.say(f"roomd bench: {signal.Signals(signum).name}: stopping every process")
         scope.cancel()
         return
 
@@ -424,13 +499,14 @@ async def _guarded(
     results: dict[str, dict[str, Any]],
     names: list[str],
     work: Coroutine[Any, Any, dict[str, dict[str, Any]]],
+    progress: Progress,
 ) -> None:
     """Run a workload group; a failure becomes the result of its workloads, and the run goes
     on with the next group."""
     try:
         results.update(await work)
     except BenchError as exc:
-        _say(f"roomd bench: {exc}")
+        progress.say(f"roomd bench: {exc}")
         for name in names:
             results.setdefault(name, {"error": str(exc).splitlines()[0]})
 
@@ -483,7 +559,7 @@ def main(argv: Sequence[str]) -> int:
             _say(f"run {index + 1} of {repeat}")
         failures: list[BenchError] = []
         try:
-            documents.append(trio.run(run, settings, command))
+            documents.append(trio.run(run, settings, command, Progress(sys.stderr)))
         except* BenchError as group:
             failures.extend(_leaves(group))
         if failures:
@@ -493,8 +569,12 @@ def main(argv: Sequence[str]) -> int:
         print(_report.render(documents[-1]), flush=True)
     output: dict[str, Any] = documents[0]
     if repeat > 1:
-        output = {"runs": documents, "medians": _report.medians(documents)}
+        table = _report.medians(documents)
+        output = {"runs": documents, "medians": table, "scaling": _cost.scaling(table)}
         print("\n" + _report.render_medians(output["medians"], documents), flush=True)
+    if settings.plots:
+        written = _plots.write(settings.plots, documents, output["scaling"])
+        _say(f"plots: {len(written)} SVG file(s) in {settings.plots}")
     if json_path:
         with open(json_path, "wb") as f:
             f.write(orjson.dumps(output, option=orjson.OPT_INDENT_2))

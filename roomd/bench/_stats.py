@@ -170,3 +170,29 @@ def median(values: Sequence[float]) -> float:
         return math.nan
     mid = n // 2
     return ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+# The quantiles a latency distribution is kept at (for plots): every percent, and the tail finer.
+CDF_QUANTILES: tuple[float, ...] = (
+    *range(0, 99),
+    99.0,
+    99.5,
+    99.9,
+    99.95,
+    99.99,
+    100.0,
+)
+
+
+def cdf_ms(ordered: Sequence[int]) -> list[list[float]]:
+    """``[quantile, milliseconds]`` pairs of already sorted latencies in nanoseconds, at
+    :data:`CDF_QUANTILES` (a compact distribution, whatever the number of deliveries); the
+    0th quantile is the smallest value. Empty for no values.
+
+    >>> points = {q: ms for q, ms in cdf_ms([1_000_000, 2_000_000, 3_000_000, 4_000_000])}
+    >>> points[0], points[50], points[75], points[100]
+    (1.0, 2.0, 3.0, 4.0)
+    """
+    if not ordered:
+        return []
+    return [[q, round(percentile(ordered, q) / NS_PER_MS, 4)] for q in CDF_QUANTILES]

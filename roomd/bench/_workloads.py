@@ -19,6 +19,7 @@ import contextlib
 import itertools
 import math
 import os
+import resource
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -27,13 +28,16 @@ from typing import Any, Final
 import attrs
 import trio
 
-from . import _profile, _stats
+from . import _cost, _profile, _stats
 from ._procs import BenchError, Driver, Node, alive, cpu_seconds, get_json, rss_bytes
+from ._progress import Progress
 
 ROOM: Final = "bench"
 MARGIN: Final = 30.0  # seconds a driver may take beyond the timeout it was given
 # Run when none is named: the load workloads.
 DEFAULT_WORKLOADS: Final = ("w1-rate", "w1-burst", "w2-rate", "w2-burst", "w3-idle", "bus", "micro")
+# W1, W2 and W3 at ten times their sizes (``x10`` names them all; not run by default).
+X10_WORKLOADS: Final = ("w1-rate-x10", "w1-burst-x10", "w2-rate-x10", "w2-burst-x10", "w3-idle-x10")
 SESSION_WORKLOADS: Final = ("resume", "drain", "crash")  # see ._sessions
 FAULT_WORKLOADS: Final = (  # see ._faults; ``faults`` names them all
     "fault-kill",
@@ -43,7 +47,8 @@ FAULT_WORKLOADS: Final = (  # see ._faults; ``faults`` names them all
     "fault-term",
     "fault-restart",
 )
-WORKLOADS: Final = (*DEFAULT_WORKLOADS, *SESSION_WORKLOADS, *FAULT_WORKLOADS)  # report order
+WORKLOADS: Final = (*DEFAULT_WORKLOADS, *X10_WORKLOADS, *SESSION_WORKLOADS, *FAULT_WORKLOADS)
+# (in report order)
 BUS_PATHS: Final = ("broker", "direct")
 BUS_JOIN_TIMEOUT: Final = 10.0  # seconds for a probe to get through a new PUB/SUB pair
 BUS_PROBE_WAIT: Final = 0.02  # seconds the subscriber waits for each probe
@@ -69,6 +74,9 @@ class Settings:
     connections: int = 5000
     hold: float = 30.0
     concurrency: int = 200
+    x10_receivers: int = 5000  # W1 x10
+    x10_pairs: int = 1000  # W2 x10
+    x10_connections: int = 20_000  # W3 x10
     bus_messages: int = 100_000
     bus_bytes: int = 150  # of each bus message after its topic
     bus_checkpoint: int = 256  # bus messages sent between two checkpoints
@@ -96,16 +104,19 @@ class Settings:
     start_timeout: float = 60.0
     profile: str | None = None  # a directory: py-spy the nodes during each phase
     logs: str | None = None  # a directory for the broker's and nodes' output
+    plots: str | None = None  # a directory for the plots (SVG)
 
     def default_sizes(self) -> bool:
         """Whether the sizes are those the issue's targets are stated for (the bus workload's
         have no target)."""
         same = attrs.evolve(self, urls=[], drivers=1, workloads=list(DEFAULT_WORKLOADS))
-        same = attrs.evolve(same, profile=None, logs=None)
+        same = attrs.evolve(same, profile=None, logs=None, plots=None)
         d = Settings()
         same = attrs.evolve(same, bus_messages=d.bus_messages, bus_bytes=d.bus_bytes)
         same = attrs.evolve(same, bus_checkpoint=d.bus_checkpoint, bus_window=d.bus_window)
         same = attrs.evolve(same, bus_direct=d.bus_direct, micro_sends=d.micro_sends)
+        same = attrs.evolve(same, x10_receivers=d.x10_receivers, x10_pairs=d.x10_pairs)
+        same = attrs.evolve(same, x10_connections=d.x10_connections)
         return same == d
 
 
@@ -118,6 +129,7 @@ class Bench:
     broker_pid: int | None
     drivers: list[Driver]
     _phase_ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
+    progress: Progress = attrs.field(factory=Progress.silent, kw_only=True)
 
     def next_phase(self) -> int:
         return next(self._phase_ids)
@@ -201,6 +213,7 @@ class Bench:
         """Open each driver's connections (``urls``: every node's ``[host, port]``, and the
         users resume their sessions after a drop)."""
         concurrency = max(1, self.settings.concurrency // len(self.drivers))
+        where = self.progress.counters(len(self.drivers))
         commands = [
             {
                 "cmd": "open",
@@ -211,8 +224,9 @@ class Bench:
                 "tls": self.settings.tls,
                 "urls": urls,
                 "seed": seed,
+                "progress": w,
             }
-            for t in per_driver
+            for t, w in zip(per_driver, where, strict=True)
         ]
         replies = await self.on_all(commands, timeout)
         starts = [r["start_ns"] for r in replies if r["start_ns"]]
@@ -266,7 +280,12 @@ class Bench:
     ) -> dict[str, Any]:
         """Arm every driver with its part of a phase, run it, and merge the answers.
         ``during`` runs while the phase does (a fault); what it returns is ``fault``."""
-        await self.on_all([{"cmd": "arm", "phase": spec} for spec in specs], 10.0)
+        where = self.progress.counters(len(self.drivers))
+        armed = [
+            {"cmd": "arm", "phase": spec | {"progress": w}}
+            for spec, w in zip(specs, where, strict=True)
+        ]
+        await self.on_all(armed, 10.0)
         load = os.getloadavg()[0]
         fault: dict[str, Any] = {}
 
@@ -274,6 +293,7 @@ class Bench:
             assert during is not None
             fault.update(await during())
 
+        self.progress.begin(label)
         async with self.profiled(label) as profile:
             cpu = self.cpu()
             started = time.monotonic()
@@ -290,11 +310,23 @@ class Bench:
         result.update(profile)
         result["wall_s"] = round(wall, 3)
         result["cpu_s"] = _rounded(self.cpu_used(cpu, cpu_after))
+        result["cost"] = _cost.phase_cost(result)
+        self.progress.end(label, _phase_summary(result))
         result["rss_mb"] = _mb(self.rss())
         result["load_before"] = load
         if self.dead_nodes():
             result["dead_nodes"] = self.dead_nodes()
         return result
+
+
+def _phase_summary(result: dict[str, Any]) -> str:
+    """A phase's one line: what arrived, and what the server spent."""
+    cost = result["cost"]["us_per_delivery"]
+    return (
+        f"{result['received']:,}/{result['expected']:,} delivered, {result['lost']:,} lost, "
+        f"{result['duplicates']:,} dup{' TIMEOUT' if result['timed_out'] else ''}; server "
+        f"{'-' if cost is None else f'{cost:,.2f}'} us per delivery"
+    )
 
 
 def merge_phase(replies: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -306,7 +338,7 @@ def merge_phase(replies: Sequence[dict[str, Any]]) -> dict[str, Any]:
     expected = sum(r["expected"] for r in replies)
     first_send = min((t for t in sent if t), default=0)
     last_delivery = max(last, default=0)
-    latencies = itertools.chain.from_iterable(r["latencies"] for r in replies)
+    latencies = sorted(itertools.chain.from_iterable(r["latencies"] for r in replies))
     return {
         "timed_out": any(r["timed_out"] for r in replies),
         "messages": len(sent),
@@ -327,6 +359,7 @@ def merge_phase(replies: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "first": _stats.Summary.of_ns(_stats.per_message_latencies(sent, first)).as_dict(),
             "last": _stats.Summary.of_ns(_stats.per_message_latencies(sent, last)).as_dict(),
         },
+        "latency_cdf_ms": _stats.cdf_ms(latencies),
         **_problems(replies),
         **(_merge_sessions(replies) if "reconnect_log" in replies[0] else {}),
     }
@@ -352,20 +385,25 @@ def _merge_sessions(replies: Sequence[dict[str, Any]]) -> dict[str, Any]:
 # W1 --------------------------------------------------------------------------------------------
 
 
-async def run_w1(bench: Bench, phases: list[str]) -> dict[str, dict[str, Any]]:
+async def run_w1(
+    bench: Bench, phases: list[str], size: int | None = None
+) -> dict[str, dict[str, Any]]:
+    """W1's phases in one room of ``size`` receivers (``--receivers``)."""
     s, nodes, count = bench.settings, bench.nodes, len(bench.drivers)
+    size = s.receivers if size is None else size
     baseline = await bench.connections()
     sender = "w1-s"
-    receivers = [f"w1-r{i}" for i in range(s.receivers)]
+    receivers = [f"w1-r{i}" for i in range(size)]
+    bench.progress.note(f"w1: opening {size + 1:,} connections")
     targets: list[list[list[Any]]] = [[] for _ in range(count)]
     targets[0].append(_target(sender, nodes[0], ROOM))
     for i, user in enumerate(receivers):
         targets[i % count].append(_target(user, nodes[i % len(nodes)], ROOM))
-    setup = await bench.open(targets, max(60.0, s.receivers / 50))
+    setup = await bench.open(targets, max(60.0, size / 50))
     await bench.settle()
     results: dict[str, dict[str, Any]] = {}
     for name in phases:
-        burst = name == "w1-burst"
+        burst = name.startswith("w1-burst")
         messages = s.messages if burst else s.rate_messages
         phase_id = bench.next_phase()
         specs = []
@@ -385,7 +423,8 @@ async def run_w1(bench: Bench, phases: list[str]) -> dict[str, dict[str, Any]]:
                 ]
             specs.append(spec)
         timeout = s.timeout + (0 if burst else messages / s.rate)
-        results[name] = {"setup": setup, **await bench.phase(name, specs, timeout)}
+        results[name] = {"size": size, "size_unit": "receivers", "setup": setup}
+        results[name] |= await bench.phase(name, specs, timeout)
         await bench.settle()
     teardown = await bench.close("w1-", baseline)
     for result in results.values():
@@ -396,24 +435,29 @@ async def run_w1(bench: Bench, phases: list[str]) -> dict[str, dict[str, Any]]:
 # W2 --------------------------------------------------------------------------------------------
 
 
-async def run_w2(bench: Bench, phases: list[str]) -> dict[str, dict[str, Any]]:
+async def run_w2(
+    bench: Bench, phases: list[str], size: int | None = None
+) -> dict[str, dict[str, Any]]:
+    """W2's phases between ``size`` pairs of users (``--pairs``)."""
     s, nodes, count = bench.settings, bench.nodes, len(bench.drivers)
+    size = s.pairs if size is None else size
     baseline = await bench.connections()
     targets: list[list[list[Any]]] = [[] for _ in range(count)]
-    for i in range(s.pairs):
+    bench.progress.note(f"w2: opening {2 * size:,} connections")
+    for i in range(size):
         targets[i % count].append(_target(f"w2-a{i}", nodes[i % len(nodes)], None))
         targets[i % count].append(_target(f"w2-b{i}", nodes[(i + 1) % len(nodes)], None))
-    setup = await bench.open(targets, max(60.0, s.pairs / 25))
+    setup = await bench.open(targets, max(60.0, size / 25))
     await bench.settle()
     results: dict[str, dict[str, Any]] = {}
     for name in phases:
-        burst = name == "w2-burst"
+        burst = name.startswith("w2-burst")
         messages = s.pair_burst if burst else s.pair_messages
         phase_id = bench.next_phase()
         specs = []
         for d in range(count):
             senders, receivers = [], []
-            for i in range(d, s.pairs, count):
+            for i in range(d, size, count):
                 a, b = f"w2-a{i}", f"w2-b{i}"
                 senders.append({"user": a, "index": 2 * i, "to": {"user": b}})
                 senders.append({"user": b, "index": 2 * i + 1, "to": {"user": a}})
@@ -423,7 +467,7 @@ async def run_w2(bench: Bench, phases: list[str]) -> dict[str, dict[str, Any]]:
                 {
                     "id": phase_id,
                     "messages": messages,
-                    "senders_total": 2 * s.pairs,
+                    "senders_total": 2 * size,
                     "rate": None if burst else s.pair_rate,
                     "padding": s.padding,
                     "senders": senders,
@@ -431,7 +475,8 @@ async def run_w2(bench: Bench, phases: list[str]) -> dict[str, dict[str, Any]]:
                 }
             )
         timeout = s.timeout + (0 if burst else messages / s.pair_rate)
-        results[name] = {"setup": setup, **await bench.phase(name, specs, timeout)}
+        results[name] = {"size": size, "size_unit": "pairs", "setup": setup}
+        results[name] |= await bench.phase(name, specs, timeout)
         await bench.settle()
     teardown = await bench.close("w2-", baseline)
     for result in results.values():
@@ -442,32 +487,55 @@ async def run_w2(bench: Bench, phases: list[str]) -> dict[str, dict[str, Any]]:
 # W3 --------------------------------------------------------------------------------------------
 
 
-async def run_w3(bench: Bench) -> dict[str, Any]:
+async def run_w3(bench: Bench, size: int | None = None, name: str = "w3-idle") -> dict[str, Any]:
+    """W3 with ``size`` idle connections (``--connections``). Error handling:
+    :class:`BenchError` before anything is opened when this process's file-descriptor limit,
+    which the nodes and drivers inherit, cannot hold them."""
     s, nodes, count = bench.settings, bench.nodes, len(bench.drivers)
+    size = s.connections if size is None else size
+    shortfall = fd_shortfall(size, count, len(nodes) if bench.broker_pid is not None else 0)
+    if shortfall is not None:
+        raise BenchError(shortfall)
     baseline = await bench.connections()
     targets: list[list[list[Any]]] = [[] for _ in range(count)]
-    for i in range(s.connections):
+    for i in range(size):
         targets[i % count].append(_target(f"w3-{i}", nodes[i % len(nodes)], None))
     await trio.sleep(1.0)  # let the nodes' memory settle after the previous workload
     rss_before = bench.rss()
+    bench.progress.begin(name, "handshakes", f"{size:,} connections, held {s.hold:g} s")
     async with bench.profiled("w3-open") as profile:
         cpu = bench.cpu()
-        opened = await bench.open(targets, max(60.0, s.connections / 100))
+        opened = await bench.open(targets, max(60.0, size / 100))
         cpu_open = bench.cpu_used(cpu, bench.cpu())
     now_open = await bench.connections()
     server_open = None if now_open is None else now_open - (baseline or 0)
     rss_open = bench.rss()
+    cpu_held = bench.cpu()
+    held_at = time.monotonic()
     hold = await bench.on_all([{"cmd": "hold", "prefix": "w3-", "seconds": s.hold}] * count, s.hold)
+    held_s = time.monotonic() - held_at
     rss_held = bench.rss()
-    cpu_hold = bench.cpu_used(cpu, bench.cpu())
+    cpu_after = bench.cpu()
+    cpu_hold = bench.cpu_used(cpu, cpu_after)
+    cpu_idle = bench.cpu_used(cpu_held, cpu_after)
     pings = await bench.on_all([{"cmd": "ping", "prefix": "w3-", "timeout": 30.0}] * count, 30.0)
     alive = sum(r["answered"] for r in pings)
     teardown = await bench.close("w3-", baseline)
     await trio.sleep(1.0)
     rss_closed = bench.rss()
     per_conn = _per_conn(rss_before, rss_held, opened["opened"])
+    cost = _cost.idle_cost(opened["opened"], cpu_open, cpu_idle, held_s, per_conn)
+    ms, kib = cost["ms_per_connection"], cost["kib_per_connection"]
+    bench.progress.end(
+        name,
+        f"{opened['opened']:,}/{size:,} opened, {alive:,} alive after {s.hold:g} s; server "
+        f"{'-' if ms is None else f'{ms:.2f}'} ms per connection opened, "
+        f"{'-' if kib is None else f'{kib:.2f}'} KiB per idle connection",
+    )
     return {
-        "connections": s.connections,
+        "connections": size,
+        "size": size,
+        "size_unit": "connections",
         "setup": opened,
         "opened": opened["opened"],
         "opened_per_s": opened["opened_per_s"],
@@ -476,7 +544,7 @@ async def run_w3(bench: Bench) -> dict[str, Any]:
         "dropped_during_hold": sum(r["dropped"] for r in hold),
         "server_pings_answered": sum(r["server_pings"] for r in hold),
         "alive_after_hold": alive,
-        "all_alive": alive == s.connections,
+        "all_alive": alive == size,
         "rss_per_connection_kb": per_conn,
         "rss_mb": {
             "before": _mb(rss_before),
@@ -484,7 +552,13 @@ async def run_w3(bench: Bench) -> dict[str, Any]:
             "held": _mb(rss_held),
             "closed": _mb(rss_closed),
         },
-        "cpu_s": {"open": _rounded(cpu_open), "open_and_hold": _rounded(cpu_hold)},
+        "cpu_s": {
+            "open": _rounded(cpu_open),
+            "open_and_hold": _rounded(cpu_hold),
+            "hold": _rounded(cpu_idle),
+        },
+        "hold_wall_s": round(held_s, 3),
+        "cost": cost,
         "teardown": teardown,
         **profile,
         **({"dead_nodes": bench.dead_nodes()} if bench.dead_nodes() else {}),
@@ -592,6 +666,30 @@ async def _join(pub: Driver, sub: Driver, path: str) -> dict[str, Any]:
 
 
 # Helpers ---------------------------------------------------------------------------------------
+
+FD_SPARE_DRIVER: Final = 64  # descriptors a driver uses besides its connections
+FD_SPARE_NODE: Final = 256  # a node's: its listener, bus sockets, ZeroMQ's own, files
+
+
+def fd_shortfall(connections: int, drivers: int, nodes: int) -> str | None:
+    """Why this process's file-descriptor limit (inherited by the nodes and drivers it starts,
+    raised to the hard limit at start) cannot hold ``connections`` split over ``drivers`` and
+    ``nodes`` (0: nodes not started here); ``None`` when it can."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    per_driver = -(-connections // drivers) + FD_SPARE_DRIVER
+    per_node = -(-connections // nodes) + FD_SPARE_NODE if nodes else 0
+    need = max(per_driver, per_node)
+    if need <= soft:
+        return None
+    return (
+        f"the file-descriptor limit is too low for {connections:,} connections: each driver "
+        f"needs about {per_driver:,} and each node {per_node:,}, the limit is {soft:,} "
+        f"(hard limit {'unlimited' if hard == resource.RLIM_INFINITY else f'{hard:,}'}); "
+        f"run with --drivers {-(-connections // max(1, soft - FD_SPARE_DRIVER))} or more, or "
+        "raise the hard limit (ulimit -Hn, limits.conf, LimitNOFILE)"
+    )
 
 
 def _target(user: str, node: Node, room: str | None) -> list[Any]:
