@@ -566,3 +566,36 @@ async def test_a_sequencer_shows_its_own_readers_only_what_left_it(
         await until(lambda: len(_entries(other.host)) == 2)
         assert _entries(other.host)[1] == ("entry", (stream, 2))  # offset 2: another message
         nursery.cancel_scope.cancel()
+
+
+async def test_an_entry_whose_echo_was_dropped_is_delivered_after_a_later_heartbeat(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An echo dropped on the way (a high-water mark) does not hold the sequencer's readers
+    for ever: once a heartbeat published after the entry has come back, it is delivered (and
+    its sender here acknowledged), and counted."""
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        a, b = await start(nursery, network, "a"), await start(nursery, network, "b")
+        await until(lambda: "b" in a.view.nodes and "a" in b.view.nodes)
+        stream = room_stream(*LOBBY)
+        sequencer = a if a.cluster.sequencer_of(stream) == "a" else b
+        sequencer.connect("sam", LOBBY)
+        await until(lambda: a.view.room_members(LOBBY) == b.view.room_members(LOBBY) == ["sam"])
+        sequencer.cluster.streams.append(stream, b'"x":0}', "m0")  # (takes the stream over)
+        await until(lambda: len(_entries(sequencer.host)) == 1)
+
+        def drop_echo(receiver: str, message: bytes) -> bool:
+            env = decode(message)
+            return not (receiver == sequencer.name == env.node and env.kind == Kind.ENTRY)
+
+        network.filter = drop_echo
+        numbered: list[Position | None] = []
+        sequencer.cluster.streams.append(stream, b'"x":1}', "m1", done=numbered.append)
+        published = trio.current_time()
+        await until(lambda: bool(numbered))
+        waited = trio.current_time() - published
+        assert _entries(sequencer.host)[-1] == ("entry", (stream, 2))
+        assert sequencer.cluster.streams.echoes_missed == 1
+        assert 0 < waited <= 2 * SECTION.heartbeat_interval  # (the next heartbeat's echo)
+        nursery.cancel_scope.cancel()

@@ -56,6 +56,7 @@ BYE_FLUSH: Final = 0.05  # seconds for libzmq's I/O thread to send the goodbye
 # opened in a second cost a hundred messages, not a thousand (each of which every node decodes).
 DELTA_WINDOW: Final = 0.01
 MAX_RANKINGS: Final = 100_000  # streams whose node ranking is remembered
+MAX_HEARTBEATS_OUT: Final = 16  # own heartbeats remembered until they come back
 
 
 class BusPort(Protocol):
@@ -171,6 +172,7 @@ class Cluster:
         self._deltas_first = 0
         self._published_seq = 0  # the last delta sequence number on the bus
         self._echo_at = -math.inf  # when this node last heard its own heartbeat from the bus
+        self._heartbeats_out: dict[int, float] = {}  # bus seq -> when published, until echoed
         self._bus_live = False  # our own heartbeats come back: publishing and subscriptions work
         self._gone: dict[str, _Gone] = {}
         self._lives: dict[str, tuple[int, float]] = {name: (epoch, time.time())}
@@ -370,6 +372,9 @@ class Cluster:
 
     def _heartbeat(self) -> None:
         self._publish(_wire.CONTROL, Kind.HEARTBEAT, [self._published_seq, self.host.load()])
+        self._heartbeats_out[self._seq] = trio.current_time()  # (see _own)
+        if len(self._heartbeats_out) > MAX_HEARTBEATS_OUT:  # (the bus is down: none comes back)
+            del self._heartbeats_out[next(iter(self._heartbeats_out))]
 
     # Publishing ----------------------------------------------------------------------------------
 
@@ -598,6 +603,11 @@ class Cluster:
                 log.error("%s: another node uses the name %s", self.name, self.name)
                 return
             self._echo_at = trio.current_time()
+            published = self._heartbeats_out.pop(envelope.seq, None)
+            for seq in [seq for seq in self._heartbeats_out if seq < envelope.seq]:
+                del self._heartbeats_out[seq]  # (lost on the way)
+            if published is not None and self.streams.awaiting_echo:
+                self.streams.overtaken(published)  # (their echoes would have come before it)
             if not self._bus_live:
                 self._check_bus(self._echo_at)
             if self._resync_due:
@@ -792,5 +802,10 @@ class Cluster:
             "stream_lost": (
                 "Messages a repair found no longer held anywhere (delivered past).",
                 self.streams.lost,
+            ),
+            "stream_echoes_missed": (
+                "Entries this node numbered and delivered to its own readers without their echo "
+                "from the bus (dropped on the way).",
+                self.streams.echoes_missed,
             ),
         }

@@ -27,8 +27,9 @@ queues the message for libzmq's I/O thread, so a node killed a moment after numb
 otherwise have shown its own readers messages no other node ever got. The stream's next
 sequencer would then number other messages with the same offsets, and those readers, resuming
 elsewhere, would find their position in an epoch nobody continued (a gap: the messages sent
-meanwhile lost to them). An entry whose echo does not come within :data:`ECHO_WAIT` of a live bus
-is delivered all the same.
+meanwhile lost to them). An entry whose echo was overtaken by the echo of a heartbeat published
+after it (:meth:`StreamService.overtaken`: dropped on the way, at a high-water mark) is delivered
+all the same. A node too busy to read its bus waits for its echoes as its readers elsewhere wait.
 """
 
 from __future__ import annotations
@@ -56,7 +57,6 @@ MAX_HELD: Final = 10_000  # messages held past a hole, per stream, while it is r
 # hole counted lost. Right after the bus comes back, the other nodes may not hear yet (their
 # subscriptions are being made again).
 REPAIR_ATTEMPTS: Final = 2
-ECHO_WAIT: Final = 1.0  # seconds of a live bus an entry waits for its echo before it is delivered
 READER_MEMORY: Final = 60.0  # seconds a node that asked for an inbox's tail is sent its messages
 Done = Callable[[Position | None], None]
 
@@ -145,6 +145,7 @@ class StreamService:
         self.takeovers = 0
         self.repairs = 0
         self.lost = 0  # messages a repair found no longer held anywhere
+        self.echoes_missed = 0  # entries delivered here without their echo (see overtaken)
 
     def start(self, spawn: Callable[..., None]) -> None:
         """Run takeovers and repairs with ``spawn`` (a nursery's ``start_soon``)."""
@@ -294,6 +295,18 @@ class StreamService:
         if local_origin:
             self.on_confirm(stream, entry.message_id, entry.position)
 
+    def overtaken(self, published_at: float) -> None:
+        """A message this node published at ``published_at`` (a heartbeat) came back through
+        the bus: the entries numbered before it whose echo has not come were dropped on the way
+        (at a high-water mark). They have been published all the same: delivered here now."""
+        late = [key for key, waiting in self._unechoed.items() if waiting[2] < published_at]
+        for stream, offset in late:
+            entry, local_origin, _ = self._unechoed.pop((stream, offset))
+            self._release(stream, entry, local_origin)
+        if late:
+            self.echoes_missed += len(late)
+            log.warning("%s: %d entries were delivered without their echo", self.name, len(late))
+
     @property
     def awaiting_echo(self) -> bool:
         return bool(self._unechoed)
@@ -310,11 +323,6 @@ class StreamService:
         again once it is back (:meth:`resend`), their senders still unanswered."""
         if not self.bus_live():
             return
-        for (stream, offset), (entry, local_origin, since) in list(self._unechoed.items()):
-            if now - since > ECHO_WAIT:  # (dropped on the way: it has been published all the same)
-                del self._unechoed[(stream, offset)]
-                log.warning("%s: no echo of %r offset %d; delivered", self.name, stream, offset)
-                self._release(stream, entry, local_origin)
         for key, pending in list(self._pending.items()):
             if pending.target == self.name or (
                 now < pending.deadline and self.is_up(pending.target)
@@ -410,8 +418,6 @@ class StreamService:
     def resend(self, now: float) -> None:
         """Send every unconfirmed append again now, to its stream's sequencer (this node's bus
         is back: what it sent meanwhile was lost)."""
-        for key, (entry, local_origin, _) in list(self._unechoed.items()):
-            self._unechoed[key] = (entry, local_origin, now)  # (the PUB sends what it queued)
         for pending in list(self._pending.values()):
             if pending.target == self.name or self.outbound is None:
                 continue
