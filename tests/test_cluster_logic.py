@@ -599,3 +599,33 @@ async def test_an_entry_whose_echo_was_dropped_is_delivered_after_a_later_heartb
         assert sequencer.cluster.streams.echoes_missed == 1
         assert 0 < waited <= 2 * SECTION.heartbeat_interval  # (the next heartbeat's echo)
         nursery.cancel_scope.cancel()
+
+
+async def test_what_waits_for_its_echo_is_not_read_before_it_is_shown(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A read of the sequencer's stream (a session resuming there, a history request), and its
+    tail, do not include an entry its own readers have not been shown yet: a session that
+    resumed in between would get it twice, read and then live."""
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        a, b = await start(nursery, network, "a"), await start(nursery, network, "b")
+        await until(lambda: "b" in a.view.nodes and "a" in b.view.nodes)
+        stream = room_stream(*LOBBY)
+        sequencer = a if a.cluster.sequencer_of(stream) == "a" else b
+        streams = sequencer.cluster.streams
+        sequencer.connect("sam", LOBBY)
+        await until(lambda: a.view.room_members(LOBBY) == b.view.room_members(LOBBY) == ["sam"])
+        streams.append(stream, b'"x":1}', "m1")
+        await until(lambda: len(_entries(sequencer.host)) == 1)
+        first = streams.local_tail(stream)
+        assert first is not None and first.offset == 1
+        network.cut(sequencer.name)  # (no echo comes)
+        streams.append(stream, b'"x":2}', "m2")
+        assert [e.offset for e in await streams.read(stream, None)] == [1]
+        assert streams.local_tail(stream) == first
+        network.restore(sequencer.name)
+        streams.append(stream, b'"x":3}', "m3")
+        await until(lambda: len(_entries(sequencer.host)) == 3)  # (m2 delivered, overtaken)
+        assert [e.offset for e in await streams.read(stream, None)] == [1, 2, 3]
+        nursery.cancel_scope.cancel()

@@ -461,7 +461,7 @@ class StreamService:
             sequencer = self.sequencer_of(stream)
             if sequencer == self.name or self.outbound is None:
                 await self._numbering(stream)
-                return self.store.log(stream).since(after)
+                return self._released(stream, self.store.log(stream).since(after))
             try:
                 result = await self.outbound.call(sequencer, READ, [stream, wire])
             except RequestTimeout:
@@ -483,9 +483,24 @@ class StreamService:
             return None
         numbering = self.store.sequencers.get(stream)
         if numbering is not None:
-            return Position(numbering.epoch, numbering.log.tail)
+            first = self._first_unechoed(stream)
+            if first is None:
+                return Position(numbering.epoch, numbering.log.tail)
+            shown = [e for e in numbering.log.since(None) if e.offset < first]
+            return shown[-1].position if shown else Position("", first - 1)
         log_ = self.store.logs.get(stream)
         return Position("", log_.tail if log_ is not None else 0)
+
+    def _first_unechoed(self, stream: StreamKey) -> int | None:
+        offsets = [offset for s, offset in self._unechoed if s == stream]
+        return min(offsets) if offsets else None
+
+    def _released(self, stream: StreamKey, entries: list[Entry]) -> list[Entry]:
+        """``entries`` without those that wait for their echo here (what this node's own
+        readers have not been shown yet must not reach a reader first through a read: a
+        session resuming here would get them twice, once read and once live)."""
+        first = self._first_unechoed(stream) if self._unechoed else None
+        return entries if first is None else [e for e in entries if e.offset < first]
 
     def known_tail(self, stream: StreamKey) -> Position:
         """The last position of ``stream`` this node holds a copy of (an empty epoch if none):
@@ -575,7 +590,8 @@ class StreamService:
         if self.sequencer_of(stream) == self.name:
             await self._numbering(stream)
         after = None if wire is None else Position(wire[0], wire[1])
-        return [entry_to_wire(e) for e in self.store.log(stream).since(after)]
+        entries = self._released(stream, self.store.log(stream).since(after))
+        return [entry_to_wire(e) for e in entries]
 
     async def on_tail(self, stream: StreamKey, origin: str) -> list[Any]:
         """The handler of :data:`TAIL` calls: the position, and ``origin`` reads the stream
