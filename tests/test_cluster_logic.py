@@ -629,3 +629,36 @@ async def test_what_waits_for_its_echo_is_not_read_before_it_is_shown(
         await until(lambda: len(_entries(sequencer.host)) == 3)  # (m2 delivered, overtaken)
         assert [e.offset for e in await streams.read(stream, None)] == [1, 2, 3]
         nursery.cancel_scope.cancel()
+
+
+async def test_an_echo_releases_what_was_numbered_before_it_in_order(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An entry whose echo was dropped (the broker restarting) is released, before it, by the
+    echo of the next: a sequencer's own members see the stream in its order."""
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        a, b = await start(nursery, network, "a"), await start(nursery, network, "b")
+        await until(lambda: "b" in a.view.nodes and "a" in b.view.nodes)
+        stream = room_stream(*LOBBY)
+        sequencer = a if a.cluster.sequencer_of(stream) == "a" else b
+        sequencer.connect("sam", LOBBY)
+        await until(lambda: a.view.room_members(LOBBY) == b.view.room_members(LOBBY) == ["sam"])
+        sequencer.cluster.streams.append(stream, b'"x":0}', "m0")  # (takes the stream over)
+        await until(lambda: len(_entries(sequencer.host)) == 1)
+        dropped: list[int] = []
+
+        def drop_first_echo(receiver: str, message: bytes) -> bool:
+            env = decode(message)
+            if receiver == sequencer.name == env.node and env.kind == Kind.ENTRY and not dropped:
+                dropped.append(1)
+                return False
+            return True
+
+        network.filter = drop_first_echo
+        sequencer.cluster.streams.append(stream, b'"x":1}', "m1")
+        sequencer.cluster.streams.append(stream, b'"x":2}', "m2")
+        await until(lambda: len(_entries(sequencer.host)) == 3)
+        assert [o for _, (_, o) in _entries(sequencer.host)] == [1, 2, 3]
+        assert sequencer.cluster.streams.echoes_missed == 1
+        nursery.cancel_scope.cancel()

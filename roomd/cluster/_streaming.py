@@ -133,9 +133,10 @@ class StreamService:
         self.bus_live = bus_live
         self._spawn: Callable[..., None] | None = None
         self._pending: dict[tuple[StreamKey, str], _Pending] = {}
-        # Numbered here, published, delivered here once the bus echoes them: (stream, offset)
-        # -> (entry, whether its sender is this node's, when numbered)
-        self._unechoed: dict[tuple[StreamKey, int], tuple[Entry, bool, float]] = {}
+        # Numbered here, published, delivered here once the bus echoes them, in order: stream
+        # -> offset -> (entry, whether its sender is this node's, when numbered, whether an echo
+        # comes: one that comes after one that waits waits too)
+        self._unechoed: dict[StreamKey, dict[int, tuple[Entry, bool, float, bool]]] = {}
         self._taking: dict[StreamKey, _Takeover] = {}
         self._held: dict[StreamKey, dict[int, Entry]] = {}
         self._repairing: set[StreamKey] = set()
@@ -213,9 +214,13 @@ class StreamService:
             if self.outbound is not None:
                 readers = self._inbox_readers(stream)
                 reached, echo = self.outbound.publish_entry(stream, entry, readers)
-            if echo:  # (see the module docstring: what leaves the process first)
-                key = (stream, entry.offset)
-                self._unechoed[key] = (entry, origin == self.name, trio.current_time())
+            waiting = self._unechoed.get(stream)
+            if echo or waiting:  # (see the module docstring: what leaves the process first)
+                if waiting is None:
+                    waiting = self._unechoed[stream] = {}
+                local = origin == self.name
+                waiting[entry.offset] = (entry, local, trio.current_time(), echo)
+                echo = True  # (confirmed when released)
             else:
                 self.host.deliver_entry(stream, entry)
         if origin == self.name:
@@ -284,28 +289,44 @@ class StreamService:
             self.on_entry(stream, entry)
 
     def on_echo(self, stream: StreamKey, offset: int) -> None:
-        """This node's entry came back through the bus: it has left the process, and may be
-        delivered to this node's readers (and its sender here acknowledged)."""
-        waiting = self._unechoed.pop((stream, offset), None)
-        if waiting is not None:
-            self._release(stream, *waiting[:2])
-
-    def _release(self, stream: StreamKey, entry: Entry, local_origin: bool) -> None:
-        self.host.deliver_entry(stream, entry)
-        if local_origin:
-            self.on_confirm(stream, entry.message_id, entry.position)
+        """This node's entry came back through the bus: it has left the process, and so have
+        those numbered before it (published before it on the same topic: an echo of theirs
+        that has not come was dropped). Delivered to this node's readers, in order (and their
+        senders here acknowledged)."""
+        waiting = self._unechoed.get(stream)
+        came = waiting is not None and offset in waiting
+        released = self._release(stream, lambda at, _since: at <= offset)
+        self.echoes_missed += max(0, released - came)
 
     def overtaken(self, published_at: float) -> None:
         """A message this node published at ``published_at`` (a heartbeat) came back through
         the bus: the entries numbered before it whose echo has not come were dropped on the way
         (at a high-water mark). They have been published all the same: delivered here now."""
-        late = [key for key, waiting in self._unechoed.items() if waiting[2] < published_at]
-        for stream, offset in late:
-            entry, local_origin, _ = self._unechoed.pop((stream, offset))
-            self._release(stream, entry, local_origin)
+        late = 0
+        for stream in list(self._unechoed):
+            late += self._release(stream, lambda _at, since: since < published_at)
         if late:
-            self.echoes_missed += len(late)
-            log.warning("%s: %d entries were delivered without their echo", self.name, len(late))
+            self.echoes_missed += late
+            log.warning("%s: %d entries were delivered without their echo", self.name, late)
+
+    def _release(self, stream: StreamKey, out: Callable[[int, float], bool]) -> int:
+        """Deliver the entries of ``stream`` that wait, from the first, while ``out(offset,
+        numbered at)`` holds or no echo of theirs is to come; how many whose echo was."""
+        waiting = self._unechoed.get(stream)
+        released = 0
+        while waiting:
+            offset = next(iter(waiting))
+            entry, local_origin, since, echo = waiting[offset]
+            if echo and not out(offset, since):
+                break
+            del waiting[offset]
+            released += echo
+            self.host.deliver_entry(stream, entry)
+            if local_origin:
+                self.on_confirm(stream, entry.message_id, entry.position)
+        if not waiting:
+            self._unechoed.pop(stream, None)
+        return released
 
     @property
     def awaiting_echo(self) -> bool:
@@ -492,8 +513,8 @@ class StreamService:
         return Position("", log_.tail if log_ is not None else 0)
 
     def _first_unechoed(self, stream: StreamKey) -> int | None:
-        offsets = [offset for s, offset in self._unechoed if s == stream]
-        return min(offsets) if offsets else None
+        waiting = self._unechoed.get(stream)
+        return next(iter(waiting)) if waiting else None
 
     def _released(self, stream: StreamKey, entries: list[Entry]) -> list[Entry]:
         """``entries`` without those that wait for their echo here (what this node's own
