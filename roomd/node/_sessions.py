@@ -51,6 +51,7 @@ SYNC_WAIT = 3.0
 
 _TOKEN_CONTEXT: Final = b"roomd resume token v1"
 REMEMBER_EXPIRED: Final = 10_000  # ids of sessions that expired here, to say so
+REMEMBER_HANDED: Final = 10_000  # sessions handed to another node, to answer a claim made again
 CLAIM: Final = "roomd.session-claim"  # cluster call: hand a session over to the caller
 # Seconds a node keeps a session it handed over in its presence: the new node's announcement
 # comes first, so other members see no leave and join again.
@@ -181,6 +182,11 @@ class Sessions:
         self._ended = ended  # takes a session out of the hub and the presence for good
         self._detached: dict[str, tuple[Connection, float]] = {}  # session id -> (conn, since)
         self._expired: collections.OrderedDict[str, None] = collections.OrderedDict()
+        # session id -> (the node it was handed to, what it carried): a claim made again (its
+        # first answer was late) gets the same answer
+        self._handed: collections.OrderedDict[str, tuple[str, list[list[Any]]]] = (
+            collections.OrderedDict()
+        )
 
     @property
     def detached_count(self) -> int:
@@ -282,15 +288,22 @@ class Sessions:
 
         Error handling: :class:`ResumeRefused`."""
 
+        calls = self.cluster.calls
+        per_try = self.notice / 4  # (a heartbeat interval, at the default three misses)
+
         async def ask() -> Any:
             body = [session, user] if epoch is None else [session, user, epoch]
-            out = await self.cluster.calls.call(CLAIM, body, targets=[home])
+            out = await calls.call(CLAIM, body, targets=[home], timeout=per_try)
             return out.replies.get(home)
 
-        answer = await ask()
-        with trio.move_on_after(self.notice):
-            while answer is None and self.cluster.is_up(home):
+        # Asked again every ``per_try`` (a claim is answered the same each time): a dead home
+        # is given up as soon as it is declared down, not after a whole call timeout.
+        answer = None
+        with trio.move_on_after(self.notice + calls.timeout):
+            while answer is None:
                 answer = await ask()
+                if answer is None and not self.cluster.is_up(home):
+                    break
         if answer is None:  # down, or up and silent (frozen): the streams hold the rest
             log.warning("%s: %s did not hand session %s over", self.name, home, session)
             return []
@@ -308,11 +321,17 @@ class Sessions:
         session, user, *life = body
         if life and self.epoch is not None and life[0] != self.epoch:
             return {"found": False, "expired": False, "another_life": True}
+        handed = self._handed.get(session)
+        if handed is not None and handed[0] == origin:
+            return {"found": True, "expired": False, "carried": handed[1]}
         held = self._detached.pop(session, None)
         conn = held[0] if held is not None else self.hub.connections.get(session)
         if conn is None or conn.user != user:
             return {"found": False, "expired": session in self._expired}
         carried = conn.session.carried()
+        self._handed[session] = (origin, carried)
+        if len(self._handed) > REMEMBER_HANDED:
+            self._handed.popitem(last=False)
         self._moving.add(conn)
         if held is None:
             conn.close(CloseCode.REPLACED)
