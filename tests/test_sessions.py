@@ -247,3 +247,22 @@ async def test_the_online_list_is_pushed_to_subscribers_on_change(
             async with connect(node, "cy"):
                 assert await alice.ok("users.online", {}) == {"users": ["alice", "cy"]}
             assert not [f for f in alice.backlog if f.get("event") == "users.online"]
+
+
+async def test_a_claim_made_again_by_the_same_node_gets_the_same_answer(
+    start_node: Callable[..., Any],
+) -> None:
+    """A node resuming one of this node's sessions may ask again when the first answer is
+    late; it gets the session again, not "unknown". Another node does not."""
+    node: Node = await start_node()
+    with trio.fail_after(10):
+        async with connect(node, "alice") as alice:
+            session = alice.welcome["session"]
+            await alice.ok("room.join", {"room": "r"})
+            await drop(alice)
+            await wait_until(lambda: node.sessions.detached_count == 1)
+        first = await node.sessions.on_claim([session, "alice"], "nodeB")
+        again = await node.sessions.on_claim([session, "alice"], "nodeB")
+        other = await node.sessions.on_claim([session, "alice"], "nodeC")
+    assert first["found"] and again == first
+    assert not other["found"]

@@ -326,7 +326,7 @@ class Sessions:
             return {"found": True, "expired": False, "carried": handed[1]}
         held = self._detached.pop(session, None)
         conn = held[0] if held is not None else self.hub.connections.get(session)
-        if conn is None or conn.user != user:
+        if conn is None or conn.user != user or conn in self._moving:  # (handed to another)
             return {"found": False, "expired": session in self._expired}
         carried = conn.session.carried()
         self._handed[session] = (origin, carried)
