@@ -694,6 +694,11 @@ class Cluster:
         call_id, event, data, targets = env.body
         if self.name not in targets or self._nursery is None:
             return
+        if event == TAIL and isinstance(data, str):  # (answered at once: no task per call)
+            answer = self.streams.tail_now(data, env.node)
+            if answer is not None:
+                self._publish(_wire.node_topic(env.node), Kind.REPLY, [call_id, True, answer])
+                return
         self._nursery.start_soon(self._answer, env.node, call_id, event, data)
 
     async def _answer(self, origin: str, call_id: int, event: str, data: Any) -> None:

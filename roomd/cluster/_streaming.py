@@ -621,6 +621,15 @@ class StreamService:
         position = await self.tail(stream)
         return [position.epoch, position.offset]
 
+    def tail_now(self, stream: StreamKey, origin: str) -> list[Any] | None:
+        """:meth:`on_tail`'s answer if this node can give it at once (it numbers the stream:
+        the usual case, a new session asking for its inbox's position), else ``None``."""
+        position = self.local_tail(stream)
+        if position is None:
+            return None
+        self._add_reader(stream, origin)
+        return [position.epoch, position.offset]
+
     def _add_reader(self, stream: StreamKey, node: str) -> None:
         if user_of(stream) is not None:
             self._readers.setdefault(stream, {})[node] = time.time()
