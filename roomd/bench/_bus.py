@@ -53,7 +53,6 @@ raises is answered with ``{"error": ...}``.
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import time
 import traceback
@@ -62,7 +61,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import attrs
-import orjson
 import trio
 import zmq
 
@@ -83,6 +81,7 @@ from ..io import (
     serve_zap,
 )
 from . import _stats
+from ._commands import serve_commands
 
 TOPIC: Final = _wire.node_topic("bench-bus")  # no node subscribes to it
 SENDER: Final = "bench-bus"
@@ -424,24 +423,11 @@ async def _scoped(
 
 
 async def serve() -> None:
-    stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
-    stdout = trio.lowlevel.FdStream(os.dup(sys.stdout.fileno()))
     with make_context() as ctx:
         async with trio.open_nursery() as nursery:
             end = BusEnd(ctx, nursery)
             try:
-                pending = b""
-                while chunk := await stdin.receive_some(65536):
-                    pending += chunk
-                    *lines, pending = pending.split(b"\n")
-                    for line in lines:
-                        if not line.strip():
-                            continue
-                        command = orjson.loads(line)
-                        if command.get("cmd") == "quit":
-                            return
-                        reply = await end.handle(command)
-                        await stdout.send_all(orjson.dumps(reply) + b"\n")
+                await serve_commands(end.handle)
             finally:
                 await end.close({})
                 nursery.cancel_scope.cancel()

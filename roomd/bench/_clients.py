@@ -27,7 +27,6 @@ Times are ``time.monotonic_ns()``, comparable with the orchestrator's.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 import traceback
@@ -35,11 +34,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import attrs
-import orjson
 import trio
 
 from ..client import Backoff, Client, Closed, Lifecycle, Opened
 from ..protocol import Push
+from ._commands import serve_commands
 
 PUSHES: Final = 100_000  # a client's subscription: never full in a run
 
@@ -253,23 +252,10 @@ def _text(push: Push) -> str:
 
 
 async def serve() -> None:
-    stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
-    stdout = trio.lowlevel.FdStream(os.dup(sys.stdout.fileno()))
     async with trio.open_nursery() as nursery:
         clients = Clients(nursery)
         try:
-            pending = b""
-            while chunk := await stdin.receive_some(65536):
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    if not line.strip():
-                        continue
-                    command = orjson.loads(line)
-                    if command.get("cmd") == "quit":
-                        return
-                    reply = await clients.handle(command)
-                    await stdout.send_all(orjson.dumps(reply) + b"\n")
+            await serve_commands(clients.handle)
         finally:
             with trio.CancelScope(shield=True):
                 await clients.aclose()
