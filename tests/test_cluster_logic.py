@@ -568,6 +568,20 @@ async def test_a_sequencer_shows_its_own_readers_only_what_left_it(
         nursery.cancel_scope.cancel()
 
 
+async def _numbering_lobby(nursery: trio.Nursery, network: MemoryNetwork) -> SimNode:
+    """Two nodes; the one that numbers LOBBY's stream, its member "sam" there, once it has
+    numbered (and shown sam) a first message, offset 1."""
+    a, b = await start(nursery, network, "a"), await start(nursery, network, "b")
+    await until(lambda: "b" in a.view.nodes and "a" in b.view.nodes)
+    stream = room_stream(*LOBBY)
+    sequencer = a if a.cluster.sequencer_of(stream) == "a" else b
+    sequencer.connect("sam", LOBBY)
+    await until(lambda: a.view.room_members(LOBBY) == b.view.room_members(LOBBY) == ["sam"])
+    sequencer.cluster.streams.append(stream, b'"x":0}', "m0")  # (takes the stream over)
+    await until(lambda: len(_entries(sequencer.host)) == 1)
+    return sequencer
+
+
 async def test_an_entry_whose_echo_was_dropped_is_delivered_after_a_later_heartbeat(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -575,15 +589,9 @@ async def test_an_entry_whose_echo_was_dropped_is_delivered_after_a_later_heartb
     for ever: once a heartbeat published after the entry has come back, it is delivered (and
     its sender here acknowledged), and counted."""
     network = MemoryNetwork()
+    stream = room_stream(*LOBBY)
     async with trio.open_nursery() as nursery:
-        a, b = await start(nursery, network, "a"), await start(nursery, network, "b")
-        await until(lambda: "b" in a.view.nodes and "a" in b.view.nodes)
-        stream = room_stream(*LOBBY)
-        sequencer = a if a.cluster.sequencer_of(stream) == "a" else b
-        sequencer.connect("sam", LOBBY)
-        await until(lambda: a.view.room_members(LOBBY) == b.view.room_members(LOBBY) == ["sam"])
-        sequencer.cluster.streams.append(stream, b'"x":0}', "m0")  # (takes the stream over)
-        await until(lambda: len(_entries(sequencer.host)) == 1)
+        sequencer = await _numbering_lobby(nursery, network)
 
         def drop_echo(receiver: str, message: bytes) -> bool:
             env = decode(message)
@@ -608,16 +616,10 @@ async def test_what_waits_for_its_echo_is_not_read_before_it_is_shown(
     tail, do not include an entry its own readers have not been shown yet: a session that
     resumed in between would get it twice, read and then live."""
     network = MemoryNetwork()
+    stream = room_stream(*LOBBY)
     async with trio.open_nursery() as nursery:
-        a, b = await start(nursery, network, "a"), await start(nursery, network, "b")
-        await until(lambda: "b" in a.view.nodes and "a" in b.view.nodes)
-        stream = room_stream(*LOBBY)
-        sequencer = a if a.cluster.sequencer_of(stream) == "a" else b
+        sequencer = await _numbering_lobby(nursery, network)
         streams = sequencer.cluster.streams
-        sequencer.connect("sam", LOBBY)
-        await until(lambda: a.view.room_members(LOBBY) == b.view.room_members(LOBBY) == ["sam"])
-        streams.append(stream, b'"x":1}', "m1")
-        await until(lambda: len(_entries(sequencer.host)) == 1)
         first = streams.local_tail(stream)
         assert first is not None and first.offset == 1
         network.cut(sequencer.name)  # (no echo comes)
@@ -637,15 +639,9 @@ async def test_an_echo_releases_what_was_numbered_before_it_in_order(
     """An entry whose echo was dropped (the broker restarting) is released, before it, by the
     echo of the next: a sequencer's own members see the stream in its order."""
     network = MemoryNetwork()
+    stream = room_stream(*LOBBY)
     async with trio.open_nursery() as nursery:
-        a, b = await start(nursery, network, "a"), await start(nursery, network, "b")
-        await until(lambda: "b" in a.view.nodes and "a" in b.view.nodes)
-        stream = room_stream(*LOBBY)
-        sequencer = a if a.cluster.sequencer_of(stream) == "a" else b
-        sequencer.connect("sam", LOBBY)
-        await until(lambda: a.view.room_members(LOBBY) == b.view.room_members(LOBBY) == ["sam"])
-        sequencer.cluster.streams.append(stream, b'"x":0}', "m0")  # (takes the stream over)
-        await until(lambda: len(_entries(sequencer.host)) == 1)
+        sequencer = await _numbering_lobby(nursery, network)
         dropped: list[int] = []
 
         def drop_first_echo(receiver: str, message: bytes) -> bool:
