@@ -507,7 +507,7 @@ class StreamService:
             first = self._first_unechoed(stream)
             if first is None:
                 return Position(numbering.epoch, numbering.log.tail)
-            shown = [e for e in numbering.log.since(None) if e.offset < first]
+            shown = [e for e in numbering.log if e.offset < first]
             return shown[-1].position if shown else Position("", first - 1)
         log_ = self.store.logs.get(stream)
         return Position("", log_.tail if log_ is not None else 0)
