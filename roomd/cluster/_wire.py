@@ -68,8 +68,11 @@ def node_topic(name: str) -> bytes:
     return b"n" + name.encode() + b"\x00"
 
 
-@attrs.frozen
+@attrs.define(eq=False)
 class Envelope:
+    """One decoded bus message (never changed once made; not ``frozen``, which would make
+    its ``__init__`` three times as costly: one is made per message received)."""
+
     topic: bytes
     kind: str
     node: str
