@@ -267,9 +267,9 @@ async def test_gap_on_the_bus_triggers_a_snapshot(tmp_path: Path) -> None:
 
                     async def snapshot_request() -> str:
                         for _ in range(10_000):
-                            env = _wire.decode(await sub.receive())
-                            if env.kind == _wire.Kind.SNAPSHOT_REQUEST:
-                                return str(env.body)
+                            for env in _wire.decode_all(await sub.receive()):
+                                if env.kind == _wire.Kind.SNAPSHOT_REQUEST:
+                                    return str(env.body)
                         raise AssertionError("no snapshot request")
 
                     # A node nobody knew: its state is fetched.

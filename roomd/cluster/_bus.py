@@ -121,7 +121,8 @@ class Bus:
         self.name = name
         self.mode = mode
         self.endpoint: str | None = None  # the bound endpoint, in mesh mode
-        self.published = 0
+        self.published = 0  # ZeroMQ messages (a batch counts once)
+        self.coalesced = 0  # messages that left in a batch with others (after its first)
         self.dropped = 0
         self.received = 0
         self.duplicates = 0  # copies of a message that came through another broker first
@@ -170,6 +171,7 @@ class Bus:
             "duplicates": self.duplicates,
             "refused": self.refused,
             "handshakeFailures": self.handshake_failures,
+            "coalesced": self.coalesced,
         }
         if self.mode == "broker":
             out["brokers"] = [
@@ -430,8 +432,11 @@ class Bus:
         self._outgoing.append(message)
 
     def flush(self) -> None:
-        """Send what was queued (called by the node's flusher)."""
-        outgoing, self._outgoing = self._outgoing, []
+        """Send what was queued (called by the node's flusher): what went to one topic as one
+        ZeroMQ message (see :func:`._wire.coalesce`)."""
+        queued, self._outgoing = self._outgoing, []
+        outgoing = _wire.coalesce(queued)
+        self.coalesced += len(queued) - len(outgoing)
         pub = self._pub
         if pub is None:
             self.dropped += len(outgoing)

@@ -579,21 +579,28 @@ class Cluster:
             try:
                 if _wire.is_from(message, own):
                     self._own(message)
-                else:
-                    self._dispatch(_wire.decode(message), now)
+                    continue
+                envelopes = _wire.decode_all(message)
             except Exception:
                 self.bad_messages += 1
                 log.exception("%s: bad bus message %r", self.name, message[:80])
+                continue
+            for envelope in envelopes:  # (one that fails does not take the rest of its batch)
+                try:
+                    self._dispatch(envelope, now)
+                except Exception:
+                    self.bad_messages += 1
+                    log.exception("%s: bad bus message %r", self.name, message[:80])
 
     def _own(self, message: bytes) -> None:
         """One of this node's messages, back from the bus: heartbeats (they tell that the bus
         is live, or that another node uses this name) and stream entries (they have left the
         process: this node's readers may have them)."""
         if self.streams.awaiting_echo and message[:1] in b"rn":
-            envelope = _wire.decode(message)
-            if envelope.kind == Kind.ENTRY:
-                stream, wire = envelope.body
-                self.streams.on_echo(stream, wire[0])
+            for envelope in _wire.decode_all(message):
+                if envelope.kind == Kind.ENTRY:
+                    stream, wire = envelope.body
+                    self.streams.on_echo(stream, wire[0])
             return
         if _wire.CONTROL in message[:2]:
             envelope = _wire.decode(message)
@@ -775,7 +782,15 @@ class Cluster:
         bus = self.bus
         details = bus.details()
         return {
-            "bus_published": ("Messages published on the bus.", bus.published),
+            "bus_published": (
+                "ZeroMQ messages published on the bus (a batch of one round's messages to one "
+                "topic counts once).",
+                bus.published,
+            ),
+            "bus_coalesced": (
+                "Messages that left in a batch with others to the same topic (besides the first).",
+                details.get("coalesced", 0),
+            ),
             "bus_received": ("Messages received from the bus.", bus.received),
             "bus_dropped": ("Messages the bus could not send.", bus.dropped),
             "bus_bad_messages": ("Bus messages that could not be handled.", self.bad_messages),
