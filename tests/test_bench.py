@@ -537,6 +537,10 @@ async def test_bench_smoke(tmp_path: Path) -> None:
     assert micro["detached_session_bytes"] > 200
     assert micro["history_messages"] == 1000
     assert micro["history_entry_bytes"] > micro["history_message_bytes"] > 100
+    # This machine's charges: a hop when every thread on the way must be woken costs more than
+    # one of a burst, and they are real costs (a ZeroMQ hop is never free).
+    assert micro["zmq_hop_one_us"] > micro["zmq_hop_burst_us"] > 0
+    assert micro["send_reader_asleep_us"] > 0 and micro["send_reader_awake_us"] > 0
     assert "a detached session" in report
 
 

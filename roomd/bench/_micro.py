@@ -22,6 +22,10 @@ And what a node holds (``tracemalloc``, bytes allocated and still held):
   (its connection object, session, room memberships: 1,000 sessions in one room each, divided);
 * ``history_entry_bytes``: one message in a stream's log (the ``send`` above to a room, 1,000
   messages in a fresh room, divided), with ``history_message_bytes``, the size of its push body.
+
+And the machine's own charges, which bound what any of this can cost at a moderate rate
+(:mod:`._floor`): a ZeroMQ hop one at a time and in bursts, a loopback ``send()`` to a
+sleeping and to a busy reader.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from ..cluster import MemoryNetwork, room_stream, user_stream
 from ..hub import Connection, RateLimiter
 from ..node import Node
 from ..protocol import Session, decode_client_frame
+from ._floor import measure_floor
 
 
 class _Outlet:
@@ -243,9 +248,11 @@ async def _measure_memory() -> dict[str, float]:
 
 
 def run_micro(count: int = 20_000) -> dict[str, float]:
-    """Microseconds per call of each case (the best of three rounds of ``count``)."""
+    """Microseconds per call of each case (the best of three rounds of ``count``), and what
+    this machine charges for a ZeroMQ hop and a loopback send (:mod:`._floor`)."""
     return {
         **trio.run(_measure, count),
         **trio.run(_measure_cluster, count),
         **trio.run(_measure_memory),
+        **measure_floor(count),
     }

@@ -364,7 +364,11 @@ def _micro_line(micro: dict[str, Any]) -> str:
         f"{micro['cluster_direct_one_us']:.1f} one at a time; held: a detached session "
         f"{micro['detached_session_bytes'] / 1024:.2f} KB, a message in history "
         f"{micro['history_entry_bytes']:.0f} B "
-        f"(its push body {micro['history_message_bytes']:.0f} B)"
+        f"(its push body {micro['history_message_bytes']:.0f} B); this machine's charges: a "
+        f"ZeroMQ hop {micro['zmq_hop_one_us']:.1f} us of CPU one at a time, "
+        f"{micro['zmq_hop_burst_us']:.1f} in bursts; a loopback send() "
+        f"{micro['send_reader_asleep_us']:.1f} to a sleeping reader, "
+        f"{micro['send_reader_awake_us']:.1f} to a busy one"
     )
 
 
