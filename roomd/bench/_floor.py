@@ -40,7 +40,7 @@ def _process_cpu_per(run: int, step: Callable[[], None], gap: float) -> float:
 
 
 def zmq_hop_us(messages: int = 2000) -> tuple[float, float]:
-    """CPU per ZeroMQ hop (PUB to SUB over TCP, one process): one at a time, back to back."""
+    """CPU per ZeroMQ hop (PUB to SUB over TCP, one process): one at a time, in bursts."""
     ctx = zmq.Context()
     try:
         sub = ctx.socket(zmq.SUB)
