@@ -297,6 +297,15 @@ async def test_a_node_waking_from_a_freeze_judges_nobody_before_hearing_them(
         nursery.cancel_scope.cancel()
 
 
+async def _lobby_pair(nursery: trio.Nursery, network: MemoryNetwork) -> tuple[SimNode, SimNode]:
+    """Two nodes, "a" and "b", that hear each other: the one that numbers LOBBY's stream, and
+    the other."""
+    a, b = await start(nursery, network, "a"), await start(nursery, network, "b")
+    await until(lambda: "b" in a.view.nodes and "a" in b.view.nodes)
+    sequencer = a if a.cluster.sequencer_of(room_stream(*LOBBY)) == "a" else b
+    return sequencer, b if sequencer is a else a
+
+
 async def test_a_hole_is_asked_for_again_while_its_sequencer_does_not_answer(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -304,11 +313,8 @@ async def test_a_hole_is_asked_for_again_while_its_sequencer_does_not_answer(
     asks the sequencer again until it answers, and delivers everything once, in order."""
     network = MemoryNetwork()
     async with trio.open_nursery() as nursery:
-        a, b = await start(nursery, network, "a"), await start(nursery, network, "b")
-        await until(lambda: "b" in a.view.nodes and "a" in b.view.nodes)
+        sequencer, reader = await _lobby_pair(nursery, network)
         stream = room_stream(*LOBBY)
-        sequencer = a if a.cluster.sequencer_of(stream) == "a" else b
-        reader = b if sequencer is a else a
         reader.connect("rita", LOBBY)
         await until(lambda: sequencer.view.room_members(LOBBY) == ["rita"])
         reads_dropped: list[int] = []
@@ -505,11 +511,8 @@ async def test_entries_read_for_a_resume_reach_the_nodes_other_readers(
     room's messages for one node's members this way)."""
     network = MemoryNetwork()
     async with trio.open_nursery() as nursery:
-        a, b = await start(nursery, network, "a"), await start(nursery, network, "b")
-        await until(lambda: "b" in a.view.nodes and "a" in b.view.nodes)
+        sequencer, reader = await _lobby_pair(nursery, network)
         stream = room_stream(*LOBBY)
-        sequencer = a if a.cluster.sequencer_of(stream) == "a" else b
-        reader = b if sequencer is a else a
         reader.connect("rita", LOBBY)
         await until(lambda: sequencer.view.room_members(LOBBY) == ["rita"])
         late: list[bytes] = []
@@ -541,14 +544,12 @@ async def test_a_sequencer_shows_its_own_readers_only_what_left_it(
     message). Normally the echo comes at once."""
     network = MemoryNetwork()
     async with trio.open_nursery() as nursery:
-        a, b = await start(nursery, network, "a"), await start(nursery, network, "b")
-        await until(lambda: "b" in a.view.nodes and "a" in b.view.nodes)
+        sequencer, other = await _lobby_pair(nursery, network)
         stream = room_stream(*LOBBY)
-        sequencer = a if a.cluster.sequencer_of(stream) == "a" else b
-        other = b if sequencer is a else a
         sequencer.connect("sam", LOBBY)
         other.connect("rita", LOBBY)
-        await until(lambda: all(n.view.room_members(LOBBY) == ["rita", "sam"] for n in (a, b)))
+        members = ["rita", "sam"]
+        await until(lambda: all(n.view.room_members(LOBBY) == members for n in (sequencer, other)))
         numbered: list[Position | None] = []
         sequencer.cluster.streams.append(stream, b'"x":1}', "m1", done=numbered.append)
         assert _entries(sequencer.host) == [] and numbered == []  # (not before the echo)
@@ -571,12 +572,11 @@ async def test_a_sequencer_shows_its_own_readers_only_what_left_it(
 async def _numbering_lobby(nursery: trio.Nursery, network: MemoryNetwork) -> SimNode:
     """Two nodes; the one that numbers LOBBY's stream, its member "sam" there, once it has
     numbered (and shown sam) a first message, offset 1."""
-    a, b = await start(nursery, network, "a"), await start(nursery, network, "b")
-    await until(lambda: "b" in a.view.nodes and "a" in b.view.nodes)
+    sequencer, other = await _lobby_pair(nursery, network)
     stream = room_stream(*LOBBY)
-    sequencer = a if a.cluster.sequencer_of(stream) == "a" else b
     sequencer.connect("sam", LOBBY)
-    await until(lambda: a.view.room_members(LOBBY) == b.view.room_members(LOBBY) == ["sam"])
+    members = (sequencer.view, other.view)
+    await until(lambda: all(view.room_members(LOBBY) == ["sam"] for view in members))
     sequencer.cluster.streams.append(stream, b'"x":0}', "m0")  # (takes the stream over)
     await until(lambda: len(_entries(sequencer.host)) == 1)
     return sequencer
