@@ -182,19 +182,21 @@ def coalesce(messages: list[bytes]) -> list[bytes]:
         group.append(message)
     if len(order) == len(messages):
         return messages
-    return [group[0] if len(group) == 1 else _join(group) for group in order]
+    return [frame for group in order for frame in _join(group)]
 
 
-def _join(group: list[bytes]) -> bytes:
+def _join(group: list[bytes]) -> list[bytes]:
+    """The group as one batch; as it is if it is one message, or if its first has no stamp
+    (never the case for a node's own messages: never merge what is misread, nor fail)."""
     first = group[0]
+    stamped = stamp(first) if len(group) > 1 else None
+    if stamped is None:
+        return group
     prefix = first.find(b"\x00", first.find(b"\x00") + 1) + 1  # topic and origin
-    stamped = stamp(first)
-    if stamped is None:  # (not one of ours: cannot happen, but never merge what we misread)
-        raise BadMessage("cannot batch a message without a stamp")
     _, epoch, seq = stamped
     count = len(group)
     header = bytes((0x90 | count,)) if count < 16 else b"\xdc" + count.to_bytes(2, "big")
-    return b"".join(
+    joined = b"".join(
         [
             first[:prefix],
             b"\x94",
@@ -205,6 +207,7 @@ def _join(group: list[bytes]) -> bytes:
             *[message[prefix:] for message in group],
         ]
     )
+    return [joined]
 
 
 def decode_all(message: bytes) -> list[Envelope]:
