@@ -43,6 +43,13 @@ class ClusterReplies:
     errors: dict[str, dict[str, str]] = attrs.field(factory=dict)  # node -> {code, message}
     missing: list[str] = attrs.field(factory=list)  # nodes that did not answer in time
 
+    def add(self, node: str, reply: Reply) -> None:
+        """``node``'s reply: its result, or its error."""
+        if reply.ok:
+            self.replies[node] = reply.result
+        else:
+            self.errors[node] = reply.result
+
 
 def error_body(code: str, message: str) -> dict[str, str]:
     return {"code": code, "message": message}
@@ -135,10 +142,7 @@ class Calls:
         ) as (names, replies):
             want = len(names) if expected is None else min(expected, len(names))
             async for reply in replies:
-                if reply.ok:
-                    outcome.replies[reply.node] = reply.result
-                else:
-                    outcome.errors[reply.node] = reply.result
+                outcome.add(reply.node, reply)
                 if len(outcome.replies) + len(outcome.errors) >= want:
                     break
         answered = outcome.replies.keys() | outcome.errors.keys()
@@ -209,10 +213,8 @@ class Calls:
         reply = one.reply
         if reply is None:
             outcome.missing = [node]
-        elif reply.ok:
-            outcome.replies[node] = reply.result
         else:
-            outcome.errors[node] = reply.result
+            outcome.add(node, reply)
         return outcome
 
     def on_reply(self, node: str, call_id: int, ok: bool, result: Any) -> None:
