@@ -17,7 +17,7 @@ import trio
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
-from roomd.bench import _bus, _cost, _plots, _profile, _progress, _report, _stats, _ws
+from roomd.bench import _bus, _cost, _plots, _procs, _profile, _progress, _report, _stats, _ws
 from roomd.bench._run import _exact
 from roomd.bench._workloads import (
     DEFAULT_WORKLOADS,
@@ -468,6 +468,30 @@ def test_upgrade_handshake_checks() -> None:
         _ws.check_upgrade_response(b"HTTP/1.1 101 OK\r\nSec-WebSocket-Accept: nope", key)
     # RFC 6455's own example
     assert _ws.accept_for(b"dGhlIHNhbXBsZSBub25jZQ==") == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+# The driver process -----------------------------------------------------------------------------
+
+
+async def test_a_driver_serves_its_connections_between_commands(start_node: Any) -> None:
+    """A driver waiting for its next command still answers the node's pings, and pings do
+    not count as traffic when it waits for quiet: so a phase that keeps another driver busy
+    for longer than the node's heartbeat timeout closes none of its connections."""
+    node = await start_node(heartbeat={"interval": 0.1, "timeout": 0.5})
+    target = ["d-1", "127.0.0.1", node.port, "lobby", None]
+    with trio.fail_after(30):
+        async with _procs.drivers(1) as (driver,):
+            opened = await driver.request(
+                {"cmd": "open", "targets": [target], "concurrency": 1, "timeout": 10}, 15
+            )
+            assert opened["opened"] == 1, opened
+            # Pinged every heartbeat interval, the connection is quiet all the same.
+            settled = await driver.request({"cmd": "settle", "quiet": 0.5, "max": 10.0}, 15)
+            assert settled["quiet"] is True, settled
+            await trio.sleep(3 * 0.5)  # no command for three heartbeat timeouts
+            answer = await driver.request({"cmd": "ping", "prefix": "d-", "timeout": 5}, 10)
+            assert (answer["asked"], answer["answered"]) == (1, 1), answer
+            assert answer["closes"] == {}, answer
 
 
 # End to end ------------------------------------------------------------------------------------

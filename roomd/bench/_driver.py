@@ -24,11 +24,12 @@ answer. A command that raises is answered with ``{"error": ...}``.
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import orjson
@@ -486,7 +487,7 @@ def main() -> int:
     _raise_fd_limit()
     driver = Driver()
     out = sys.stdout.buffer
-    for line in sys.stdin.buffer:
+    for line in _commands(driver.engine, sys.stdin.fileno()):
         if not line.strip():
             continue
         command = orjson.loads(line)
@@ -495,6 +496,20 @@ def main() -> int:
         out.write(orjson.dumps(driver.handle(command)) + b"\n")
         out.flush()
     return 0
+
+
+def _commands(engine: Engine, fd: int) -> Iterator[bytes]:
+    """The lines read from ``fd``; while none is there, the connections are served."""
+    buffer = b""
+    while True:
+        while (end := buffer.find(b"\n")) >= 0:
+            yield buffer[:end]
+            buffer = buffer[end + 1 :]
+        engine.serve_until_readable(fd)
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            return
+        buffer += chunk
 
 
 if __name__ == "__main__":

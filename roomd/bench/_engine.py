@@ -168,6 +168,8 @@ class Engine:
         self.sessions: dict[str, Session] = {}  # by user: the users that resume
         self._due: list[tuple[int, int, str]] = []  # (when, tie-breaker, user): reconnects
         self._due_count = 0
+        self._watched = -1  # a file descriptor :meth:`serve_until_readable` waits for
+        self._readable = False
         self._options = (False, False)  # deflate, tls of the connections opened last
         # TLS to the benchmark's own nodes, whose certificate is made for the run: not checked.
         self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -200,6 +202,7 @@ class Engine:
             for fd, events in epoll.poll(max(0.0, min(wait / 1e9, MAX_WAIT))):
                 conn = conns.get(fd)
                 if conn is None:
+                    self._readable = self._readable or fd == self._watched
                     continue
                 if conn.state == SECURING:
                     self._secure(conn)
@@ -212,6 +215,18 @@ class Engine:
     def pump(self, seconds: float) -> None:
         """Serve the connections for ``seconds`` (answering pings, reading what comes)."""
         self.run(lambda: False, time.monotonic_ns() + int(seconds * 1e9))
+
+    def serve_until_readable(self, fd: int) -> None:
+        """Serve the connections until ``fd`` (not a connection's) has something to read: a
+        driver waiting for its next command goes on answering the nodes' pings, or a node
+        would close its connections (4004) while another driver's command runs long."""
+        self._epoll.register(fd, _IN)
+        self._watched, self._readable = fd, False
+        try:
+            self.run(lambda: self._readable, time.monotonic_ns() + int(1e18))
+        finally:
+            self._epoll.unregister(fd)
+            self._watched = -1
 
     # Opening ------------------------------------------------------------------------------------
 
@@ -415,8 +430,9 @@ class Engine:
             self._fail(conn, str(exc))
             return
         self.frames_in += len(frames)
-        self.last_frame_at = now
         for opcode, payload in frames:
+            if opcode != _ws.OP_PING:  # (a node pings idle connections: that is not traffic)
+                self.last_frame_at = now
             if opcode == _ws.OP_TEXT:
                 self._on_text(conn, payload, now)
                 if conn.state == CLOSED:
