@@ -57,6 +57,9 @@ class LimitsSection:
     max_ack_timeout: float = 30.0  # the longest a room send may wait for acknowledgements
     max_rooms_per_connection: int = 100
     max_members_per_room: int = 10_000
+    # room.joined / room.left are pushed in rooms of at most this many users (0: in every
+    # room); above it they would cost a push per member per change (n squared).
+    announce_members_up_to: int = 1000
     outbox_max_bytes: int = 1024 * 1024  # queued for one slow client before closing it 4008
     close_timeout: float = 2.0  # waiting for the peer's close frame
     max_text_chars: int = 4096

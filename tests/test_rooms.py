@@ -57,6 +57,29 @@ async def test_presence_counts_users_not_connections(node: Node) -> None:
             assert all(f["event"] != "room.joined" for f in a.backlog if f["type"] == "push")
 
 
+async def test_joins_and_leaves_are_announced_only_in_rooms_up_to_the_limit(
+    start_node: Callable[..., Any],
+) -> None:
+    """Above ``limits.announce_members_up_to`` users (counted after the change), a room's
+    members get no ``room.joined`` / ``room.left``; ``room.members`` still lists everyone."""
+    node: Node = await start_node(limits={"announce_members_up_to": 2})
+    with trio.fail_after(5):
+        async with connect(node, "alice") as a, connect(node, "bob") as b:
+            await a.ok("room.join", {"room": "r"})
+            await b.ok("room.join", {"room": "r"})
+            assert (await a.push("room.joined"))["data"]["user"] == "bob"  # two users
+            async with connect(node, "carol") as c:
+                await c.ok("room.join", {"room": "r"})  # three: not announced
+                members = await a.ok("room.members", {"room": "r"})
+                assert [m["user"] for m in members["members"]] == ["alice", "bob", "carol"]
+                await c.ok("room.leave", {"room": "r"})  # two again: announced
+                assert (await a.push("room.left"))["data"]["user"] == "carol"
+            pushes = [f["event"] for f in a.backlog if f["type"] == "push"]
+            assert "room.joined" not in pushes, pushes  # (carol's join, had it been pushed)
+            await b.ok("room.leave", {"room": "r"})
+            assert (await a.push("room.left"))["data"]["user"] == "bob"
+
+
 async def test_room_limits(start_node: Callable[..., Any]) -> None:
     node: Node = await start_node(limits={"max_rooms_per_connection": 2, "max_members_per_room": 1})
     with trio.fail_after(5):

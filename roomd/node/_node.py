@@ -137,7 +137,9 @@ class Node:
         self.hub = Hub()
         self.flusher = Flusher()  # writes connections' outboxes and the bus, once per round
         self.view = ClusterView(self.name, self.epoch)
-        self.router = Router(self.hub, self.view, self.load)
+        self.router = Router(
+            self.hub, self.view, self.load, self.config.limits.announce_members_up_to
+        )
         self.cluster = make_cluster(
             self.name,
             self.epoch,

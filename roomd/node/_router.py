@@ -73,10 +73,17 @@ class Router:
     ``cluster`` is attached once the cluster layer exists (it needs the router as its host).
     """
 
-    def __init__(self, hub: Hub, view: ClusterView, load: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        view: ClusterView,
+        load: Callable[[], dict[str, Any]],
+        announce_members_up_to: int = 0,
+    ) -> None:
         self.hub = hub
         self.view = view
         self.load = load
+        self.announce_members_up_to = announce_members_up_to  # (see _announced)
         self.cluster: ClusterLink | None = None
         self.on_presence: Callable[[], None] | None = None  # a user came online or went
 
@@ -205,6 +212,8 @@ class Router:
         """Push what changed cluster-wide to the local connections concerned."""
         for effect in effects:
             if isinstance(effect, MemberJoined | MemberLeft):
+                if not self._announced(effect.key):
+                    continue
                 event = "room.joined" if isinstance(effect, MemberJoined) else "room.left"
                 ns, room = effect.key
                 member = {"ns": ns, "room": room, "user": effect.user}
@@ -218,6 +227,15 @@ class Router:
                 conns = self.hub.rooms_connections(self.view.rooms_of(effect.user))
                 conns.update(self.hub.user_connections(effect.user))
                 self.hub.deliver(conns, template)
+
+    def _announced(self, key: RoomKey) -> bool:
+        """Whether joins and leaves in room ``key`` are pushed to its members: in a room of at
+        most ``announce_members_up_to`` users (counted after the change), as in a chat room;
+        not in a larger one, where a push per member per change costs the square of its size
+        (a node of a 5,000-user room declared down would push a million \"room.left\"). Its
+        members ask for ``room.members`` instead."""
+        limit = self.announce_members_up_to
+        return not limit or len(self.view.room_users.get(key, ())) <= limit
 
     # Presence ----------------------------------------------------------------------------------
 
