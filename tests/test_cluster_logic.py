@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -297,6 +298,66 @@ async def test_a_node_waking_from_a_freeze_judges_nobody_before_hearing_them(
         nursery.cancel_scope.cancel()
 
 
+async def test_a_node_behind_on_reading_judges_neither_its_bus_nor_the_others(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A node busy with a backlog (handling what its bus read takes longer than the heartbeat
+    timeout) has its own heartbeats and the others' still queued: it declares neither its bus
+    nor any node down, and once it has caught up all is as it was."""
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        a, b = await start(nursery, network, "a"), await start(nursery, network, "b")
+        b.connect("bob", LOBBY)
+        await until(lambda: a.view.room_members(LOBBY) == ["bob"] and a.cluster.bus_live)
+        a.host.effects.clear()
+        network.hold("a")
+        await trio.sleep(SECTION.heartbeat_interval * SECTION.heartbeat_misses * 4)
+        assert a.cluster.bus_live and "b" in a.view.nodes and a.host.effects == []
+        network.release("a")
+        await trio.sleep(SECTION.heartbeat_interval * 2)
+        assert a.cluster.bus_live and "b" in a.view.nodes and a.host.effects == []
+        assert a.view.room_members(LOBBY) == ["bob"]
+        # Behind on reading is not deaf: a node that dies meanwhile goes once it is heard.
+        network.hold("a")
+        b.crash()
+        await trio.sleep(SECTION.heartbeat_interval * SECTION.heartbeat_misses * 2)
+        assert "b" in a.view.nodes
+        network.release("a")
+        await until(lambda: "b" not in a.view.nodes)
+        assert a.cluster.bus_live and MemberLeft(LOBBY, "bob") in a.host.effects
+        nursery.cancel_scope.cancel()
+
+
+class SlowHost(Host):
+    """A host whose room deliveries take real time (a push to many connections)."""
+
+    def deliver_room(self, key: Any, template: PushTemplate, skip_user: str | None) -> int:
+        time.sleep(0.005)
+        return super().deliver_room(key, template, skip_user)
+
+
+async def test_a_long_batch_from_the_bus_is_handled_in_turns_with_the_other_tasks() -> None:
+    """Handling what the bus read gives the node's other tasks (heartbeats, connections'
+    writes) a turn every few milliseconds, and goes on in order."""
+    network = MemoryNetwork()
+    seen: list[int] = []
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            a, b = await start(nursery, network, "a"), await start(nursery, network, "b")
+            a.host = a.cluster.host = SlowHost()
+            a.connect("al", LOBBY)
+            await until(lambda: a.view.room_members(LOBBY) == ["al"] and "a" in b.view.nodes)
+            count = 40  # 0.2 s of handling, in one batch
+            for i in range(count):
+                b.cluster.publish_room(LOBBY, PushTemplate(b'{"i":%d}' % i), None)
+            while len(a.host.delivered) < count:
+                seen.append(len(a.host.delivered))
+                await trio.lowlevel.checkpoint()
+            assert any(0 < n < count for n in seen), seen  # this task ran in between
+            assert a.cluster.handling_turns > 0
+            nursery.cancel_scope.cancel()
+
+
 async def _lobby_pair(nursery: trio.Nursery, network: MemoryNetwork) -> tuple[SimNode, SimNode]:
     """Two nodes, "a" and "b", that hear each other: the one that numbers LOBBY's stream, and
     the other."""
@@ -530,7 +591,7 @@ async def test_entries_read_for_a_resume_reach_the_nodes_other_readers(
         entries = await reader.cluster.streams.read(stream, Position("", 0))
         reader.cluster.streams.absorb(stream, entries)
         network.filter = None
-        reader.cluster._on_batch(late)  # the bus's copies, late
+        await reader.cluster._on_batch(late)  # the bus's copies, late
         assert _entries(reader.host) == [("entry", (stream, 1)), ("entry", (stream, 2))]
         nursery.cancel_scope.cancel()
 

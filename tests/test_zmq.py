@@ -134,6 +134,22 @@ async def test_receive_batch_respects_max_messages(ctx: Context) -> None:
                 await b.receive_batch(0)
 
 
+async def test_receive_batch_nowait_takes_what_is_queued_without_waiting(ctx: Context) -> None:
+    with trio.fail_after(5):
+        async with dealer_pair(ctx) as (a, b):
+            assert b.receive_batch_nowait() == []
+            for i in range(5):
+                await a.send(b"%d" % i)
+            got = [await b.receive()]  # (the first is there: so are the others, in order)
+            while len(got) < 5:
+                got.extend(b.receive_batch_nowait(2))
+                await trio.lowlevel.checkpoint()
+            assert got == [b"%d" % i for i in range(5)]
+            assert b.receive_batch_nowait() == []
+            with pytest.raises(ValueError):
+                b.receive_batch_nowait(0)
+
+
 async def lost_wakeup_scenario(ctx: Context, *, patience: float) -> list[bytes]:
     """A task sleeps in receive on `a`; its message arrives; another task sends on `a`.
 

@@ -29,7 +29,7 @@ import contextlib
 import logging
 import math
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 import attrs
@@ -84,6 +84,15 @@ class _Path:
     echo_at: float = -math.inf  # when this node's probe last came back through it
     live: bool = False
     received: int = 0
+    waiting: bool = True  # for the socket: everything that came through it is handled
+    handled_at: float = -math.inf  # when what was queued in it was last all read (see heard)
+
+    def heard(self, now: float) -> float:
+        """Up to when this node has handled everything that came through this path: now
+        while it waits for more; while it handles a backlog, when the last one it caught up
+        with was read. Silence is judged up to then only: a probe or a heartbeat sitting unread
+        behind thousands of messages is late, not lost."""
+        return now if self.waiting else self.handled_at
 
 
 class Bus:
@@ -96,7 +105,7 @@ class Bus:
     high-water mark libzmq drops messages (receivers detect lost presence deltas by their
     numbering).
 
-    Error handling: ``on_batch`` is called with every batch received; it must not raise.
+    Error handling: ``on_batch`` is awaited with every batch received; it must not raise.
     """
 
     def __init__(
@@ -105,7 +114,7 @@ class Bus:
         *,
         flusher: Flusher,
         mode: str,
-        on_batch: Callable[[list[bytes]], None],
+        on_batch: Callable[[list[bytes]], Awaitable[None]],
         remotes: Sequence[Remote] = (),
         bind: str | None = None,
         keys: Keypair | None = None,
@@ -180,6 +189,11 @@ class Bus:
             ]
             out["outages"] = self.outages
         return out
+
+    def heard_until(self, now: float) -> float:
+        """Up to when this node has handled everything that reached it (see
+        :meth:`_Path.heard`): what it did not hear from before then is missing."""
+        return min((path.heard(now) for path in self._paths), default=now)
 
     def paths_live(self) -> int:
         return sum(p.live for p in self._paths)
@@ -296,7 +310,7 @@ class Bus:
         if self.mode != "broker":
             return
         for path in self._paths:
-            if path.live and now - path.echo_at > self._liveness:
+            if path.live and path.heard(now) - path.echo_at > self._liveness:
                 path.live = False
                 self.outages += 1
                 log.warning(
@@ -327,7 +341,19 @@ class Bus:
     async def _receive(self, path: _Path) -> None:
         probe, dedup = path.probe, self._dedup
         while True:
-            batch = await path.sub.receive_batch(RECEIVE_BATCH)
+            # (waiting means waiting on an empty socket: a batch taken and not handled yet,
+            # even across a checkpoint, is a backlog)
+            batch = path.sub.receive_batch_nowait(RECEIVE_BATCH)
+            if batch:
+                await trio.lowlevel.checkpoint()  # (the others' turn, as a wait would give)
+            else:
+                path.waiting = True
+                try:
+                    batch = await path.sub.receive_batch(RECEIVE_BATCH)
+                finally:
+                    path.waiting = False
+            read_at = trio.current_time()
+            caught_up = len(batch) < RECEIVE_BATCH  # (else more may be queued)
             path.received += len(batch)
             if probe in batch:
                 self._echo(path)
@@ -338,7 +364,9 @@ class Bus:
                 batch = first
             self.received += len(batch)
             if batch:
-                self._on_batch(batch)
+                await self._on_batch(batch)
+            if caught_up:
+                path.handled_at = read_at
 
     # Security ---------------------------------------------------------------------------------
 

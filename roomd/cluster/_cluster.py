@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final, Protocol
 
 import attrs
@@ -56,6 +56,7 @@ BYE_FLUSH: Final = 0.05  # seconds for libzmq's I/O thread to send the goodbye
 # opened in a second cost a hundred messages, not a thousand (each of which every node decodes).
 DELTA_WINDOW: Final = 0.01
 MAX_RANKINGS: Final = 100_000  # streams whose node ranking is remembered
+HANDLING_SLICE: Final = 0.1  # seconds of handling bus messages before other tasks' turn
 MAX_HEARTBEATS_OUT: Final = 16  # own heartbeats remembered until they come back
 
 
@@ -86,10 +87,12 @@ class BusPort(Protocol):
 
     def paths_live(self) -> int: ...
 
+    def heard_until(self, now: float) -> float: ...
+
     def complete(self) -> bool: ...
 
 
-BatchHandler = Callable[[list[bytes]], None]
+BatchHandler = Callable[[list[bytes]], Awaitable[None]]
 BusFactory = Callable[[BatchHandler], BusPort]
 
 
@@ -177,6 +180,7 @@ class Cluster:
         self._gone: dict[str, _Gone] = {}
         self._lives: dict[str, tuple[int, float]] = {name: (epoch, time.time())}
         self.bad_messages = 0
+        self.handling_turns = 0  # times the handling of a bus batch let other tasks run
         self.snapshots_requested = 0
 
     @property
@@ -326,11 +330,14 @@ class Cluster:
     def _expire(self, now: float) -> None:
         """Declare down the nodes silent for a timeout, but only while this node hears itself:
         its own last heartbeat came back within one and a half intervals, so that its own
-        deafness (the broker stopped a moment ago, say) is never taken for their death."""
-        if now - self._echo_at > 1.5 * self.section.heartbeat_interval:
+        deafness (the broker stopped a moment ago, say) is never taken for their death. Both
+        are judged up to when it has handled everything that reached it: a node behind on
+        reading (a burst) has their heartbeats, and its own, still queued."""
+        heard = self.bus.heard_until(now)
+        if heard - self._echo_at > 1.5 * self.section.heartbeat_interval:
             return
         epochs = {name: state.epoch for name, state in self.view.nodes.items()}
-        dead, effects = self.view.expire(now, self.timeout)
+        dead, effects = self.view.expire(heard, self.timeout)
         for name in dead:
             log.warning(
                 "%s: node %s is down (no heartbeat for %.1f s)", self.name, name, self.timeout
@@ -342,8 +349,10 @@ class Cluster:
 
     def _check_bus(self, now: float) -> None:
         """The bus is live while this node's own heartbeats come back through it, and every
-        topic has a way through it (with sharded brokers: every shard has a live broker)."""
-        live = now - self._echo_at <= self.timeout and self.bus.complete()
+        topic has a way through it (with sharded brokers: every shard has a live broker).
+        Judged up to when it has handled everything that reached it (see :meth:`_expire`)."""
+        heard = self.bus.heard_until(now)
+        live = heard - self._echo_at <= self.timeout and self.bus.complete()
         if live != self._bus_live:
             self._bus_live = live
             self._note_synced()
@@ -571,44 +580,58 @@ class Cluster:
 
     # Receiving -----------------------------------------------------------------------------------
 
-    def _on_batch(self, batch: list[bytes]) -> None:
+    async def _on_batch(self, batch: list[bytes]) -> None:
+        """Handle what the bus read, in order, giving the other tasks a turn every
+        ``HANDLING_SLICE`` seconds: a batch can hold thousands of messages, each a push to a
+        thousand connections, and a node that handled them in one go would starve its own
+        heartbeats (the others would declare it down) and its connections' writes."""
         now = trio.current_time()
         self._woke(now)  # (a batch read on waking may come before the ticker's turn)
         own = self._own_marker
+        turn_ends = time.perf_counter() + HANDLING_SLICE
         for message in batch:
+            if time.perf_counter() > turn_ends:
+                now, turn_ends = await self._next_turn()
             try:
-                if _wire.is_from(message, own):
-                    self._own(message)
-                    continue
-                envelopes = _wire.decode_all(message)
+                mine = _wire.is_from(message, own)
+                envelopes = self._own(message) if mine else _wire.decode_all(message)
             except Exception:
                 self.bad_messages += 1
                 log.exception("%s: bad bus message %r", self.name, message[:80])
                 continue
             for envelope in envelopes:  # (one that fails does not take the rest of its batch)
+                if time.perf_counter() > turn_ends:
+                    now, turn_ends = await self._next_turn()
                 try:
-                    self._dispatch(envelope, now)
+                    if mine:
+                        stream, wire = envelope.body
+                        self.streams.on_echo(stream, wire[0])
+                    else:
+                        self._dispatch(envelope, now)
                 except Exception:
                     self.bad_messages += 1
                     log.exception("%s: bad bus message %r", self.name, message[:80])
 
-    def _own(self, message: bytes) -> None:
+    async def _next_turn(self) -> tuple[float, float]:
+        """Let the other tasks run; the time now, and when this turn of handling ends."""
+        self.handling_turns += 1
+        await trio.lowlevel.checkpoint()
+        return trio.current_time(), time.perf_counter() + HANDLING_SLICE
+
+    def _own(self, message: bytes) -> list[Envelope]:
         """One of this node's messages, back from the bus: heartbeats (they tell that the bus
         is live, or that another node uses this name) and stream entries (they have left the
-        process: this node's readers may have them)."""
+        process: this node's readers may have them). The entries whose echo is to be handled
+        (each may release deliveries: the caller takes turns between them)."""
         if self.streams.awaiting_echo and message[:1] in b"rn":
-            for envelope in _wire.decode_all(message):
-                if envelope.kind == Kind.ENTRY:
-                    stream, wire = envelope.body
-                    self.streams.on_echo(stream, wire[0])
-            return
+            return [e for e in _wire.decode_all(message) if e.kind == Kind.ENTRY]
         if _wire.CONTROL in message[:2]:
             envelope = _wire.decode(message)
             if envelope.kind != Kind.HEARTBEAT:
-                return
+                return []
             if envelope.epoch != self.epoch:
                 log.error("%s: another node uses the name %s", self.name, self.name)
-                return
+                return []
             self._echo_at = trio.current_time()
             published = self._heartbeats_out.pop(envelope.seq, None)
             for seq in [seq for seq in self._heartbeats_out if seq < envelope.seq]:
@@ -619,6 +642,7 @@ class Cluster:
                 self._check_bus(self._echo_at)
             if self._resync_due:
                 self._resync(self._echo_at)
+        return []
 
     def _dispatch(self, env: Envelope, now: float) -> None:
         host = self.host
@@ -794,6 +818,11 @@ class Cluster:
             "bus_received": ("Messages received from the bus.", bus.received),
             "bus_dropped": ("Messages the bus could not send.", bus.dropped),
             "bus_bad_messages": ("Bus messages that could not be handled.", self.bad_messages),
+            "bus_handling_turns": (
+                "Times the handling of what the bus read let other tasks run before it went on "
+                f"(every {HANDLING_SLICE * 1000:g} ms): the node was busy with the bus.",
+                self.handling_turns,
+            ),
             "bus_duplicates": (
                 "Copies of bus messages dropped (they came through another broker first).",
                 details.get("duplicates", 0),

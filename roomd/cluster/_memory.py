@@ -13,14 +13,15 @@ run in virtual time: a test of a 3 s failure detection takes milliseconds.
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable
+import math
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
 from . import _wire
 
-BatchHandler = Callable[[list[bytes]], None]
+BatchHandler = Callable[[list[bytes]], Awaitable[None]]
 MessageFilter = Callable[[str, bytes], bool]  # (receiving bus, message) -> deliver it?
 
 
@@ -30,6 +31,7 @@ class MemoryNetwork:
     def __init__(self) -> None:
         self.buses: dict[str, MemoryBus] = {}
         self.cut_off: set[str] = set()
+        self.held: dict[str, trio.Event] = {}
         self.filter: MessageFilter | None = None
         self.log: list[tuple[str, bytes]] = []  # (publisher, message), everything published
 
@@ -49,6 +51,14 @@ class MemoryNetwork:
 
     def restore(self, name: str) -> None:
         self.cut_off.discard(name)
+
+    def hold(self, name: str) -> None:
+        """Keep ``name``'s bus busy with the next batch it reads until :meth:`release`, as if
+        handling it took that long (a node behind on reading: what comes meanwhile queues)."""
+        self.held[name] = trio.Event()
+
+    def release(self, name: str) -> None:
+        self.held.pop(name).set()
 
     def kinds(self, publisher: str) -> list[str]:
         """The kinds of the messages ``publisher`` published, in order."""
@@ -84,6 +94,8 @@ class MemoryBus:
         self.wake = trio.Event()
         self.running = False
         self.published = self.received = self.dropped = 0
+        self.waiting = True  # for messages: everything that came is handled
+        self.handled_at = -math.inf  # when what had come was last all read
 
     @property
     def ready(self) -> bool:
@@ -98,14 +110,25 @@ class MemoryBus:
         task_status.started()
         try:
             while True:
+                self.waiting = True
                 await self.wake.wait()
+                self.waiting = False
+                read_at = trio.current_time()
                 self.wake = trio.Event()
                 batch, self.inbox = self.inbox, []
                 self.received += len(batch)
-                self.on_batch(batch)
+                await self.on_batch(batch)
+                held = self.network.held.get(self.name)
+                if held is not None:
+                    await held.wait()
+                self.handled_at = read_at
         finally:
             self.running = False
             self.topics.clear()
+
+    def heard_until(self, now: float) -> float:
+        """As the ZeroMQ bus's (:meth:`roomd.cluster._bus.Bus.heard_until`)."""
+        return now if self.waiting else self.handled_at
 
     def details(self) -> dict[str, Any]:
         return {}

@@ -9,7 +9,7 @@ turns all of it off (and is logged as a warning when the node starts).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from .._config import ClusterSection
@@ -33,7 +33,7 @@ def make_bus(
     section: ClusterSection,
     *,
     flusher: Flusher,
-    on_batch: Callable[[list[bytes]], None],
+    on_batch: Callable[[list[bytes]], Awaitable[None]],
 ) -> Bus:
     """The bus of node ``name``.
 

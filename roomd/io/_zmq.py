@@ -360,6 +360,13 @@ class ZmqSocket:
             if batch:  # else a concurrent receiver took it first
                 return batch
 
+    def receive_batch_nowait(self, max_messages: int = _DEFAULT_BATCH) -> list[bytes]:
+        """Every message queued now, up to *max_messages*; none if none is (not a
+        checkpoint)."""
+        if max_messages < 1:
+            raise ValueError("max_messages must be at least 1")
+        return self._drain(max_messages)
+
     async def receive(self) -> bytes:
         """Wait for and return one message."""
         (msg,) = await self.receive_batch(1)
