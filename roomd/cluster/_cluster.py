@@ -27,6 +27,7 @@ from ._streaming import (
     COPY,
     READ,
     TAIL,
+    TAILS,
     Outbound,
     StreamService,
     entry_from_wire,
@@ -152,6 +153,7 @@ class Cluster:
         )
         self.calls.handlers[READ] = self._on_read
         self.calls.handlers[TAIL] = self._on_tail
+        self.calls.handlers[TAILS] = self._on_tails
         self.calls.handlers[COPY] = self._on_copy
         self._rankings: dict[str, list[str]] = {}  # stream -> its ranking of the nodes below
         self._candidates: frozenset[str] = frozenset()
@@ -323,9 +325,8 @@ class Cluster:
     def _resync(self, now: float) -> None:
         self._resync_due = False
         self._note_synced()
-        self.streams.catch_up()
+        self.streams.catch_up([user_stream(u) for u in self.host.hosted_users()])
         self.streams.resend(now)
-        self.streams.refollow([user_stream(u) for u in self.host.hosted_users()], force=True)
 
     def _expire(self, now: float) -> None:
         """Declare down the nodes silent for a timeout, but only while this node hears itself:
@@ -574,6 +575,9 @@ class Cluster:
 
     async def _on_tail(self, body: Any, origin: str) -> Any:
         return await self.streams.on_tail(body, origin)
+
+    async def _on_tails(self, body: Any, origin: str) -> Any:
+        return self.streams.tails_now(body, origin)
 
     async def _on_copy(self, body: Any, origin: str) -> Any:
         return self.streams.on_copy(body)

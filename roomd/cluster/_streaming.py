@@ -48,6 +48,11 @@ log = logging.getLogger("roomd.cluster")
 
 READ: Final = "roomd.stream-read"  # [stream, position or None] -> entries after it
 TAIL: Final = "roomd.stream-tail"  # stream -> [epoch, offset]; the caller reads the stream
+# [stream, ...] -> [[epoch, offset] or None, ...]: TAIL for many streams at once (None: the
+# node asked does not number that one in its view); one call per node when the nodes change,
+# or when this node catches up after it could not hear
+TAILS: Final = "roomd.stream-tails"
+MAX_TAILS: Final = 1000  # streams per TAILS call
 COPY: Final = "roomd.stream-copy"  # stream -> the entries a node holds (a takeover gathers)
 APPEND_ATTEMPTS: Final = 3  # a message is sent to the stream's sequencer at most this often
 READ_ATTEMPTS: Final = 3  # a stream is read from its sequencer at most this often
@@ -455,17 +460,6 @@ class StreamService:
         next has to number one (a message sent again meanwhile is then recognised by its id)."""
         self.store.sequencers.clear()
 
-    def catch_up(self) -> None:
-        """Fetch from their sequencers what this node may have missed of the streams it reads
-        (after a freeze, or its bus was down): each is repaired from its last offset here."""
-        if self._spawn is None:
-            return
-        for stream, log_ in list(self.store.logs.items()):
-            known = len(log_) or log_.start  # (a log with no baseline has nothing to repair)
-            if known and stream not in self.store.sequencers and stream not in self._repairing:
-                self._repairing.add(stream)
-                self._spawn(self._repair, stream)
-
     # Reading -------------------------------------------------------------------------------------
 
     async def read(self, stream: StreamKey, after: Position | None) -> list[Entry]:
@@ -546,38 +540,105 @@ class StreamService:
             self._followed[stream] = sequencer
         return Position(epoch, offset)
 
-    def refollow(self, inboxes: list[StreamKey], *, force: bool = False) -> None:
+    def refollow(self, inboxes: list[StreamKey]) -> None:
         """The nodes changed: tell the sequencer of each inbox read here (``inboxes``: of the
         users connected here) that this node reads it, if it is another node than the one told
-        before (or, with ``force``, in any case); and fetch what this node missed of it."""
+        before; and fetch what this node missed of it."""
         self.refollow_due = False
         if self._spawn is None or self.outbound is None:
             return
         wanted = set(inboxes)
+        by_sequencer: dict[str, list[StreamKey]] = {}
         for stream in inboxes:
             sequencer = self.sequencer_of(stream)
-            if sequencer == self.name:
-                continue
-            if force or sequencer != self._followed.get(stream):
+            if sequencer != self.name and sequencer != self._followed.get(stream):
                 self._followed[stream] = sequencer
-                self._spawn(self._refollow_one, stream)
+                by_sequencer.setdefault(sequencer, []).append(stream)
         for stream in list(self._followed):
             if stream not in wanted:
                 del self._followed[stream]
+        self._ask_tails(by_sequencer, catching_up=False)
 
-    async def _refollow_one(self, stream: StreamKey) -> None:
-        try:
-            position = await self.tail(stream)
-        except Exception as exc:
-            log.warning("%s: could not follow %r (tried again later): %s", self.name, stream, exc)
-            self._followed.pop(stream, None)
-            self.refollow_due = True
+    def catch_up(self, inboxes: list[StreamKey]) -> None:
+        """This node could not hear for a while (a freeze, or its bus was down): tell the
+        sequencer of each of ``inboxes`` (of the users connected here) that this node reads
+        it, and fetch what it may have missed of every stream it reads. Those it is behind on
+        are repaired from their last offset here, and so is every stream whose sequencer has
+        not numbered it yet (reading it makes the sequencer take it over, from everyone's
+        copies, which may hold more than this node's)."""
+        self.refollow_due = False
+        if self._spawn is None:
             return
-        log_ = self.store.log(stream)
-        behind = position.offset > log_.tail and (len(log_) or log_.start)
-        if behind and stream not in self._repairing:
+        by_sequencer: dict[str, list[StreamKey]] = {}
+        for stream in inboxes:
+            sequencer = self.sequencer_of(stream)
+            if sequencer != self.name and self.outbound is not None:
+                self._followed[stream] = sequencer
+                by_sequencer.setdefault(sequencer, []).append(stream)
+        followed = set(inboxes)
+        for stream, log_ in list(self.store.logs.items()):
+            known = len(log_) or log_.start  # (a log with no baseline has nothing to repair)
+            if known and stream not in self.store.sequencers and stream not in followed:
+                sequencer = self.sequencer_of(stream)
+                if sequencer == self.name or self.outbound is None:
+                    self._start_repair(stream)
+                else:
+                    by_sequencer.setdefault(sequencer, []).append(stream)
+        self._ask_tails(by_sequencer, catching_up=True)
+
+    def _ask_tails(self, by_sequencer: dict[str, list[StreamKey]], *, catching_up: bool) -> None:
+        for sequencer, streams in by_sequencer.items():  # (a call per node, not per stream)
+            for i in range(0, len(streams), MAX_TAILS):
+                assert self._spawn is not None
+                self._spawn(self._tails, sequencer, streams[i : i + MAX_TAILS], catching_up)
+
+    async def _tails(self, sequencer: str, streams: list[StreamKey], catching_up: bool) -> None:
+        """Ask ``sequencer`` where ``streams`` stand (it counts this node among the readers
+        of the inboxes among them), and repair those this node is behind on (catching up:
+        also those it has not numbered yet, and all of them if it does not answer)."""
+        assert self.outbound is not None
+        try:
+            answers = await self.outbound.call(sequencer, TAILS, streams)
+        except RoomdError as exc:
+            if exc.code == ErrorCode.UNKNOWN_EVENT:  # (a node of an earlier version)
+                answers = [await self._tail_or_none(sequencer, s) for s in streams]
+            else:
+                answers = None
+                log.warning(
+                    "%s: could not ask %s where %d streams stand (tried again later): %s",
+                    self.name,
+                    sequencer,
+                    len(streams),
+                    exc,
+                )
+        for stream, position in zip(streams, _positions(answers, len(streams)), strict=True):
+            if position is None and user_of(stream) is not None:
+                # (no answer, or its view differs: the nodes are changing; tried again later)
+                if self._followed.get(stream) == sequencer:
+                    del self._followed[stream]
+                self.refollow_due = True
+            log_ = self.store.log(stream)
+            if not (len(log_) or log_.start) or stream in self.store.sequencers:
+                continue  # (nothing held here to repair: it reads from the position on)
+            if position is None:
+                behind = catching_up
+            else:
+                behind = position.offset > log_.tail or (catching_up and not position.epoch)
+            if behind:
+                self._start_repair(stream)
+
+    def _start_repair(self, stream: StreamKey) -> None:
+        if stream not in self._repairing and self._spawn is not None:
             self._repairing.add(stream)
-            await self._repair(stream)
+            self._spawn(self._repair, stream)
+
+    async def _tail_or_none(self, sequencer: str, stream: StreamKey) -> list[Any] | None:
+        assert self.outbound is not None
+        try:
+            answer: list[Any] = await self.outbound.call(sequencer, TAIL, stream)
+        except RoomdError:
+            return None
+        return answer
 
     def follow(self, stream: StreamKey, position: Position) -> None:
         """This node reads ``stream`` from ``position`` on: a later message past a hole is then
@@ -630,6 +691,20 @@ class StreamService:
         self._add_reader(stream, origin)
         return [position.epoch, position.offset]
 
+    def tails_now(self, streams: Any, origin: str) -> list[list[Any] | None]:
+        """The handler of :data:`TAILS` calls (answered at once): :meth:`tail_now` for each
+        of ``streams``, ``None`` for one this node does not number in its view.
+
+        Error handling: :class:`~roomd.protocol.RoomdError` (``invalid``) if ``streams`` is not
+        a list of at most :data:`MAX_TAILS` stream names."""
+        if not (
+            isinstance(streams, list)
+            and len(streams) <= MAX_TAILS
+            and all(isinstance(s, str) and s[:1] in ("r", "u") for s in streams)
+        ):
+            raise RoomdError(ErrorCode.INVALID, f"{TAILS}: a list of at most {MAX_TAILS} streams")
+        return [self.tail_now(stream, origin) for stream in streams]
+
     def _add_reader(self, stream: StreamKey, node: str) -> None:
         if user_of(stream) is not None:
             self._readers.setdefault(stream, {})[node] = time.time()
@@ -643,6 +718,19 @@ class StreamService:
             if now - since > READER_MEMORY or not self.is_up(node):
                 del readers[node]
         return set(readers)
+
+
+def _positions(answers: Any, count: int) -> list[Position | None]:
+    """The positions in a :data:`TAILS` answer for ``count`` streams (``None`` where there is
+    none, or where the answer is not one)."""
+    if not isinstance(answers, list) or len(answers) != count:
+        return [None] * count
+    return [
+        Position(a[0], a[1])
+        if isinstance(a, list) and len(a) == 2 and isinstance(a[0], str) and type(a[1]) is int
+        else None
+        for a in answers
+    ]
 
 
 def entry_to_wire(entry: Entry) -> list[Any]:
@@ -662,4 +750,4 @@ def entry_from_wire(item: list[Any]) -> Entry:
     return Entry(offset, epoch, body, message_id, stamp, skip_user, except_session)
 
 
-__all__ = ["COPY", "READ", "TAIL", "Gap", "Outbound", "StreamService"]
+__all__ = ["COPY", "READ", "TAIL", "TAILS", "Gap", "Outbound", "StreamService"]
