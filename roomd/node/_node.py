@@ -54,6 +54,7 @@ from ._dispatch import FrameDispatcher, Handler
 from ._drain import Drainer
 from ._http import HttpFront, Route
 from ._ids import new_message_id
+from ._lag import LoopLag
 from ._presence import PresenceFeed
 from ._requests import Requests
 from ._router import Router
@@ -131,6 +132,7 @@ class Node:
         self.payload_limits = self.config.limits.payload_limits()
         self.authenticator = Authenticator(auth.secret, auth.dev, auth.leeway, self.payload_limits)
         self.stats = Stats()
+        self.lag = LoopLag(self.name)  # how late the event loop runs
         self.port: int | None = None
         self.started_at = time.time()
         self.epoch = secrets.randbits(62)
@@ -206,7 +208,7 @@ class Node:
         self._drainer = Drainer(self.name, self.view, self.config.shutdown)
         self._nursery: trio.Nursery | None = None
         self._accepting = trio.CancelScope()
-        registry = make_registry(self.stats, self._gauges, self.cluster.counters)
+        registry = make_registry(self.stats, self._gauges, self._counters)
         self.http = HttpFront(
             self.config,
             self.stats,
@@ -495,7 +497,7 @@ class Node:
         period = min(1.0, max(0.01, period))
         with scope:
             while True:
-                await trio.sleep(period)
+                await self.lag.sleep(period)  # (it measures the event loop's lag too)
                 now = trio.current_time()
                 self.sessions.expire(now)
                 for conn, transport in list(self._connected.items()):
@@ -733,5 +735,13 @@ class Node:
             "users": len(self.hub.users),
             "rooms": len(self.hub.rooms),
             "uptime_seconds": time.time() - self.started_at,
+            "loop_lag_seconds": self.lag.recent_max(trio.current_time()),  # (a lower bound)
             **self.cluster.gauges(),
         }
+
+    def _counters(self) -> dict[str, tuple[str, float]]:
+        stalls = (
+            f"Times the event loop ran a timer {self.lag.stall:g} s or more late (each logged).",
+            self.lag.stalls,
+        )
+        return {"loop_stalls": stalls, **self.cluster.counters()}
