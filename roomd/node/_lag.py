@@ -6,10 +6,10 @@ machine, a stopped VM), delays everything else by as much: the connections' read
 their pings, the cluster's heartbeats. The node cannot see that from inside any one task, but a
 timer can: a task that sleeps measures how much later than asked it woke (what Node.js's
 ``monitorEventLoopDelay`` measures). The node's periodic sweep of its connections does (every
-second at the defaults): a wake-up of its own would cost more than it tells (an idle wake-up costs this kind of
-machine about 0.4 ms of CPU). What it reports is a lower bound: a block that ends before the
-sweep's timer is due delays nothing it can see, and one that does shows from the timer's due
-time on.
+second at the defaults): a wake-up of its own would cost more than it tells (an idle wake-up
+costs this kind of machine about 0.4 ms of CPU). What it reports is a lower bound: a block that
+ends before the sweep's timer is due delays nothing it can see, and one that does shows from
+the timer's due time on.
 
 A lag of :data:`STALL` or more is logged (and counted): at the defaults every connection and
 the bus waited that long, and at three times ``cluster.heartbeat_interval`` the other nodes take
