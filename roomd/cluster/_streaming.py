@@ -605,7 +605,7 @@ class StreamService:
             else:
                 answers = None
                 log.warning(
-                    "%s: could not ask %s where %d streams stand (tried again later): %s",
+                    "%s: could not ask %s where %d streams stand (read, or asked again later): %s",
                     self.name,
                     sequencer,
                     len(streams),

@@ -232,7 +232,7 @@ class Router:
         """Whether joins and leaves in room ``key`` are pushed to its members: in a room of at
         most ``announce_members_up_to`` users (counted after the change), as in a chat room;
         not in a larger one, where a push per member per change costs the square of its size
-        (a node of a 5,000-user room declared down would push a million \"room.left\"). Its
+        (a node of a 5,000-user room declared down would push a million ``room.left``). Its
         members ask for ``room.members`` instead."""
         limit = self.announce_members_up_to
         return not limit or len(self.view.room_users.get(key, ())) <= limit
