@@ -440,8 +440,7 @@ async def test_a_tails_call_answers_for_what_the_node_numbers_and_refuses_garbag
 ) -> None:
     network = MemoryNetwork()
     async with trio.open_nursery() as nursery:
-        a, b = await start(nursery, network, "a"), await start(nursery, network, "b")
-        await until(lambda: "b" in a.view.nodes and "a" in b.view.nodes)
+        a, b = await _pair(nursery, network)
         inboxes = [user_stream(f"u{i}") for i in range(20)]
         rooms = [room_stream("/", f"r{i}") for i in range(10)]
         outcome = await a.cluster.calls.call(TAILS, inboxes + rooms, targets=["b"], timeout=5)
@@ -457,11 +456,17 @@ async def test_a_tails_call_answers_for_what_the_node_numbers_and_refuses_garbag
         nursery.cancel_scope.cancel()
 
 
+async def _pair(nursery: trio.Nursery, network: MemoryNetwork) -> tuple[SimNode, SimNode]:
+    """Two nodes, "a" and "b", once they hear each other."""
+    a, b = await start(nursery, network, "a"), await start(nursery, network, "b")
+    await until(lambda: "b" in a.view.nodes and "a" in b.view.nodes)
+    return a, b
+
+
 async def _lobby_pair(nursery: trio.Nursery, network: MemoryNetwork) -> tuple[SimNode, SimNode]:
     """Two nodes, "a" and "b", that hear each other: the one that numbers LOBBY's stream, and
     the other."""
-    a, b = await start(nursery, network, "a"), await start(nursery, network, "b")
-    await until(lambda: "b" in a.view.nodes and "a" in b.view.nodes)
+    a, b = await _pair(nursery, network)
     sequencer = a if a.cluster.sequencer_of(room_stream(*LOBBY)) == "a" else b
     return sequencer, b if sequencer is a else a
 
