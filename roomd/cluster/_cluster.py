@@ -594,8 +594,6 @@ class Cluster:
         own = self._own_marker
         turn_ends = time.perf_counter() + HANDLING_SLICE
         for message in batch:
-            if time.perf_counter() > turn_ends:
-                now, turn_ends = await self._next_turn()
             try:
                 mine = _wire.is_from(message, own)
                 envelopes = self._own(message) if mine else _wire.decode_all(message)
