@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
@@ -29,6 +30,7 @@ from roomd.cluster import (
     Online,
     Position,
     UserOffline,
+    _cluster,
     room_stream,
     user_stream,
 )
@@ -339,9 +341,15 @@ class SlowHost(Host):
         return super().deliver_room(key, template, skip_user)
 
 
-async def test_a_long_batch_from_the_bus_is_handled_in_turns_with_the_other_tasks() -> None:
+async def test_a_long_batch_from_the_bus_is_handled_in_turns_with_the_other_tasks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Handling what the bus read gives the node's other tasks (heartbeats, connections'
-    writes) a turn every few milliseconds, and goes on in order."""
+    writes) a turn every ``HANDLING_SLICE`` seconds, and goes on in order."""
+    # Turns of 10 ms: 0.2 s of handling is then many turns, and this task surely runs between
+    # two of them (with two or three, Trio's order within a round may run the handling's
+    # last turn before this task's next one).
+    monkeypatch.setattr(_cluster, "HANDLING_SLICE", 0.01)
     network = MemoryNetwork()
     seen: list[int] = []
     with trio.fail_after(10):
