@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import socket
 
@@ -10,9 +11,9 @@ import trio
 from wsproto.events import AcceptConnection, TextMessage
 
 from roomd import Node
-from roomd.io import Flusher, Transport
+from roomd.io import Flusher, Readers, Transport
 from roomd.node import Stats
-from tests.support import read_until_close, silent_websocket
+from tests.support import connect, read_until_close, silent_websocket
 
 
 async def test_volatile_pushes_are_dropped_first_then_the_connection_closes_4008() -> None:
@@ -20,7 +21,7 @@ async def test_volatile_pushes_are_dropped_first_then_the_connection_closes_4008
     with ours, theirs:
         stats = Stats()
         outbox = Transport(
-            ours, stats, Flusher(), max_message=1024, max_bytes=1000, close_timeout=1
+            ours, stats, Flusher(), Readers(), max_message=1024, max_bytes=1000, close_timeout=1
         )
         assert outbox.send_frame(b"r" * 400)
         assert outbox.send_frame(b"v" * 100, volatile=True)  # 500: up to half full, kept
@@ -66,8 +67,9 @@ async def test_a_burst_in_one_read_lets_other_tasks_run_between_turns() -> None:
     ours, theirs = socket.socketpair()
     with ours, theirs, trio.fail_after(5):
         theirs.sendall(data)
+        readers = Readers()
         transport = Transport(
-            ours, Stats(), Flusher(), max_message=1024, max_bytes=1 << 20, close_timeout=1
+            ours, Stats(), Flusher(), readers, max_message=1024, max_bytes=1 << 20, close_timeout=1
         )
         handled: list[bytes | str] = []
         seen_by_other: list[int] = []
@@ -84,6 +86,7 @@ async def test_a_burst_in_one_read_lets_other_tasks_run_between_turns() -> None:
                 await trio.lowlevel.checkpoint()
 
         async with trio.open_nursery() as nursery:
+            await nursery.start(readers.run)
             nursery.start_soon(transport.run, on_message, None)
             nursery.start_soon(other)
             await all_handled.wait()
@@ -94,3 +97,33 @@ async def test_a_burst_in_one_read_lets_other_tasks_run_between_turns() -> None:
     assert MESSAGES_PER_TURN <= 32
     assert steps and max(steps) <= 64
     assert len(seen_by_other) >= 1000 // 64
+
+
+def _tasks_under(nursery: trio.Nursery) -> int:
+    count, nurseries = 0, [nursery]
+    while nurseries:
+        for task in nurseries.pop().child_tasks:
+            count += 1
+            nurseries.extend(task.child_nurseries)
+    return count
+
+
+async def test_an_idle_connection_has_no_task_of_its_own(node: Node) -> None:
+    """Twenty clients that said hello, joined a room and sent a ping: the node reads them all
+    from its one reading task, and none of them has a task (or nursery) left once idle."""
+    assert node._nursery is not None
+    with trio.fail_after(10):
+        before = _tasks_under(node._nursery)
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(connect(node, f"u{i}")) for i in range(20)]
+            for client in clients:
+                await client.ok("room.join", {"room": "lobby"})
+                await client.send({"type": "ping", "ts": 1})
+                await client.expect("pong")
+            assert len(node.readers) == 20
+            assert _tasks_under(node._nursery) == before
+            # and they are still served: a message to the room reaches all twenty
+            data = {"type": "text", "payload": {"content": "hi"}}
+            await clients[0].ok("send", {"to": {"room": "lobby"}, "data": data})
+            for client in clients:
+                assert (await client.push("message"))["data"]["payload"] == data["payload"]

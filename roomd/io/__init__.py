@@ -28,6 +28,7 @@ from ._sockets import tls_handshake as tls_handshake
 from ._transport import ControlHandler as ControlHandler
 from ._transport import Counters as Counters
 from ._transport import MessageHandler as MessageHandler
+from ._transport import Readers as Readers
 from ._transport import Transport as Transport
 from ._zmq import Handshake as Handshake
 from ._zmq import Keypair as Keypair

@@ -1,16 +1,24 @@
-"""One WebSocket connection on the server: a reader task, and writes without a writer task.
+"""WebSocket connections on the server: one reading task for all of them, and writes without a
+writer task.
 
 After the HTTP upgrade the transport takes the connection's socket out of its trio stream and
-drives it with Trio's low-level I/O (``wait_readable`` / ``wait_writable`` on a non-blocking
-socket). :class:`.ws.FrameParser` parses what the client sends; the close handshake's
-states are kept here. What the node sends is queued as ready-made frame bytes (see
-:mod:`roomd.ws`) in a bounded outbox.
+drives it directly as a non-blocking socket. :class:`.ws.FrameParser` parses what the client
+sends; the close handshake's states are kept here. What the node sends is queued as ready-made
+frame bytes (see :mod:`roomd.ws`) in a bounded outbox.
+
+Reading: every connection's socket is registered once with :class:`Readers`, the node's one
+reading task, which waits for any of them to be readable and reads each readable one in the
+same wake-up. An idle connection is thus a socket, a parser and a few objects: no task, no
+nursery, no coroutine frames (those cost more memory than the rest of a connection together,
+see docs/performance.md). A connection gets a task and a nursery of its own when it has work
+that waits (:meth:`Transport.spawn`: a cluster call for a new session, a handler that awaits,
+writing to a full socket, the close handshake's deadline), for as long as that work lasts.
 
 Writing: queueing a frame marks the connection dirty with the node's :class:`Flusher`, one task
 that, once the current burst of work yields, writes every dirty connection's whole outbox with one
 ``send`` each. A broadcast to a thousand connections thus wakes one task, not a thousand. Only
-when the kernel's buffer is full does a connection get a task of its own, which waits until the
-socket is writable, writes, and ends once the outbox is empty.
+when the kernel's buffer is full does a connection get a task, which waits until the socket is
+writable, writes, and ends once the outbox is empty.
 
 Over TLS (a :class:`~roomd.ws.TlsSession`), what is read is decrypted before it is parsed, and
 each write encrypts the whole outbox at once: the frames are still the ones encoded once for all
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import select
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol, cast
@@ -47,6 +56,11 @@ MESSAGES_PER_TURN: Final = 32
 
 MessageHandler = Callable[[Any, bytes | str, bool], None]
 ControlHandler = Callable[[Any], None]
+ClosedHandler = Callable[[Any], None]
+# The reading task reads at most this many sockets per wake-up, and lets every other task run
+# after each this many.
+EVENTS_PER_WAKE: Final = 1024
+SOCKETS_PER_TURN: Final = 64
 
 # The close handshake (RFC 6455, section 7).
 OPEN, LOCAL_CLOSING, REMOTE_CLOSING, CLOSED = range(4)
@@ -72,12 +86,14 @@ class _Volatile(bytes):
 class Transport:
     """A server-side WebSocket connection after the handshake.
 
-    Resource handling: :meth:`run` owns the socket and the connection's tasks; when it returns
-    the socket is closed. :meth:`send_frame` and :meth:`close` never block and may be called
+    Resource handling: from :meth:`start` on, the transport owns the socket and the
+    connection's tasks (they run in the :class:`Readers`' nursery); once the socket is closed
+    it calls ``on_closed``. :meth:`send_frame` and :meth:`close` never block and may be called
     from any task.
 
     Error handling: a broken connection, a protocol violation by the peer or an oversized
-    message end :meth:`run` (the last two with a close frame: 1002, 1009); nothing propagates.
+    message end the connection (the last two with a close frame: 1002, 1009), and so does a
+    defect in a handler or a spawned task (logged); nothing propagates.
     """
 
     __slots__ = (
@@ -87,20 +103,30 @@ class Transport:
         "_close_timeout",
         "_closing",
         "_dirty",
+        "_done",
         "_emptied",
+        "_ended",
+        "_fd",
         "_flusher",
         "_max_bytes",
         "_more",
         "_nursery",
+        "_on_closed",
+        "_on_control",
+        "_on_message",
+        "_owner",
         "_partial",
         "_pong",
         "_queue",
         "_queued_bytes",
-        "_scope",
+        "_readers",
         "_sock",
+        "_starting",
         "_state",
         "_stats",
         "_tls",
+        "_todo",
+        "_torn",
         "_ws",
         "close_code",
         "close_reason",
@@ -113,6 +139,7 @@ class Transport:
         sock: socket.socket,
         stats: Counters,
         flusher: Flusher,
+        readers: Readers,
         *,
         trailing: bytes = b"",
         max_message: int,
@@ -123,6 +150,8 @@ class Transport:
     ) -> None:
         sock.setblocking(False)
         self._sock = sock
+        self._fd = sock.fileno()
+        self._readers = readers
         self._tls = tls
         self._cipher = b""  # TLS records not yet taken by the kernel
         self._stats = stats
@@ -140,14 +169,23 @@ class Transport:
         self._blocked = False  # the kernel buffer is full: a drain task owns writing
         self._broken = False  # writing failed: the peer is gone
         self._emptied: trio.Event | None = None
-        self._scope: trio.CancelScope | None = None
         self._closing = False
         self._more = False  # messages remain buffered past a reader's turn
+        self._ended = False  # reading is over
+        self._done = False  # the connection's tasks are cancelled, its socket closes
+        self._torn = False  # the socket is closed, ``on_closed`` called
+        self._on_message: MessageHandler | None = None  # (set by :meth:`start`)
+        self._on_control: ControlHandler | None = None
+        self._on_closed: ClosedHandler | None = None
+        self._owner: Any = None
         self.close_code: int | None = None  # the code we sent, or the peer's
         self.close_reason = ""
         self.last_seen = trio.current_time()  # last time anything arrived
         self.last_ping = 0.0
-        self._nursery: trio.Nursery | None = None  # for tasks that live as long as the connection
+        # The connection's task and nursery, while it has work (see :meth:`spawn`).
+        self._nursery: trio.Nursery | None = None
+        self._starting = False  # its task is started and has not run yet
+        self._todo: list[tuple[Callable[..., Awaitable[Any]], tuple[Any, ...]]] | None = None
 
     # Sending ------------------------------------------------------------------------------------
 
@@ -186,11 +224,6 @@ class Transport:
             self._flusher.mark(self)
         return True
 
-    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
-        """Run ``fn(*args)`` in the connection's nursery (not once the connection is done)."""
-        if self._nursery is not None:
-            self._nursery.start_soon(fn, *args)
-
     def ping(self, now: float) -> None:
         """Queue a WebSocket ping (the heartbeat)."""
         self.last_ping = now
@@ -215,7 +248,8 @@ class Transport:
         if self._state == OPEN:
             self._state = LOCAL_CLOSING
             self._enqueue_control(ws.close_frame(code, reason))
-        self._arm_deadline()
+        if self._on_message is not None:  # (started: else :meth:`start` arms it)
+            self.spawn(self._close_timer)
 
     def _enqueue_control(self, frame: bytes) -> None:
         self._queue.append(frame)
@@ -245,8 +279,7 @@ class Transport:
         if self._blocked or self._write():
             return  # a drain task owns writing, or everything is out
         self._blocked = True
-        if self._nursery is not None:
-            self._nursery.start_soon(self._drain)
+        self.spawn(self._drain)
 
     def _write(self) -> bool:
         """One ``send`` of everything queued; whether the outbox is empty afterwards."""
@@ -334,55 +367,210 @@ class Transport:
         self._queued_bytes = 0
         self._cipher = b""
         self._pong = None
-        if self._scope is not None:
-            self._scope.cancel()
+        self._end(peer_gone=True)
 
     # Running ------------------------------------------------------------------------------------
+
+    async def start(
+        self,
+        on_message: MessageHandler,
+        owner: Any,
+        on_control: ControlHandler | None = None,
+        on_closed: ClosedHandler | None = None,
+    ) -> None:
+        """Serve the connection from now on, without a task of its own while it is idle;
+        returns at once. ``on_message(owner, message, binary)`` gets each complete message,
+        ``on_control(owner)`` is told of each ping and pong (to count them in a rate, say),
+        ``on_closed(owner)`` is called once the socket is closed.
+
+        None of them may block: the first two run in the node's reading task (:class:`Readers`)
+        between two reads. What arrived with the handshake is handled here, a turn at a time.
+        """
+        self._on_message, self._owner, self._on_control = on_message, owner, on_control
+        self._on_closed = on_closed
+        try:
+            if self._closing and not self._ended:  # closed before it started
+                self.spawn(self._close_timer)
+            while not self._ended and self._handle():
+                await trio.lowlevel.checkpoint()
+        except BaseException:  # cancelled: the socket is closed, ``on_closed`` called
+            self.abort()
+            raise
+        if not self._ended:
+            self._readers.add(self)
 
     async def run(
         self, on_message: MessageHandler, owner: Any, on_control: ControlHandler | None = None
     ) -> None:
-        """Serve the connection until it is closed; ``on_message(owner, message, binary)`` gets
-        each complete message, ``on_control(owner)`` is told of each ping and pong (to count
-        them in a rate, say).
+        """:meth:`start`, and wait until the connection is closed (cancelled: it is closed at
+        once)."""
+        closed = trio.Event()
+        try:
+            await self.start(on_message, owner, on_control, lambda _owner: closed.set())
+            await closed.wait()
+        finally:
+            self.abort()
 
-        Neither may block: they run in the reader, between two reads.
+    def abort(self) -> None:
+        """Done, whatever is queued: the connection's tasks are cancelled and its socket
+        closed (at once, or as its task ends)."""
+        self._ended = self._done = True
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()  # its task closes the socket as it ends
+        elif not self._starting:
+            self._teardown()
+
+    def _end(self, peer_gone: bool) -> None:
+        """Reading is over: the close handshake is done, the peer broke the protocol (then a
+        close frame is queued: it is flushed first, within the close timeout) or vanished."""
+        if self._ended:
+            return
+        self._ended = self._closing = True
+        self._readers.forget(self)
+        if peer_gone or self._broken or not (self._queue or self._cipher):
+            self.abort()
+        else:
+            self.spawn(self._flush_then_finish)
+
+    async def _flush_then_finish(self) -> None:
+        with trio.move_on_after(self._close_timeout):
+            while (self._queue or self._cipher) and not self._broken:
+                self._emptied = trio.Event()
+                await self._emptied.wait()
+        self.abort()
+
+    async def _close_timer(self) -> None:
+        """A connection we close is torn down ``close_timeout`` after, answered or not."""
+        await trio.sleep(self._close_timeout)
+        self.abort()
+
+    def _teardown(self) -> None:
+        if self._torn:
+            return
+        self._torn = self._ended = self._done = True
+        self._closing = self._broken = True
+        self._readers.forget(self)
+        trio.lowlevel.notify_closing(self._sock)
+        self._sock.close()
+        self._queue.clear()
+        self._queued_bytes = 0
+        self._cipher = b""
+        self._pong = None
+        on_closed, owner = self._on_closed, self._owner
+        self._on_message = self._on_control = self._on_closed = self._owner = None
+        if on_closed is not None:
+            try:
+                on_closed(owner)
+            except Exception:  # a defect: it must not end the task that closed the socket
+                log.exception("closing connection %r failed", owner)
+
+    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``fn(*args)`` in the connection's nursery (not once the connection is done).
+
+        The nursery lives while the connection has work: its task starts when something is
+        spawned and ends when the last of it is done. An idle connection has no task at all.
         """
+        if self._done:
+            return
+        if self._nursery is not None:
+            try:
+                self._nursery.start_soon(fn, *args)
+                return
+            except RuntimeError:  # it is closing to new arrivals: a new one takes this
+                pass
+        if self._todo is None:
+            self._todo = []
+        self._todo.append((fn, args))
+        if not self._starting:
+            self._start_task()
+
+    def _start_task(self) -> None:
+        self._starting = True
+        if not self._readers.start_task(self._work):  # the node is stopping
+            self._starting = False
+            self.abort()
+
+    async def _work(self) -> None:
+        """The connection's task, while it has work: a nursery for what was spawned."""
+        nursery: trio.Nursery | None = None
         try:
             async with trio.open_nursery() as nursery:
-                self._scope = nursery.cancel_scope
                 self._nursery = nursery
-                if self._closing:
-                    self._arm_deadline()
-                try:
-                    peer_gone = await self._reader(on_message, owner, on_control)
-                    self._closing = True
-                    if not peer_gone:  # flush the close frame, within the deadline
-                        self._arm_deadline()
-                        while (self._queue or self._cipher) and not self._broken:
-                            self._emptied = trio.Event()
-                            await self._emptied.wait()
+                self._starting = False
+                if self._done:
                     nursery.cancel_scope.cancel()
-                finally:
-                    self._nursery = None  # closed to new tasks from here on
+                todo, self._todo = self._todo or [], None
+                for fn, args in todo:
+                    nursery.start_soon(fn, *args)
+        except Exception:  # a defect: it ends this connection, never the node
+            log.exception("connection %r failed; it is closed", self._owner)
+            self._ended = self._done = True
         finally:
-            self._closing = self._broken = True
-            self._nursery = None
-            trio.lowlevel.notify_closing(self._sock)
-            self._sock.close()
+            self._starting = False
+            if self._nursery is nursery:
+                self._nursery = None
+            if self._done:
+                self._teardown()
+            elif self._todo:  # spawned while the nursery was closing
+                self._start_task()
 
-    def _arm_deadline(self) -> None:
-        if self._scope is not None:
-            deadline = trio.current_time() + self._close_timeout
-            self._scope.deadline = min(self._scope.deadline, deadline)
+    def _turn(self, now: float, read: bool) -> None:
+        """One read (if ``read``) and a turn of handling what is buffered; called by the
+        reading task when the socket is readable or messages wait past a turn."""
+        if read:
+            if self._more:  # a turn of what is buffered comes first
+                return
+            try:
+                data = self._sock.recv(RECEIVE_SIZE)
+            except BlockingIOError:
+                return
+            except OSError:
+                self._end(peer_gone=True)
+                return
+            if not data:
+                self._end(peer_gone=True)
+                return
+            self.last_seen = now
+            self._stats.bytes_in += len(data)
+            if self._tls is not None:
+                try:
+                    data = self._tls.receive(data)
+                except ws.TlsError as exc:
+                    log.debug("TLS error from peer: %s", exc)
+                    self._end(peer_gone=True)
+                    return
+                self.tls_wants_to_write()
+                if self._tls.closed:  # close_notify: what came before it is still handled
+                    self._ws.feed(data)
+                    while self._handle_buffered() is None and self._take_more():
+                        pass
+                    self._end(peer_gone=True)
+                    return
+            self._ws.feed(data)
+            del data  # not kept alive while waiting for more
+        if self._handle():
+            self._more = True  # queued for a turn after every other task had one
+            self._readers.again(self)
 
-    def _handle_buffered(
-        self, on_message: MessageHandler, owner: Any, on_control: ControlHandler | None
-    ) -> bool | None:
+    def _handle(self) -> bool:
+        """A turn of handling what is buffered; whether messages remain past it."""
+        try:
+            done = self._handle_buffered()
+        except Exception:  # a defect: it ends this connection, never the node
+            log.exception("connection %r failed; it is closed", self._owner)
+            self.abort()
+            return False
+        if done is not None:
+            self._end(peer_gone=done)
+            return False
+        return self._take_more()
+
+    def _handle_buffered(self) -> bool | None:
         """Handle every complete frame received so far; ``False`` once the close handshake is
         done (or the peer broke the protocol), ``None`` to read on. (A method of its own, so
         that nothing of the last message stays referenced while the reader waits.)"""
         parser = self._ws
+        on_message, owner, on_control = self._on_message, self._owner, self._on_control
         turn = MESSAGES_PER_TURN
         try:
             while (item := parser.next()) is not None:
@@ -391,7 +579,7 @@ class Transport:
                     if not self._closing:
                         self._stats.frames_in += 1
                         message = cast(bytes | str, payload)
-                        on_message(owner, message, opcode == ws.OP_BINARY)
+                        on_message(owner, message, opcode == ws.OP_BINARY)  # type: ignore[misc]
                     turn -= 1
                     if not turn:
                         self._more = True  # the rest after the others had their turn
@@ -418,47 +606,96 @@ class Transport:
         return None
 
     def _take_more(self) -> bool:
-        """Whether messages remain buffered past the reader's last turn (and now it knows)."""
+        """Whether messages remain buffered past the last turn (and now it knows)."""
         more, self._more = self._more, False
         return more
 
-    async def _reader(
-        self, on_message: MessageHandler, owner: Any, on_control: ControlHandler | None
-    ) -> bool:
-        """Read until the close handshake; ``True`` if the peer vanished without one."""
-        sock = self._sock
+    @property
+    def fd(self) -> int:
+        return self._fd
+
+
+class Readers:
+    """The node's one reading task: it reads every connection's socket when it is readable.
+
+    Connections are registered once in an epoll set of their own (level-triggered, so a
+    registration persists: no system call per wait), which the task waits on through Trio.
+    One wake-up reads every socket that is readable then, each once, and handles a turn of each
+    one's messages (:data:`MESSAGES_PER_TURN`); what is left past a turn is handled after
+    every other task has run once. An idle connection thus costs no task, no nursery and no
+    coroutine frame: a connection has a task only while it has work of its own
+    (:meth:`Transport.spawn`), which runs in this object's nursery.
+
+    Resource handling: :meth:`run` owns the epoll set and every connection's task; when it
+    ends (cancelled, as the node stops), every connection still registered is closed.
+    """
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()  # (a new one each time it runs)
+        self._by_fd: dict[int, Transport] = {}
+        self._more: list[Transport] = []
+        self._nursery: trio.Nursery | None = None
+
+    def __len__(self) -> int:
+        return len(self._by_fd)
+
+    def add(self, transport: Transport) -> None:
+        self._by_fd[transport.fd] = transport
+        self._epoll.register(transport.fd, select.EPOLLIN)
+
+    def forget(self, transport: Transport) -> None:
+        if self._by_fd.get(transport.fd) is transport:
+            del self._by_fd[transport.fd]
+            self._epoll.unregister(transport.fd)
+
+    def again(self, transport: Transport) -> None:
+        """``transport`` has messages buffered past its turn: handled in the next pass."""
+        self._more.append(transport)
+
+    def start_task(self, fn: Callable[[], Awaitable[None]]) -> bool:
+        """Start ``fn()`` in the nursery of the connections' tasks; ``False`` if not running."""
+        if self._nursery is None:
+            return False
+        self._nursery.start_soon(fn)
+        return True
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        if self._epoll.closed:
+            self._epoll = select.epoll()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await self._read()
+        finally:
+            self._nursery = None
+            for transport in list(self._by_fd.values()):
+                transport.abort()
+            for transport in self._more:
+                transport.abort()
+            self._epoll.close()
+
+    async def _read(self) -> None:
+        epoll, by_fd = self._epoll, self._by_fd
+        fileno = epoll.fileno()
         while True:
-            done = self._handle_buffered(on_message, owner, on_control)
-            if done is not None:
-                return done
-            await trio.lowlevel.checkpoint()
-            if self._take_more():
-                continue
-            while True:
-                try:
-                    data = sock.recv(RECEIVE_SIZE)
-                    break
-                except BlockingIOError:
-                    pass  # (not awaited in the handler: the exception would live on meanwhile)
-                except OSError:
-                    return True
-                await trio.lowlevel.wait_readable(sock)
-            if not data:
-                return True
-            self.last_seen = trio.current_time()
-            self._stats.bytes_in += len(data)
-            if self._tls is not None:
-                try:
-                    data = self._tls.receive(data)
-                except ws.TlsError as exc:
-                    log.debug("TLS error from peer: %s", exc)
-                    return True
-                self.tls_wants_to_write()
-                if self._tls.closed:  # close_notify: what came before it is still handled
-                    self._ws.feed(data)
-                    while self._handle_buffered(on_message, owner, on_control) is None:
-                        if not self._take_more():
-                            break
-                    return True
-            self._ws.feed(data)
-            del data  # not kept alive while waiting for more
+            if self._more:
+                await trio.lowlevel.checkpoint()
+            else:
+                await trio.lowlevel.wait_readable(fileno)
+            now = trio.current_time()
+            more, self._more = self._more, []
+            for transport in more:
+                transport._more = False
+                if not transport._ended:
+                    transport._turn(now, False)
+            events = epoll.poll(0, EVENTS_PER_WAKE)
+            handled = 0
+            for fd, _ in events:
+                transport_ = by_fd.get(fd)
+                if transport_ is not None:
+                    transport_._turn(now, True)
+                    handled += 1
+                    if handled % SOCKETS_PER_TURN == 0:  # a long pass lets the others run
+                        await trio.lowlevel.checkpoint()
+                        now = trio.current_time()

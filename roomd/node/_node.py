@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import secrets
 import socket
@@ -33,7 +34,7 @@ from ..cluster import (
     make_cluster,
 )
 from ..hub import Connection, Hub, RateLimiter
-from ..io import Flusher, Transport, read_request, refuse, send_all, tls_handshake
+from ..io import Flusher, Readers, Transport, read_request, refuse, send_all, tls_handshake
 from ..protocol import PROTOCOL_VERSION, CloseCode, Push, PushTemplate, RoomRef, Session
 from ..ws import (
     BadRequest,
@@ -138,6 +139,7 @@ class Node:
         self.epoch = secrets.randbits(62)
         self.hub = Hub()
         self.flusher = Flusher()  # writes connections' outboxes and the bus, once per round
+        self.readers = Readers()  # reads every connection's socket, in one task
         self.view = ClusterView(self.name, self.epoch)
         self.router = Router(
             self.hub, self.view, self.load, self.config.limits.announce_members_up_to
@@ -432,6 +434,7 @@ class Node:
         log.info("%s listening on %s:%s", self.name, cfg.node.host, self.port)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.flusher.run)  # first: the bus writes through it too
+            await nursery.start(self.readers.run)
             nursery.start_soon(self.presence.run)
             self.sessions.start(nursery.start_soon)
             await nursery.start(self.cluster.run)  # at most cluster.ready_timeout
@@ -528,12 +531,16 @@ class Node:
                 trio.lowlevel.notify_closing(sock)
                 sock.close()
             return
+        handed_over = False
         try:
-            await self._serve_admitted(sock, ticket)
+            handed_over = await self._serve_admitted(sock, ticket)
         finally:
-            self.admission.leave(ticket)
+            if not handed_over:
+                self.admission.leave(ticket)
 
-    async def _serve_admitted(self, sock: socket.socket, ticket: Ticket) -> None:
+    async def _serve_admitted(self, sock: socket.socket, ticket: Ticket) -> bool:
+        """The handshake, then the connection is handed over to the node's :class:`Readers`
+        (``True``: it leaves the admission when it closes), or it is done (``False``)."""
         limits = self.config.limits
         deadline = trio.current_time() + limits.handshake_timeout
         tls = TlsSession(self.tls_context) if self.tls_context is not None else None
@@ -546,12 +553,13 @@ class Node:
         if upgrade is None:
             trio.lowlevel.notify_closing(sock)
             sock.close()
-            return
+            return False
         trailing, identity, deflater = upgrade
         transport = Transport(
             sock,
             self.stats,
             self.flusher,
+            self.readers,
             trailing=trailing,
             max_message=limits.max_frame_bytes,
             max_bytes=limits.outbox_max_bytes,
@@ -577,12 +585,15 @@ class Node:
         self.stats.connections_total += 1
         self._connected[conn] = transport
         self._idle = trio.Event() if self._idle.is_set() else self._idle
+        closed = functools.partial(self._closed, ticket)
+        await transport.start(self._dispatch.on_message, conn, self._dispatch.on_control, closed)
+        return True
+
+    def _closed(self, ticket: Ticket, conn: Connection) -> None:
         try:
-            await transport.run(self._dispatch.on_message, conn, self._dispatch.on_control)
-        except Exception:  # a defect: it ends this connection, never the node
-            log.exception("connection %r failed; it is closed", conn)
-        finally:
             self._disconnected(conn)
+        finally:
+            self.admission.leave(ticket)
 
     async def _handshake(
         self, sock: socket.socket, ticket: Ticket, deadline: float, tls: TlsSession | None
