@@ -56,11 +56,12 @@ TOO_MANY_FOR_USER: Final = _refusal(
 class Ticket:
     """One TCP connection's place in the counts, until :meth:`Admission.leave`."""
 
-    __slots__ = ("address", "handshaking", "user")
+    __slots__ = ("address", "handshaking", "left", "user")
 
     def __init__(self, address: str) -> None:
         self.address = address
         self.handshaking = True
+        self.left = False
         self.user: str | None = None  # set once the user counts
 
 
@@ -107,7 +108,10 @@ class Admission:
         return self.total > self._limits.max_connections
 
     def leave(self, ticket: Ticket) -> None:
-        """The connection is gone: uncount it everywhere."""
+        """The connection is gone: uncount it everywhere (once, however often it is said)."""
+        if ticket.left:
+            return
+        ticket.left = True
         self.handshake_done(ticket)
         self.total -= 1
         _decrement(self._by_address, ticket.address)

@@ -535,7 +535,7 @@ class Node:
         try:
             handed_over = await self._serve_admitted(sock, ticket)
         finally:
-            if not handed_over:
+            if not handed_over:  # (cancelled as it was handed over: it has left already)
                 self.admission.leave(ticket)
 
     async def _serve_admitted(self, sock: socket.socket, ticket: Ticket) -> bool:
