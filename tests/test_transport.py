@@ -127,3 +127,49 @@ async def test_an_idle_connection_has_no_task_of_its_own(node: Node) -> None:
             await clients[0].ok("send", {"to": {"room": "lobby"}, "data": data})
             for client in clients:
                 assert (await client.push("message"))["data"]["payload"] == data["payload"]
+
+
+async def test_a_handler_that_raises_ends_its_connection_not_the_others() -> None:
+    """The reading task serves every connection: a defect met in one connection's handler
+    closes that connection (logged) and the others go on being read."""
+
+    def masked(text: str) -> bytes:
+        return bytes((0x81, 0x80 | len(text))) + bytes(4) + text.encode()
+
+    (bad, bad_peer), (good, good_peer) = socket.socketpair(), socket.socketpair()
+    with bad, bad_peer, good, good_peer, trio.fail_after(5):
+        readers, flusher, stats = Readers(), Flusher(), Stats()
+        got: list[bytes | str] = []
+        closed: list[str] = []
+        two = trio.Event()
+
+        def on_message(owner: object, message: bytes | str, binary: bool) -> None:
+            if owner == "bad":
+                raise RuntimeError("a defect")
+            got.append(message)
+            if len(got) == 2:
+                two.set()
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(readers.run)
+            for sock, owner in ((bad, "bad"), (good, "good")):
+                transport = Transport(
+                    sock,
+                    stats,
+                    flusher,
+                    readers,
+                    max_message=1024,
+                    max_bytes=4096,
+                    close_timeout=1,
+                )
+                await transport.start(on_message, owner, None, closed.append)
+            bad_peer.sendall(masked("x"))
+            good_peer.sendall(masked("one"))
+            await trio.lowlevel.wait_readable(bad_peer)
+            assert bad_peer.recv(100) == b""  # closed at once, without a close frame
+            assert closed == ["bad"] and len(readers) == 1
+            good_peer.sendall(masked("two"))
+            await two.wait()
+            nursery.cancel_scope.cancel()
+    assert got == ["one", "two"]
+    assert closed == ["bad", "good"]  # the readers close what is left as they stop
