@@ -500,8 +500,11 @@ class Transport:
                 if self._done:
                     nursery.cancel_scope.cancel()
                 todo, self._todo = self._todo or [], None
-                for fn, args in todo:
+                for fn, args in todo[1:]:
                     nursery.start_soon(fn, *args)
+                if todo:  # the first in this very task (usually the only one: a task less)
+                    fn, args = todo[0]
+                    await fn(*args)
         except Exception:  # a defect: it ends this connection, never the node
             log.exception("connection %r failed; it is closed", self._owner)
             self._ended = self._done = True
