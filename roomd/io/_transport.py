@@ -676,6 +676,7 @@ class Readers:
                 transport.abort()
             for transport in self._more:
                 transport.abort()
+            trio.lowlevel.notify_closing(self._epoll.fileno())
             self._epoll.close()
 
     async def _read(self) -> None:
@@ -687,18 +688,21 @@ class Readers:
             else:
                 await trio.lowlevel.wait_readable(fileno)
             now = trio.current_time()
+            handled = 0
             more, self._more = self._more, []
-            for transport in more:
+            for transport in more:  # first what waited past its turn, then what is readable
                 transport._more = False
                 if not transport._ended:
                     transport._turn(now, False)
-            events = epoll.poll(0, EVENTS_PER_WAKE)
-            handled = 0
-            for fd, _ in events:
+                    handled += 1
+                    if handled % SOCKETS_PER_TURN == 0:  # a long pass lets the others run
+                        await trio.lowlevel.checkpoint()
+                        now = trio.current_time()
+            for fd, _ in epoll.poll(0, EVENTS_PER_WAKE):
                 transport_ = by_fd.get(fd)
                 if transport_ is not None:
                     transport_._turn(now, True)
                     handled += 1
-                    if handled % SOCKETS_PER_TURN == 0:  # a long pass lets the others run
+                    if handled % SOCKETS_PER_TURN == 0:
                         await trio.lowlevel.checkpoint()
                         now = trio.current_time()
