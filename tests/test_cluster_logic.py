@@ -831,3 +831,64 @@ async def test_an_echo_releases_what_was_numbered_before_it_in_order(
         assert [o for _, (_, o) in _entries(sequencer.host)] == [1, 2, 3]
         assert sequencer.cluster.streams.echoes_missed == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_unconfirmed_appends_are_sent_again_in_deadline_order() -> None:
+    """Appends wait in the order of their deadlines: an expiry looks only at those past theirs
+    (one sent again goes last), unless the nodes changed, when a sequencer that went down has
+    its appends sent to the next one whatever their deadlines; after ``APPEND_ATTEMPTS`` an
+    append fails."""
+    from roomd.cluster._streaming import APPEND_ATTEMPTS, Outbound, StreamService, StreamStore
+
+    sent: list[tuple[str, str]] = []
+    done: list[tuple[str, Position | None]] = []
+    up = {"s1", "s2"}
+
+    async def never(*args: Any) -> Any:
+        raise AssertionError("not called")
+
+    outbound = Outbound(
+        publish_entry=lambda stream, entry, readers: (set(), False),
+        send_to_sequencer=lambda node, stream, entry, hops: sent.append((node, entry.message_id)),
+        confirm=lambda *args: None,
+        call=never,
+        gather=never,
+    )
+    sequencer = {"u:a": "s1", "u:b": "s2", "u:c": "s1"}
+    service = StreamService(
+        "me",
+        object(),  # type: ignore[arg-type]  (nothing is delivered here)
+        StreamStore(HistoryLimits()),
+        lambda stream: sequencer[stream],
+        outbound,
+        append_timeout=5.0,
+        is_up=lambda node: node in up,
+    )
+    with trio.fail_after(5):
+        t0 = trio.current_time()
+        for stream, message_id in (("u:a", "m1"), ("u:b", "m2"), ("u:c", "m3")):
+            service.append(
+                stream, b"{}", message_id, done=lambda p, m=message_id: done.append((m, p))
+            )
+    assert sent == [("s1", "m1"), ("s2", "m2"), ("s1", "m3")]
+    sent.clear()
+    service.expire(t0 + 1, everything=False)
+    assert sent == []  # none is due
+    service.expire(t0 + 6, everything=False)
+    assert sent == [("s1", "m1"), ("s2", "m2"), ("s1", "m3")]  # all due, in order
+    sent.clear()
+    up.discard("s2")  # s2 is gone: m2's stream goes to s1 now, before its deadline
+    sequencer["u:b"] = "s1"
+    service.expire(t0 + 7, everything=False)
+    assert sent == []  # (only a change of the nodes makes it look past the due ones)
+    service.expire(t0 + 7, everything=True)
+    assert sent == [("s1", "m2")]
+    sent.clear()
+    # m1 and m3 are due at t0 + 11, m2 (sent again last) at t0 + 12
+    service.expire(t0 + 11.5, everything=False)
+    assert sent == [("s1", "m1"), ("s1", "m3")]
+    assert APPEND_ATTEMPTS == 3 and done == []
+    sent.clear()
+    service.expire(t0 + 20, everything=False)  # each had its three attempts: they fail
+    assert sent == []
+    assert done == [("m2", None), ("m1", None), ("m3", None)]  # (in deadline order)

@@ -176,6 +176,7 @@ class Cluster:
         self._deltas_due = trio.Event()
         self._deltas_first = 0
         self._published_seq = 0  # the last delta sequence number on the bus
+        self._expired_version = -1  # the view's version at the last expiry of appends
         self._echo_at = -math.inf  # when this node last heard its own heartbeat from the bus
         self._heartbeats_out: dict[int, float] = {}  # bus seq -> when published, until echoed
         self._bus_live = False  # our own heartbeats come back: publishing and subscriptions work
@@ -292,7 +293,9 @@ class Cluster:
             self.streams.refollow([user_stream(u) for u in self.host.hosted_users()])
         for name in self.view.resync_due(now, self.section.snapshot_retry):
             self._ask_snapshot(name)
-        self.streams.expire(now)
+        nodes_changed = self.view.version != self._expired_version
+        self._expired_version = self.view.version
+        self.streams.expire(now, everything=nodes_changed)
 
     def _woke(self, now: float) -> bool:
         """Whether this node was frozen since its last tick (its process stopped, or starved

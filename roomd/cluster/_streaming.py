@@ -342,31 +342,46 @@ class StreamService:
         if pending is not None and pending.done is not None:
             pending.done(position)
 
-    def expire(self, now: float) -> None:
+    def expire(self, now: float, everything: bool = True) -> None:
         """Unconfirmed appends past their deadline, or whose sequencer is gone: sent again to
         the stream's sequencer now (it may have changed), at most ``APPEND_ATTEMPTS`` times in
         all; then failed (``done(None)``). While this node's bus is down they wait: they go
-        again once it is back (:meth:`resend`), their senders still unanswered."""
+        again once it is back (:meth:`resend`), their senders still unanswered.
+
+        The appends are kept in the order of their deadlines (one sent again moves to the end),
+        so only those past it are looked at, unless ``everything``: the nodes changed since the
+        last call, and a sequencer may be gone."""
         if not self.bus_live():
             return
-        for key, pending in list(self._pending.items()):
-            if pending.target == self.name or (
-                now < pending.deadline and self.is_up(pending.target)
-            ):
-                continue
-            if pending.attempts >= APPEND_ATTEMPTS or self.outbound is None:
-                del self._pending[key]
-                log.warning("%s: no sequencer confirmed a message of %r", self.name, pending.stream)
-                if pending.done is not None:
-                    pending.done(None)
-                continue
-            pending.attempts += 1
-            pending.deadline = now + self.append_timeout
-            pending.target = self.sequencer_of(pending.stream)
+        due: list[tuple[StreamKey, str]] = []
+        for key, pending in self._pending.items():
             if pending.target == self.name:
-                self._sequence(self.name, pending.stream, pending.entry)
+                continue
+            if now < pending.deadline:
+                if not everything:
+                    break
+                if self.is_up(pending.target):
+                    continue
+            due.append(key)
+        for key in due:
+            pending_ = self._pending.pop(key, None)
+            if pending_ is None:  # (confirmed meanwhile, by what the others set off)
+                continue
+            if pending_.attempts >= APPEND_ATTEMPTS or self.outbound is None:
+                log.warning(
+                    "%s: no sequencer confirmed a message of %r", self.name, pending_.stream
+                )
+                if pending_.done is not None:
+                    pending_.done(None)
+                continue
+            pending_.attempts += 1
+            pending_.deadline = now + self.append_timeout
+            pending_.target = self.sequencer_of(pending_.stream)
+            self._pending[key] = pending_  # (last: the latest deadline)
+            if pending_.target == self.name:
+                self._sequence(self.name, pending_.stream, pending_.entry)
             else:
-                self.outbound.send_to_sequencer(pending.target, pending.stream, pending.entry, 0)
+                self.outbound.send_to_sequencer(pending_.target, pending_.stream, pending_.entry, 0)
 
     # Receiving -----------------------------------------------------------------------------------
 
