@@ -54,6 +54,9 @@ class LimitsSection:
     burst: int = 100
     max_strikes: int = 10  # strikes before 4009: a refused frame adds one, they fade at 1/s
     max_inflight_events: int = 64  # application events queued per connection ("busy" beyond)
+    # built-in events waiting for the cluster per connection (a send for its sequencer): at
+    # this many the node stops reading the connection until half of them are answered
+    max_waiting_events: int = 64
     max_ack_timeout: float = 30.0  # the longest a room send may wait for acknowledgements
     max_rooms_per_connection: int = 100
     max_members_per_room: int = 10_000

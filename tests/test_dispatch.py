@@ -37,6 +37,12 @@ class FakeOutlet:
     def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         self.nursery.start_soon(fn, *args)
 
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
     def take(self) -> list[dict[str, Any]]:
         frames, self.frames = self.frames, []
         return frames

@@ -42,6 +42,7 @@ async def test_metrics_count_traffic(node: Node) -> None:
     assert float(lines['roomd_errors_total{code="bad_frame"}']) == 1
     assert float(lines["roomd_bytes_in_total"]) > 0
     assert float(lines["roomd_dropped_total"]) == 0
+    assert float(lines["roomd_reads_paused_total"]) == 0
     assert 0 <= float(lines["roomd_loop_lag_seconds"]) < 5  # (the largest of the last 10 s)
     assert float(lines["roomd_loop_stalls_total"]) == 0
 

@@ -25,6 +25,12 @@ class Outlet:
     def spawn(self, fn: Any, *args: Any) -> None:
         raise AssertionError("no tasks in the hub")
 
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
 
 def connection(user: str) -> Connection:
     return Connection(Session(user), Outlet(), RateLimiter(1.0, 1, 0.0), 0.0)

@@ -11,7 +11,7 @@ from wsproto.events import AcceptConnection, Ping, TextMessage
 
 from roomd import Node
 from roomd.hub import RateLimiter
-from tests.support import connect, read_until_close, silent_websocket
+from tests.support import connect, make_config, read_until_close, silent_websocket, wait_until
 
 
 async def test_silent_client_is_pinged_then_closed_4004(start_node: Callable[..., Any]) -> None:
@@ -210,3 +210,58 @@ async def test_slow_reader_is_served_without_harm(start_node: Callable[..., Any]
                 await done.wait()
             assert received >= 500 + 2 or node.stats.close_codes[4008] == 1
             assert await fast.ok("users.online", {}) == {"users": ["fast", "slow"]}
+
+
+async def test_a_client_is_not_read_while_its_sends_wait_for_the_cluster(
+    nursery: trio.Nursery,
+) -> None:
+    """Flow control: with ``max_waiting_events`` sends of a client waiting for their sequencer
+    (another node, held busy here), its node stops reading it: the rest of what it sent waits
+    in TCP, not in the node. Once the sequencer answers, it is read again and every send is
+    answered, in order."""
+    from roomd.cluster import MemoryNetwork, user_stream
+    from roomd.cluster._streams import ranking
+
+    network = MemoryNetwork()
+    nodes: dict[str, Node] = {}
+    for name in ("near", "seq"):
+        config = make_config(
+            node={"name": name},
+            cluster={"mode": "broker", "insecure": True},
+            limits={"max_waiting_events": 4, "rate": 1e6, "burst": 10**6},
+        )
+        nodes[name] = Node(config, bus=network.bus(name))
+        await nursery.start(nodes[name].run)
+    near = nodes["near"]
+    # an addressee whose inbox the other node numbers
+    bob = next(
+        u for u in (f"bob{i}" for i in range(100)) if ranking(user_stream(u), nodes)[0] == "seq"
+    )
+    text = {"type": "text", "payload": {"content": "hi"}}
+    with trio.fail_after(10):
+        async with connect(nodes["seq"], bob) as b, connect(near, "alice") as a:
+            await a.ok("send", {"to": {"user": bob}, "data": text})  # the path works
+            await b.push("message")
+            bus = network.buses["seq"]
+            read = bus.received
+            network.hold("seq")  # the sequencer is busy with what it reads next (a heartbeat)
+            await wait_until(lambda: bus.received > read)
+            for i in range(10):
+                await a.send(
+                    {
+                        "type": "event",
+                        "id": 100 + i,
+                        "event": "send",
+                        "data": {"to": {"user": bob}, "data": text},
+                    }
+                )
+            await wait_until(lambda: near.stats.reads_paused == 1)
+            frames = near.stats.frames_in
+            assert frames == 2 + 4  # hello, the first send, then four: no more is read
+            network.release("seq")
+            for i in range(10):
+                ack = await a.expect("ack", id=100 + i)
+                assert "error" not in ack, ack
+            assert near.stats.frames_in == 2 + 10
+            for _ in range(10):
+                await b.push("message")

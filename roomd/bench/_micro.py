@@ -64,6 +64,12 @@ class _Outlet:
     def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         raise AssertionError("no event worker expected")
 
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
 
 def _node(name: str = "micro", network: MemoryNetwork | None = None) -> Node:
     settings: dict[str, Any] = {

@@ -28,6 +28,13 @@ class Outlet(Protocol):
         """Run ``fn(*args)`` in a task that lives no longer than the connection."""
         ...
 
+    def pause_reading(self) -> None:
+        """Read nothing more from the client until :meth:`resume_reading` (its frames wait in
+        the kernel's buffers, and then the client's: TCP's flow control)."""
+        ...
+
+    def resume_reading(self) -> None: ...
+
 
 class RateLimiter:
     """Token bucket: ``rate`` tokens a second, at most ``burst`` saved up.
@@ -83,6 +90,7 @@ class Connection:
         "pending",
         "rooms",
         "session",
+        "waiting",
     )
 
     def __init__(
@@ -105,6 +113,7 @@ class Connection:
         self.pending: dict[int, Any] = {}  # (an empty dict costs 64 bytes: cheap enough)
         self.events: Any = None  # send side of the event worker's queue, once it runs
         self.inflight = 0  # events queued for or being handled by the worker
+        self.waiting = 0  # built-in events waiting for the cluster (see max_waiting_events)
         self.held: list[PushTemplate] | None = None  # pushes held while a resume catches up
 
     @property

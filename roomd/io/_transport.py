@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import select
 import socket
 from collections.abc import Awaitable, Callable
@@ -74,6 +75,7 @@ class Counters(Protocol):
     bytes_in: int
     bytes_out: int
     dropped: int  # volatile frames dropped for a slow consumer
+    reads_paused: int  # times a connection's reading was paused (see Transport.pause_reading)
     close_codes: collections.Counter[int]
 
 
@@ -116,6 +118,7 @@ class Transport:
         "_on_message",
         "_owner",
         "_partial",
+        "_paused",
         "_pong",
         "_queue",
         "_queued_bytes",
@@ -172,6 +175,7 @@ class Transport:
         self._closing = False
         self._more = False  # messages remain buffered past a reader's turn
         self._ended = False  # reading is over
+        self._paused = False  # the node reads nothing more until :meth:`resume_reading`
         self._done = False  # the connection's tasks are cancelled, its socket closes
         self._torn = False  # the socket is closed, ``on_closed`` called
         self._on_message: MessageHandler | None = None  # (set by :meth:`start`)
@@ -517,9 +521,34 @@ class Transport:
             elif self._todo:  # spawned while the nursery was closing
                 self._start_task()
 
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def pause_reading(self) -> None:
+        """Read and handle nothing more from the peer until :meth:`resume_reading`: what it
+        sends waits in the kernel's buffers, then in its own (TCP's flow control). What was
+        read already waits in the parser. Pings wait too; the heartbeat sweep leaves a paused
+        connection alone."""
+        if self._paused or self._ended:
+            return
+        self._paused = True
+        self._stats.reads_paused += 1
+        self._readers.pause(self)
+
+    def resume_reading(self) -> None:
+        if not self._paused:
+            return
+        self._paused = False
+        self.last_seen = trio.current_time()  # (nothing was read meanwhile: not its silence)
+        if not self._ended:
+            self._readers.resume(self)
+
     def _turn(self, now: float, read: bool) -> None:
         """One read (if ``read``) and a turn of handling what is buffered; called by the
         reading task when the socket is readable or messages wait past a turn."""
+        if self._paused:
+            return
         if read:
             if self._more:  # a turn of what is buffered comes first
                 return
@@ -576,7 +605,7 @@ class Transport:
         on_message, owner, on_control = self._on_message, self._owner, self._on_control
         turn = MESSAGES_PER_TURN
         try:
-            while (item := parser.next()) is not None:
+            while not self._paused and (item := parser.next()) is not None:
                 opcode, payload = item
                 if opcode <= ws.OP_BINARY:
                     if not self._closing:
@@ -618,6 +647,10 @@ class Transport:
         return self._fd
 
 
+_CLOSED_EPOLL: Final = select.epoll()
+_CLOSED_EPOLL.close()
+
+
 class Readers:
     """The node's one reading task: it reads every connection's socket when it is readable.
 
@@ -634,7 +667,10 @@ class Readers:
     """
 
     def __init__(self) -> None:
-        self._epoll = select.epoll()  # (a new one each time it runs)
+        # Made as it runs, closed as it stops: the set, and an eventfd in it (see _poke).
+        self._epoll = _CLOSED_EPOLL
+        self._wake = -1
+        self._poked = False
         self._by_fd: dict[int, Transport] = {}
         self._more: list[Transport] = []
         self._nursery: trio.Nursery | None = None
@@ -643,8 +679,30 @@ class Readers:
         return len(self._by_fd)
 
     def add(self, transport: Transport) -> None:
+        """Read ``transport`` from now on (raises :class:`RuntimeError` if not running)."""
+        if self._nursery is None:
+            raise RuntimeError("the readers are not running")
         self._by_fd[transport.fd] = transport
-        self._epoll.register(transport.fd, select.EPOLLIN)
+        self._epoll.register(transport.fd, 0 if transport.paused else select.EPOLLIN)
+
+    def pause(self, transport: Transport) -> None:
+        if self._by_fd.get(transport.fd) is transport:
+            self._epoll.modify(transport.fd, 0)
+
+    def resume(self, transport: Transport) -> None:
+        """Read ``transport`` again, starting with what waits in its parser."""
+        if self._by_fd.get(transport.fd) is transport:
+            self._epoll.modify(transport.fd, select.EPOLLIN)
+            transport._more = True
+            self._more.append(transport)
+            self._poke()
+
+    def _poke(self) -> None:
+        """Wake the reading task if it waits (it may wait for sockets while ``_more`` holds a
+        connection to handle)."""
+        if not self._poked:
+            self._poked = True
+            os.eventfd_write(self._wake, 1)
 
     def forget(self, transport: Transport) -> None:
         if self._by_fd.get(transport.fd) is transport:
@@ -663,8 +721,10 @@ class Readers:
         return True
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        if self._epoll.closed:
-            self._epoll = select.epoll()
+        self._epoll = select.epoll()
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._poked = False
+        self._epoll.register(self._wake, select.EPOLLIN)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -678,6 +738,8 @@ class Readers:
                 transport.abort()
             trio.lowlevel.notify_closing(self._epoll.fileno())
             self._epoll.close()
+            os.close(self._wake)
+            self._epoll, self._wake = _CLOSED_EPOLL, -1
 
     async def _read(self) -> None:
         epoll, by_fd = self._epoll, self._by_fd
@@ -699,6 +761,10 @@ class Readers:
                         await trio.lowlevel.checkpoint()
                         now = trio.current_time()
             for fd, _ in epoll.poll(0, EVENTS_PER_WAKE):
+                if fd == self._wake:
+                    os.eventfd_read(self._wake)
+                    self._poked = False
+                    continue
                 transport_ = by_fd.get(fd)
                 if transport_ is not None:
                     transport_._turn(now, True)

@@ -290,6 +290,9 @@ class FrameDispatcher:
             self._fail(conn, event, exc)
             return
         if isinstance(result, Later):
+            conn.waiting += 1
+            if conn.waiting == self.limits.max_waiting_events:
+                conn.outlet.pause_reading()  # (a flood waits in TCP, not in this node)
             result.then(functools.partial(self._settled, conn, event))
         else:
             self._succeed(conn, event, result)
@@ -297,6 +300,9 @@ class FrameDispatcher:
     def _settled(
         self, conn: Connection, event: Event, result: Any, error: RoomdError | None
     ) -> None:
+        conn.waiting -= 1
+        if conn.waiting == self.limits.max_waiting_events // 2:
+            conn.outlet.resume_reading()
         if error is not None:
             self._fail(conn, event, error)
         else:

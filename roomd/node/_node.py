@@ -504,6 +504,8 @@ class Node:
                 now = trio.current_time()
                 self.sessions.expire(now)
                 for conn, transport in list(self._connected.items()):
+                    if transport.paused:
+                        continue  # (this node does not read it: its silence means nothing)
                     if not conn.session.is_open:
                         if now > conn.handshake_deadline:
                             transport.close(CloseCode.HANDSHAKE_TIMEOUT)

@@ -403,5 +403,11 @@ class _Detached:
     def spawn(self, fn: Any, *args: Any) -> None:
         pass
 
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
 
 DETACHED: Final = _Detached()

@@ -22,6 +22,7 @@ class Stats:
         "frames_in",
         "frames_out",
         "http_requests",
+        "reads_paused",
         "rejected",
         "resumes",
     )
@@ -32,6 +33,7 @@ class Stats:
         self.bytes_in = 0
         self.bytes_out = 0
         self.dropped = 0  # volatile pushes dropped for slow consumers
+        self.reads_paused = 0  # connections not read while their sends waited (flow control)
         self.errors: collections.Counter[str] = collections.Counter()  # by error code
         self.close_codes: collections.Counter[int] = collections.Counter()
         self.rejected: collections.Counter[str] = collections.Counter()  # upgrades, by reason
@@ -63,6 +65,12 @@ class StatsCollector(Collector):
             ("bytes_in", "Bytes received on WebSocket connections.", s.bytes_in),
             ("bytes_out", "Bytes written to WebSocket connections.", s.bytes_out),
             ("dropped", "Volatile pushes dropped for slow consumers.", s.dropped),
+            (
+                "reads_paused",
+                "Times a connection was not read while limits.max_waiting_events of its events "
+                "waited for the cluster.",
+                s.reads_paused,
+            ),
             ("connections", "WebSocket connections accepted.", s.connections_total),
             ("http_requests", "Plain HTTP requests served.", s.http_requests),
         ):
