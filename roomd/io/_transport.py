@@ -683,16 +683,19 @@ class Readers:
         if self._nursery is None:
             raise RuntimeError("the readers are not running")
         self._by_fd[transport.fd] = transport
-        self._epoll.register(transport.fd, 0 if transport.paused else select.EPOLLIN)
+        if not transport.paused:
+            self._epoll.register(transport.fd, select.EPOLLIN)
 
     def pause(self, transport: Transport) -> None:
+        """Out of the set while paused (with no events asked for, epoll would still report a
+        hang-up, again and again: a peer that leaves meanwhile is noticed on resuming)."""
         if self._by_fd.get(transport.fd) is transport:
-            self._epoll.modify(transport.fd, 0)
+            self._epoll.unregister(transport.fd)
 
     def resume(self, transport: Transport) -> None:
         """Read ``transport`` again, starting with what waits in its parser."""
         if self._by_fd.get(transport.fd) is transport:
-            self._epoll.modify(transport.fd, select.EPOLLIN)
+            self._epoll.register(transport.fd, select.EPOLLIN)
             transport._more = True
             self._more.append(transport)
             self._poke()
@@ -707,7 +710,8 @@ class Readers:
     def forget(self, transport: Transport) -> None:
         if self._by_fd.get(transport.fd) is transport:
             del self._by_fd[transport.fd]
-            self._epoll.unregister(transport.fd)
+            if not transport.paused:
+                self._epoll.unregister(transport.fd)
 
     def again(self, transport: Transport) -> None:
         """``transport`` has messages buffered past its turn: handled in the next pass."""
