@@ -173,3 +173,21 @@ async def test_a_handler_that_raises_ends_its_connection_not_the_others() -> Non
             nursery.cancel_scope.cancel()
     assert got == ["one", "two"]
     assert closed == ["bad", "good"]  # the readers close what is left as they stop
+
+
+async def test_a_connection_handed_over_as_the_readers_stop_is_closed() -> None:
+    """A handshake that ends as the node stops (its readers already have): the connection is
+    closed and its owner told, nothing raises."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs, trio.fail_after(5):
+        readers = Readers()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(readers.run)
+            nursery.cancel_scope.cancel()
+        transport = Transport(
+            ours, Stats(), Flusher(), readers, max_message=1024, max_bytes=4096, close_timeout=1
+        )
+        closed: list[str] = []
+        await transport.start(lambda *args: None, "late", None, closed.append)
+        assert closed == ["late"] and transport.closing
+        assert theirs.recv(10) == b""

@@ -400,8 +400,8 @@ class Transport:
         except BaseException:  # cancelled: the socket is closed, ``on_closed`` called
             self.abort()
             raise
-        if not self._ended:
-            self._readers.add(self)
+        if not self._ended and not self._readers.add(self):
+            self.abort()  # the node stops (its readers already have): closed at once
 
     async def run(
         self, on_message: MessageHandler, owner: Any, on_control: ControlHandler | None = None
@@ -678,13 +678,14 @@ class Readers:
     def __len__(self) -> int:
         return len(self._by_fd)
 
-    def add(self, transport: Transport) -> None:
-        """Read ``transport`` from now on (raises :class:`RuntimeError` if not running)."""
+    def add(self, transport: Transport) -> bool:
+        """Read ``transport`` from now on; ``False`` if the readers are not running."""
         if self._nursery is None:
-            raise RuntimeError("the readers are not running")
+            return False
         self._by_fd[transport.fd] = transport
         if not transport.paused:
             self._epoll.register(transport.fd, select.EPOLLIN)
+        return True
 
     def pause(self, transport: Transport) -> None:
         """Out of the set while paused (with no events asked for, epoll would still report a
