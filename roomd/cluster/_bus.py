@@ -48,6 +48,7 @@ from ..io import (
     open_monitor,
     open_socket,
     serve_zap,
+    until_next,
 )
 from . import _wire
 from ._dedup import Dedup
@@ -297,8 +298,8 @@ class Bus:
             elif attempt % PROBE_LOG_EVERY == 0:
                 where = ", ".join(r.subscribe for r in self._remotes) or "no peer"
                 log.warning("bus not ready yet (%s mode, %s)", self.mode, where)
-        while True:
-            await trio.sleep(self._liveness / 3)
+        while True:  # (with the heartbeats, when it is their interval: one wake-up for both)
+            await trio.sleep(until_next(self._liveness / 3))
             self._send_probes(pub)
             self._check_paths(trio.current_time())
 

@@ -17,7 +17,7 @@ import attrs
 import trio
 
 from .._config import ClusterSection
-from ..io import Flusher
+from ..io import Flusher, until_next
 from ..protocol import ErrorCode, PushTemplate, RequestTimeout, RoomdError
 from . import _wire
 from ._calls import Calls, Reply, error_body, run_handler
@@ -269,8 +269,8 @@ class Cluster:
         with self._ticking:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._delta_publisher)
-                while True:
-                    await trio.sleep(self.section.heartbeat_interval)
+                while True:  # (on the cluster's common beat: see roomd.io._beat)
+                    await trio.sleep(until_next(self.section.heartbeat_interval))
                     self._tick(trio.current_time())
 
     def _tick(self, now: float) -> None:

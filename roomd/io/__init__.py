@@ -4,6 +4,7 @@ Everything that waits on a file descriptor lives here; the layers above (hub, cl
 call into it and never touch trio's low-level I/O or pyzmq themselves.
 """
 
+from ._beat import until_next as until_next
 from ._flusher import Flushable as Flushable
 from ._flusher import Flusher as Flusher
 from ._keys import PUBLIC_SUFFIX as PUBLIC_SUFFIX

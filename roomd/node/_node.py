@@ -34,7 +34,16 @@ from ..cluster import (
     make_cluster,
 )
 from ..hub import Connection, Hub, RateLimiter
-from ..io import Flusher, Readers, Transport, read_request, refuse, send_all, tls_handshake
+from ..io import (
+    Flusher,
+    Readers,
+    Transport,
+    read_request,
+    refuse,
+    send_all,
+    tls_handshake,
+    until_next,
+)
 from ..protocol import PROTOCOL_VERSION, CloseCode, Push, PushTemplate, RoomRef, Session
 from ..ws import (
     BadRequest,
@@ -500,7 +509,8 @@ class Node:
         period = min(1.0, max(0.01, period))
         with scope:
             while True:
-                await self.lag.sleep(period)  # (it measures the event loop's lag too)
+                # (on the common beat, with the cluster's ticker; it measures the loop's lag too)
+                await self.lag.sleep(until_next(period))
                 now = trio.current_time()
                 self.sessions.expire(now)
                 for conn, transport in list(self._connected.items()):
