@@ -191,3 +191,44 @@ async def test_a_connection_handed_over_as_the_readers_stop_is_closed() -> None:
         await transport.start(lambda *args: None, "late", None, closed.append)
         assert closed == ["late"] and transport.closing
         assert theirs.recv(10) == b""
+
+
+async def test_a_paused_connection_is_read_on_resume_and_a_peer_gone_is_noticed() -> None:
+    """Paused, nothing is handled (what was read waits in the parser, the rest in the socket);
+    resumed, all of it is, in order. A peer that leaves while paused is noticed on resuming
+    (the socket is out of the readers' set meanwhile: its hang-up wakes nobody)."""
+
+    def masked(text: str) -> bytes:
+        return bytes((0x81, 0x80 | len(text))) + bytes(4) + text.encode()
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs, trio.fail_after(5):
+        readers = Readers()
+        got: list[bytes | str] = []
+        closed: list[str] = []
+        transport = Transport(
+            ours, Stats(), Flusher(), readers, max_message=1024, max_bytes=4096, close_timeout=1
+        )
+
+        def on_message(owner: object, message: bytes | str, binary: bool) -> None:
+            got.append(message)
+            if message == "two":
+                transport.pause_reading()
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(readers.run)
+            await transport.start(on_message, "peer", None, closed.append)
+            theirs.sendall(masked("one") + masked("two") + masked("three"))
+            while len(got) < 2:  # (the readers run once the socket is readable)
+                await trio.lowlevel.checkpoint()
+            theirs.sendall(masked("four"))
+            theirs.close()  # gone while paused
+            for _ in range(50):  # others run; the paused connection is left alone
+                await trio.lowlevel.checkpoint()
+            assert got == ["one", "two"] and closed == [] and transport.paused
+            transport.resume_reading()
+            while not closed:
+                await trio.lowlevel.checkpoint()
+            nursery.cancel_scope.cancel()
+    assert got == ["one", "two", "three", "four"]
+    assert closed == ["peer"]
