@@ -16,6 +16,11 @@ from roomd.node import Stats
 from tests.support import connect, read_until_close, silent_websocket
 
 
+def _masked(text: str) -> bytes:
+    """A client's text frame (under 126 bytes), masked with a zero key."""
+    return bytes((0x81, 0x80 | len(text))) + bytes(4) + text.encode()
+
+
 async def test_volatile_pushes_are_dropped_first_then_the_connection_closes_4008() -> None:
     ours, theirs = socket.socketpair()  # nothing is written: the flusher never runs
     with ours, theirs:
@@ -60,10 +65,7 @@ async def test_a_burst_in_one_read_lets_other_tasks_run_between_turns() -> None:
     runs long before the last one is handled, not after."""
     from roomd.io._transport import MESSAGES_PER_TURN
 
-    def masked(text: str) -> bytes:  # a client's text frame, masked with a zero key
-        return bytes((0x81, 0x80 | len(text))) + bytes(4) + text.encode()
-
-    data = b"".join(masked(f"m{i}") for i in range(1000))
+    data = b"".join(_masked(f"m{i}") for i in range(1000))
     ours, theirs = socket.socketpair()
     with ours, theirs, trio.fail_after(5):
         theirs.sendall(data)
@@ -133,9 +135,6 @@ async def test_a_handler_that_raises_ends_its_connection_not_the_others() -> Non
     """The reading task serves every connection: a defect met in one connection's handler
     closes that connection (logged) and the others go on being read."""
 
-    def masked(text: str) -> bytes:
-        return bytes((0x81, 0x80 | len(text))) + bytes(4) + text.encode()
-
     (bad, bad_peer), (good, good_peer) = socket.socketpair(), socket.socketpair()
     with bad, bad_peer, good, good_peer, trio.fail_after(5):
         readers, flusher, stats = Readers(), Flusher(), Stats()
@@ -163,12 +162,12 @@ async def test_a_handler_that_raises_ends_its_connection_not_the_others() -> Non
                     close_timeout=1,
                 )
                 await transport.start(on_message, owner, None, closed.append)
-            bad_peer.sendall(masked("x"))
-            good_peer.sendall(masked("one"))
+            bad_peer.sendall(_masked("x"))
+            good_peer.sendall(_masked("one"))
             await trio.lowlevel.wait_readable(bad_peer)
             assert bad_peer.recv(100) == b""  # closed at once, without a close frame
             assert closed == ["bad"] and len(readers) == 1
-            good_peer.sendall(masked("two"))
+            good_peer.sendall(_masked("two"))
             await two.wait()
             nursery.cancel_scope.cancel()
     assert got == ["one", "two"]
@@ -198,9 +197,6 @@ async def test_a_paused_connection_is_read_on_resume_and_a_peer_gone_is_noticed(
     resumed, all of it is, in order. A peer that leaves while paused is noticed on resuming
     (the socket is out of the readers' set meanwhile: its hang-up wakes nobody)."""
 
-    def masked(text: str) -> bytes:
-        return bytes((0x81, 0x80 | len(text))) + bytes(4) + text.encode()
-
     ours, theirs = socket.socketpair()
     with ours, theirs, trio.fail_after(5):
         readers = Readers()
@@ -218,10 +214,10 @@ async def test_a_paused_connection_is_read_on_resume_and_a_peer_gone_is_noticed(
         async with trio.open_nursery() as nursery:
             await nursery.start(readers.run)
             await transport.start(on_message, "peer", None, closed.append)
-            theirs.sendall(masked("one") + masked("two") + masked("three"))
+            theirs.sendall(_masked("one") + _masked("two") + _masked("three"))
             while len(got) < 2:  # (the readers run once the socket is readable)
                 await trio.lowlevel.checkpoint()
-            theirs.sendall(masked("four"))
+            theirs.sendall(_masked("four"))
             theirs.close()  # gone while paused
             for _ in range(50):  # others run; the paused connection is left alone
                 await trio.lowlevel.checkpoint()
