@@ -49,6 +49,7 @@ class Host:
     def __init__(self) -> None:
         self.effects: list[Effect] = []
         self.delivered: list[tuple[str, Any]] = []
+        self.hosted: list[str] = []  # users with a session on the node: it reads their inboxes
 
     def deliver_room(self, key: Any, template: PushTemplate, skip_user: str | None) -> int:
         self.delivered.append(("room", key))
@@ -71,8 +72,6 @@ class Host:
 
     def hosted_users(self) -> list[str]:
         return self.hosted
-
-    hosted: list[str] = []  # users with a session on the node: it reads their inboxes
 
     def load(self) -> dict[str, Any]:
         return {"status": "up", "connections": 0}
@@ -310,27 +309,28 @@ async def test_a_node_behind_on_reading_judges_neither_its_bus_nor_the_others(
     timeout) has its own heartbeats and the others' still queued: it declares neither its bus
     nor any node down, and once it has caught up all is as it was."""
     network = MemoryNetwork()
-    async with trio.open_nursery() as nursery:
-        a, b = await start(nursery, network, "a"), await start(nursery, network, "b")
-        b.connect("bob", LOBBY)
-        await until(lambda: a.view.room_members(LOBBY) == ["bob"] and a.cluster.bus_live)
-        a.host.effects.clear()
-        network.hold("a")
-        await trio.sleep(SECTION.heartbeat_interval * SECTION.heartbeat_misses * 4)
-        assert a.cluster.bus_live and "b" in a.view.nodes and a.host.effects == []
-        network.release("a")
-        await trio.sleep(SECTION.heartbeat_interval * 2)
-        assert a.cluster.bus_live and "b" in a.view.nodes and a.host.effects == []
-        assert a.view.room_members(LOBBY) == ["bob"]
-        # Behind on reading is not deaf: a node that dies meanwhile goes once it is heard.
-        network.hold("a")
-        b.crash()
-        await trio.sleep(SECTION.heartbeat_interval * SECTION.heartbeat_misses * 2)
-        assert "b" in a.view.nodes
-        network.release("a")
-        await until(lambda: "b" not in a.view.nodes)
-        assert a.cluster.bus_live and MemberLeft(LOBBY, "bob") in a.host.effects
-        nursery.cancel_scope.cancel()
+    with trio.fail_after(120):  # (virtual seconds)
+        async with trio.open_nursery() as nursery:
+            a, b = await start(nursery, network, "a"), await start(nursery, network, "b")
+            b.connect("bob", LOBBY)
+            await until(lambda: a.view.room_members(LOBBY) == ["bob"] and a.cluster.bus_live)
+            a.host.effects.clear()
+            network.hold("a")
+            await trio.sleep(SECTION.heartbeat_interval * SECTION.heartbeat_misses * 4)
+            assert a.cluster.bus_live and "b" in a.view.nodes and a.host.effects == []
+            network.release("a")
+            await trio.sleep(SECTION.heartbeat_interval * 2)
+            assert a.cluster.bus_live and "b" in a.view.nodes and a.host.effects == []
+            assert a.view.room_members(LOBBY) == ["bob"]
+            # Behind on reading is not deaf: a node that dies meanwhile goes once it is heard.
+            network.hold("a")
+            b.crash()
+            await trio.sleep(SECTION.heartbeat_interval * SECTION.heartbeat_misses * 2)
+            assert "b" in a.view.nodes
+            network.release("a")
+            await until(lambda: "b" not in a.view.nodes)
+            assert a.cluster.bus_live and MemberLeft(LOBBY, "bob") in a.host.effects
+            nursery.cancel_scope.cancel()
 
 
 class SlowHost(Host):
@@ -387,26 +387,27 @@ async def test_when_the_nodes_change_a_node_follows_its_inboxes_with_a_call_per_
     """The inboxes a node reads whose sequencer changed (a node went down) are followed again
     with one call to each new sequencer, not one per inbox; each then counts it a reader."""
     network = MemoryNetwork()
-    async with trio.open_nursery() as nursery:
-        a = await start(nursery, network, "a")
-        inboxes = [user_stream(f"u{i}") for i in range(60)]
-        a.host.hosted = [f"u{i}" for i in range(60)]  # (it follows them as the others come)
-        b, c = await start(nursery, network, "b"), await start(nursery, network, "c")
-        await until(lambda: all(len(n.view.nodes) == 3 for n in (a, b, c)))
-        before = {s: a.cluster.sequencer_of(s) for s in inboxes}
-        await until(lambda: all(a.cluster.streams._followed.get(s) == before[s] for s in inboxes
-                                if before[s] != "a"))  # fmt: skip
-        since = len(network.log)
-        c.crash()
-        await until(lambda: "c" not in a.view.nodes and "c" not in b.view.nodes)
-        moved = [s for s in inboxes if before[s] == "c" and a.cluster.sequencer_of(s) == "b"]
-        assert moved  # (60 inboxes over three nodes: some went from c to b)
-        await until(lambda: all("a" in b.cluster.streams._readers.get(s, {}) for s in moved))
-        calls = _calls(network, "a", since)
-        assert [event for event, _ in calls] == [TAILS], calls
-        assert sorted(calls[0][1]) == sorted(moved)
-        assert TAIL not in [event for event, _ in calls]
-        nursery.cancel_scope.cancel()
+    with trio.fail_after(120):  # (virtual seconds)
+        async with trio.open_nursery() as nursery:
+            a = await start(nursery, network, "a")
+            inboxes = [user_stream(f"u{i}") for i in range(60)]
+            a.host.hosted = [f"u{i}" for i in range(60)]  # (it follows them as the others come)
+            b, c = await start(nursery, network, "b"), await start(nursery, network, "c")
+            await until(lambda: all(len(n.view.nodes) == 3 for n in (a, b, c)))
+            before = {s: a.cluster.sequencer_of(s) for s in inboxes}
+            await until(lambda: all(a.cluster.streams._followed.get(s) == before[s] for s in inboxes
+                                    if before[s] != "a"))  # fmt: skip
+            since = len(network.log)
+            c.crash()
+            await until(lambda: "c" not in a.view.nodes and "c" not in b.view.nodes)
+            moved = [s for s in inboxes if before[s] == "c" and a.cluster.sequencer_of(s) == "b"]
+            assert moved  # (60 inboxes over three nodes: some went from c to b)
+            await until(lambda: all("a" in b.cluster.streams._readers.get(s, {}) for s in moved))
+            calls = _calls(network, "a", since)
+            assert [event for event, _ in calls] == [TAILS], calls
+            assert sorted(calls[0][1]) == sorted(moved)
+            assert TAIL not in [event for event, _ in calls]
+            nursery.cancel_scope.cancel()
 
 
 async def test_catching_up_asks_each_sequencer_once_and_reads_only_what_was_missed(
@@ -415,53 +416,55 @@ async def test_catching_up_asks_each_sequencer_once_and_reads_only_what_was_miss
     """Once its bus is back, a node asks each sequencer where all the streams it reads from
     it stand, in one call, and reads only those it missed messages of."""
     network = MemoryNetwork()
-    async with trio.open_nursery() as nursery:
-        a = await start(nursery, network, "a")
-        a.host.hosted = [f"u{i}" for i in range(40)]
-        b = await start(nursery, network, "b")
-        await until(lambda: "b" in a.view.nodes and "a" in b.view.nodes)
-        streams = [s for s in (user_stream(u) for u in a.host.hosted)
-                   if a.cluster.sequencer_of(s) == "b"]  # fmt: skip
-        await until(lambda: all(a.cluster.streams._followed.get(s) == "b" for s in streams))
-        for s in streams:
-            b.cluster.streams.append(s, b'"n":1}', f"1-{s}")
-        await until(lambda: all(a.cluster.streams.store.log(s).tail == 1 for s in streams))
-        network.cut("a")
-        await until(lambda: not a.cluster.bus_live)
-        missed = streams[:2]
-        for s in missed:
-            b.cluster.streams.append(s, b'"n":2}', f"2-{s}")
-        since = len(network.log)
-        network.restore("a")
-        await until(lambda: all(a.cluster.streams.store.log(s).tail == 2 for s in missed))
-        await trio.sleep(SECTION.heartbeat_interval)  # (any other call would have gone)
-        calls = _calls(network, "a", since)
-        assert [event for event, _ in calls if event == TAILS] == [TAILS]
-        assert sorted(data[0] for event, data in calls if event == READ) == sorted(missed)
-        assert {event for event, _ in calls} == {TAILS, READ}, calls
-        assert all(a.cluster.streams.store.log(s).tail == 1 for s in streams[2:])
-        nursery.cancel_scope.cancel()
+    with trio.fail_after(120):  # (virtual seconds)
+        async with trio.open_nursery() as nursery:
+            a = await start(nursery, network, "a")
+            a.host.hosted = [f"u{i}" for i in range(40)]
+            b = await start(nursery, network, "b")
+            await until(lambda: "b" in a.view.nodes and "a" in b.view.nodes)
+            streams = [s for s in (user_stream(u) for u in a.host.hosted)
+                       if a.cluster.sequencer_of(s) == "b"]  # fmt: skip
+            await until(lambda: all(a.cluster.streams._followed.get(s) == "b" for s in streams))
+            for s in streams:
+                b.cluster.streams.append(s, b'"n":1}', f"1-{s}")
+            await until(lambda: all(a.cluster.streams.store.log(s).tail == 1 for s in streams))
+            network.cut("a")
+            await until(lambda: not a.cluster.bus_live)
+            missed = streams[:2]
+            for s in missed:
+                b.cluster.streams.append(s, b'"n":2}', f"2-{s}")
+            since = len(network.log)
+            network.restore("a")
+            await until(lambda: all(a.cluster.streams.store.log(s).tail == 2 for s in missed))
+            await trio.sleep(SECTION.heartbeat_interval)  # (any other call would have gone)
+            calls = _calls(network, "a", since)
+            assert [event for event, _ in calls if event == TAILS] == [TAILS]
+            assert sorted(data[0] for event, data in calls if event == READ) == sorted(missed)
+            assert {event for event, _ in calls} == {TAILS, READ}, calls
+            assert all(a.cluster.streams.store.log(s).tail == 1 for s in streams[2:])
+            nursery.cancel_scope.cancel()
 
 
 async def test_a_tails_call_answers_for_what_the_node_numbers_and_refuses_garbage(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     network = MemoryNetwork()
-    async with trio.open_nursery() as nursery:
-        a, b = await _pair(nursery, network)
-        inboxes = [user_stream(f"u{i}") for i in range(20)]
-        rooms = [room_stream("/", f"r{i}") for i in range(10)]
-        outcome = await a.cluster.calls.call(TAILS, inboxes + rooms, targets=["b"], timeout=5)
-        result = outcome.replies["b"]
-        for stream, answer in zip(inboxes + rooms, result, strict=True):
-            numbered_by_b = b.cluster.sequencer_of(stream) == "b"
-            assert (answer == ["", 0]) if numbered_by_b else (answer is None), (stream, answer)
-            reads = "a" in b.cluster.streams._readers.get(stream, {})
-            assert reads == (numbered_by_b and stream in inboxes)  # (an inbox's reader)
-        for garbage in ("u1", [1, 2], ["x1"], [inboxes[0]] * 1001):
-            outcome = await a.cluster.calls.call(TAILS, garbage, targets=["b"], timeout=5)
-            assert outcome.errors["b"]["code"] == "invalid", outcome
-        nursery.cancel_scope.cancel()
+    with trio.fail_after(120):  # (virtual seconds)
+        async with trio.open_nursery() as nursery:
+            a, b = await _pair(nursery, network)
+            inboxes = [user_stream(f"u{i}") for i in range(20)]
+            rooms = [room_stream("/", f"r{i}") for i in range(10)]
+            outcome = await a.cluster.calls.call(TAILS, inboxes + rooms, targets=["b"], timeout=5)
+            result = outcome.replies["b"]
+            for stream, answer in zip(inboxes + rooms, result, strict=True):
+                numbered_by_b = b.cluster.sequencer_of(stream) == "b"
+                assert (answer == ["", 0]) if numbered_by_b else (answer is None), (stream, answer)
+                reads = "a" in b.cluster.streams._readers.get(stream, {})
+                assert reads == (numbered_by_b and stream in inboxes)  # (an inbox's reader)
+            for garbage in ("u1", [1, 2], ["x1"], [inboxes[0]] * 1001):
+                outcome = await a.cluster.calls.call(TAILS, garbage, targets=["b"], timeout=5)
+                assert outcome.errors["b"]["code"] == "invalid", outcome
+            nursery.cancel_scope.cancel()
 
 
 async def _pair(nursery: trio.Nursery, network: MemoryNetwork) -> tuple[SimNode, SimNode]:
