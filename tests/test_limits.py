@@ -231,7 +231,8 @@ async def test_a_client_is_not_read_while_its_sends_wait_for_the_cluster(
             limits={"max_waiting_events": 4, "rate": 1e6, "burst": 10**6},
         )
         nodes[name] = Node(config, bus=network.bus(name))
-        await nursery.start(nodes[name].run)
+        with trio.fail_after(10):
+            await nursery.start(nodes[name].run)
     near = nodes["near"]
     # an addressee whose inbox the other node numbers
     bob = next(
