@@ -892,3 +892,207 @@ async def test_unconfirmed_appends_are_sent_again_in_deadline_order() -> None:
     service.expire(t0 + 20, everything=False)  # each had its three attempts: they fail
     assert sent == []
     assert done == [("m2", None), ("m1", None), ("m3", None)]  # (in deadline order)
+
+
+async def _trio_for_an_inbox(
+    nursery: trio.Nursery, network: MemoryNetwork
+) -> tuple[str, SimNode, SimNode, SimNode]:
+    """Three nodes that hear each other, and a user whose inbox the first numbers, the second
+    would number without it (and keeps a copy of while nobody else reads it); the third is
+    where the user connects."""
+    from roomd.cluster._streams import ranking
+
+    nodes = {name: await start(nursery, network, name) for name in ("a", "b", "c")}
+    user = next(
+        u
+        for u in (f"u{i}" for i in range(100))
+        if ranking(user_stream(u), nodes) == ["a", "c", "b"]
+    )
+
+    def settled() -> bool:
+        return all(
+            other in node.view.nodes
+            and node.view.nodes[other].info.get(_cluster.FOLLOWS_PRESENCE) is True
+            for node in nodes.values()
+            for other in nodes
+            if other != node.name
+        )
+
+    await until(settled)
+    return user, nodes["a"], nodes["c"], nodes["b"]
+
+
+def _hold_presence(network: MemoryNetwork, sender: str, receiver: str) -> list[bytes]:
+    """Hold what ``sender`` publishes on the control topic (presence, heartbeats) on its way to
+    ``receiver``: returned, in order, to hand over later."""
+    held: list[bytes] = []
+
+    def hold(to: str, message: bytes) -> bool:
+        envelope = decode(message)
+        if (
+            to == receiver
+            and envelope.node == sender
+            and envelope.kind in (Kind.DELTAS, Kind.HEARTBEAT)
+        ):
+            held.append(message)
+            return False
+        return True
+
+    network.filter = hold
+    return held
+
+
+async def test_a_new_session_gets_what_its_inbox_got_before_the_sequencer_heard_of_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A node welcomes a new session at once, with no call to the sequencer of its user's
+    inbox: the presence delta that announces the user there makes the sequencer send that
+    node where its copy starts and what it numbered meanwhile. A message numbered after the
+    welcome, before the sequencer heard, reaches the session once; then the next, in order."""
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        user, sequencer, _, reader = await _trio_for_an_inbox(nursery, network)
+        stream = user_stream(user)
+        held = _hold_presence(network, "b", "a")
+        calls_before = network.kinds("b").count(Kind.CALL)
+        assert reader.cluster.streams.opening(stream) == Position("", 0)
+        reader.host.hosted.append(user)
+        reader.connect(user)
+        await until(lambda: bool(held))  # the delta left; the sequencer has not heard
+        numbered: list[Position | None] = []
+        sequencer.cluster.streams.append(stream, b'"x":1}', "m1", done=numbered.append)
+        await until(lambda: bool(numbered))
+        assert user not in sequencer.view.nodes["b"].users
+        network.filter = None
+        await sequencer.cluster._on_batch(held)
+        await until(lambda: bool(_entries(reader.host)))
+        sequencer.cluster.streams.append(stream, b'"x":2}', "m2")
+        await until(lambda: len(_entries(reader.host)) == 2)
+        await trio.sleep(1.0)
+        assert _entries(reader.host) == [("entry", (stream, 1)), ("entry", (stream, 2))]
+        assert network.kinds("b").count(Kind.CALL) == calls_before  # nobody was asked
+        assert reader.cluster.streams.store.log(stream).start == 0  # where the sequencer said
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_new_session_is_not_shown_what_came_before_it(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sequencer sends a little more than the new session's node may have missed (it
+    cannot know when the session began): that node shows the session only what was stamped
+    after it began, less the clocks' slack, as a resume from an empty epoch would."""
+    from roomd.cluster import _streaming
+
+    wall = [1_000.0]
+
+    class Clock:
+        @staticmethod
+        def time() -> float:
+            return wall[0]
+
+    monkeypatch.setattr(_streaming, "time", Clock)
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        user, sequencer, _, reader = await _trio_for_an_inbox(nursery, network)
+        stream = user_stream(user)
+        numbered: list[Position | None] = []
+        sequencer.cluster.streams.append(stream, b'"x":1}', "old", done=numbered.append)
+        await until(lambda: bool(numbered))
+        wall[0] += _streaming.CLOCK_SLACK + 0.5  # within what the sequencer sends, not after
+        held = _hold_presence(network, "b", "a")
+        assert reader.cluster.streams.opening(stream) == Position("", 0)
+        reader.host.hosted.append(user)
+        reader.connect(user)
+        await until(lambda: bool(held))
+        sequencer.cluster.streams.append(stream, b'"x":2}', "new", done=numbered.append)
+        await until(lambda: len(numbered) == 2)
+        network.filter = None
+        await sequencer.cluster._on_batch(held)
+        await until(lambda: bool(_entries(reader.host)))
+        await trio.sleep(1.0)
+        assert _entries(reader.host) == [("entry", (stream, 2))]
+        assert [e.offset for e in reader.cluster.streams.store.log(stream)] == [1, 2]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_new_session_whose_inbox_sequencer_died_before_hearing_of_it_loses_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The sequencer of a new session's inbox numbers a message for it, then dies before it
+    hears of the session (its copy went to the node that numbers the inbox next). The
+    session's node reads the inbox whole from that node once it numbers it: the message
+    reaches the session, once."""
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        user, sequencer, successor, reader = await _trio_for_an_inbox(nursery, network)
+        stream = user_stream(user)
+        held = _hold_presence(network, "b", "a")
+        assert reader.cluster.streams.opening(stream) == Position("", 0)
+        reader.host.hosted.append(user)
+        reader.connect(user)
+        await until(lambda: bool(held))
+        numbered: list[Position | None] = []
+        sequencer.cluster.streams.append(stream, b'"x":1}', "m1", done=numbered.append)
+        await until(
+            lambda: bool(numbered) and len(successor.cluster.streams.store.log(stream)) == 1
+        )
+        sequencer.crash()
+        await until(lambda: "a" not in reader.view.nodes and "a" not in successor.view.nodes)
+        await until(lambda: bool(_entries(reader.host)))
+        successor.cluster.streams.append(stream, b'"x":2}', "m2")
+        await until(lambda: len(_entries(reader.host)) == 2)
+        await trio.sleep(1.0)
+        assert _entries(reader.host) == [("entry", (stream, 1)), ("entry", (stream, 2))]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_sequencer_of_an_earlier_version_is_asked_for_a_new_sessions_position(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A node whose heartbeats do not say it sends an inbox's start by presence (an earlier
+    version) is asked, as before: nothing is taken for granted of it."""
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        user, _, _, reader = await _trio_for_an_inbox(nursery, network)
+        stream = user_stream(user)
+        del reader.view.nodes["a"].info[_cluster.FOLLOWS_PRESENCE]
+        assert reader.cluster.streams.opening(stream) is None
+        assert await reader.cluster.streams.tail(stream) == Position("", 0)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_sequencer_that_hears_of_a_new_session_by_snapshot_sends_what_it_missed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The presence delta announcing a new session is lost on its way to the sequencer of the
+    user's inbox: the sequencer sees the gap at the next heartbeat, and the snapshot it asks
+    for tells it of the user; it sends the session's node what it numbered meanwhile."""
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        user, sequencer, _, reader = await _trio_for_an_inbox(nursery, network)
+        stream = user_stream(user)
+        lost: list[bytes] = []
+
+        def lose_the_delta(to: str, message: bytes) -> bool:
+            envelope = decode(message)
+            if to == "a" and envelope.node == "b" and envelope.kind == Kind.DELTAS:
+                lost.append(message)
+                return False
+            return True
+
+        network.filter = lose_the_delta
+        asked = sequencer.cluster.snapshots_requested
+        assert reader.cluster.streams.opening(stream) == Position("", 0)
+        reader.host.hosted.append(user)
+        reader.connect(user)
+        await until(lambda: bool(lost))
+        numbered: list[Position | None] = []
+        sequencer.cluster.streams.append(stream, b'"x":1}', "m1", done=numbered.append)
+        await until(lambda: bool(numbered))
+        await until(lambda: bool(_entries(reader.host)))
+        assert sequencer.cluster.snapshots_requested == asked + 1
+        sequencer.cluster.streams.append(stream, b'"x":2}', "m2")
+        await until(lambda: len(_entries(reader.host)) == 2)
+        await trio.sleep(1.0)
+        assert _entries(reader.host) == [("entry", (stream, 1)), ("entry", (stream, 2))]
+        nursery.cancel_scope.cancel()

@@ -22,6 +22,7 @@ from ._host import ClusterLink as ClusterLink
 from ._memory import MemoryBus as MemoryBus
 from ._memory import MemoryNetwork as MemoryNetwork
 from ._single import SingleNode as SingleNode
+from ._streaming import CLOCK_SLACK as CLOCK_SLACK
 from ._streaming import StreamService as StreamService
 from ._streams import Entry as Entry
 from ._streams import Gap as Gap

@@ -45,7 +45,17 @@ from ._streams import (
     user_of,
     user_stream,
 )
-from ._view import ClusterView, Delta, Effect, Joined, Left, RoomKey, delta_from_wire, delta_to_wire
+from ._view import (
+    ClusterView,
+    Delta,
+    Effect,
+    Joined,
+    Left,
+    Online,
+    RoomKey,
+    delta_from_wire,
+    delta_to_wire,
+)
 from ._wire import Envelope, Kind
 
 log = logging.getLogger("roomd.cluster")
@@ -59,6 +69,10 @@ DELTA_WINDOW: Final = 0.01
 MAX_RANKINGS: Final = 100_000  # streams whose node ranking is remembered
 HANDLING_SLICE: Final = 0.1  # seconds of handling bus messages before other tasks' turn
 MAX_HEARTBEATS_OUT: Final = 16  # own heartbeats remembered until they come back
+# Keys of a heartbeat's information: the sender's wall clock as it sent it, and whether it learns
+# of an inbox's readers from presence (see StreamService.opening)
+CLOCK: Final = "clock"
+FOLLOWS_PRESENCE: Final = "followsPresence"
 
 
 class BusPort(Protocol):
@@ -140,6 +154,7 @@ class Cluster:
             confirm=self._confirm,
             call=self._call_one,
             gather=self._gather,
+            send_followed=self._send_followed,
         )
         self.streams = StreamService(
             name,
@@ -150,6 +165,7 @@ class Cluster:
             append_timeout=max(1.0, 2 * self.timeout),
             is_up=self.is_up,
             bus_live=lambda: self._bus_live,
+            follows_presence=self._follows_presence,
         )
         self.calls.handlers[READ] = self._on_read
         self.calls.handlers[TAIL] = self._on_tail
@@ -182,6 +198,7 @@ class Cluster:
         self._bus_live = False  # our own heartbeats come back: publishing and subscriptions work
         self._gone: dict[str, _Gone] = {}
         self._lives: dict[str, tuple[int, float]] = {name: (epoch, time.time())}
+        self._late: dict[str, float] = {}  # node -> how late its last heartbeat came (seconds)
         self.bad_messages = 0
         self.handling_turns = 0  # times the handling of a bus batch let other tasks run
         self.snapshots_requested = 0
@@ -378,13 +395,17 @@ class Cluster:
                 )
 
     def _forget(self, name: str, why: str, epoch: int) -> None:
+        self._late.pop(name, None)
         self._gone[name] = _Gone(why, time.time(), epoch)
         if len(self._gone) > MAX_GONE_NODES:
             oldest = min(self._gone, key=lambda n: self._gone[n].since)
             del self._gone[oldest]
 
     def _heartbeat(self) -> None:
-        self._publish(_wire.CONTROL, Kind.HEARTBEAT, [self._published_seq, self.host.load()])
+        info = self.host.load()
+        info[CLOCK] = time.time()  # (the others learn how late this node's messages come)
+        info[FOLLOWS_PRESENCE] = True
+        self._publish(_wire.CONTROL, Kind.HEARTBEAT, [self._published_seq, info])
         self._heartbeats_out[self._seq] = trio.current_time()  # (see _own)
         if len(self._heartbeats_out) > MAX_HEARTBEATS_OUT:  # (the bus is down: none comes back)
             del self._heartbeats_out[next(iter(self._heartbeats_out))]
@@ -665,29 +686,53 @@ class Cluster:
         elif kind == Kind.CONFIRM:
             stream, message_id, epoch, offset = body
             self.streams.on_confirm(stream, message_id, Position(epoch, offset))
+        elif kind == Kind.FOLLOWED:
+            stream, start, entries = body
+            self.streams.on_followed(
+                stream,
+                None if start is None else Position(start[0], start[1]),
+                [entry_from_wire(item) for item in entries],
+            )
         elif self._said_goodbye(env):
             return  # a presence message of a life that already left (sent before its goodbye)
         elif kind == Kind.DELTAS:
             self._track(env)
             first, deltas = body
             asked, effects = False, list[Effect]()
+            before = self.view.nodes.get(env.node)
+            came: list[str] | None = None
             for i, wire in enumerate(deltas):
-                wants, more = self.view.delta(
-                    env.node, env.epoch, first + i, delta_from_wire(wire), now
-                )
+                delta = delta_from_wire(wire)
+                if (
+                    type(delta) is Online
+                    and delta.count
+                    and (before is None or delta.user not in before.users)
+                ):
+                    came = [delta.user] if came is None else [*came, delta.user]
+                wants, more = self.view.delta(env.node, env.epoch, first + i, delta, now)
                 asked = asked or wants
                 effects.extend(more)
             self._after(env.node, asked, effects)
+            if came is not None:
+                self._arrived(env.node, came)
         elif kind == Kind.HEARTBEAT:
             self._track(env)
+            clock = body[1].get(CLOCK) if isinstance(body[1], dict) else None
+            if isinstance(clock, float):
+                self._late[env.node] = max(0.0, time.time() - clock)
             wants, effects = self.view.heartbeat(env.node, env.epoch, body[0], now, body[1])
             self._after(env.node, wants, effects)
         elif kind == Kind.SNAPSHOT_REQUEST:
             own = self.view.own
             self._publish(_wire.node_topic(body), Kind.SNAPSHOT, [own.seq, own.snapshot()])
         elif kind == Kind.SNAPSHOT:
+            before = self.view.nodes.get(env.node)
+            had = set(before.users) if before is not None else set()
             host.apply_effects(self.view.snapshot(env.node, env.epoch, body[0], body[1], now))
             self._view_settled.set()
+            after = self.view.nodes.get(env.node)
+            if after is not None:
+                self._arrived(env.node, [user for user in after.users if user not in had])
         elif kind == Kind.BYE:
             if env.node in self.view.nodes:
                 log.info("%s: node %s left", self.name, env.node)
@@ -698,6 +743,35 @@ class Cluster:
         elif kind == Kind.REPLY:
             call_id, ok, result = body
             self.calls.on_reply(env.node, call_id, ok, result)
+
+    def _arrived(self, node: str, users: list[str]) -> None:
+        """``users`` have a first connection on ``node``, as presence says now: the sequencer
+        of each one's inbox tells ``node`` where its copy starts (see
+        :meth:`StreamService.arrived`)."""
+        state = self.view.nodes.get(node)
+        if state is None or not self._follows_presence(node):
+            return
+        late = self._late.get(node, 0.0)
+        for user in users:
+            stream = user_stream(user)
+            if user in state.users and self.sequencer_of(stream) == self.name:
+                self.streams.arrived(stream, node, late)
+
+    def _follows_presence(self, node: str) -> bool:
+        """Whether ``node`` learns of an inbox's readers from presence (a version that says
+        so in its heartbeats: see :meth:`StreamService.opening`)."""
+        state = self.view.nodes.get(node)
+        return state is not None and state.info.get(FOLLOWS_PRESENCE) is True
+
+    def _send_followed(
+        self, node: str, stream: StreamKey, start: Position | None, entries: list[Entry]
+    ) -> None:
+        body = [
+            stream,
+            None if start is None else [start.epoch, start.offset],
+            [entry_to_wire(entry) for entry in entries],
+        ]
+        self._publish(_wire.node_topic(node), Kind.FOLLOWED, body)
 
     def _said_goodbye(self, env: Envelope) -> bool:
         gone = self._gone.get(env.node)

@@ -63,6 +63,13 @@ MAX_HELD: Final = 10_000  # messages held past a hole, per stream, while it is r
 # subscriptions are being made again).
 REPAIR_ATTEMPTS: Final = 2
 READER_MEMORY: Final = 60.0  # seconds a node that asked for an inbox's tail is sent its messages
+# A node's clock may differ from another's by this much: what a sequencer stamped this long
+# before a session began on another node still counts as sent during it (see :meth:`_keep`)
+CLOCK_SLACK: Final = 1.0
+# A sequencer that hears of a user's first connection on a node sends that node the user's inbox
+# messages stamped this long before it heard (plus how late that node's messages come): the
+# connection opened at most about that long ago (see :meth:`StreamService.arrived`)
+ARRIVAL_BACKLOG: Final = 2.0
 Done = Callable[[Position | None], None]
 
 
@@ -83,8 +90,10 @@ class Outbound:
         confirm: Callable[[str, StreamKey, str, Position], None],
         call: Callable[[str, str, Any], Awaitable[Any]],
         gather: Callable[[StreamKey], Awaitable[dict[str, list[Any]]]],
+        send_followed: Callable[[str, StreamKey, Position | None, list[Entry]], None] | None = None,
     ) -> None:
         self.publish_entry = publish_entry
+        self.send_followed = send_followed
         self.send_to_sequencer = send_to_sequencer
         self.confirm = confirm
         self.call = call
@@ -127,6 +136,7 @@ class StreamService:
         append_timeout: float = 5.0,
         is_up: Callable[[str], bool] = lambda node: True,
         bus_live: Callable[[], bool] = lambda: True,
+        follows_presence: Callable[[str], bool] = lambda node: False,
     ) -> None:
         self.name = name
         self.host = host
@@ -136,6 +146,7 @@ class StreamService:
         self.append_timeout = append_timeout
         self.is_up = is_up
         self.bus_live = bus_live
+        self.follows_presence = follows_presence
         self._spawn: Callable[..., None] | None = None
         self._pending: dict[tuple[StreamKey, str], _Pending] = {}
         # Numbered here, published, delivered here once the bus echoes them, in order: stream
@@ -147,6 +158,9 @@ class StreamService:
         self._repairing: set[StreamKey] = set()
         self._readers: dict[StreamKey, dict[str, float]] = {}  # inbox -> node -> when
         self._followed: dict[StreamKey, str] = {}  # inbox read here -> its sequencer, as told
+        # Inboxes read here since a new session began (wall-clock time), by presence: their
+        # sequencer has not said yet where this node's copy starts (see :meth:`opening`)
+        self._since: dict[StreamKey, float] = {}
         self.refollow_due = False  # a node could not be told: try again
         self.takeovers = 0
         self.repairs = 0
@@ -392,7 +406,9 @@ class StreamService:
         log_ = self.store.log(stream)
         if entry.offset <= log_.tail:
             return  # a duplicate (or older than what this node keeps)
-        if (len(log_) or log_.start) and entry.offset > log_.tail + 1:
+        known = len(log_) or log_.start
+        if (entry.offset > log_.tail + 1) if known else (stream in self._repairing):
+            # (past a hole; or what comes while an inbox read without a start is read whole)
             held = self._held.setdefault(stream, {})
             if len(held) < MAX_HELD:
                 held[entry.offset] = entry
@@ -405,6 +421,12 @@ class StreamService:
 
     def _keep(self, stream: StreamKey, entry: Entry) -> None:
         if self.store.record(stream, entry, time.time()):
+            if self._since:
+                since = self._since.get(stream)
+                if since is not None:
+                    if entry.stamp < since - CLOCK_SLACK:
+                        return  # (stamped before the sessions here began: kept, not shown)
+                    del self._since[stream]  # (this copy has a start now)
             self.host.deliver_entry(stream, entry)
 
     def _deliver_held(self, stream: StreamKey) -> None:
@@ -420,6 +442,9 @@ class StreamService:
     async def _repair(self, stream: StreamKey) -> None:
         self.repairs += 1
         log_ = self.store.log(stream)
+        if not (len(log_) or log_.start):
+            await self._read_whole(stream)
+            return
         try:
             missing = await self._fetch_missing(stream)
         finally:
@@ -431,6 +456,26 @@ class StreamService:
         for offset in sorted(held):  # what could not be repaired is skipped over
             if offset > log_.tail:
                 self.lost += offset - log_.tail - 1
+                self._keep(stream, held[offset])
+
+    async def _read_whole(self, stream: StreamKey) -> None:
+        """Read what the sequencer holds of ``stream``, an inbox whose copy here has no start
+        yet (its sessions began reading it by presence: :meth:`opening`). Shown to them from
+        when they began (:meth:`_keep`); what comes meanwhile waits, then follows in order."""
+        try:
+            entries = await self.read(stream, None)
+        except Exception as exc:  # (its sequencer did not answer: what comes next is shown)
+            log.warning("%s: could not read %r: %s", self.name, stream, exc)
+            entries = []
+        finally:
+            self._repairing.discard(stream)
+        log_ = self.store.log(stream)
+        for entry in entries:
+            if entry.offset > log_.tail:
+                self._keep(stream, entry)
+        held = self._held.pop(stream, {})
+        for offset in sorted(held):
+            if offset > log_.tail:
                 self._keep(stream, held[offset])
 
     async def _fetch_missing(self, stream: StreamKey) -> list[Entry]:
@@ -531,6 +576,79 @@ class StreamService:
         session resuming here would get them twice, once read and once live)."""
         first = self._first_unechoed(stream) if self._unechoed else None
         return entries if first is None else [e for e in entries if e.offset < first]
+
+    def opening(self, stream: StreamKey) -> Position | None:
+        """Where a new session here begins reading ``stream`` (its user's inbox), when this
+        node can say at once; else ``None`` (ask the sequencer: :meth:`tail`).
+
+        - This node numbers the stream: the position here.
+        - This node reads it already (for another session of the user here, and told its
+          sequencer so): the last position it holds; what comes after reaches it.
+        - Its sequencer learns of this node's readers from presence (a node of this version):
+          an empty epoch. The presence delta that announces the user here (it leaves within
+          ``DELTA_WINDOW``) makes the sequencer tell this node where its copy starts, with
+          what it numbered since just before it heard (:meth:`arrived`); what it numbers
+          after reaches this node by presence. What was stamped before the session began is
+          not shown to it (:meth:`_keep`); a session resuming from an empty epoch is replayed
+          by the same rule. Nothing waits for the sequencer: no call per new session."""
+        position = self.local_tail(stream)
+        if position is not None:
+            return position
+        sequencer = self.sequencer_of(stream)
+        log_ = self.store.logs.get(stream)
+        if (
+            self._followed.get(stream) == sequencer
+            and stream not in self._since
+            and log_ is not None
+            and (len(log_) or log_.start)
+        ):
+            return self.known_tail(stream)
+        if not self.follows_presence(sequencer):
+            return None  # (a node of an earlier version: it is asked)
+        self._since.setdefault(stream, time.time())
+        self._followed[stream] = sequencer
+        return Position("", 0)
+
+    def arrived(self, stream: StreamKey, node: str, late: float) -> None:
+        """Presence says the user whose inbox ``stream`` is has a first connection on
+        ``node``, whose messages come about ``late`` seconds after they leave it. If this
+        node numbers the stream, it tells ``node`` where its copy starts and sends it what it
+        stamped from :data:`ARRIVAL_BACKLOG` + ``late`` seconds ago: a session may have begun
+        there since (:meth:`opening`), before this node heard. What it numbers from now on
+        reaches ``node`` by presence, after this (on the same topic, in order)."""
+        outbound = self.outbound
+        if (
+            outbound is None
+            or outbound.send_followed is None
+            or not self.follows_presence(node)
+            or self.sequencer_of(stream) != self.name
+        ):
+            return
+        numbering = self.store.sequencers.get(stream)
+        if numbering is None or stream in self._taking:
+            # (nothing numbered here yet: the copy there starts with what it is sent first)
+            outbound.send_followed(node, stream, None, [])
+            return
+        backlog = numbering.log.stamped_since(time.time() - ARRIVAL_BACKLOG - late)
+        if backlog:
+            start = Position(backlog[0].epoch, backlog[0].offset - 1)
+        else:
+            start = Position(numbering.epoch, numbering.log.tail)
+        outbound.send_followed(node, stream, start, backlog)
+
+    def on_followed(self, stream: StreamKey, start: Position | None, entries: list[Entry]) -> None:
+        """The sequencer of ``stream`` heard by presence that this node reads it
+        (:meth:`arrived`): where this node's copy starts (``None``: it has numbered nothing
+        of it yet; the copy starts with what comes first), and what it numbered from just
+        before. What it numbers next reaches this node by presence. Nothing if no session
+        here waits for it."""
+        if stream not in self._since:
+            return
+        if start is not None:
+            self.follow(stream, start)
+        for entry in entries:
+            self.on_entry(stream, entry)
+        self._since.pop(stream, None)
 
     def known_tail(self, stream: StreamKey) -> Position:
         """The last position of ``stream`` this node holds a copy of (an empty epoch if none):
@@ -633,6 +751,11 @@ class StreamService:
                     del self._followed[stream]
                 self.refollow_due = True
             log_ = self.store.log(stream)
+            if stream in self._since and not (len(log_) or log_.start):
+                # (its sequencer changed, or this node could not hear, before this node's
+                # copy had a start: what the sequencer holds is read whole)
+                self._start_repair(stream)
+                continue
             if not (len(log_) or log_.start) or stream in self.store.sequencers:
                 continue  # (nothing held here to repair: it reads from the position on)
             if position is None:
@@ -665,6 +788,7 @@ class StreamService:
     def forget(self, stream: StreamKey) -> None:
         """This node reads ``stream`` no more (its last reader here left): its copy goes,
         unless it numbers the stream (a later reader starts from where the stream is then)."""
+        self._since.pop(stream, None)
         if stream not in self.store.sequencers:
             self.store.logs.pop(stream, None)
             self._held.pop(stream, None)

@@ -188,6 +188,17 @@ class StreamLog:
                     raise Gap(f"offset {position.offset} of epoch {position.epoch} is unknown")
                 return
 
+    def stamped_since(self, stamp: float) -> list[Entry]:
+        """The last messages, from the first stamped at ``stamp`` or later (read from the end:
+        numbered in order, stamped in order)."""
+        found: list[Entry] = []
+        for entry in reversed(self._entries):
+            if entry.stamp < stamp:
+                break
+            found.append(entry)
+        found.reverse()
+        return found
+
     def last_n(self, count: int) -> list[Entry]:
         if count <= 0:
             return []

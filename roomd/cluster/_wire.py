@@ -52,6 +52,9 @@ class Kind:
     SEQUENCE: Final = "seq"  # [stream, draft entry, hops]: to the stream's sequencer
     ENTRY: Final = "entry"  # [stream, entry]: a numbered message, to the stream's readers
     CONFIRM: Final = "confirm"  # [stream, message_id, epoch, offset]: to the sender's node
+    # [stream, [epoch, offset] or None, [entry, ...]]: from an inbox's sequencer to a node
+    # presence says its user came to (where its copy starts, and the latest messages)
+    FOLLOWED: Final = "followed"
     BATCH: Final = "batch"  # [[kind, epoch, seq, body], ...]: messages of one topic (coalesce)
 
 

@@ -146,22 +146,26 @@ class FrameDispatcher:
             conn.outlet.spawn(self._resume, conn, hello.resume)
             return
         self.router.opened(conn)
-        inbox = self.streams.local_tail(user_stream(conn.user))
+        inbox = self.streams.opening(user_stream(conn.user))
         if inbox is None:
             conn.outlet.spawn(self._open, conn, None)
         else:
             self._send_welcome(conn, inbox=inbox)
 
     async def _open(self, conn: Connection, reason: str | None) -> None:
-        """A new session whose inbox is sequenced by another node: its position there first."""
+        """A new session: welcomed at once where this node can say where its inbox stands
+        (it numbers it, reads it already, or its sequencer learns of the session from
+        presence: see ``StreamService.opening``); else with its position at the sequencer,
+        asked first (a node of an earlier version)."""
         stream = user_stream(conn.user)
-        inbox: Position | None = None
-        try:
-            inbox = await self.streams.tail(stream)
-        except RoomdError as exc:
-            log.warning("%s: no inbox position for %s: %s", self.name, conn.user, exc)
-        else:
-            self.streams.follow(stream, inbox)
+        inbox = self.streams.opening(stream)
+        if inbox is None:
+            try:
+                inbox = await self.streams.tail(stream)
+            except RoomdError as exc:
+                log.warning("%s: no inbox position for %s: %s", self.name, conn.user, exc)
+            else:
+                self.streams.follow(stream, inbox)
         self._send_welcome(conn, inbox=inbox, reason=reason)
 
     async def _resume(self, conn: Connection, request: ResumeRequest) -> None:

@@ -24,6 +24,7 @@ import orjson
 import trio
 
 from ..cluster import (
+    CLOCK_SLACK,
     ClusterLink,
     Gap,
     Position,
@@ -352,7 +353,7 @@ class Sessions:
         client reports there (rooms it is not in any more are joined again). A position taken
         before the stream numbered anything (an empty epoch) is read from its start, but
         nothing sequenced before the session's last welcome counts as missed."""
-        since = self.tokens.check(request.token, request.session, conn.user).issued - 1.0
+        since = self.tokens.check(request.token, request.session, conn.user).issued - CLOCK_SLACK
         outcome = Outcome(since=since)
         for position in request.rooms or ():
             key: RoomKey = (position.ns, position.room)
