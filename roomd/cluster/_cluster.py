@@ -42,6 +42,7 @@ from ._streams import (
     StreamStore,
     ranking,
     room_of,
+    score,
     user_of,
     user_stream,
 )
@@ -754,8 +755,18 @@ class Cluster:
         late = self._late.get(node, 0.0)
         for user in users:
             stream = user_stream(user)
-            if user in state.users and self.sequencer_of(stream) == self.name:
+            if user in state.users and self._numbers(stream):
                 self.streams.arrived(stream, node, late)
+
+    def _numbers(self, stream: StreamKey) -> bool:
+        """Whether this node numbers ``stream``, without remembering its ranking (asked for
+        every user arriving anywhere: remembered, the rankings of all the cluster's users would
+        fill every node's memory)."""
+        ranked = self._rankings.get(stream)
+        if ranked is not None and self._sequencer_candidates() == self._sequencer_nodes:
+            return ranked[0] == self.name
+        nodes = self._sequencer_candidates()
+        return max(nodes, key=lambda node: score(stream, node), default=self.name) == self.name
 
     def _follows_presence(self, node: str) -> bool:
         """Whether ``node`` learns of an inbox's readers from presence (a version that says

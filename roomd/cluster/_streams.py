@@ -54,7 +54,8 @@ def new_epoch() -> str:
     return secrets.token_hex(4)
 
 
-def _score(stream: StreamKey, node: str) -> int:
+def score(stream: StreamKey, node: str) -> int:
+    """``node``'s rendezvous score for ``stream``: the highest numbers it."""
     digest = hashlib.blake2b(f"{node}\x00{stream}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big")
 
@@ -63,7 +64,7 @@ def ranking(stream: StreamKey, nodes: Iterable[str]) -> list[str]:
     """``nodes`` in rendezvous order for ``stream``: the first is its sequencer, the second the
     one that takes it over if the first goes. Adding or removing a node moves only the streams
     it ranks first for."""
-    return sorted(nodes, key=lambda node: _score(stream, node), reverse=True)
+    return sorted(nodes, key=lambda node: score(stream, node), reverse=True)
 
 
 @attrs.frozen
