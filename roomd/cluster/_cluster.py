@@ -40,9 +40,9 @@ from ._streams import (
     Position,
     StreamKey,
     StreamStore,
+    first,
     ranking,
     room_of,
-    score,
     user_of,
     user_stream,
 )
@@ -765,8 +765,7 @@ class Cluster:
         ranked = self._rankings.get(stream)
         if ranked is not None and self._sequencer_candidates() == self._sequencer_nodes:
             return ranked[0] == self.name
-        nodes = self._sequencer_candidates()
-        return max(nodes, key=lambda node: score(stream, node), default=self.name) == self.name
+        return (first(stream, self._sequencer_candidates()) or self.name) == self.name
 
     def _follows_presence(self, node: str) -> bool:
         """Whether ``node`` learns of an inbox's readers from presence (a version that says

@@ -16,6 +16,7 @@ or that it no longer covers the gap.
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import secrets
 from collections.abc import Iterable, Iterator
@@ -54,17 +55,35 @@ def new_epoch() -> str:
     return secrets.token_hex(4)
 
 
-def score(stream: StreamKey, node: str) -> int:
-    """``node``'s rendezvous score for ``stream``: the highest numbers it."""
-    digest = hashlib.blake2b(f"{node}\x00{stream}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big")
+@functools.lru_cache(maxsize=1024)
+def _node_key(node: str) -> bytes:
+    return f"{node}\x00".encode()
+
+
+def _score(node: str, key: bytes) -> int:
+    """``node``'s rendezvous score for the stream named ``key`` (encoded): the highest numbers
+    it."""
+    return int.from_bytes(hashlib.blake2b(_node_key(node) + key, digest_size=8).digest())
+
+
+def first(stream: StreamKey, nodes: Iterable[str]) -> str | None:
+    """The first of ``nodes`` in :func:`ranking` for ``stream`` (``None`` if there is none):
+    nothing sorted, nothing kept."""
+    key = stream.encode()
+    best, top = None, -1
+    for node in nodes:
+        value = _score(node, key)
+        if value > top:
+            best, top = node, value
+    return best
 
 
 def ranking(stream: StreamKey, nodes: Iterable[str]) -> list[str]:
     """``nodes`` in rendezvous order for ``stream``: the first is its sequencer, the second the
     one that takes it over if the first goes. Adding or removing a node moves only the streams
     it ranks first for."""
-    return sorted(nodes, key=lambda node: score(stream, node), reverse=True)
+    key = stream.encode()
+    return sorted(nodes, key=lambda node: _score(node, key), reverse=True)
 
 
 @attrs.frozen
