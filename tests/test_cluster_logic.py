@@ -1117,3 +1117,33 @@ def test_the_ranking_of_a_stream_is_blake2b_of_node_and_stream_and_first_agrees(
         assert ranking(stream, nodes) == expected
         assert first(stream, nodes) == expected[0]
     assert first("u", []) is None
+
+
+async def test_a_new_session_costs_no_message_when_its_inbox_is_empty(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A sequencer that has numbered nothing of an inbox sends nothing when a session of its
+    user begins elsewhere (most users: no bus message per new session). The session's node
+    forgets after a while that it waited to hear; the inbox's first message reaches it."""
+    from roomd.cluster._streaming import SINCE_MEMORY
+
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        user, sequencer, _, reader = await _trio_for_an_inbox(nursery, network)
+        stream = user_stream(user)
+        streams = reader.cluster.streams
+        assert streams.opening(stream) == Position("", 0)
+        reader.host.hosted.append(user)
+        reader.connect(user)
+        await until(lambda: user in sequencer.view.nodes["b"].users)
+        await trio.sleep(1.0)
+        assert Kind.FOLLOWED not in network.kinds("a")
+        streams.settle(time.time() + SINCE_MEMORY - 1)
+        assert stream in streams._since  # (still waiting)
+        streams.settle(time.time() + SINCE_MEMORY)
+        assert not streams._since
+        sequencer.cluster.streams.append(stream, b'"x":1}', "m1")
+        await until(lambda: bool(_entries(reader.host)))
+        await trio.sleep(1.0)
+        assert _entries(reader.host) == [("entry", (stream, 1))]
+        nursery.cancel_scope.cancel()

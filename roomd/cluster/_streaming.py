@@ -70,6 +70,9 @@ CLOCK_SLACK: Final = 1.0
 # messages stamped this long before it heard (plus how late that node's messages come): the
 # connection opened at most about that long ago (see :meth:`StreamService.arrived`)
 ARRIVAL_BACKLOG: Final = 2.0
+# Seconds a node waits to be told where its copy of a new session's inbox starts: its sequencer
+# has heard of the session by then, or has been declared down (see StreamService.opening)
+SINCE_MEMORY: Final = 10.0
 Done = Callable[[Position | None], None]
 
 
@@ -587,10 +590,13 @@ class StreamService:
         - Its sequencer learns of this node's readers from presence (a node of this version):
           an empty epoch. The presence delta that announces the user here (it leaves within
           ``DELTA_WINDOW``) makes the sequencer tell this node where its copy starts, with
-          what it numbered since just before it heard (:meth:`arrived`); what it numbers
-          after reaches this node by presence. What was stamped before the session began is
-          not shown to it (:meth:`_keep`); a session resuming from an empty epoch is replayed
-          by the same rule. Nothing waits for the sequencer: no call per new session."""
+          what it numbered since just before it heard (:meth:`arrived`; nothing at all if it
+          numbered nothing of the inbox yet); what it numbers after reaches this node by
+          presence. What was stamped before the session began is not shown to it
+          (:meth:`_keep`); a session resuming from an empty epoch is replayed by the same
+          rule. Should the sequencer change before it said, this node reads the inbox whole
+          from the next one (:meth:`_tails`). Nothing waits for the sequencer: no call, and
+          usually no message, per new session."""
         position = self.local_tail(stream)
         if position is not None:
             return position
@@ -609,13 +615,26 @@ class StreamService:
         self._followed[stream] = sequencer
         return Position("", 0)
 
+    def settle(self, now: float) -> None:
+        """Forget the new sessions' inboxes whose sequencer said nothing for
+        :data:`SINCE_MEMORY` seconds (``now``: the wall clock). It had numbered none of them:
+        their copies here start with what comes first."""
+        since = self._since
+        while since:
+            stream = next(iter(since))
+            if since[stream] > now - SINCE_MEMORY:
+                break
+            del since[stream]
+
     def arrived(self, stream: StreamKey, node: str, late: float) -> None:
         """Presence says the user whose inbox ``stream`` is has a first connection on
         ``node``, whose messages come about ``late`` seconds after they leave it. If this
         node numbers the stream, it tells ``node`` where its copy starts and sends it what it
         stamped from :data:`ARRIVAL_BACKLOG` + ``late`` seconds ago: a session may have begun
         there since (:meth:`opening`), before this node heard. What it numbers from now on
-        reaches ``node`` by presence, after this (on the same topic, in order)."""
+        reaches ``node`` by presence, after this (on the same topic, in order). Nothing is
+        sent for an inbox it has numbered nothing of (most users: no message per new
+        session)."""
         outbound = self.outbound
         if (
             outbound is None
@@ -626,9 +645,7 @@ class StreamService:
             return
         numbering = self.store.sequencers.get(stream)
         if numbering is None or stream in self._taking:
-            # (nothing numbered here yet: the copy there starts with what it is sent first)
-            outbound.send_followed(node, stream, None, [])
-            return
+            return  # (nothing numbered here yet: the copy there starts with what comes first)
         backlog = numbering.log.stamped_since(time.time() - ARRIVAL_BACKLOG - late)
         if backlog:
             start = Position(backlog[0].epoch, backlog[0].offset - 1)
@@ -638,11 +655,10 @@ class StreamService:
 
     def on_followed(self, stream: StreamKey, start: Position | None, entries: list[Entry]) -> None:
         """The sequencer of ``stream`` heard by presence that this node reads it
-        (:meth:`arrived`): where this node's copy starts (``None``: it has numbered nothing
-        of it yet; the copy starts with what comes first), and what it numbered from just
-        before. What it numbers next reaches this node by presence. Nothing if no session
-        here waits for it."""
-        if stream not in self._since:
+        (:meth:`arrived`): where this node's copy starts, and what it numbered from just
+        before. What it numbers next reaches this node by presence. Nothing if this node
+        does not read the stream."""
+        if stream not in self._since and stream not in self._followed:
             return
         if start is not None:
             self.follow(stream, start)
