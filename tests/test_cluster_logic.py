@@ -1098,13 +1098,12 @@ async def test_a_sequencer_that_hears_of_a_new_session_by_snapshot_sends_what_it
         nursery.cancel_scope.cancel()
 
 
-def test_the_ranking_of_a_stream_is_blake2b_of_node_and_stream_and_first_agrees() -> None:
+def test_the_ranking_of_a_stream_is_blake2b_of_node_and_stream() -> None:
     """Every node of every version must find the same sequencer: the rendezvous score is the
-    first 8 bytes of BLAKE2b of ``node NUL stream``, highest first. ``first`` (asked for every
-    user arriving anywhere) agrees with ``ranking``."""
+    first 8 bytes of BLAKE2b of ``node NUL stream``, highest first."""
     import hashlib
 
-    from roomd.cluster._streams import first, ranking
+    from roomd.cluster._streams import ranking
 
     def score(node: str, stream: str) -> int:
         digest = hashlib.blake2b(f"{node}\x00{stream}".encode(), digest_size=8).digest()
@@ -1115,8 +1114,6 @@ def test_the_ranking_of_a_stream_is_blake2b_of_node_and_stream_and_first_agrees(
         stream = user_stream(f"user{i}é")
         expected = sorted(nodes, key=lambda node: score(node, stream), reverse=True)
         assert ranking(stream, nodes) == expected
-        assert first(stream, nodes) == expected[0]
-    assert first("u", []) is None
 
 
 async def test_a_new_session_costs_no_message_when_its_inbox_is_empty(

@@ -40,7 +40,6 @@ from ._streams import (
     Position,
     StreamKey,
     StreamStore,
-    first,
     ranking,
     room_of,
     user_of,
@@ -754,19 +753,14 @@ class Cluster:
         if state is None or not self._follows_presence(node):
             return
         late = self._late.get(node, 0.0)
+        # Only the inboxes this node has numbered (StreamService.arrived): not a ranking asked
+        # for every user arriving anywhere (remembered, those of all the cluster's users would
+        # fill every node's memory; computed, they cost a hash per node each)
+        numbered = self.streams.store.sequencers
         for user in users:
             stream = user_stream(user)
-            if user in state.users and self._numbers(stream):
+            if stream in numbered and user in state.users:
                 self.streams.arrived(stream, node, late)
-
-    def _numbers(self, stream: StreamKey) -> bool:
-        """Whether this node numbers ``stream``, without remembering its ranking (asked for
-        every user arriving anywhere: remembered, the rankings of all the cluster's users would
-        fill every node's memory)."""
-        ranked = self._rankings.get(stream)
-        if ranked is not None and self._sequencer_candidates() == self._sequencer_nodes:
-            return ranked[0] == self.name
-        return (first(stream, self._sequencer_candidates()) or self.name) == self.name
 
     def _follows_presence(self, node: str) -> bool:
         """Whether ``node`` learns of an inbox's readers from presence (a version that says

@@ -66,18 +66,6 @@ def _score(node: str, key: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(_node_key(node) + key, digest_size=8).digest())
 
 
-def first(stream: StreamKey, nodes: Iterable[str]) -> str | None:
-    """The first of ``nodes`` in :func:`ranking` for ``stream`` (``None`` if there is none):
-    nothing sorted, nothing kept."""
-    key = stream.encode()
-    best, top = None, -1
-    for node in nodes:
-        value = _score(node, key)
-        if value > top:
-            best, top = node, value
-    return best
-
-
 def ranking(stream: StreamKey, nodes: Iterable[str]) -> list[str]:
     """``nodes`` in rendezvous order for ``stream``: the first is its sequencer, the second the
     one that takes it over if the first goes. Adding or removing a node moves only the streams
