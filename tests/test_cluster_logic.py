@@ -972,6 +972,10 @@ async def test_a_new_session_gets_what_its_inbox_got_before_the_sequencer_heard_
         assert _entries(reader.host) == [("entry", (stream, 1)), ("entry", (stream, 2))]
         assert network.kinds("b").count(Kind.CALL) == calls_before  # nobody was asked
         assert reader.cluster.streams.store.log(stream).start == 0  # where the sequencer said
+        # a second session of the user there: the node reads the inbox, and knows where it is
+        last = reader.cluster.streams.store.log(stream).last
+        assert last is not None
+        assert reader.cluster.streams.opening(stream, read_here=True) == last.position
         nursery.cancel_scope.cancel()
 
 

@@ -580,13 +580,14 @@ class StreamService:
         first = self._first_unechoed(stream) if self._unechoed else None
         return entries if first is None else [e for e in entries if e.offset < first]
 
-    def opening(self, stream: StreamKey) -> Position | None:
+    def opening(self, stream: StreamKey, read_here: bool = False) -> Position | None:
         """Where a new session here begins reading ``stream`` (its user's inbox), when this
         node can say at once; else ``None`` (ask the sequencer: :meth:`tail`).
 
         - This node numbers the stream: the position here.
-        - This node reads it already (for another session of the user here, and told its
-          sequencer so): the last position it holds; what comes after reaches it.
+        - This node reads it already (``read_here``: the user has another session here, and
+          this node told the sequencer): the last position it holds; what comes after
+          reaches it.
         - Its sequencer learns of this node's readers from presence (a node of this version):
           an empty epoch. The presence delta that announces the user here (it leaves within
           ``DELTA_WINDOW``) makes the sequencer tell this node where its copy starts, with
@@ -603,7 +604,8 @@ class StreamService:
         sequencer = self.sequencer_of(stream)
         log_ = self.store.logs.get(stream)
         if (
-            self._followed.get(stream) == sequencer
+            read_here
+            and self._followed.get(stream) == sequencer
             and stream not in self._since
             and log_ is not None
             and (len(log_) or log_.start)

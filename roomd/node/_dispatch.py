@@ -146,7 +146,7 @@ class FrameDispatcher:
             conn.outlet.spawn(self._resume, conn, hello.resume)
             return
         self.router.opened(conn)
-        inbox = self.streams.opening(user_stream(conn.user))
+        inbox = self.streams.opening(user_stream(conn.user), self._read_here(conn))
         if inbox is None:
             conn.outlet.spawn(self._open, conn, None)
         else:
@@ -158,7 +158,7 @@ class FrameDispatcher:
         presence: see ``StreamService.opening``); else with its position at the sequencer,
         asked first (a node of an earlier version)."""
         stream = user_stream(conn.user)
-        inbox = self.streams.opening(stream)
+        inbox = self.streams.opening(stream, self._read_here(conn))
         if inbox is None:
             try:
                 inbox = await self.streams.tail(stream)
@@ -167,6 +167,10 @@ class FrameDispatcher:
             else:
                 self.streams.follow(stream, inbox)
         self._send_welcome(conn, inbox=inbox, reason=reason)
+
+    def _read_here(self, conn: Connection) -> bool:
+        """Whether ``conn``'s user has another session on this node (which reads its inbox)."""
+        return len(self.router.hub.user_connections(conn.user)) > 1
 
     async def _resume(self, conn: Connection, request: ResumeRequest) -> None:
         try:
