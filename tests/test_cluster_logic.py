@@ -1148,3 +1148,65 @@ async def test_a_new_session_costs_no_message_when_its_inbox_is_empty(
         await trio.sleep(1.0)
         assert _entries(reader.host) == [("entry", (stream, 1))]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_stale_copy_of_an_inbox_shows_a_new_session_nothing_from_before_it(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node kept a copy of an inbox while nobody read it (as its sequencer's successor),
+    then the user connected elsewhere and the copy stopped. A new session of the user on that
+    node: what the sequencer sends starts past the copy's end, the node repairs the hole, and
+    what the repair brings from before the session began is kept but not shown."""
+    from roomd.cluster import _streaming
+    from roomd.cluster._streams import ranking
+
+    wall = [1_000.0]
+
+    class Clock:
+        @staticmethod
+        def time() -> float:
+            return wall[0]
+
+    monkeypatch.setattr(_streaming, "time", Clock)
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        nodes = {name: await start(nursery, network, name) for name in ("a", "b", "c")}
+        user = next(
+            u
+            for u in (f"u{i}" for i in range(100))
+            if ranking(user_stream(u), nodes) == ["a", "b", "c"]
+        )
+        sequencer, keeper, reader = nodes["a"], nodes["b"], nodes["c"]
+        await until(
+            lambda: all(
+                len(n.view.nodes) == 3
+                and all(
+                    s.info.get(_cluster.FOLLOWS_PRESENCE)
+                    for s in n.view.nodes.values()
+                    if s.name != n.name
+                )
+                for n in nodes.values()
+            )
+        )
+        stream = user_stream(user)
+        numbered: list[Position | None] = []
+        sequencer.cluster.streams.append(stream, b'"x":1}', "m1", done=numbered.append)
+        await until(lambda: len(keeper.cluster.streams.store.log(stream)) == 1)  # its copy
+        reader.host.hosted.append(user)
+        reader.connect(user)
+        await until(lambda: user in sequencer.view.nodes["c"].users)
+        wall[0] += 5
+        for i in (2, 3):
+            sequencer.cluster.streams.append(stream, b'"x":%d}' % i, f"m{i}")
+        await until(lambda: len(reader.cluster.streams.store.log(stream)) == 2)
+        wall[0] += 5
+        before = len(_entries(keeper.host))  # (its copy of m1, shown to nobody then)
+        assert keeper.cluster.streams.opening(stream) == Position("", 0)
+        keeper.host.hosted.append(user)
+        keeper.connect(user)
+        sequencer.cluster.streams.append(stream, b'"x":4}', "m4", done=numbered.append)
+        await until(lambda: len(_entries(keeper.host)) > before)
+        await trio.sleep(2.0)
+        assert _entries(keeper.host)[before:] == [("entry", (stream, 4))]
+        assert [e.offset for e in keeper.cluster.streams.store.log(stream)] == [1, 2, 3, 4]
+        nursery.cancel_scope.cancel()

@@ -666,7 +666,10 @@ class StreamService:
             self.follow(stream, start)
         for entry in entries:
             self.on_entry(stream, entry)
-        self._since.pop(stream, None)
+        if stream not in self._repairing:
+            # (else a copy kept here for another reason, which stopped short, is repaired:
+            # what the repair brings that was stamped before the sessions began stays unshown)
+            self._since.pop(stream, None)
 
     def known_tail(self, stream: StreamKey) -> Position:
         """The last position of ``stream`` this node holds a copy of (an empty epoch if none):
