@@ -826,14 +826,20 @@ class StreamService:
     async def on_read(self, body: Any, origin: str) -> list[list[Any]]:
         """The handler of :data:`READ` calls (raises ``Gap``): like :meth:`on_tail`, the reader
         is sent the inbox's messages from then on (a session resuming on ``origin`` gets what
-        came before in this answer, and what comes after live)."""
+        came before in this answer, and what comes after live).
+
+        The answer holds what waits for its echo here too (unlike a read on this node,
+        :meth:`_released`): it was published before ``origin`` read, so it would not reach
+        ``origin`` live, and a session there whose position is an empty epoch would never
+        notice it missing. It has left this process by the time the answer does (published
+        first); should this node die, ``origin``, where the session now is, holds one more
+        copy of it for the next sequencer to gather."""
         stream, wire = body
         self._add_reader(stream, origin)  # (and the reader knows it follows this node)
         if self.sequencer_of(stream) == self.name:
             await self._numbering(stream)
         after = None if wire is None else Position(wire[0], wire[1])
-        entries = self._released(stream, self.store.log(stream).since(after))
-        return [entry_to_wire(e) for e in entries]
+        return [entry_to_wire(e) for e in self.store.log(stream).since(after)]
 
     async def on_tail(self, stream: StreamKey, origin: str) -> list[Any]:
         """The handler of :data:`TAIL` calls: the position, and ``origin`` reads the stream
