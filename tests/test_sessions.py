@@ -266,3 +266,33 @@ async def test_a_claim_made_again_by_the_same_node_gets_the_same_answer(
         other = await node.sessions.on_claim([session, "alice"], "nodeC")
     assert first["found"] and again == first
     assert not other["found"]
+
+
+async def test_a_session_resumed_twice_before_its_first_direct_message_still_gets_it(
+    start_node: Callable[..., Any],
+) -> None:
+    """A new session's inbox position is an empty epoch until its first direct message, and a
+    resume replays from it what was numbered since the session *began* (its first welcome, less
+    the clocks' slack), not since its last welcome: a client that resumed, and lost the
+    connection again before it read what was replayed, still holds that position, with the
+    newer token. (Under a frozen node, 400 bench clients reconnecting over and over lost
+    direct messages this way.)"""
+    from roomd.cluster import CLOCK_SLACK
+
+    node: Node = await start_node()
+    with trio.fail_after(15):
+        async with connect(node, "bob") as bob:
+            async with connect(node, "alice") as alice:
+                at = Positions(alice.welcome)
+                assert at.inbox == {"epoch": "", "offset": 0}  # (nothing numbered yet)
+                await drop(alice)
+            await bob.ok("send", {"to": {"user": "alice"}, "data": text("first")})
+            await trio.sleep(CLOCK_SLACK + 0.2)  # (the next welcome is later than the slack)
+            async with resumed(node, "alice", at.resume()) as (again, welcome):
+                assert welcome["replayed"] == 1
+                token = welcome["resumeToken"]
+                await drop(again)  # gone before it read what was replayed
+            async with resumed(node, "alice", at.resume(token)) as (third, welcome):
+                assert welcome["resumed"] is True and welcome["replayed"] == 1
+                push = await third.push("message")
+                assert push["data"]["payload"]["content"] == "first"

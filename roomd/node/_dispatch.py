@@ -194,7 +194,9 @@ class FrameDispatcher:
     ) -> None:
         cfg = self.config
         session = conn.session
-        session.resume_token = self.sessions.token_for(session.id, session.user)
+        if not session.began:  # (a new session; a resumed one keeps when it began)
+            session.began = time.time()
+        session.resume_token = self.sessions.token_for(session.id, session.user, session.began)
         conn.send(
             Welcome(
                 v=PROTOCOL_VERSION,

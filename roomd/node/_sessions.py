@@ -85,6 +85,7 @@ class TokenClaims:
     node: str  # where the session was when the token was issued
     issued: float  # wall-clock time
     epoch: int | None = None  # the life of that node (a node that restarts is a new life)
+    began: float = 0.0  # wall-clock time of the session's first welcome (``issued`` if unsaid)
 
 
 class ResumeTokens:
@@ -95,10 +96,13 @@ class ResumeTokens:
     def __init__(self, secret: str) -> None:
         self._key = hmac.new(secret.encode(), _TOKEN_CONTEXT, hashlib.sha256).digest()
 
-    def issue(self, session: str, user: str, node: str, epoch: int | None = None) -> str:
-        claims: list[Any] = [session, user, node, round(time.time(), 3)]
-        if epoch is not None:
-            claims.append(epoch)
+    def issue(
+        self, session: str, user: str, node: str, epoch: int | None, began: float | None = None
+    ) -> str:
+        """A token for ``session``, held by ``node`` in its life ``epoch``, which began at
+        ``began`` (now, if not given: a new session)."""
+        now = round(time.time(), 3)
+        claims: list[Any] = [session, user, node, now, epoch, now if began is None else began]
         payload = orjson.dumps(claims)
         return f"{_b64(payload)}.{_b64(self._sign(payload))}"
 
@@ -111,12 +115,13 @@ class ResumeTokens:
             if not hmac.compare_digest(_unb64(signature), self._sign(payload)):
                 raise ValueError("bad signature")
             sid, owner, node, issued, *rest = orjson.loads(payload)
-            epoch = int(rest[0]) if rest else None
+            epoch = int(rest[0]) if rest and rest[0] is not None else None
+            began = float(rest[1]) if len(rest) > 1 else float(issued)  # (an earlier version)
         except (ValueError, TypeError, orjson.JSONDecodeError):
             raise ResumeRefused(Reason.INVALID_TOKEN) from None
         if sid != session or owner != user:
             raise ResumeRefused(Reason.INVALID_TOKEN)
-        return TokenClaims(sid, owner, node, float(issued), epoch)
+        return TokenClaims(sid, owner, node, float(issued), epoch, began)
 
     def _sign(self, payload: bytes) -> bytes:
         return hmac.new(self._key, payload, hashlib.sha256).digest()
@@ -223,9 +228,10 @@ class Sessions:
 
     # Resuming ------------------------------------------------------------------------------------
 
-    def token_for(self, session: str, user: str) -> str:
-        """A resume token for ``session``, naming this node and its life."""
-        return self.tokens.issue(session, user, self.name, self.epoch)
+    def token_for(self, session: str, user: str, began: float | None = None) -> str:
+        """A resume token for ``session``, naming this node and its life, and when the session
+        began (now, if not given: a new session)."""
+        return self.tokens.issue(session, user, self.name, self.epoch, began)
 
     async def take(self, conn: Connection, request: ResumeRequest) -> None:
         """Let ``conn`` continue the session ``request`` names: held here (detached, or still
@@ -352,8 +358,13 @@ class Sessions:
         """What ``conn``'s session missed in each stream it follows, from the position the
         client reports there (rooms it is not in any more are joined again). A position taken
         before the stream numbered anything (an empty epoch) is read from its start, but
-        nothing sequenced before the session's last welcome counts as missed."""
-        since = self.tokens.check(request.token, request.session, conn.user).issued - CLOCK_SLACK
+        nothing sequenced before the session began (its first welcome, less
+        :data:`CLOCK_SLACK`) counts as missed: not before its last welcome, since a session
+        that resumed without receiving anything of a stream still holds that position, and
+        what was numbered around a resume may not have reached it."""
+        began = self.tokens.check(request.token, request.session, conn.user).began
+        conn.session.began = began
+        since = began - CLOCK_SLACK
         outcome = Outcome(since=since)
         for position in request.rooms or ():
             key: RoomKey = (position.ns, position.room)

@@ -43,7 +43,16 @@ class Session:
     Resource handling: owns no I/O and no tasks; the transport that holds it drives it.
     """
 
-    __slots__ = ("_dedupe", "_next_request_id", "id", "resume_token", "seq", "state", "user")
+    __slots__ = (
+        "_dedupe",
+        "_next_request_id",
+        "began",
+        "id",
+        "resume_token",
+        "seq",
+        "state",
+        "user",
+    )
 
     def __init__(self, user: str, session_id: str | None = None) -> None:
         self.user = user
@@ -51,6 +60,9 @@ class Session:
         self.resume_token = secrets.token_urlsafe(24)
         self.state = SessionState.HANDSHAKE
         self.seq = 0  # last sequence number given to a reliable push
+        # wall-clock time of the session's first welcome (kept across resumes, in its token):
+        # what a stream numbered before then is not missed by it
+        self.began = 0.0
         self._next_request_id = 0
         self._dedupe: collections.OrderedDict[str, Any] | None = None
 
