@@ -63,7 +63,7 @@ def _node_key(node: str) -> bytes:
 def _score(node: str, key: bytes) -> int:
     """``node``'s rendezvous score for the stream named ``key`` (encoded): the highest numbers
     it."""
-    return int.from_bytes(hashlib.blake2b(_node_key(node) + key, digest_size=8).digest())
+    return int.from_bytes(hashlib.blake2b(_node_key(node) + key, digest_size=8).digest(), "big")
 
 
 def ranking(stream: StreamKey, nodes: Iterable[str]) -> list[str]:
