@@ -35,6 +35,8 @@ from ._workloads import MARGIN, Bench
 
 ROOM: Final = "faults"
 SETTLE: Final = 1.0  # seconds after the joins, for every node to know every member
+OPEN_S: Final = 60.0  # seconds the clients get to connect and join, at least
+OPEN_PER_USER_S: Final = 0.15  # and per user (800 users: 120 s)
 COLLECT: Final = 30.0  # seconds the clients get to receive what was acknowledged
 STOP_S: Final = 8.0  # fault-stop: how long the node is frozen
 BROKER_DOWN_S: Final = 3.0  # fault-broker-kill: how long the broker is gone
@@ -64,7 +66,10 @@ async def run_fault(bench: Bench, name: str, control: ClusterControl | None) -> 
     urls = [_url(n) for n in nodes]
     (driver,) = bench.drivers
     opening = {"cmd": "open", "users": [[u, _url(homes[u])] for u in users], "urls": urls}
-    await driver.request(opening | CLIENT | {"room": ROOM, "timeout": 60.0}, 60.0 + MARGIN)
+    # (each join is pushed to the members before it: opening grows with the square of the users)
+    opened_within = max(OPEN_S, OPEN_PER_USER_S * len(users))
+    request = opening | CLIENT | {"room": ROOM, "timeout": opened_within}
+    await driver.request(request, opened_within + MARGIN)
     await trio.sleep(SETTLE)
     per_user = len(users)
     every = {"room_every": per_user / s.fault_room_rate, "dm_every": per_user / s.fault_dm_rate}
