@@ -1246,3 +1246,49 @@ async def test_a_read_from_another_node_gets_what_waits_for_its_echo(
         await sequencer.cluster._on_batch(echoes)
         assert _entries(sequencer.host) == [("entry", (stream, 1))] and len(numbered) == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_a_second_session_holds_nothing_back_from_the_first(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node shows a new session only what was stamped after it began, but only when it is
+    the user's first session there: a second one must not hold back from the first a message
+    that was on its way (stamped well before the second began)."""
+    from roomd.cluster import _streaming
+
+    wall = [1_000.0]
+
+    class Clock:
+        @staticmethod
+        def time() -> float:
+            return wall[0]
+
+    monkeypatch.setattr(_streaming, "time", Clock)
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        user, sequencer, _, reader = await _trio_for_an_inbox(nursery, network)
+        stream = user_stream(user)
+        streams = reader.cluster.streams
+        assert streams.opening(stream) == Position("", 0)  # the first session
+        reader.host.hosted.append(user)
+        reader.connect(user)
+        await until(lambda: user in sequencer.view.nodes["b"].users)
+        wall[0] += _streaming.SINCE_MEMORY
+        streams.settle(wall[0])  # (its sequencer had nothing to say: an empty inbox)
+        on_the_way: list[bytes] = []
+
+        def delay(to: str, message: bytes) -> bool:
+            if to == "b" and decode(message).kind == Kind.ENTRY:
+                on_the_way.append(message)
+                return False
+            return True
+
+        network.filter = delay
+        sequencer.cluster.streams.append(stream, b'"x":1}', "m1")
+        await until(lambda: bool(on_the_way))
+        wall[0] += 5 * _streaming.CLOCK_SLACK
+        assert streams.opening(stream, read_here=True) == Position("", 0)  # the second one
+        network.filter = None
+        await reader.cluster._on_batch(on_the_way)
+        assert _entries(reader.host) == [("entry", (stream, 1))]
+        nursery.cancel_scope.cancel()

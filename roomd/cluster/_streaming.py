@@ -585,9 +585,11 @@ class StreamService:
         node can say at once; else ``None`` (ask the sequencer: :meth:`tail`).
 
         - This node numbers the stream: the position here.
-        - This node reads it already (``read_here``: the user has another session here, and
-          this node told the sequencer): the last position it holds; what comes after
-          reaches it.
+        - This node reads it already (``read_here``: the user has another session here): the
+          last position it holds, if it told the sequencer and its copy has a start; else an
+          empty epoch. What comes after reaches it; and nothing is held back from the other
+          session (only a user's first session here is shown nothing stamped before it
+          began).
         - Its sequencer learns of this node's readers from presence (a node of this version):
           an empty epoch. The presence delta that announces the user here (it leaves within
           ``DELTA_WINDOW``) makes the sequencer tell this node where its copy starts, with
@@ -602,15 +604,18 @@ class StreamService:
         if position is not None:
             return position
         sequencer = self.sequencer_of(stream)
-        log_ = self.store.logs.get(stream)
-        if (
-            read_here
-            and self._followed.get(stream) == sequencer
-            and stream not in self._since
-            and log_ is not None
-            and (len(log_) or log_.start)
-        ):
-            return self.known_tail(stream)
+        if read_here:
+            log_ = self.store.logs.get(stream)
+            if (
+                self._followed.get(stream) == sequencer
+                and stream not in self._since
+                and log_ is not None
+                and (len(log_) or log_.start)
+            ):
+                return self.known_tail(stream)
+            # (what comes reaches this node for the other session, and this one with it; what
+            # is on its way, however old, must still reach that one: nothing is held back)
+            return Position("", 0) if self.follows_presence(sequencer) else None
         if not self.follows_presence(sequencer):
             return None  # (a node of an earlier version: it is asked)
         self._since.setdefault(stream, time.time())
