@@ -31,6 +31,7 @@ from roomd.cluster import (
     Position,
     UserOffline,
     _cluster,
+    _streaming,
     room_stream,
     user_stream,
 )
@@ -894,6 +895,31 @@ async def test_unconfirmed_appends_are_sent_again_in_deadline_order() -> None:
     assert done == [("m2", None), ("m1", None), ("m3", None)]  # (in deadline order)
 
 
+@pytest.fixture
+def wall(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The streams' wall clock, by hand (``wall[0]``): what a message is stamped with, and
+    when a session began."""
+    now = [1_000.0]
+
+    class Clock:
+        @staticmethod
+        def time() -> float:
+            return now[0]
+
+    monkeypatch.setattr(_streaming, "time", Clock)
+    return now
+
+
+def _first_session(node: SimNode, user: str) -> str:
+    """A first session of ``user`` on ``node``, which learns of its inbox from presence (no
+    call: an empty epoch); the inbox's stream."""
+    stream = user_stream(user)
+    assert node.cluster.streams.opening(stream) == Position("", 0)
+    node.host.hosted.append(user)
+    node.connect(user)
+    return stream
+
+
 async def _trio_for_an_inbox(
     nursery: trio.Nursery, network: MemoryNetwork
 ) -> tuple[str, SimNode, SimNode, SimNode]:
@@ -950,73 +976,61 @@ async def test_a_new_session_gets_what_its_inbox_got_before_the_sequencer_heard_
     node where its copy starts and what it numbered meanwhile. A message numbered after the
     welcome, before the sequencer heard, reaches the session once; then the next, in order."""
     network = MemoryNetwork()
-    async with trio.open_nursery() as nursery:
-        user, sequencer, _, reader = await _trio_for_an_inbox(nursery, network)
-        stream = user_stream(user)
-        held = _hold_presence(network, "b", "a")
-        calls_before = network.kinds("b").count(Kind.CALL)
-        assert reader.cluster.streams.opening(stream) == Position("", 0)
-        reader.host.hosted.append(user)
-        reader.connect(user)
-        await until(lambda: bool(held))  # the delta left; the sequencer has not heard
-        numbered: list[Position | None] = []
-        sequencer.cluster.streams.append(stream, b'"x":1}', "m1", done=numbered.append)
-        await until(lambda: bool(numbered))
-        assert user not in sequencer.view.nodes["b"].users
-        network.filter = None
-        await sequencer.cluster._on_batch(held)
-        await until(lambda: bool(_entries(reader.host)))
-        sequencer.cluster.streams.append(stream, b'"x":2}', "m2")
-        await until(lambda: len(_entries(reader.host)) == 2)
-        await trio.sleep(1.0)
-        assert _entries(reader.host) == [("entry", (stream, 1)), ("entry", (stream, 2))]
-        assert network.kinds("b").count(Kind.CALL) == calls_before  # nobody was asked
-        assert reader.cluster.streams.store.log(stream).start == 0  # where the sequencer said
-        # a second session of the user there: the node reads the inbox, and knows where it is
-        last = reader.cluster.streams.store.log(stream).last
-        assert last is not None
-        assert reader.cluster.streams.opening(stream, read_here=True) == last.position
-        nursery.cancel_scope.cancel()
+    with trio.fail_after(120):  # (virtual seconds)
+        async with trio.open_nursery() as nursery:
+            user, sequencer, _, reader = await _trio_for_an_inbox(nursery, network)
+            stream = user_stream(user)
+            held = _hold_presence(network, "b", "a")
+            calls_before = network.kinds("b").count(Kind.CALL)
+            _first_session(reader, user)
+            await until(lambda: bool(held))  # the delta left; the sequencer has not heard
+            numbered: list[Position | None] = []
+            sequencer.cluster.streams.append(stream, b'"x":1}', "m1", done=numbered.append)
+            await until(lambda: bool(numbered))
+            assert user not in sequencer.view.nodes["b"].users
+            network.filter = None
+            await sequencer.cluster._on_batch(held)
+            await until(lambda: bool(_entries(reader.host)))
+            sequencer.cluster.streams.append(stream, b'"x":2}', "m2")
+            await until(lambda: len(_entries(reader.host)) == 2)
+            await trio.sleep(1.0)
+            assert _entries(reader.host) == [("entry", (stream, 1)), ("entry", (stream, 2))]
+            assert network.kinds("b").count(Kind.CALL) == calls_before  # nobody was asked
+            assert reader.cluster.streams.store.log(stream).start == 0  # where the sequencer said
+            # a second session of the user there: the node reads the inbox, and knows where it is
+            last = reader.cluster.streams.store.log(stream).last
+            assert last is not None
+            assert reader.cluster.streams.opening(stream, read_here=True) == last.position
+            nursery.cancel_scope.cancel()
 
 
 async def test_a_new_session_is_not_shown_what_came_before_it(
-    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+    autojump_clock: trio.testing.MockClock, wall: list[float]
 ) -> None:
     """The sequencer sends a little more than the new session's node may have missed (it
     cannot know when the session began): that node shows the session only what was stamped
     after it began, less the clocks' slack, as a resume from an empty epoch would."""
-    from roomd.cluster import _streaming
-
-    wall = [1_000.0]
-
-    class Clock:
-        @staticmethod
-        def time() -> float:
-            return wall[0]
-
-    monkeypatch.setattr(_streaming, "time", Clock)
     network = MemoryNetwork()
-    async with trio.open_nursery() as nursery:
-        user, sequencer, _, reader = await _trio_for_an_inbox(nursery, network)
-        stream = user_stream(user)
-        numbered: list[Position | None] = []
-        sequencer.cluster.streams.append(stream, b'"x":1}', "old", done=numbered.append)
-        await until(lambda: bool(numbered))
-        wall[0] += _streaming.CLOCK_SLACK + 0.5  # within what the sequencer sends, not after
-        held = _hold_presence(network, "b", "a")
-        assert reader.cluster.streams.opening(stream) == Position("", 0)
-        reader.host.hosted.append(user)
-        reader.connect(user)
-        await until(lambda: bool(held))
-        sequencer.cluster.streams.append(stream, b'"x":2}', "new", done=numbered.append)
-        await until(lambda: len(numbered) == 2)
-        network.filter = None
-        await sequencer.cluster._on_batch(held)
-        await until(lambda: bool(_entries(reader.host)))
-        await trio.sleep(1.0)
-        assert _entries(reader.host) == [("entry", (stream, 2))]
-        assert [e.offset for e in reader.cluster.streams.store.log(stream)] == [1, 2]
-        nursery.cancel_scope.cancel()
+    with trio.fail_after(120):  # (virtual seconds)
+        async with trio.open_nursery() as nursery:
+            user, sequencer, _, reader = await _trio_for_an_inbox(nursery, network)
+            stream = user_stream(user)
+            numbered: list[Position | None] = []
+            sequencer.cluster.streams.append(stream, b'"x":1}', "old", done=numbered.append)
+            await until(lambda: bool(numbered))
+            wall[0] += _streaming.CLOCK_SLACK + 0.5  # within what the sequencer sends, not after
+            held = _hold_presence(network, "b", "a")
+            _first_session(reader, user)
+            await until(lambda: bool(held))
+            sequencer.cluster.streams.append(stream, b'"x":2}', "new", done=numbered.append)
+            await until(lambda: len(numbered) == 2)
+            network.filter = None
+            await sequencer.cluster._on_batch(held)
+            await until(lambda: bool(_entries(reader.host)))
+            await trio.sleep(1.0)
+            assert _entries(reader.host) == [("entry", (stream, 2))]
+            assert [e.offset for e in reader.cluster.streams.store.log(stream)] == [1, 2]
+            nursery.cancel_scope.cancel()
 
 
 async def test_a_new_session_whose_inbox_sequencer_died_before_hearing_of_it_loses_nothing(
@@ -1027,27 +1041,26 @@ async def test_a_new_session_whose_inbox_sequencer_died_before_hearing_of_it_los
     session's node reads the inbox whole from that node once it numbers it: the message
     reaches the session, once."""
     network = MemoryNetwork()
-    async with trio.open_nursery() as nursery:
-        user, sequencer, successor, reader = await _trio_for_an_inbox(nursery, network)
-        stream = user_stream(user)
-        held = _hold_presence(network, "b", "a")
-        assert reader.cluster.streams.opening(stream) == Position("", 0)
-        reader.host.hosted.append(user)
-        reader.connect(user)
-        await until(lambda: bool(held))
-        numbered: list[Position | None] = []
-        sequencer.cluster.streams.append(stream, b'"x":1}', "m1", done=numbered.append)
-        await until(
-            lambda: bool(numbered) and len(successor.cluster.streams.store.log(stream)) == 1
-        )
-        sequencer.crash()
-        await until(lambda: "a" not in reader.view.nodes and "a" not in successor.view.nodes)
-        await until(lambda: bool(_entries(reader.host)))
-        successor.cluster.streams.append(stream, b'"x":2}', "m2")
-        await until(lambda: len(_entries(reader.host)) == 2)
-        await trio.sleep(1.0)
-        assert _entries(reader.host) == [("entry", (stream, 1)), ("entry", (stream, 2))]
-        nursery.cancel_scope.cancel()
+    with trio.fail_after(120):  # (virtual seconds)
+        async with trio.open_nursery() as nursery:
+            user, sequencer, successor, reader = await _trio_for_an_inbox(nursery, network)
+            stream = user_stream(user)
+            held = _hold_presence(network, "b", "a")
+            _first_session(reader, user)
+            await until(lambda: bool(held))
+            numbered: list[Position | None] = []
+            sequencer.cluster.streams.append(stream, b'"x":1}', "m1", done=numbered.append)
+            await until(
+                lambda: bool(numbered) and len(successor.cluster.streams.store.log(stream)) == 1
+            )
+            sequencer.crash()
+            await until(lambda: "a" not in reader.view.nodes and "a" not in successor.view.nodes)
+            await until(lambda: bool(_entries(reader.host)))
+            successor.cluster.streams.append(stream, b'"x":2}', "m2")
+            await until(lambda: len(_entries(reader.host)) == 2)
+            await trio.sleep(1.0)
+            assert _entries(reader.host) == [("entry", (stream, 1)), ("entry", (stream, 2))]
+            nursery.cancel_scope.cancel()
 
 
 async def test_a_sequencer_of_an_earlier_version_is_asked_for_a_new_sessions_position(
@@ -1056,13 +1069,14 @@ async def test_a_sequencer_of_an_earlier_version_is_asked_for_a_new_sessions_pos
     """A node whose heartbeats do not say it sends an inbox's start by presence (an earlier
     version) is asked, as before: nothing is taken for granted of it."""
     network = MemoryNetwork()
-    async with trio.open_nursery() as nursery:
-        user, _, _, reader = await _trio_for_an_inbox(nursery, network)
-        stream = user_stream(user)
-        del reader.view.nodes["a"].info[_cluster.FOLLOWS_PRESENCE]
-        assert reader.cluster.streams.opening(stream) is None
-        assert await reader.cluster.streams.tail(stream) == Position("", 0)
-        nursery.cancel_scope.cancel()
+    with trio.fail_after(120):  # (virtual seconds)
+        async with trio.open_nursery() as nursery:
+            user, _, _, reader = await _trio_for_an_inbox(nursery, network)
+            stream = user_stream(user)
+            del reader.view.nodes["a"].info[_cluster.FOLLOWS_PRESENCE]
+            assert reader.cluster.streams.opening(stream) is None
+            assert await reader.cluster.streams.tail(stream) == Position("", 0)
+            nursery.cancel_scope.cancel()
 
 
 async def test_a_sequencer_that_hears_of_a_new_session_by_snapshot_sends_what_it_missed(
@@ -1072,34 +1086,33 @@ async def test_a_sequencer_that_hears_of_a_new_session_by_snapshot_sends_what_it
     user's inbox: the sequencer sees the gap at the next heartbeat, and the snapshot it asks
     for tells it of the user; it sends the session's node what it numbered meanwhile."""
     network = MemoryNetwork()
-    async with trio.open_nursery() as nursery:
-        user, sequencer, _, reader = await _trio_for_an_inbox(nursery, network)
-        stream = user_stream(user)
-        lost: list[bytes] = []
+    with trio.fail_after(120):  # (virtual seconds)
+        async with trio.open_nursery() as nursery:
+            user, sequencer, _, reader = await _trio_for_an_inbox(nursery, network)
+            stream = user_stream(user)
+            lost: list[bytes] = []
 
-        def lose_the_delta(to: str, message: bytes) -> bool:
-            envelope = decode(message)
-            if to == "a" and envelope.node == "b" and envelope.kind == Kind.DELTAS:
-                lost.append(message)
-                return False
-            return True
+            def lose_the_delta(to: str, message: bytes) -> bool:
+                envelope = decode(message)
+                if to == "a" and envelope.node == "b" and envelope.kind == Kind.DELTAS:
+                    lost.append(message)
+                    return False
+                return True
 
-        network.filter = lose_the_delta
-        asked = sequencer.cluster.snapshots_requested
-        assert reader.cluster.streams.opening(stream) == Position("", 0)
-        reader.host.hosted.append(user)
-        reader.connect(user)
-        await until(lambda: bool(lost))
-        numbered: list[Position | None] = []
-        sequencer.cluster.streams.append(stream, b'"x":1}', "m1", done=numbered.append)
-        await until(lambda: bool(numbered))
-        await until(lambda: bool(_entries(reader.host)))
-        assert sequencer.cluster.snapshots_requested == asked + 1
-        sequencer.cluster.streams.append(stream, b'"x":2}', "m2")
-        await until(lambda: len(_entries(reader.host)) == 2)
-        await trio.sleep(1.0)
-        assert _entries(reader.host) == [("entry", (stream, 1)), ("entry", (stream, 2))]
-        nursery.cancel_scope.cancel()
+            network.filter = lose_the_delta
+            asked = sequencer.cluster.snapshots_requested
+            _first_session(reader, user)
+            await until(lambda: bool(lost))
+            numbered: list[Position | None] = []
+            sequencer.cluster.streams.append(stream, b'"x":1}', "m1", done=numbered.append)
+            await until(lambda: bool(numbered))
+            await until(lambda: bool(_entries(reader.host)))
+            assert sequencer.cluster.snapshots_requested == asked + 1
+            sequencer.cluster.streams.append(stream, b'"x":2}', "m2")
+            await until(lambda: len(_entries(reader.host)) == 2)
+            await trio.sleep(1.0)
+            assert _entries(reader.host) == [("entry", (stream, 1)), ("entry", (stream, 2))]
+            nursery.cancel_scope.cancel()
 
 
 def test_the_ranking_of_a_stream_is_blake2b_of_node_and_stream() -> None:
@@ -1129,87 +1142,76 @@ async def test_a_new_session_costs_no_message_when_its_inbox_is_empty(
     from roomd.cluster._streaming import SINCE_MEMORY
 
     network = MemoryNetwork()
-    async with trio.open_nursery() as nursery:
-        user, sequencer, _, reader = await _trio_for_an_inbox(nursery, network)
-        stream = user_stream(user)
-        streams = reader.cluster.streams
-        assert streams.opening(stream) == Position("", 0)
-        reader.host.hosted.append(user)
-        reader.connect(user)
-        await until(lambda: user in sequencer.view.nodes["b"].users)
-        await trio.sleep(1.0)
-        assert Kind.FOLLOWED not in network.kinds("a")
-        streams.settle(time.time() + SINCE_MEMORY - 1)
-        assert stream in streams._since  # (still waiting)
-        streams.settle(time.time() + SINCE_MEMORY)
-        assert not streams._since
-        sequencer.cluster.streams.append(stream, b'"x":1}', "m1")
-        await until(lambda: bool(_entries(reader.host)))
-        await trio.sleep(1.0)
-        assert _entries(reader.host) == [("entry", (stream, 1))]
-        nursery.cancel_scope.cancel()
+    with trio.fail_after(120):  # (virtual seconds)
+        async with trio.open_nursery() as nursery:
+            user, sequencer, _, reader = await _trio_for_an_inbox(nursery, network)
+            stream = user_stream(user)
+            streams = reader.cluster.streams
+            _first_session(reader, user)
+            await until(lambda: user in sequencer.view.nodes["b"].users)
+            await trio.sleep(1.0)
+            assert Kind.FOLLOWED not in network.kinds("a")
+            streams.settle(time.time() + SINCE_MEMORY - 1)
+            assert stream in streams._since  # (still waiting)
+            streams.settle(time.time() + SINCE_MEMORY)
+            assert not streams._since
+            sequencer.cluster.streams.append(stream, b'"x":1}', "m1")
+            await until(lambda: bool(_entries(reader.host)))
+            await trio.sleep(1.0)
+            assert _entries(reader.host) == [("entry", (stream, 1))]
+            nursery.cancel_scope.cancel()
 
 
 async def test_a_stale_copy_of_an_inbox_shows_a_new_session_nothing_from_before_it(
-    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+    autojump_clock: trio.testing.MockClock, wall: list[float]
 ) -> None:
     """A node kept a copy of an inbox while nobody read it (as its sequencer's successor),
     then the user connected elsewhere and the copy stopped. A new session of the user on that
     node: what the sequencer sends starts past the copy's end, the node repairs the hole, and
     what the repair brings from before the session began is kept but not shown."""
-    from roomd.cluster import _streaming
     from roomd.cluster._streams import ranking
 
-    wall = [1_000.0]
-
-    class Clock:
-        @staticmethod
-        def time() -> float:
-            return wall[0]
-
-    monkeypatch.setattr(_streaming, "time", Clock)
     network = MemoryNetwork()
-    async with trio.open_nursery() as nursery:
-        nodes = {name: await start(nursery, network, name) for name in ("a", "b", "c")}
-        user = next(
-            u
-            for u in (f"u{i}" for i in range(100))
-            if ranking(user_stream(u), nodes) == ["a", "b", "c"]
-        )
-        sequencer, keeper, reader = nodes["a"], nodes["b"], nodes["c"]
-        await until(
-            lambda: all(
-                len(n.view.nodes) == 3
-                and all(
-                    s.info.get(_cluster.FOLLOWS_PRESENCE)
-                    for s in n.view.nodes.values()
-                    if s.name != n.name
-                )
-                for n in nodes.values()
+    with trio.fail_after(120):  # (virtual seconds)
+        async with trio.open_nursery() as nursery:
+            nodes = {name: await start(nursery, network, name) for name in ("a", "b", "c")}
+            user = next(
+                u
+                for u in (f"u{i}" for i in range(100))
+                if ranking(user_stream(u), nodes) == ["a", "b", "c"]
             )
-        )
-        stream = user_stream(user)
-        numbered: list[Position | None] = []
-        sequencer.cluster.streams.append(stream, b'"x":1}', "m1", done=numbered.append)
-        await until(lambda: len(keeper.cluster.streams.store.log(stream)) == 1)  # its copy
-        reader.host.hosted.append(user)
-        reader.connect(user)
-        await until(lambda: user in sequencer.view.nodes["c"].users)
-        wall[0] += 5
-        for i in (2, 3):
-            sequencer.cluster.streams.append(stream, b'"x":%d}' % i, f"m{i}")
-        await until(lambda: len(reader.cluster.streams.store.log(stream)) == 2)
-        wall[0] += 5
-        before = len(_entries(keeper.host))  # (its copy of m1, shown to nobody then)
-        assert keeper.cluster.streams.opening(stream) == Position("", 0)
-        keeper.host.hosted.append(user)
-        keeper.connect(user)
-        sequencer.cluster.streams.append(stream, b'"x":4}', "m4", done=numbered.append)
-        await until(lambda: len(_entries(keeper.host)) > before)
-        await trio.sleep(2.0)
-        assert _entries(keeper.host)[before:] == [("entry", (stream, 4))]
-        assert [e.offset for e in keeper.cluster.streams.store.log(stream)] == [1, 2, 3, 4]
-        nursery.cancel_scope.cancel()
+            sequencer, keeper, reader = nodes["a"], nodes["b"], nodes["c"]
+            await until(
+                lambda: all(
+                    len(n.view.nodes) == 3
+                    and all(
+                        s.info.get(_cluster.FOLLOWS_PRESENCE)
+                        for s in n.view.nodes.values()
+                        if s.name != n.name
+                    )
+                    for n in nodes.values()
+                )
+            )
+            stream = user_stream(user)
+            numbered: list[Position | None] = []
+            sequencer.cluster.streams.append(stream, b'"x":1}', "m1", done=numbered.append)
+            await until(lambda: len(keeper.cluster.streams.store.log(stream)) == 1)  # its copy
+            reader.host.hosted.append(user)
+            reader.connect(user)
+            await until(lambda: user in sequencer.view.nodes["c"].users)
+            wall[0] += 5
+            for i in (2, 3):
+                sequencer.cluster.streams.append(stream, b'"x":%d}' % i, f"m{i}")
+            await until(lambda: len(reader.cluster.streams.store.log(stream)) == 2)
+            wall[0] += 5
+            before = len(_entries(keeper.host))  # (its copy of m1, shown to nobody then)
+            _first_session(keeper, user)
+            sequencer.cluster.streams.append(stream, b'"x":4}', "m4", done=numbered.append)
+            await until(lambda: len(_entries(keeper.host)) > before)
+            await trio.sleep(2.0)
+            assert _entries(keeper.host)[before:] == [("entry", (stream, 4))]
+            assert [e.offset for e in keeper.cluster.streams.store.log(stream)] == [1, 2, 3, 4]
+            nursery.cancel_scope.cancel()
 
 
 async def test_a_read_from_another_node_gets_what_waits_for_its_echo(
@@ -1221,74 +1223,64 @@ async def test_a_read_from_another_node_gets_what_waits_for_its_echo(
     is an empty epoch (no message yet) has no hole to notice (a bench of 400 users under a
     frozen node lost the first direct message of 64 of them this way)."""
     network = MemoryNetwork()
-    async with trio.open_nursery() as nursery:
-        user, sequencer, _, reader = await _trio_for_an_inbox(nursery, network)
-        stream = user_stream(user)
-        sequencer.host.hosted.append(user)
-        sequencer.connect(user)  # (its readers there wait for the echo)
-        await until(lambda: user in reader.view.nodes["a"].users)
-        echoes: list[bytes] = []
+    with trio.fail_after(120):  # (virtual seconds)
+        async with trio.open_nursery() as nursery:
+            user, sequencer, _, reader = await _trio_for_an_inbox(nursery, network)
+            stream = user_stream(user)
+            sequencer.host.hosted.append(user)
+            sequencer.connect(user)  # (its readers there wait for the echo)
+            await until(lambda: user in reader.view.nodes["a"].users)
+            echoes: list[bytes] = []
 
-        def hold_echo(to: str, message: bytes) -> bool:
-            if to == "a" and decode(message).node == "a" and decode(message).kind == Kind.ENTRY:
-                echoes.append(message)
-                return False
-            return True
+            def hold_echo(to: str, message: bytes) -> bool:
+                if to == "a" and decode(message).node == "a" and decode(message).kind == Kind.ENTRY:
+                    echoes.append(message)
+                    return False
+                return True
 
-        network.filter = hold_echo
-        numbered: list[Position | None] = []
-        sequencer.cluster.streams.append(stream, b'"x":1}', "m1", done=numbered.append)
-        await until(lambda: bool(echoes))
-        assert not numbered and not _entries(sequencer.host)  # (shown there once it is back)
-        entries = await reader.cluster.streams.read(stream, Position("", 0))
-        assert [e.offset for e in entries] == [1]
-        network.filter = None
-        await sequencer.cluster._on_batch(echoes)
-        assert _entries(sequencer.host) == [("entry", (stream, 1))] and len(numbered) == 1
-        nursery.cancel_scope.cancel()
+            network.filter = hold_echo
+            numbered: list[Position | None] = []
+            sequencer.cluster.streams.append(stream, b'"x":1}', "m1", done=numbered.append)
+            await until(lambda: bool(echoes))
+            assert not numbered and not _entries(sequencer.host)  # (shown there once it is back)
+            entries = await reader.cluster.streams.read(stream, Position("", 0))
+            assert [e.offset for e in entries] == [1]
+            network.filter = None
+            await sequencer.cluster._on_batch(echoes)
+            assert _entries(sequencer.host) == [("entry", (stream, 1))] and len(numbered) == 1
+            nursery.cancel_scope.cancel()
 
 
 async def test_a_second_session_holds_nothing_back_from_the_first(
-    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+    autojump_clock: trio.testing.MockClock, wall: list[float]
 ) -> None:
     """A node shows a new session only what was stamped after it began, but only when it is
     the user's first session there: a second one must not hold back from the first a message
     that was on its way (stamped well before the second began)."""
-    from roomd.cluster import _streaming
-
-    wall = [1_000.0]
-
-    class Clock:
-        @staticmethod
-        def time() -> float:
-            return wall[0]
-
-    monkeypatch.setattr(_streaming, "time", Clock)
     network = MemoryNetwork()
-    async with trio.open_nursery() as nursery:
-        user, sequencer, _, reader = await _trio_for_an_inbox(nursery, network)
-        stream = user_stream(user)
-        streams = reader.cluster.streams
-        assert streams.opening(stream) == Position("", 0)  # the first session
-        reader.host.hosted.append(user)
-        reader.connect(user)
-        await until(lambda: user in sequencer.view.nodes["b"].users)
-        wall[0] += _streaming.SINCE_MEMORY
-        streams.settle(wall[0])  # (its sequencer had nothing to say: an empty inbox)
-        on_the_way: list[bytes] = []
+    with trio.fail_after(120):  # (virtual seconds)
+        async with trio.open_nursery() as nursery:
+            user, sequencer, _, reader = await _trio_for_an_inbox(nursery, network)
+            stream = user_stream(user)
+            streams = reader.cluster.streams
+            _first_session(reader, user)  # the first session
+            await until(lambda: user in sequencer.view.nodes["b"].users)
+            wall[0] += _streaming.SINCE_MEMORY
+            streams.settle(wall[0])  # (its sequencer had nothing to say: an empty inbox)
+            on_the_way: list[bytes] = []
 
-        def delay(to: str, message: bytes) -> bool:
-            if to == "b" and decode(message).kind == Kind.ENTRY:
-                on_the_way.append(message)
-                return False
-            return True
+            def delay(to: str, message: bytes) -> bool:
+                if to == "b" and decode(message).kind == Kind.ENTRY:
+                    on_the_way.append(message)
+                    return False
+                return True
 
-        network.filter = delay
-        sequencer.cluster.streams.append(stream, b'"x":1}', "m1")
-        await until(lambda: bool(on_the_way))
-        wall[0] += 5 * _streaming.CLOCK_SLACK
-        assert streams.opening(stream, read_here=True) == Position("", 0)  # the second one
-        network.filter = None
-        await reader.cluster._on_batch(on_the_way)
-        assert _entries(reader.host) == [("entry", (stream, 1))]
-        nursery.cancel_scope.cancel()
+            network.filter = delay
+            sequencer.cluster.streams.append(stream, b'"x":1}', "m1")
+            await until(lambda: bool(on_the_way))
+            wall[0] += 5 * _streaming.CLOCK_SLACK
+            assert streams.opening(stream, read_here=True) == Position("", 0)  # the second one
+            network.filter = None
+            await reader.cluster._on_batch(on_the_way)
+            assert _entries(reader.host) == [("entry", (stream, 1))]
+            nursery.cancel_scope.cancel()
