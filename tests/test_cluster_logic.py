@@ -857,6 +857,7 @@ async def test_unconfirmed_appends_are_sent_again_in_deadline_order() -> None:
         confirm=lambda *args: None,
         call=never,
         gather=never,
+        send_followed=lambda *args: None,
     )
     sequencer = {"u:a": "s1", "u:b": "s2", "u:c": "s1"}
     service = StreamService(

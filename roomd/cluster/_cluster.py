@@ -701,7 +701,7 @@ class Cluster:
             first, deltas = body
             asked, effects = False, list[Effect]()
             before = self.view.nodes.get(env.node)
-            came: list[str] | None = None
+            came: list[str] = []
             for i, wire in enumerate(deltas):
                 delta = delta_from_wire(wire)
                 if (
@@ -709,12 +709,12 @@ class Cluster:
                     and delta.count
                     and (before is None or delta.user not in before.users)
                 ):
-                    came = [delta.user] if came is None else [*came, delta.user]
+                    came.append(delta.user)
                 wants, more = self.view.delta(env.node, env.epoch, first + i, delta, now)
                 asked = asked or wants
                 effects.extend(more)
             self._after(env.node, asked, effects)
-            if came is not None:
+            if came:
                 self._arrived(env.node, came)
         elif kind == Kind.HEARTBEAT:
             self._track(env)
@@ -750,7 +750,7 @@ class Cluster:
         of each one's inbox tells ``node`` where its copy starts (see
         :meth:`StreamService.arrived`)."""
         state = self.view.nodes.get(node)
-        if state is None or not self._follows_presence(node):
+        if state is None:
             return
         late = self._late.get(node, 0.0)
         # Only the inboxes this node has numbered (StreamService.arrived): not a ranking asked

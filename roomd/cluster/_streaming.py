@@ -93,7 +93,7 @@ class Outbound:
         confirm: Callable[[str, StreamKey, str, Position], None],
         call: Callable[[str, str, Any], Awaitable[Any]],
         gather: Callable[[StreamKey], Awaitable[dict[str, list[Any]]]],
-        send_followed: Callable[[str, StreamKey, Position | None, list[Entry]], None] | None = None,
+        send_followed: Callable[[str, StreamKey, Position | None, list[Entry]], None],
     ) -> None:
         self.publish_entry = publish_entry
         self.send_followed = send_followed
@@ -645,7 +645,6 @@ class StreamService:
         outbound = self.outbound
         if (
             outbound is None
-            or outbound.send_followed is None
             or not self.follows_presence(node)
             or self.sequencer_of(stream) != self.name
         ):
