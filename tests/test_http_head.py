@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import string
 
 import pytest
 from hypothesis import given, settings
@@ -64,3 +65,47 @@ def test_host_is_required_once_in_http_1_1() -> None:
         parse_head(b"GET / HTTP/1.1\r\nHost: a\r\nhost: b")
     assert parse_head(b"GET / HTTP/1.0").version == "HTTP/1.0"
     assert parse_head(b"GET / HTTP/1.1\r\nHost: a").version == "HTTP/1.1"
+
+
+@pytest.mark.parametrize(
+    ("head", "why"),
+    [
+        (b"GET\n /ws HTTP/1.1\r\nHost: h", "malformed request line"),
+        (b"GET /ws HTTP/1.1\r\nHost\n: h", "malformed header field"),
+        (b"GET /ws HTTP/1.1\r\nHost: h\nX: y", "control characters"),
+        (b"GET /ws HTTP/1.1\r\nHost: h\rX: y", "control characters"),
+    ],
+)
+def test_a_lone_line_break_is_refused_where_it_stands(head: bytes, why: str) -> None:
+    with pytest.raises(BadRequest, match=why):
+        parse_head(head)
+
+
+_NAME = st.text("!#$%&'*+-.^_`|~" + string.ascii_letters + string.digits, min_size=1, max_size=12)
+# A value as sent: no control character but tab, and neither spaces nor tabs at its ends.
+_VALUE = st.text(
+    st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f")
+    | st.just("\t"),
+    max_size=20,
+).map(lambda v: v.strip(" \t"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(_NAME, _VALUE, st.sampled_from(["", " ", "\t", "  \t"])), max_size=8),
+    st.sampled_from(["/", "/ws?user=a%20b&x=1", "/health#frag", "/\u00e9"]),
+)
+def test_well_formed_fields_are_read_back(
+    fields: list[tuple[str, str, str]], target: str
+) -> None:
+    """Each field's value comes back as sent, whatever spaces and tabs surround it, repeated
+    fields joined; the path and query are the target's."""
+    lines = [f"GET {target} HTTP/1.0"] + [f"{n}:{pad}{v}{pad}" for n, v, pad in fields]
+    r = parse_head("\r\n".join(lines).encode("latin-1"))
+    expected: dict[str, str] = {}
+    for name, value, _ in fields:
+        key = name.lower()
+        expected[key] = f"{expected[key]}, {value}" if key in expected else value
+    assert r.headers == expected
+    assert r.path == target.partition("#")[0].partition("?")[0].replace("\u00e9", "\ufffd")
+    assert r.query == ({"user": "a b", "x": "1"} if "?" in target else {})

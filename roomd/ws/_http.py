@@ -18,8 +18,12 @@ import orjson
 
 MAX_HEAD_BYTES: Final = 16 * 1024
 MAX_HEADERS: Final = 100
-_TOKEN: Final = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_FORBIDDEN_IN_VALUE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FORBIDDEN: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # controls, but tab
+# A field line: its name (a token), and its value without the spaces and tabs before it
+# (RFC 9112, section 5; those after it are stripped apart: a pattern that stripped them would
+# backtrack, quadratic in a run of spaces); a value holds no control character but tab.
+_FIELD: Final = re.compile(r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*)")
 
 
 class BadRequest(Exception):
@@ -45,49 +49,64 @@ def parse_head(head: bytes, trailing: bytes = b"") -> HttpRequest:
     """Parse a request head (without its final blank line). Raises :class:`BadRequest`.
 
     An HTTP/1.1 request must carry exactly one ``Host`` field (RFC 9112, section 3.2).
+    Each field line is one match of :data:`_FIELD`, on the head decoded once (Latin-1: every
+    byte is one character, and a token is ASCII); only a line that does not match is looked at
+    again, to say what is wrong with it.
     """
-    lines = head.split(b"\r\n")
-    parts = lines[0].split(b" ")
-    if len(parts) != 3 or not _TOKEN.match(parts[0]):
+    text = head.decode("latin-1")
+    lines = text.split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]):
         raise BadRequest("malformed request line")
-    method, raw_target, version = parts
-    if version not in (b"HTTP/1.1", b"HTTP/1.0"):
+    method, target, version = parts
+    if version != "HTTP/1.1" and version != "HTTP/1.0":
         raise BadRequest("HTTP/1.1 expected")
-    if not raw_target.startswith(b"/") or _FORBIDDEN_IN_VALUE.search(raw_target):
+    if target[:1] != "/" or _FORBIDDEN.search(target):
         raise BadRequest("malformed request target")
+    if not target.isascii():  # (not a URI: what is not ASCII is replaced)
+        target = target.encode("latin-1").decode("ascii", "replace")
     if len(lines) - 1 > MAX_HEADERS:
         raise BadRequest("too many header fields")
     headers: dict[str, str] = {}
+    field = _FIELD.fullmatch
     for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or not _TOKEN.match(name):
-            raise BadRequest("malformed header field")  # also obs-fold (leading space)
-        value = value.strip(b" \t")
-        if _FORBIDDEN_IN_VALUE.search(value):
-            raise BadRequest("control characters in a header field")
-        key = name.decode("ascii").lower()
-        text = value.decode("latin-1")
+        match = field(line)
+        if match is None:
+            raise BadRequest(_what_is_wrong(line))
+        name, value = match.groups()
+        value = value.rstrip(" \t")
+        key = name.lower()
         if key in headers:
             if key == "host":
                 raise BadRequest("more than one Host header field")
-            text = f"{headers[key]}, {text}"
-        headers[key] = text
-    if version == b"HTTP/1.1" and not headers.get("host"):
+            value = f"{headers[key]}, {value}"
+        headers[key] = value
+    if version == "HTTP/1.1" and not headers.get("host"):
         raise BadRequest("no Host header field")
-    target = raw_target.decode("ascii", "replace")
-    parts_ = urllib.parse.urlsplit(target)
-    connection = {t.strip().lower() for t in headers.get("connection", "").split(",")}
-    upgrade = "upgrade" in connection and "upgrade" in headers
+    path, _, query = target.partition("#")[0].partition("?")
+    connection = headers.get("connection", "")
+    upgrade = (
+        "upgrade" in headers
+        and "upgrade" in {t.strip() for t in connection.lower().split(",")}
+    )
     return HttpRequest(
-        method=method.decode("ascii"),
+        method=method,
         target=target,
-        path=parts_.path or "/",
-        query=dict(urllib.parse.parse_qsl(parts_.query)),
+        path=path or "/",
+        query=dict(urllib.parse.parse_qsl(query)) if query else {},
         headers=headers,
         upgrade=upgrade,
         trailing=trailing if upgrade else b"",
-        version=version.decode("ascii"),
+        version=version,
     )
+
+
+def _what_is_wrong(line: str) -> str:
+    """Why a field line does not match :data:`_FIELD`."""
+    name, colon, _ = line.partition(":")
+    if not colon or not _TOKEN.fullmatch(name):
+        return "malformed header field"  # also obs-fold (leading space)
+    return "control characters in a header field"
 
 
 _REASONS: Final = {
