@@ -89,6 +89,20 @@ class Proc:
         return await self.process.wait()
 
 
+@attrs.define
+class NodeProc(Proc):
+    """A node process with its own environment."""
+
+    env: dict[str, str] = attrs.field(factory=dict)
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        self.lines.clear()
+        self.process = await trio.lowlevel.open_process(
+            self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env
+        )
+        nursery.start_soon(self._pump, self.process)
+
+
 class TcpRelay:
     """A TCP relay on 127.0.0.1 that keeps every byte it carries: what a bus connection looks
     like on the wire. Run it with ``await nursery.start(relay.run)`` (started: its port)."""

@@ -20,7 +20,7 @@ import trio
 
 from roomd.cli._first_run import StoredSecret, operator_name, stored_secret
 from roomd.client import ConnectFailed, open_client
-from tests.cluster_support import Proc
+from tests.cluster_support import NodeProc, Proc
 
 LINK = re.compile(r"open the chat, signed in as (\S+): (http://127\.0\.0\.1:(\d+)/\?token=(\S+))")
 ADMIN = re.compile(r"the operator view: (http://127\.0\.0\.1:\d+/admin\?token=(\S+))")
@@ -30,20 +30,6 @@ def environment(state_home: Path, **extra: str) -> dict[str, str]:
     """The environment of a user who configured nothing (state under ``state_home``)."""
     env = {k: v for k, v in os.environ.items() if k not in ("ROOMD_SECRET", "ROOMD_STATE_DIR")}
     return {**env, "XDG_STATE_HOME": str(state_home), **extra}
-
-
-@attrs.define
-class NodeProc(Proc):
-    """A node process with its own environment."""
-
-    env: dict[str, str] = attrs.field(factory=dict)
-
-    async def start(self, nursery: trio.Nursery) -> None:
-        self.lines.clear()
-        self.process = await trio.lowlevel.open_process(
-            self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env
-        )
-        nursery.start_soon(self._pump, self.process)
 
 
 @asynccontextmanager

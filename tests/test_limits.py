@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import trio
 from wsproto.events import AcceptConnection, Ping, TextMessage
 
 from roomd import Node
+from roomd.client import open_client
 from roomd.hub import RateLimiter
+from tests.cluster_support import NodeProc
 from tests.support import connect, make_config, read_until_close, silent_websocket, wait_until
 
 
@@ -266,3 +271,45 @@ async def test_a_client_is_not_read_while_its_sends_wait_for_the_cluster(
             assert near.stats.frames_in == 2 + 10
             for _ in range(10):
                 await b.push("message")
+
+
+async def test_accepted_connections_send_without_delay(node: Node) -> None:
+    """Nagle's algorithm is off on every connection the node accepts (a small push is not held
+    back waiting for an acknowledgement)."""
+    with trio.fail_after(5):
+        async with connect(node, "alice"):
+            (transport,) = node._connected.values()
+            sock = transport._sock
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+            assert not sock.getblocking()
+
+
+_LIMITED_NODE = """
+import resource, runpy, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40))
+sys.argv = ["roomd", "--dev", "--port", "0"]
+runpy.run_module("roomd.cli", run_name="__main__")
+"""
+
+
+async def test_a_node_out_of_file_descriptors_keeps_serving(tmp_path: Path) -> None:
+    """With no file descriptor left, accept() fails: the node says so, waits, and accepts again
+    once connections have closed; nothing else stops."""
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path)}
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            proc = NodeProc("limited", [sys.executable, "-c", _LIMITED_NODE], env=env)
+            await proc.start(nursery)
+            try:
+                port = int((await proc.wait_for(r"listening on \S+:(\d+)")).group(1))
+                held = []
+                for _ in range(60):  # more than the descriptors left: the rest wait in the backlog
+                    held.append(await trio.open_tcp_stream("127.0.0.1", port))
+                await proc.wait_for("accept failed .*Too many open files.*; retrying")
+                for stream in held:
+                    await stream.aclose()
+                async with open_client(f"ws://127.0.0.1:{port}", user="dora") as client:
+                    assert await client.call("users.online", {}) == {"users": ["dora"]}
+                assert await proc.stop() == 0
+            finally:
+                proc.kill()

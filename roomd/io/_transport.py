@@ -151,7 +151,8 @@ class Transport:
         deflate: bool = False,
         tls: ws.TlsSession | None = None,
     ) -> None:
-        sock.setblocking(False)
+        if sock.getblocking():
+            sock.setblocking(False)
         self._sock = sock
         self._fd = sock.fileno()
         self._readers = readers

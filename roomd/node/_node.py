@@ -15,6 +15,7 @@ import logging
 import secrets
 import socket
 import ssl
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
@@ -75,6 +76,9 @@ log = logging.getLogger("roomd.node")
 
 ACCEPT_BACKOFF = 0.1  # seconds to wait when accept() fails for lack of resources
 _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+_ACCEPT_PEER_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
+ACCEPT_BATCH = 64  # connections accepted in a row before other tasks run
+_NODELAY_INHERITED = sys.platform == "linux"  # (accepted sockets get the listener's TCP_NODELAY)
 
 H = TypeVar("H", bound=Handler)
 Serve = Callable[[socket.socket, str], Awaitable[None]]  # a connection and its peer's address
@@ -486,21 +490,45 @@ class Node:
     async def _accept_one(
         self, listener: trio.SocketListener, nursery: trio.Nursery, serve: Serve
     ) -> None:
-        """Accept connections; each is served by one task of the node's nursery."""
-        async with listener:
+        """Accept connections, all that wait at each wake-up (at most :data:`ACCEPT_BATCH` in
+        a row); each is served by one task of the node's nursery.
+
+        The listening socket is used directly, not through Trio's socket wrapper: an accepted
+        connection costs three system calls (``accept4``, the ``getsockname`` of Python's socket
+        object, ``FIONBIO``) instead of nine, and a wake-up accepts every connection waiting.
+        Nagle's algorithm is off on the listener, which Linux's accepted sockets inherit.
+        """
+        sock = socket.socket(
+            listener.socket.family,
+            listener.socket.type,
+            listener.socket.proto,
+            fileno=listener.socket.detach(),
+        )
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
             while True:
-                try:
-                    accepted, address = await listener.socket.accept()
-                except OSError as exc:
-                    if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
-                        raise
-                    log.error("accept failed (%s); retrying in %.1f s", exc, ACCEPT_BACKOFF)
-                    await trio.sleep(ACCEPT_BACKOFF)
-                else:
-                    sock = socket.socket(fileno=accepted.detach())
-                    sock.setblocking(False)
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    nursery.start_soon(serve, sock, address[0])
+                await trio.lowlevel.wait_readable(sock)
+                for _ in range(ACCEPT_BATCH):
+                    try:
+                        accepted, address = sock.accept()
+                    except BlockingIOError:
+                        break
+                    except OSError as exc:
+                        if exc.errno in _ACCEPT_PEER_ERRNOS:
+                            continue  # (that connection failed before it was accepted)
+                        if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                            raise
+                        log.error("accept failed (%s); retrying in %.1f s", exc, ACCEPT_BACKOFF)
+                        await trio.sleep(ACCEPT_BACKOFF)
+                        break
+                    accepted.setblocking(False)
+                    if not _NODELAY_INHERITED:
+                        accepted.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    nursery.start_soon(serve, accepted, address[0])
+        finally:
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
 
     async def _sweep(self, scope: trio.CancelScope) -> None:
         """The node-wide heartbeat: ping idle connections, close silent and stalled ones."""
