@@ -95,9 +95,7 @@ _VALUE = st.text(
     st.lists(st.tuples(_NAME, _VALUE, st.sampled_from(["", " ", "\t", "  \t"])), max_size=8),
     st.sampled_from(["/", "/ws?user=a%20b&x=1", "/health#frag", "/\u00e9"]),
 )
-def test_well_formed_fields_are_read_back(
-    fields: list[tuple[str, str, str]], target: str
-) -> None:
+def test_well_formed_fields_are_read_back(fields: list[tuple[str, str, str]], target: str) -> None:
     """Each field's value comes back as sent, whatever spaces and tabs surround it, repeated
     fields joined; the path and query are the target's."""
     lines = [f"GET {target} HTTP/1.0"] + [f"{n}:{pad}{v}{pad}" for n, v, pad in fields]

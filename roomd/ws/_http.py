@@ -85,10 +85,9 @@ def parse_head(head: bytes, trailing: bytes = b"") -> HttpRequest:
         raise BadRequest("no Host header field")
     path, _, query = target.partition("#")[0].partition("?")
     connection = headers.get("connection", "")
-    upgrade = (
-        "upgrade" in headers
-        and "upgrade" in {t.strip() for t in connection.lower().split(",")}
-    )
+    upgrade = "upgrade" in headers and "upgrade" in {
+        t.strip() for t in connection.lower().split(",")
+    }
     return HttpRequest(
         method=method,
         target=target,
