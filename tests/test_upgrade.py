@@ -4,16 +4,19 @@ HTTP answer is safe to show a browser."""
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 import pytest
 import trio
+import trio.testing
+from wsproto.events import AcceptConnection, TextMessage
 
 from roomd import Node
 from roomd.node import mint_token
-from tests.support import SECRET, make_config, upgrade
+from tests.support import SECRET, make_config, silent_websocket, upgrade
 
 
 async def exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -134,3 +137,101 @@ def test_short_secrets_are_refused() -> None:
     with pytest.raises(ValueError, match="at least 32 bytes"):
         Node(make_config(auth={"secret": "x" * 31, "dev": False}))
     Node(make_config(auth={"secret": "x" * 32, "dev": False}))
+
+
+class _Spawns(trio.abc.Instrument):
+    def __init__(self) -> None:
+        self.count = 0
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        self.count += 1
+
+
+async def _answer_to(sock: socket.socket) -> bytes:
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = await stream.receive_some(65536)
+        assert chunk, data
+        data += chunk
+    await stream.aclose()
+    return data
+
+
+async def test_an_upgrade_whose_request_came_with_the_connection_needs_no_task(node: Node) -> None:
+    """The usual case, answered where it is accepted: no task, no wait."""
+    spawns = _Spawns()
+    with trio.fail_after(5):
+        await trio.testing.wait_all_tasks_blocked()
+        trio.lowlevel.add_instrument(spawns)
+        try:
+            sock = socket.create_connection(("127.0.0.1", node.port or 0))
+            sock.sendall(upgrade("/ws?user=a"))  # (no checkpoint since the connect)
+            answer = await _answer_to(sock)
+        finally:
+            trio.lowlevel.remove_instrument(spawns)
+    assert answer.startswith(b"HTTP/1.1 101 ")
+    assert spawns.count == 0
+
+
+async def test_a_request_head_in_two_parts_is_read_whole(node: Node) -> None:
+    request = upgrade("/ws?user=a")
+    with trio.fail_after(5):
+        sock = socket.create_connection(("127.0.0.1", node.port or 0))
+        sock.sendall(request[:20])
+        await trio.testing.wait_all_tasks_blocked()  # accepted, and waiting for the rest
+        sock.sendall(request[20:])
+        assert (await _answer_to(sock)).startswith(b"HTTP/1.1 101 ")
+
+
+async def test_a_101_the_kernel_takes_in_part_is_finished(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should a fresh socket take only part of the answer, a task writes the rest, and the
+    connection serves as any other."""
+    parts: list[int] = []
+
+    def send_part(sock: socket.socket, data: bytes) -> int:
+        parts.append(len(data))
+        return sock.send(data[:7])
+
+    monkeypatch.setattr("roomd.node._node.send_now", send_part)
+    with trio.fail_after(5):
+        sock = socket.create_connection(("127.0.0.1", node.port or 0))
+        sock.setblocking(False)
+        stream, ws = await silent_websocket(
+            0, "?user=alice", sock=trio.socket.from_stdlib_socket(sock)
+        )
+        async with stream:
+            events: list[Any] = []
+            while not events:
+                ws.receive_data(await stream.receive_some(65536))
+                events += ws.events()
+            await stream.send_all(ws.send(TextMessage('{"type":"hello","v":1}')))
+            while not any(isinstance(e, TextMessage) for e in events):
+                ws.receive_data(await stream.receive_some(65536))
+                events += ws.events()
+    assert isinstance(events[0], AcceptConnection)
+    (welcome,) = [orjson.loads(e.data) for e in events if isinstance(e, TextMessage)]
+    assert welcome["type"] == "welcome" and welcome["user"] == "alice"
+    assert parts and parts[0] > 7
+
+
+async def test_a_defect_in_the_handshake_drops_only_that_connection(
+    node: Node, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def boom(*args: Any) -> Any:
+        raise RuntimeError("a defect")
+
+    with trio.fail_after(5):
+        monkeypatch.setattr(node, "_answer", boom)
+        sock = socket.create_connection(("127.0.0.1", node.port or 0))
+        sock.sendall(upgrade("/ws?user=a"))
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        assert await stream.receive_some(65536) == b""  # dropped
+        await stream.aclose()
+        monkeypatch.undo()
+        got, _, _ = await exchange(node.port or 0, upgrade("/ws?user=b"))
+    assert got == 101
+    assert "handshake failed; the connection is dropped" in caplog.text
+    assert node.admission.handshaking == 0

@@ -23,8 +23,10 @@ from ._mdns import loopback_only as loopback_only
 from ._mdns import open_zeroconf as open_zeroconf
 from ._mdns import service_info as service_info
 from ._sockets import read_request as read_request
+from ._sockets import receive_now as receive_now
 from ._sockets import refuse as refuse
 from ._sockets import send_all as send_all
+from ._sockets import send_now as send_now
 from ._sockets import tls_handshake as tls_handshake
 from ._transport import ControlHandler as ControlHandler
 from ._transport import Counters as Counters

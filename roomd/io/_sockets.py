@@ -57,13 +57,32 @@ async def _receive(sock: socket.socket, tls: TlsSession | None) -> bytes:
             return plain
 
 
-async def read_request(sock: socket.socket, tls: TlsSession | None = None) -> HttpRequest:
+def receive_now(sock: socket.socket) -> bytes:
+    """What a non-blocking socket holds now (one ``recv``): ``b""`` if nothing, at its end or
+    if it failed (a later read tells which)."""
+    try:
+        return sock.recv(_RECEIVE_SIZE)
+    except OSError:  # (BlockingIOError too)
+        return b""
+
+
+def send_now(sock: socket.socket, data: bytes) -> int:
+    """How much of ``data`` a non-blocking socket takes now (one ``send``); 0 if it failed."""
+    try:
+        return sock.send(data)
+    except OSError:  # (BlockingIOError too: a later write tells which)
+        return 0
+
+
+async def read_request(
+    sock: socket.socket, tls: TlsSession | None = None, received: bytes = b""
+) -> HttpRequest:
     """Read one request head from a non-blocking socket (the caller bounds the time), through
-    ``tls`` if given.
+    ``tls`` if given, after the bytes ``received`` already (without TLS).
 
     Error handling: raises :class:`BadRequest` for malformed or oversized heads, and on EOF.
     """
-    buf = tls.receive(b"") if tls is not None else b""  # what came with the TLS handshake
+    buf = tls.receive(b"") if tls is not None else received  # (TLS: what came with its handshake)
     end = buf.find(b"\r\n\r\n")
     while end < 0:
         if len(buf) > MAX_HEAD_BYTES:

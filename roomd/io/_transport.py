@@ -401,6 +401,26 @@ class Transport:
         except BaseException:  # cancelled: the socket is closed, ``on_closed`` called
             self.abort()
             raise
+        self._read_from_now()
+
+    def start_idle(
+        self,
+        on_message: MessageHandler,
+        owner: Any,
+        on_control: ControlHandler | None = None,
+        on_closed: ClosedHandler | None = None,
+    ) -> None:
+        """:meth:`start` for a transport that received nothing after the handshake (nothing
+        to handle first, so nothing to wait for)."""
+        if self._ws.buffered:
+            raise RuntimeError("bytes came with the handshake: start() handles them")
+        self._on_message, self._owner, self._on_control = on_message, owner, on_control
+        self._on_closed = on_closed
+        if self._closing:  # closed before it started
+            self.spawn(self._close_timer)
+        self._read_from_now()
+
+    def _read_from_now(self) -> None:
         if not self._ended and not self._readers.add(self):
             self.abort()  # the node stops (its readers already have): closed at once
 

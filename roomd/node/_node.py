@@ -17,7 +17,7 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, TypeVar
 
 import attrs
@@ -40,13 +40,16 @@ from ..io import (
     Readers,
     Transport,
     read_request,
+    receive_now,
     refuse,
     send_all,
+    send_now,
     tls_handshake,
     until_next,
 )
 from ..protocol import PROTOCOL_VERSION, CloseCode, Push, PushTemplate, RoomRef, Session
 from ..ws import (
+    MAX_HEAD_BYTES,
     BadRequest,
     Deflater,
     HandshakeError,
@@ -56,6 +59,7 @@ from ..ws import (
     check_upgrade,
     json_response,
     negotiate_deflate,
+    parse_head,
 )
 from ._access import Authorizer, Gate, OriginPolicy
 from ._admission import Admission, Refusal, Ticket
@@ -81,8 +85,18 @@ ACCEPT_BATCH = 64  # connections accepted in a row before other tasks run
 _NODELAY_INHERITED = sys.platform == "linux"  # (accepted sockets get the listener's TCP_NODELAY)
 
 H = TypeVar("H", bound=Handler)
-Serve = Callable[[socket.socket, str], Awaitable[None]]  # a connection and its peer's address
+# What the node does with a connection just accepted, given its peer's address (at once: it
+# starts a task for whatever waits).
+Take = Callable[[socket.socket, str], None]
+# A WebSocket upgrade accepted: the bytes after the request head, who, and the compression.
+Upgrade = tuple[bytes, Identity, "Deflater | None"]
 CH = TypeVar("CH", bound=CallHandler)
+
+
+async def _send_reply(sock: socket.socket, reply: bytes, tls: TlsSession | None = None) -> None:
+    """Send the answer of a connection that closes after it, for at most a second."""
+    with trio.move_on_after(1.0), contextlib.suppress(OSError):
+        await send_all(sock, reply, tls)
 
 
 @attrs.frozen
@@ -454,11 +468,11 @@ class Node:
             accept = self._accepting = trio.CancelScope()
             sweep = trio.CancelScope()
             self._nursery = nursery
-            serving: list[tuple[trio.SocketListener, Serve]] = [
-                (listener, self._serve_tcp) for listener in listeners
+            serving: list[tuple[trio.SocketListener, Take]] = [
+                (listener, self._take) for listener in listeners
             ]
-            serving += [(listener, self._serve_metrics) for listener in ops]
-            nursery.start_soon(self._accept, serving, nursery, accept)
+            serving += [(listener, self._take_metrics) for listener in ops]
+            nursery.start_soon(self._accept, serving, accept)
             nursery.start_soon(self._sweep, sweep)
             task_status.started(self.port)
             await self._stop.wait()
@@ -478,20 +492,17 @@ class Node:
 
     async def _accept(
         self,
-        listeners: list[tuple[trio.SocketListener, Serve]],
-        nursery: trio.Nursery,
+        listeners: list[tuple[trio.SocketListener, Take]],
         scope: trio.CancelScope,
     ) -> None:
         with scope:
             async with trio.open_nursery() as accepting:
-                for listener, serve in listeners:
-                    accepting.start_soon(self._accept_one, listener, nursery, serve)
+                for listener, take in listeners:
+                    accepting.start_soon(self._accept_one, listener, take)
 
-    async def _accept_one(
-        self, listener: trio.SocketListener, nursery: trio.Nursery, serve: Serve
-    ) -> None:
+    async def _accept_one(self, listener: trio.SocketListener, take: Take) -> None:
         """Accept connections, all that wait at each wake-up (at most :data:`ACCEPT_BATCH` in
-        a row); each is served by one task of the node's nursery.
+        a row), and ``take`` each.
 
         The listening socket is used directly, not through Trio's socket wrapper: an accepted
         connection costs three system calls (``accept4``, the ``getsockname`` of Python's socket
@@ -525,7 +536,7 @@ class Node:
                     accepted.setblocking(False)
                     if not _NODELAY_INHERITED:
                         accepted.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    nursery.start_soon(serve, accepted, address[0])
+                    take(accepted, address[0])
         finally:
             trio.lowlevel.notify_closing(sock)
             sock.close()
@@ -555,14 +566,77 @@ class Node:
                     ):
                         transport.ping(now)
 
-    async def _serve_tcp(self, sock: socket.socket, peer: str) -> None:
+    def _take(self, sock: socket.socket, peer: str) -> None:
+        """A connection accepted on the WebSocket port.
+
+        Served here and now when it can be, the usual case: a plain connection whose request
+        head has already arrived whole (a client sends it as it connects), an upgrade the node
+        accepts, and a kernel that takes the answer at once. That costs no task, no cancel scope
+        and no wait. Anything else (TLS, a head still on its way, plain HTTP, a refusal) is
+        served by a task of the node's nursery, which goes on from what was read here.
+        """
+        ticket = self.admission.enter(peer)
+        nursery = self._nursery
+        assert nursery is not None  # (accepting only while the node runs)
+        if isinstance(ticket, Refusal) or self.tls_context is not None:
+            nursery.start_soon(self._serve_tcp, sock, ticket)
+            return
+        try:
+            upgrade = self._upgrade_at_once(sock, ticket, nursery)
+        except Exception:  # a defect: it ends this connection, never the node
+            log.exception("handshake failed; the connection is dropped")
+            self.admission.handshake_done(ticket)
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
+            self.admission.leave(ticket)
+            return
+        if upgrade is None:
+            return  # a task took it over
+        self.admission.handshake_done(ticket)
+        deadline = trio.current_time() + self.config.limits.handshake_timeout
+        transport, conn = self._open(sock, upgrade, deadline, None)
+        closed = functools.partial(self._closed, ticket)
+        transport.start_idle(self._dispatch.on_message, conn, self._dispatch.on_control, closed)
+
+    def _upgrade_at_once(
+        self, sock: socket.socket, ticket: Ticket, nursery: trio.Nursery
+    ) -> Upgrade | None:
+        """:meth:`_take`'s handshake: the upgrade, answered; or ``None``, when a task of
+        ``nursery`` took the connection over."""
+        received = receive_now(sock)
+        end = received.find(b"\r\n\r\n")
+        request = None
+        if 0 <= end <= MAX_HEAD_BYTES and len(received) == end + 4:
+            with contextlib.suppress(BadRequest):  # (the task answers it)
+                request = parse_head(received[:end])
+        if request is None or not request.upgrade:
+            nursery.start_soon(self._serve_tcp, sock, ticket, received)
+            return None
+        reply, upgrade = self._answer(request, ticket)
+        if upgrade is None:
+            nursery.start_soon(self._refuse_upgrade, sock, ticket, reply)
+            return None
+        sent = send_now(sock, reply)
+        if sent < len(reply):  # (a fresh socket's buffer takes a 101 whole, but if not)
+            nursery.start_soon(self._serve_tcp, sock, ticket, b"", (reply[sent:], upgrade))
+            return None
+        return upgrade
+
+    async def _serve_tcp(
+        self,
+        sock: socket.socket,
+        ticket: Ticket | Refusal,
+        received: bytes = b"",
+        answered: tuple[bytes, Upgrade] | None = None,
+    ) -> None:
         """One TCP connection: plain HTTP, or a WebSocket for as long as it lives; or an
-        immediate refusal, when a cap of :class:`Admission` is reached.
+        immediate refusal, when a cap of :class:`Admission` is reached (``ticket``). The
+        handshake goes on from the bytes ``received`` already, or (``answered``) from the part
+        of the 101 still to send.
 
         Resource handling: the socket is closed before this returns (for a WebSocket, by the
         transport that took it over).
         """
-        ticket = self.admission.enter(peer)
         if isinstance(ticket, Refusal):
             self.stats.rejected[ticket.reason] += 1
             if self.tls_context is None:
@@ -573,19 +647,27 @@ class Node:
             return
         handed_over = False
         try:
-            handed_over = await self._serve_admitted(sock, ticket)
+            handed_over = await self._serve_admitted(sock, ticket, received, answered)
         finally:
             if not handed_over:  # (cancelled as it was handed over: it has left already)
                 self.admission.leave(ticket)
 
-    async def _serve_admitted(self, sock: socket.socket, ticket: Ticket) -> bool:
+    async def _serve_admitted(
+        self,
+        sock: socket.socket,
+        ticket: Ticket,
+        received: bytes,
+        answered: tuple[bytes, Upgrade] | None,
+    ) -> bool:
         """The handshake, then the connection is handed over to the node's :class:`Readers`
         (``True``: it leaves the admission when it closes), or it is done (``False``)."""
-        limits = self.config.limits
-        deadline = trio.current_time() + limits.handshake_timeout
+        deadline = trio.current_time() + self.config.limits.handshake_timeout
         tls = TlsSession(self.tls_context) if self.tls_context is not None else None
         try:
-            upgrade = await self._handshake(sock, ticket, deadline, tls)
+            if answered is None:
+                upgrade = await self._handshake(sock, ticket, deadline, tls, received)
+            else:
+                upgrade = await self._send_rest(sock, deadline, *answered)
         except Exception:  # a defect: it ends this connection, never the node
             log.exception("handshake failed; the connection is dropped")
             upgrade = None
@@ -594,6 +676,17 @@ class Node:
             trio.lowlevel.notify_closing(sock)
             sock.close()
             return False
+        transport, conn = self._open(sock, upgrade, deadline, tls)
+        del upgrade  # nothing of the handshake stays with the connection
+        closed = functools.partial(self._closed, ticket)
+        await transport.start(self._dispatch.on_message, conn, self._dispatch.on_control, closed)
+        return True
+
+    def _open(
+        self, sock: socket.socket, upgrade: Upgrade, deadline: float, tls: TlsSession | None
+    ) -> tuple[Transport, Connection]:
+        """The transport and connection of a WebSocket just upgraded (not started yet)."""
+        limits = self.config.limits
         trailing, identity, deflater = upgrade
         transport = Transport(
             sock,
@@ -607,7 +700,6 @@ class Node:
             deflate=deflater is not None,
             tls=tls,
         )
-        del upgrade, trailing  # nothing of the handshake stays with the connection
         conn = Connection(
             Session(identity.user),
             transport,
@@ -616,7 +708,6 @@ class Node:
             identity.claims,
             deflater,
         )
-        del identity
         if self._stop.is_set():  # upgraded while the node began to shut down
             transport.close(CloseCode.GOING_AWAY)
         elif self.admission.over_capacity():
@@ -625,9 +716,7 @@ class Node:
         self.stats.connections_total += 1
         self._connected[conn] = transport
         self._idle = trio.Event() if self._idle.is_set() else self._idle
-        closed = functools.partial(self._closed, ticket)
-        await transport.start(self._dispatch.on_message, conn, self._dispatch.on_control, closed)
-        return True
+        return transport, conn
 
     def _closed(self, ticket: Ticket, conn: Connection) -> None:
         try:
@@ -636,8 +725,13 @@ class Node:
             self.admission.leave(ticket)
 
     async def _handshake(
-        self, sock: socket.socket, ticket: Ticket, deadline: float, tls: TlsSession | None
-    ) -> tuple[bytes, Identity, Deflater | None] | None:
+        self,
+        sock: socket.socket,
+        ticket: Ticket,
+        deadline: float,
+        tls: TlsSession | None,
+        received: bytes,
+    ) -> Upgrade | None:
         """Answer plain HTTP, or accept a WebSocket upgrade: its trailing bytes, identity and
         compression.
 
@@ -648,41 +742,75 @@ class Node:
             try:
                 if tls is not None:
                     await tls_handshake(sock, tls)
-                request = await read_request(sock, tls)
-                if not request.upgrade:
-                    reply = self.http.answer(request)
-                elif request.path not in ("/", "/ws"):
-                    raise HandshakeError(404, "no WebSocket endpoint at this path")
-                else:
-                    check_upgrade(request)
-                    if not self.origins.allows(request):
-                        log.info(
-                            "upgrade from %s refused: origin %r not allowed",
-                            ticket.address,
-                            request.header("origin")[:200],
-                        )
-                        raise HandshakeError(403, "origin not allowed")
-                    identity = self._authenticate(request, ticket.address)
-                    refusal = self.admission.add_user(ticket, identity.user)
-                    if refusal is not None:
-                        self.stats.rejected[refusal.reason] += 1
-                        reply = refusal.reply
-                    else:
-                        extensions, deflater = self._negotiate_deflate(request)
-                        await send_all(sock, accept_response(request, extensions), tls)
-                        return request.trailing, identity, deflater
-            except HandshakeError as exc:
-                self.stats.rejected[str(exc.status)] += 1
-                reply = exc.reply
+                request = await read_request(sock, tls, received)
             except BadRequest as exc:
                 self.stats.rejected["400"] += 1
                 reply = json_response(400, {"error": str(exc)})
             except OSError:
                 return None
+            else:
+                reply, upgrade = self._answer(request, ticket)
+                if upgrade is not None:
+                    try:
+                        await send_all(sock, reply, tls)
+                    except OSError:
+                        return None
+                    return upgrade
         if reply is not None and (tls is None or tls.handshake_done):
-            with trio.move_on_after(1.0), contextlib.suppress(OSError):
-                await send_all(sock, reply, tls)
+            await _send_reply(sock, reply, tls)
         return None
+
+    async def _send_rest(
+        self, sock: socket.socket, deadline: float, rest: bytes, upgrade: Upgrade
+    ) -> Upgrade | None:
+        """The rest of a 101 the kernel did not take at once (:meth:`_take`)."""
+        with trio.move_on_at(deadline):
+            try:
+                await send_all(sock, rest)
+            except OSError:
+                return None
+            return upgrade
+        return None
+
+    async def _refuse_upgrade(self, sock: socket.socket, ticket: Ticket, reply: bytes) -> None:
+        """Send ``reply`` to an upgrade refused at once (:meth:`_take`), then close."""
+        try:
+            await _send_reply(sock, reply)
+        finally:
+            self.admission.handshake_done(ticket)
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
+            self.admission.leave(ticket)
+
+    def _answer(self, request: HttpRequest, ticket: Ticket) -> tuple[bytes, Upgrade | None]:
+        """What to send in answer to ``request``, and the WebSocket upgrade it makes
+        (``None``: the connection closes after the answer)."""
+        try:
+            if not request.upgrade:
+                return self.http.answer(request), None
+            if request.path not in ("/", "/ws"):
+                raise HandshakeError(404, "no WebSocket endpoint at this path")
+            check_upgrade(request)
+            if not self.origins.allows(request):
+                log.info(
+                    "upgrade from %s refused: origin %r not allowed",
+                    ticket.address,
+                    request.header("origin")[:200],
+                )
+                raise HandshakeError(403, "origin not allowed")
+            identity = self._authenticate(request, ticket.address)
+            refusal = self.admission.add_user(ticket, identity.user)
+            if refusal is not None:
+                self.stats.rejected[refusal.reason] += 1
+                return refusal.reply, None
+            extensions, deflater = self._negotiate_deflate(request)
+            return accept_response(request, extensions), (request.trailing, identity, deflater)
+        except HandshakeError as exc:
+            self.stats.rejected[str(exc.status)] += 1
+            return exc.reply, None
+        except BadRequest as exc:
+            self.stats.rejected["400"] += 1
+            return json_response(400, {"error": str(exc)}), None
 
     def _negotiate_deflate(self, request: HttpRequest) -> tuple[str | None, Deflater | None]:
         """permessage-deflate, if the client offers it and the node allows it: the extension
@@ -731,6 +859,10 @@ class Node:
         self.router.closed(conn, True)
 
     # HTTP -----------------------------------------------------------------------------------------
+
+    def _take_metrics(self, sock: socket.socket, peer: str) -> None:
+        assert self._nursery is not None  # (accepting only while the node runs)
+        self._nursery.start_soon(self._serve_metrics, sock, peer)
 
     async def _serve_metrics(self, sock: socket.socket, peer: str) -> None:
         await self.http.serve_metrics(sock, peer, self.admission)

@@ -119,6 +119,11 @@ class FrameParser:
     def feed(self, data: bytes) -> None:
         self._buf += data
 
+    @property
+    def buffered(self) -> int:
+        """Bytes fed and not parsed yet."""
+        return len(self._buf)
+
     def next(self) -> tuple[int, object] | None:
         while True:
             frame = self._frame()
