@@ -235,3 +235,21 @@ async def test_a_defect_in_the_handshake_drops_only_that_connection(
     assert got == 101
     assert "handshake failed; the connection is dropped" in caplog.text
     assert node.admission.handshaking == 0
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_DEFER_ACCEPT"), reason="Linux's TCP_DEFER_ACCEPT")
+async def test_a_connection_is_taken_once_its_request_has_come(node: Node) -> None:
+    """The kernel hands a connection over once its first bytes are in: a client that connects
+    and only then sends its request is still answered at once, without a task."""
+    spawns = _Spawns()
+    with trio.fail_after(5):
+        trio.lowlevel.add_instrument(spawns)
+        try:
+            sock = socket.create_connection(("127.0.0.1", node.port or 0))
+            await trio.testing.wait_all_tasks_blocked(cushion=0.05)  # (the node is idle)
+            sock.sendall(upgrade("/ws?user=a"))
+            answer = await _answer_to(sock)
+        finally:
+            trio.lowlevel.remove_instrument(spawns)
+    assert answer.startswith(b"HTTP/1.1 101 ")
+    assert spawns.count == 0

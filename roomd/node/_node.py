@@ -83,6 +83,7 @@ _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, e
 _ACCEPT_PEER_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
 ACCEPT_BATCH = 64  # connections accepted in a row before other tasks run
 _NODELAY_INHERITED = sys.platform == "linux"  # (accepted sockets get the listener's TCP_NODELAY)
+_DEFER_ACCEPT: int | None = getattr(socket, "TCP_DEFER_ACCEPT", None)  # (Linux)
 
 H = TypeVar("H", bound=Handler)
 # What the node does with a connection just accepted, given its peer's address (at once: it
@@ -91,6 +92,32 @@ Take = Callable[[socket.socket, str], None]
 # A WebSocket upgrade accepted: the bytes after the request head, who, and the compression.
 Upgrade = tuple[bytes, Identity, "Deflater | None"]
 CH = TypeVar("CH", bound=CallHandler)
+
+
+def _listening(listeners: list[trio.SocketListener]) -> list[socket.socket]:
+    """The listening sockets of Trio's ``listeners``, as plain non-blocking sockets the node
+    accepts from directly (:meth:`Node._accept_one`): not through Trio's socket wrapper, an
+    accepted connection costs three system calls (``accept4``, the ``getsockname`` of
+    Python's socket object, ``FIONBIO``) instead of nine.
+
+    Nagle's algorithm is off on them, which Linux's accepted sockets inherit. On Linux the
+    kernel hands a connection over once its first bytes have come (``TCP_DEFER_ACCEPT``, as
+    nginx's ``deferred``): the request head is then there when it is accepted, and answered at
+    once (:meth:`Node._take`). Every client of these ports speaks first (HTTP, TLS); one that
+    sends nothing is accepted a second late, and costs the node nothing meanwhile.
+    """
+    socks = []
+    for listener in listeners:
+        trio_sock = listener.socket
+        sock = socket.socket(
+            trio_sock.family, trio_sock.type, trio_sock.proto, fileno=trio_sock.detach()
+        )
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if _DEFER_ACCEPT is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, _DEFER_ACCEPT, 1)
+        socks.append(sock)
+    return socks
 
 
 async def _send_reply(sock: socket.socket, reply: bytes, tls: TlsSession | None = None) -> None:
@@ -447,52 +474,58 @@ class Node:
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until :meth:`shutdown`; ``task_status.started`` gets the bound port."""
         cfg = self.config
-        listeners = await trio.open_tcp_listeners(cfg.node.port, host=cfg.node.host)
-        self.port = listeners[0].socket.getsockname()[1]
-        ops: list[trio.SocketListener] = []
-        if cfg.metrics.port is not None:
-            host = cfg.metrics.host or cfg.node.host
-            ops = await trio.open_tcp_listeners(cfg.metrics.port, host=host)
-            self.metrics_port = ops[0].socket.getsockname()[1]
-            log.info("%s serves /metrics on %s:%s", self.name, host, self.metrics_port)
-        else:
-            self.metrics_port = self.port
-        self.started_at = time.time()
-        log.info("%s listening on %s:%s", self.name, cfg.node.host, self.port)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.flusher.run)  # first: the bus writes through it too
-            await nursery.start(self.readers.run)
-            nursery.start_soon(self.presence.run)
-            self.sessions.start(nursery.start_soon)
-            await nursery.start(self.cluster.run)  # at most cluster.ready_timeout
-            accept = self._accepting = trio.CancelScope()
-            sweep = trio.CancelScope()
-            self._nursery = nursery
-            serving: list[tuple[trio.SocketListener, Take]] = [
-                (listener, self._take) for listener in listeners
-            ]
-            serving += [(listener, self._take_metrics) for listener in ops]
-            nursery.start_soon(self._accept, serving, accept)
-            nursery.start_soon(self._sweep, sweep)
-            task_status.started(self.port)
-            await self._stop.wait()
-            log.info("%s shutting down: closing %d connections", self.name, len(self._connected))
-            self._nursery = None
-            accept.cancel()
-            for transport in list(self._connected.values()):
-                transport.close(CloseCode.GOING_AWAY)
-            with trio.move_on_after(cfg.shutdown.grace):
-                if self._connected:
-                    await self._idle.wait()
-            sweep.cancel()
-            self.sessions.end_all()
-            await self.cluster.leave()
-            nursery.cancel_scope.cancel()
+        listeners = _listening(await trio.open_tcp_listeners(cfg.node.port, host=cfg.node.host))
+        self.port = listeners[0].getsockname()[1]
+        ops: list[socket.socket] = []
+        try:
+            if cfg.metrics.port is not None:
+                host = cfg.metrics.host or cfg.node.host
+                ops = _listening(await trio.open_tcp_listeners(cfg.metrics.port, host=host))
+                self.metrics_port = ops[0].getsockname()[1]
+                log.info("%s serves /metrics on %s:%s", self.name, host, self.metrics_port)
+            else:
+                self.metrics_port = self.port
+            self.started_at = time.time()
+            log.info("%s listening on %s:%s", self.name, cfg.node.host, self.port)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.flusher.run)  # first: the bus writes through it too
+                await nursery.start(self.readers.run)
+                nursery.start_soon(self.presence.run)
+                self.sessions.start(nursery.start_soon)
+                await nursery.start(self.cluster.run)  # at most cluster.ready_timeout
+                accept = self._accepting = trio.CancelScope()
+                sweep = trio.CancelScope()
+                self._nursery = nursery
+                serving: list[tuple[socket.socket, Take]] = [
+                    (listener, self._take) for listener in listeners
+                ]
+                serving += [(listener, self._take_metrics) for listener in ops]
+                nursery.start_soon(self._accept, serving, accept)
+                nursery.start_soon(self._sweep, sweep)
+                task_status.started(self.port)
+                await self._stop.wait()
+                log.info(
+                    "%s shutting down: closing %d connections", self.name, len(self._connected)
+                )
+                self._nursery = None
+                accept.cancel()
+                for transport in list(self._connected.values()):
+                    transport.close(CloseCode.GOING_AWAY)
+                with trio.move_on_after(cfg.shutdown.grace):
+                    if self._connected:
+                        await self._idle.wait()
+                sweep.cancel()
+                self.sessions.end_all()
+                await self.cluster.leave()
+                nursery.cancel_scope.cancel()
+        finally:
+            for sock in (*listeners, *ops):  # (closed already, unless it failed first)
+                sock.close()
         log.info("%s stopped", self.name)
 
     async def _accept(
         self,
-        listeners: list[tuple[trio.SocketListener, Take]],
+        listeners: list[tuple[socket.socket, Take]],
         scope: trio.CancelScope,
     ) -> None:
         with scope:
@@ -500,23 +533,10 @@ class Node:
                 for listener, take in listeners:
                     accepting.start_soon(self._accept_one, listener, take)
 
-    async def _accept_one(self, listener: trio.SocketListener, take: Take) -> None:
-        """Accept connections, all that wait at each wake-up (at most :data:`ACCEPT_BATCH` in
-        a row), and ``take`` each.
-
-        The listening socket is used directly, not through Trio's socket wrapper: an accepted
-        connection costs three system calls (``accept4``, the ``getsockname`` of Python's socket
-        object, ``FIONBIO``) instead of nine, and a wake-up accepts every connection waiting.
-        Nagle's algorithm is off on the listener, which Linux's accepted sockets inherit.
-        """
-        sock = socket.socket(
-            listener.socket.family,
-            listener.socket.type,
-            listener.socket.proto,
-            fileno=listener.socket.detach(),
-        )
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    async def _accept_one(self, sock: socket.socket, take: Take) -> None:
+        """Accept connections on ``sock`` (see :func:`_listening`), all that wait at each
+        wake-up (at most :data:`ACCEPT_BATCH` in a row), and ``take`` each. Resource handling:
+        ``sock`` is closed when this returns."""
         try:
             while True:
                 await trio.lowlevel.wait_readable(sock)
