@@ -57,7 +57,7 @@ class Session:
     def __init__(self, user: str, session_id: str | None = None) -> None:
         self.user = user
         self.id = session_id or new_session_id()
-        self.resume_token = secrets.token_urlsafe(24)
+        self.resume_token = ""  # (set at its welcome: a signed token any node can check)
         self.state = SessionState.HANDSHAKE
         self.seq = 0  # last sequence number given to a reliable push
         # wall-clock time of the session's first welcome (kept across resumes, in its token):
