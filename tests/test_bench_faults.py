@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 import trio
 
+from roomd.bench._clients import Clients, Member
 from roomd.bench._driver import ACK_BASE, Phase
 from roomd.bench._engine import OPEN, Conn, Engine, Target
-from roomd.bench._faults import tally
+from roomd.bench._faults import merge_collected, tally
 from roomd.bench._report import medians, render, render_medians
 from roomd.bench._resume import Session
 from roomd.bench._run import _exact
@@ -209,6 +210,29 @@ def test_a_fault_that_lost_a_delivery_duplicated_one_and_told_a_lie() -> None:
     assert late["lost"] == 0 and late["hit_left"] == 0 and late["wrong_left"] == 1
 
 
+def test_what_client_processes_collected_is_merged() -> None:
+    raw = _raw()
+    first, second = dict(raw, members=raw["members"][:2]), dict(raw, members=raw["members"][2:])
+    first["sent"], second["sent"] = raw["sent"][:2], raw["sent"][2:]
+    second.update(timed_out=True, collect_s=0.5)
+    merged = merge_collected([first, second])
+    assert merged == raw | {"timed_out": True, "collect_s": 0.5}
+
+
+def test_a_client_process_waits_for_what_other_processes_sent_to_its_members() -> None:
+    """What a member is owed, whoever sent it: a room message to everyone, a direct message
+    to its addressee only (the others' are another process's to check)."""
+    clients = Clients(None)  # type: ignore[arg-type]  # (no client is opened)
+    here = Member("u1", None)  # type: ignore[arg-type]
+    clients.members.append(here)
+    expect: list[tuple[str, str | None]] = [("u0:r0", None), ("u0>u1:d0", "u1"), ("u1>u2:d0", "u2")]
+    assert not clients.complete(expect)
+    here.deliveries.append(["u0:r0", 1, "room"])
+    assert not clients.complete(expect)
+    here.deliveries.append(["u0>u1:d0", 2, "dm"])
+    assert clients.complete(expect)  # (u1>u2:d0 is owed to a member of another process)
+
+
 # End to end ------------------------------------------------------------------------------------
 
 
@@ -245,8 +269,9 @@ async def test_bench_resume_and_crash_smoke(tmp_path: Path) -> None:
 
 @pytest.mark.cluster
 async def test_bench_drain_and_a_node_restarted_smoke(tmp_path: Path) -> None:
+    """Two drivers: the receivers, and the fault's users (two client processes), shared."""
     results = await _bench(
-        tmp_path, "--workloads", "drain,fault-restart", "--receivers", "6",
+        tmp_path, "--workloads", "drain,fault-restart", "--drivers", "2", "--receivers", "6",
         "--session-messages", "30", "--rate", "15", "--fault-at", "0.5", "--drain-period",
         "0.3", "--fault-users", "6", "--fault-room-rate", "6", "--fault-dm-rate", "6",
         "--fault-after", "1.5", "--timeout", "20",
@@ -258,3 +283,4 @@ async def test_bench_drain_and_a_node_restarted_smoke(tmp_path: Path) -> None:
     assert (fault["lost"], fault["duplicates"], fault["timed_out"]) == (0, 0, False), fault
     assert (fault["wrong_left"], fault["wrong_joined"], fault["refused_resumes"]) == (0, 0, 0)
     assert fault["acked"] > 0 and fault["reconnects"] >= fault["hit"] == 3
+    assert fault["clients"] == 2

@@ -9,16 +9,20 @@ session workloads drive W1's load, 10,000 deliveries a second, and use the load 
 engine instead: see :mod:`._resume`.)
 
 It speaks the driver's protocol: one JSON command per line on stdin, one JSON answer per line
-on stdout.
+on stdout. With ``--drivers N`` the users are shared among N such processes; what a message is
+owed is then known only to the orchestrator, which tells each process (``collect``).
 
 ``open``     start one client per user (``users``: ``[user, url]``; ``urls``: every node;
              ``heartbeat_interval``, ``heartbeat_timeout``, ``call_timeout``: the client's,
              the rest at its defaults), each joins ``room``; answered once all are in it
-``start``    each user sends a room message every ``room_every`` seconds and a direct message
-             to the next user every ``dm_every`` seconds (their schedules spread evenly)
-``stop``     stop sending; answered once every call in flight has its answer (or gave up)
-``collect``  wait (at most ``timeout`` seconds) until every acknowledged message reached
-             every recipient, ``grace`` seconds more; everything sent, received and seen
+``start``    each user of ``schedule`` (``[user, peer, offset]``) sends a room message every
+             ``room_every`` seconds and a direct message to ``peer`` every ``dm_every``
+             seconds, from ``offset`` (a fraction of the period) on
+``stop``     stop sending; answered once every call in flight has its answer (or gave up),
+             with what was acknowledged (``acked``: ``[text, addressee or None]``)
+``collect``  wait (at most ``timeout`` seconds) until every acknowledged message (``expect``:
+             the ``acked`` of every client process) reached every recipient here, ``grace``
+             seconds more; everything sent, received and seen
 ``quit``     close the clients and exit
 
 Times are ``time.monotonic_ns()``, comparable with the orchestrator's.
@@ -133,10 +137,9 @@ class Clients:
 
     async def start(self, cmd: dict[str, Any]) -> dict[str, Any]:
         room_every, dm_every = float(cmd["room_every"]), float(cmd["dm_every"])
-        count = len(self.members)
-        for i, member in enumerate(self.members):
-            peer = self.members[(i + 1) % count].name
-            offset = i / count
+        by_name = {m.name: m for m in self.members}
+        for user, peer, offset in cmd["schedule"]:
+            member = by_name[user]
             self._spawn(member, None, room_every, offset * room_every)
             self._spawn(member, peer, dm_every, (offset + 0.5) * dm_every)
         return {"started_ns": time.monotonic_ns()}
@@ -185,13 +188,16 @@ class Clients:
         self._stop.set()
         if self._senders:
             await self._senders_done.wait()
-        return {"sent": len(self.sent)}
+        acked = [[s.text, s.to] for s in self.sent if s.acked_ns]
+        return {"sent": len(self.sent), "acked": acked}
 
     async def collect(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        """Wait until every acknowledged message arrived where it should (or the timeout)."""
+        """Wait until every acknowledged message (``expect``: ``[text, addressee or None]``, of
+        every client process) arrived where it should here (or the timeout)."""
         started = time.monotonic_ns()
+        expect = [(text, to) for text, to in cmd["expect"]]
         with trio.move_on_after(float(cmd["timeout"])) as scope:
-            while not self._complete():
+            while not self.complete(expect):
                 self._progress = trio.Event()
                 await self._progress.wait()
         complete_ns = time.monotonic_ns()
@@ -212,16 +218,15 @@ class Clients:
             ],
         }
 
-    def _complete(self) -> bool:
-        got = [{d[0] for d in m.deliveries} for m in self.members]
-        by_name = {m.name: i for i, m in enumerate(self.members)}
-        for s in self.sent:
-            if not s.acked_ns:
-                continue
-            if s.to is None:
-                if any(s.text not in g for g in got):
+    def complete(self, expect: list[tuple[str, str | None]]) -> bool:
+        """Whether this process's members have every message of ``expect`` owed to them: a
+        room message (no addressee) to each, a direct message to its addressee if it is here."""
+        got = {m.name: {d[0] for d in m.deliveries} for m in self.members}
+        for text, to in expect:
+            if to is None:
+                if any(text not in g for g in got.values()):
                     return False
-            elif s.text not in got[by_name[s.to]]:
+            elif to in got and text not in got[to]:
                 return False
         return True
 

@@ -3,7 +3,8 @@
 Each fault runs on a fresh cluster (a broker and five nodes, the cluster settings at the node's
 defaults). 40 users, spread evenly over the nodes, are in one room, each a Trio client given
 every node's URL (:mod:`._clients`); together they send 20 room messages and 20 direct messages
-(to the next user, on another node) a second. ``fault_at`` seconds in, one fault:
+(to the next user, on another node) a second; ``--drivers N`` shares the users among N client
+processes. ``fault_at`` seconds in, one fault:
 
 ==================== ==========================================================================
 ``fault-kill``        SIGKILL to a node
@@ -31,7 +32,7 @@ import trio
 from . import _stats
 from ._procs import ClusterControl, Node
 from ._sessions import victim_of
-from ._workloads import MARGIN, Bench
+from ._workloads import Bench
 
 ROOM: Final = "faults"
 SETTLE: Final = 1.0  # seconds after the joins, for every node to know every member
@@ -64,22 +65,28 @@ async def run_fault(bench: Bench, name: str, control: ClusterControl | None) -> 
     users = [f"u{i}" for i in range(s.fault_users)]
     homes = {user: nodes[i % len(nodes)] for i, user in enumerate(users)}
     urls = [_url(n) for n in nodes]
-    (driver,) = bench.drivers
-    opening = {"cmd": "open", "users": [[u, _url(homes[u])] for u in users], "urls": urls}
+    count = len(bench.drivers)
+    shares = [users[k::count] for k in range(count)]  # (--drivers: client processes)
     # (each join is pushed to the members before it: opening grows with the square of the users)
-    opened_within = max(OPEN_S, OPEN_PER_USER_S * len(users))
-    request = opening | CLIENT | {"room": ROOM, "timeout": opened_within}
-    await driver.request(request, opened_within + MARGIN)
+    opened_within = max(OPEN_S, OPEN_PER_USER_S * len(users) / count)
+    setup = CLIENT | {"cmd": "open", "urls": urls, "room": ROOM, "timeout": opened_within}
+    await bench.on_all(
+        [setup | {"users": [[u, _url(homes[u])] for u in share]} for share in shares], opened_within
+    )
     await trio.sleep(SETTLE)
     per_user = len(users)
     every = {"room_every": per_user / s.fault_room_rate, "dm_every": per_user / s.fault_dm_rate}
-    started = await driver.request({"cmd": "start"} | every, MARGIN)
+    # Every user sends to the next (on the next node), the schedules spread over the period.
+    plan = {u: [u, users[(i + 1) % per_user], i / per_user] for i, u in enumerate(users)}
+    starts = [{"cmd": "start", "schedule": [plan[u] for u in share]} | every for share in shares]
+    started = await bench.on_all(starts, 0.0)
     await trio.sleep(s.fault_at)
     fault = await _inject(name, control, victim, len(nodes))
     await trio.sleep(s.fault_after)
-    await driver.request({"cmd": "stop"}, CLIENT["call_timeout"] + MARGIN)
-    collect = {"cmd": "collect", "timeout": COLLECT, "grace": max(1.0, s.grace)}
-    raw = await driver.request(collect, COLLECT + MARGIN)
+    stopped = await bench.on_all([{"cmd": "stop"}] * count, CLIENT["call_timeout"])
+    expect = [acked for reply in stopped for acked in reply["acked"]]
+    collect = {"cmd": "collect", "timeout": COLLECT, "grace": max(1.0, s.grace), "expect": expect}
+    raw = merge_collected(await bench.on_all([collect] * count, COLLECT))
     hit = {u for u, home in homes.items() if home is victim} if "broker" not in name else set()
     result = tally(raw, fault["start_ns"], fault["end_ns"], hit)
     result.update(
@@ -87,7 +94,8 @@ async def run_fault(bench: Bench, name: str, control: ClusterControl | None) -> 
         victim="broker" if "broker" in name else victim.name,
         users=len(users),
         hit=len(hit),
-        traffic_started_ns=started["started_ns"],
+        clients=count,
+        traffic_started_ns=min(r["started_ns"] for r in started),
         fault_s=round((fault["end_ns"] - fault["start_ns"]) / 1e9, 3),
         **{k: v for k, v in fault.items() if k.endswith("_s")},
     )
@@ -137,6 +145,17 @@ async def _paused(control: ClusterControl, name: str, seconds: float) -> None:
 
 
 # Accounting (pure) ----------------------------------------------------------------------------
+
+
+def merge_collected(replies: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the client processes collected, as if one process had: their sends and members
+    together, timed out if one did."""
+    return {
+        "timed_out": any(r["timed_out"] for r in replies),
+        "collect_s": max(r["collect_s"] for r in replies),
+        "sent": [s for r in replies for s in r["sent"]],
+        "members": [m for r in replies for m in r["members"]],
+    }
 
 
 def tally(raw: dict[str, Any], start: int, end: int, hit: set[str]) -> dict[str, Any]:

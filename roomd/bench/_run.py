@@ -418,7 +418,7 @@ async def _workloads(
     for fault in (w for w in FAULT_WORKLOADS if w in settings.workloads):
         async with (
             _cluster(settings, defaults=True, label=fault) as cluster,
-            drivers(1, "roomd.bench._clients", "clients") as started,
+            drivers(settings.drivers, "roomd.bench._clients", "clients") as started,
         ):
             bench = _bench(settings, cluster, started, progress)
             progress.begin(fault, "", f"{FAULTS[fault]}, {settings.fault_users} users")
