@@ -210,6 +210,20 @@ def test_a_fault_that_lost_a_delivery_duplicated_one_and_told_a_lie() -> None:
     assert late["lost"] == 0 and late["hit_left"] == 0 and late["wrong_left"] == 1
 
 
+def test_a_user_missing_from_a_members_view_at_the_end_is_counted() -> None:
+    raw = _raw()
+    u0, u1, u2 = raw["members"]
+    u0["view"] = u1["view"] = ["u0", "u1", "u2"]
+    u2["view"] = ["u1", "u2"]  # u0 never left: the node u2 asks is wrong
+    result = tally(raw, 10 * S, 11 * S, {"u2"})
+    assert (result["absent_at_end"], result["views_failed"]) == (1, 0)
+    assert result["absent_examples"] == ["u0 not in u2's view"]
+    assert not _exact(result | {"target": None})
+    u2["view"] = None  # (its call failed: not counted as absent, counted apart)
+    result = tally(raw, 10 * S, 11 * S, {"u2"})
+    assert (result["absent_at_end"], result["views_failed"]) == (0, 1)
+
+
 def test_what_client_processes_collected_is_merged() -> None:
     raw = _raw()
     first, second = dict(raw, members=raw["members"][:2]), dict(raw, members=raw["members"][2:])
@@ -284,3 +298,4 @@ async def test_bench_drain_and_a_node_restarted_smoke(tmp_path: Path) -> None:
     assert (fault["wrong_left"], fault["wrong_joined"], fault["refused_resumes"]) == (0, 0, 0)
     assert fault["acked"] > 0 and fault["reconnects"] >= fault["hit"] == 3
     assert fault["clients"] == 2
+    assert (fault["absent_at_end"], fault["views_failed"]) == (0, 0)

@@ -22,7 +22,8 @@ owed is then known only to the orchestrator, which tells each process (``collect
              with what was acknowledged (``acked``: ``[text, addressee or None]``)
 ``collect``  wait (at most ``timeout`` seconds) until every acknowledged message (``expect``:
              the ``acked`` of every client process) reached every recipient here, ``grace``
-             seconds more; everything sent, received and seen
+             seconds more; everything sent, received and seen, and each member's ``view`` of
+             the room then (``room.members``)
 ``quit``     close the clients and exit
 
 Times are ``time.monotonic_ns()``, comparable with the orchestrator's.
@@ -45,6 +46,7 @@ from ..protocol import Push
 from ._commands import serve_commands
 
 PUSHES: Final = 100_000  # a client's subscription: never full in a run
+VIEWS_AT_ONCE: Final = 50  # room.members calls in flight at the end
 
 
 @attrs.define
@@ -202,6 +204,7 @@ class Clients:
                 await self._progress.wait()
         complete_ns = time.monotonic_ns()
         await trio.sleep(float(cmd["grace"]))
+        views = await self._views()
         return {
             "timed_out": scope.cancelled_caught,
             "collect_s": round((complete_ns - started) / 1e9, 3),
@@ -213,10 +216,32 @@ class Clients:
                     "presence": m.presence,
                     "opens": m.opens,
                     "closes": m.closes,
+                    "view": views[m.name],
                 }
                 for m in self.members
             ],
         }
+
+    async def _views(self) -> dict[str, list[str] | None]:
+        """Who each member is told the room holds, at the end (``room.members``, asked of the
+        node it is on): the state a resumed client reads again, since membership pushes are not
+        replayed. ``None`` where the call failed."""
+        views: dict[str, list[str] | None] = {}
+        limiter = trio.CapacityLimiter(VIEWS_AT_ONCE)
+
+        async def ask(member: Member) -> None:
+            async with limiter:
+                try:
+                    listed = await member.client.members(self.room)
+                except Exception:
+                    views[member.name] = None
+                else:
+                    views[member.name] = sorted(str(m["user"]) for m in listed)
+
+        async with trio.open_nursery() as nursery:
+            for member in self.members:
+                nursery.start_soon(ask, member)
+        return views
 
     def complete(self, expect: list[tuple[str, str | None]]) -> bool:
         """Whether this process's members have every message of ``expect`` owed to them: a

@@ -174,7 +174,10 @@ def tally(raw: dict[str, Any], start: int, end: int, hit: set[str]) -> dict[str,
     * **converged**: seconds from the fault's end until the last presence push or reconnect;
       **caught up**: until the last acknowledged message sent before the end arrived
       everywhere it should;
-    * **order**: members whose room messages came in an order another member contradicts.
+    * **order**: members whose room messages came in an order another member contradicts;
+    * **absent at end**: users missing from a member's view of the room at the end (what
+      ``room.members`` answers it once everything arrived; every user is still a member), the
+      state a resumed client reads again where it missed a membership push.
     """
     members = raw["members"]
     counts = {m["user"]: collections.Counter(d[0] for d in m["deliveries"]) for m in members}
@@ -225,6 +228,8 @@ def tally(raw: dict[str, Any], start: int, end: int, hit: set[str]) -> dict[str,
             if kind == "hit" and event == "room.left":
                 hit_shown = max(hit_shown, at)
     shown_left = sum(1 for m in members for user in _last_left(m["presence"], start))
+    views = [(m["user"], m.get("view")) for m in members]
+    absent = [(who, u) for who, view in views if view is not None for u in users if u not in view]
     reconnects = [o for m in members for o in m["opens"] if o["reconnect"]]
     refused = [f"{o['node']}: {o['reason']}" for o in reconnects if not o["resumed"]]
     return {
@@ -244,6 +249,9 @@ def tally(raw: dict[str, Any], start: int, end: int, hit: set[str]) -> dict[str,
         "hit_left": left["hit_left"],
         "hit_joined": left["hit_joined"],
         "shown_left_at_end": shown_left,
+        "absent_at_end": len(absent),
+        "absent_examples": [f"{u} not in {who}'s view" for who, u in absent[:10]],
+        "views_failed": sum(1 for _who, view in views if view is None),
         "reconnects": len(reconnects),
         "resumed": len(reconnects) - len(refused),
         "refused_resumes": len(refused),

@@ -74,11 +74,15 @@ SESSION_TARGET: Final = Target("0 lost, 0 duplicated, every reconnect resumed", 
 
 def _faults(r: dict[str, Any]) -> Verdict:
     wrong = r["wrong_left"] + r["wrong_joined"]
-    text = f"lost {r['lost']}, dup {r['duplicates']}, wrong presence {wrong}"
-    return text, _clean(r) and wrong == 0
+    absent = r.get("absent_at_end", 0)  # (a run stored before it was measured: 0)
+    text = f"lost {r['lost']}, dup {r['duplicates']}, wrong presence {wrong}, absent {absent}"
+    return text, _clean(r) and wrong == 0 and absent == 0
 
 
-FAULT_TARGET: Final = Target("0 lost, 0 duplicated, no wrong presence push", _faults)
+FAULT_TARGET: Final = Target(
+    "0 lost, 0 duplicated, no wrong presence push, every member in every view at the end",
+    _faults,
+)
 
 TARGETS: Final[dict[str, Target]] = {
     "w1-rate": Target("0 lost, p99 of all deliveries <= 25 ms", _w1_rate),
@@ -529,6 +533,7 @@ def _fault_medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out["latency_ms"] = {q: _median([r["latency_ms"][q] for r in runs]) for q in _QS}
     worst = ("lost", "lost_during", "lost_after", "duplicates", "wrong_left", "wrong_joined")
     out.update({k: max(r[k] for r in runs) for k in (*worst, "refused_resumes")})
+    out["absent_at_end"] = max(r.get("absent_at_end", 0) for r in runs)
     out["values"] = {k: [r[k] for r in runs] for k in (*worst, "converged_s", "hit_left")}
     return out
 

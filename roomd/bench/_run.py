@@ -595,9 +595,10 @@ def _exact(result: dict[str, Any]) -> bool:
         return False
     if "skipped" in result or "direct_us" in result:
         return True
-    if "wrong_left" in result:  # a fault workload: also no wrong presence push
+    if "wrong_left" in result:  # a fault workload: also no wrong presence push, no one absent
         clean = result["lost"] == 0 and result["duplicates"] == 0 and not result["timed_out"]
-        return clean and result["wrong_left"] == 0 and result["wrong_joined"] == 0
+        wrong = result["wrong_left"] + result["wrong_joined"] + result.get("absent_at_end", 0)
+        return clean and wrong == 0
     if "refused_resumes" in result:  # a session workload: also every reconnect resumed
         clean = result["lost"] == 0 and result["duplicates"] == 0 and not result["timed_out"]
         return clean and result["refused_resumes"] == 0
