@@ -228,7 +228,7 @@ def tally(raw: dict[str, Any], start: int, end: int, hit: set[str]) -> dict[str,
             if kind == "hit" and event == "room.left":
                 hit_shown = max(hit_shown, at)
     shown_left = sum(1 for m in members for user in _last_left(m["presence"], start))
-    views = [(m["user"], m.get("view")) for m in members]
+    views = [(m["user"], None if m.get("view") is None else set(m["view"])) for m in members]
     absent = [(who, u) for who, view in views if view is not None for u in users if u not in view]
     reconnects = [o for m in members for o in m["opens"] if o["reconnect"]]
     refused = [f"{o['node']}: {o['reason']}" for o in reconnects if not o["resumed"]]
