@@ -205,6 +205,10 @@ def test_a_fault_that_lost_a_delivery_duplicated_one_and_told_a_lie() -> None:
     assert (result["lost"], result["lost_during"], result["lost_after"]) == (1, 1, 0)
     assert result["lost_examples"] == ["u0:r1 (sent +2.00 s, acked +2.00 s; 1 of 3 lack it: u2)"]
     assert (result["duplicates"], result["wrong_left"], result["shown_left_at_end"]) == (1, 1, 1)
+    assert result["duplicate_examples"] == [
+        "u0:r0 to u0 (room, -1.000 s)",
+        "u0:r0 to u0 (room, +3.000 s)",
+    ]
     assert not _exact(result | {"target": None})
     late = tally(_raw(), 0, 1 * S, set())  # after the convergence: counted after
     assert late["lost"] == 0 and late["hit_left"] == 0 and late["wrong_left"] == 1

@@ -217,6 +217,12 @@ def tally(raw: dict[str, Any], start: int, end: int, hit: set[str]) -> dict[str,
             if sent_ns <= end:
                 caught_up = max(caught_up, at)
     duplicates = sum(n - 1 for c in counts.values() for n in c.values() if n > 1)
+    twice = [
+        (m["user"], d) for m in members for d in m["deliveries"] if counts[m["user"]][d[0]] > 1
+    ]
+    twice_examples = [
+        f"{d[0]} to {user} ({d[2]}, {(d[1] - start) / 1e9:+.3f} s)" for user, d in twice[:20]
+    ]
     left = collections.Counter[str]()
     hit_shown = start  # until the last member was told a user of the failed node left
     for m in members:
@@ -244,6 +250,7 @@ def tally(raw: dict[str, Any], start: int, end: int, hit: set[str]) -> dict[str,
         "lost_after": lost_after,
         "lost_examples": examples,
         "duplicates": duplicates,
+        "duplicate_examples": twice_examples,
         "wrong_left": left["wrong_left"],
         "wrong_joined": left["wrong_joined"],
         "hit_left": left["hit_left"],
