@@ -12,6 +12,8 @@ import pytest
 import trio
 
 from roomd.client import Backoff, Client
+from roomd.cluster import room_stream
+from roomd.cluster._streams import ranking
 from tests.cluster_support import running_cluster
 from tests.support import connect
 from tests.test_sessions import Positions, drop, resumed, text
@@ -230,3 +232,43 @@ async def test_a_drained_nodes_clients_move_to_the_others_with_nothing_lost(
                     assert len(got[client.user]) == 0  # nothing twice
                 for client in clients:
                     await client.aclose()
+
+
+async def test_a_session_up_to_date_resumes_on_its_restarted_sequencer_with_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    """The room's sequencer is killed and started again, and a member who had everything
+    resumes on it. Reading the room for the resume makes the node take the stream over, and it
+    delivers what it gathered from the others to its members there, the resuming session among
+    them: held until the welcome, none of it may reach the client again. (`roomd bench
+    --workloads fault-restart` caught a member getting the whole room twice, two runs in
+    twelve.)"""
+    nodes = ["nodeA", "nodeB", "nodeC"]
+    room = next(
+        r
+        for r in (f"r{i}" for i in range(100))
+        if ranking(room_stream("/", r), nodes)[0] == "nodeA"
+    )
+    with trio.fail_after(40):
+        async with running_cluster(tmp_path) as cluster:
+            a, c = cluster.node("nodeA"), cluster.node("nodeC")
+            async with connect(c, "carol") as carol:
+                await carol.ok("room.join", {"room": room})
+                async with connect(a, "alice") as alice:
+                    at = Positions(alice.welcome)
+                    at.joined(await alice.ok("room.join", {"room": room}))
+                    for i in range(3):
+                        await carol.ok("send", {"to": {"room": room}, "data": text(f"m{i}")})
+                        at.saw(await alice.push("message"))
+                    cluster.nodes["nodeA"].kill()
+                assert cluster.nodes["nodeA"].process is not None
+                await cluster.nodes["nodeA"].process.wait()
+                lines = len(cluster.nodes["nodeC"].lines)
+                await cluster.start_node("nodeA", 2)
+                await cluster.nodes["nodeC"].wait_for(r"nodeA (restarted|is up)", lines)
+                async with resumed(cluster.node("nodeA"), "alice", at.resume()) as (again, welcome):
+                    assert welcome["resumed"] is True and not welcome.get("replayed"), welcome
+                    await carol.ok("send", {"to": {"room": room}, "data": text("live")})
+                    push = await again.push("message")
+                    assert push["data"]["payload"]["content"] == "live"
+                    assert push["offset"] == 4

@@ -147,8 +147,9 @@ def detaches(close_code: int | None) -> bool:
 
 @attrs.define
 class Outcome:
-    """What a resume found: the pushes to replay (after the welcome), the last offset replayed
-    of each stream, and the streams whose missed messages are no longer held."""
+    """What a resume found: the pushes to replay (after the welcome), the last offset each
+    stream is replayed up to (the client's position, if nothing was missed), and the streams
+    whose missed messages are no longer held."""
 
     pushes: list[PushTemplate] = attrs.field(factory=list)
     offsets: dict[str, int] = attrs.field(factory=dict)
@@ -386,6 +387,10 @@ class Sessions:
                 log.warning("%s: cannot read %r for a resume: %s", self.name, stream, exc)
             return False
         self.streams.follow(stream, at)
+        # The client holds the stream up to its position: what reaches the session while it
+        # is held, up to there, is not sent again (a sequencer taking the stream over for this
+        # very read delivers what it gathered to its members here, this session among them).
+        outcome.offsets[stream] = at.offset
         self.streams.absorb(stream, entries)
         for entry in entries:
             outcome.offsets[stream] = entry.offset
