@@ -274,11 +274,6 @@ async def test_a_session_up_to_date_resumes_on_its_restarted_sequencer_with_noth
                     assert push["offset"] == 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect: a restarted sequencer's take-over delivers what it gathered to every "
-    "member there, a member that joined after those messages included",
-)
 async def test_a_fresh_join_on_a_restarted_sequencer_gets_nothing_from_before(
     tmp_path: Path,
 ) -> None:
@@ -307,4 +302,4 @@ async def test_a_fresh_join_on_a_restarted_sequencer_gets_nothing_from_before(
                     await dave.ok("room.join", {"room": room})
                     await carol.ok("send", {"to": {"room": room}, "data": text("live")})
                     first = (await dave.push("message"))["data"]["payload"]["content"]
-    assert first == "live"  # (today: "m0", the first message before the restart)
+    assert first == "live"  # (it was "m0": the take-over pushed what it gathered)

@@ -818,6 +818,20 @@ class StreamService:
             self.store.logs.pop(stream, None)
             self._held.pop(stream, None)
 
+    def takes_over(self, stream: StreamKey) -> bool:
+        """Whether this node numbers ``stream`` but has not taken it over yet (see
+        :meth:`taken_over`)."""
+        return (
+            self.outbound is not None
+            and self._spawn is not None
+            and stream not in self.store.sequencers
+            and self.sequencer_of(stream) == self.name
+        )
+
+    async def taken_over(self, stream: StreamKey) -> None:
+        """Until this node numbers ``stream`` if it ranks first for it (:meth:`_numbering`)."""
+        await self._numbering(stream)
+
     async def _numbering(self, stream: StreamKey) -> None:
         """Until this node numbers ``stream``, which it ranks first for: a node that came to
         rank first (it joined, or restarted) holds at most a reader's copy of a stream that

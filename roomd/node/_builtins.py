@@ -184,9 +184,30 @@ class Builtins:
             members = self.view.room_users.get(key, ())
             if conn.user not in members and len(members) >= limits.max_members_per_room:
                 raise RemoteProtocolError(ErrorCode.ROOM_FULL, f"room {key[1]!r} is full")
+            if self.streams.takes_over(room_stream(*key)):
+                later = Later()
+                conn.outlet.spawn(self._join_later, conn, key, later)
+                return later
             self.router.join(conn, key)
         result = {"ns": key[0], "room": key[1], "members": self.view.room_members(key)}
         return self._with_position(conn, room_stream(*key), result)
+
+    async def _join_later(self, conn: Connection, key: RoomKey, later: Later) -> None:
+        """A join of a room this node numbers but has not taken over yet (it came to rank
+        first: it started, or restarted): the room is taken over first, and the connection
+        joins after, so that what the take-over gathers from the other nodes (numbered before
+        this join) is not pushed to it."""
+        stream = room_stream(*key)
+        try:
+            await self.streams.taken_over(stream)
+        except RoomdError as exc:
+            later.fail(exc)
+            return
+        if key not in conn.rooms and conn.session.is_open:
+            self.router.join(conn, key)
+        result = {"ns": key[0], "room": key[1], "members": self.view.room_members(key)}
+        position = self.streams.local_tail(stream) or self.streams.known_tail(stream)
+        later.settle({**result, "epoch": position.epoch, "offset": position.offset})
 
     def _with_position(self, conn: Connection, stream: StreamKey, result: dict[str, Any]) -> Any:
         """``result`` with the stream's position now (``epoch``, ``offset``): where the
