@@ -391,11 +391,8 @@ class Transport:
         None of them may block: the first two run in the node's reading task (:class:`Readers`)
         between two reads. What arrived with the handshake is handled here, a turn at a time.
         """
-        self._on_message, self._owner, self._on_control = on_message, owner, on_control
-        self._on_closed = on_closed
+        self._serve_with(on_message, owner, on_control, on_closed)
         try:
-            if self._closing and not self._ended:  # closed before it started
-                self.spawn(self._close_timer)
             while not self._ended and self._handle():
                 await trio.lowlevel.checkpoint()
         except BaseException:  # cancelled: the socket is closed, ``on_closed`` called
@@ -414,11 +411,20 @@ class Transport:
         to handle first, so nothing to wait for)."""
         if self._ws.buffered:
             raise RuntimeError("bytes came with the handshake: start() handles them")
+        self._serve_with(on_message, owner, on_control, on_closed)
+        self._read_from_now()
+
+    def _serve_with(
+        self,
+        on_message: MessageHandler,
+        owner: Any,
+        on_control: ControlHandler | None,
+        on_closed: ClosedHandler | None,
+    ) -> None:
         self._on_message, self._owner, self._on_control = on_message, owner, on_control
         self._on_closed = on_closed
-        if self._closing:  # closed before it started
+        if self._closing and not self._ended:  # closed before it started
             self.spawn(self._close_timer)
-        self._read_from_now()
 
     def _read_from_now(self) -> None:
         if not self._ended and not self._readers.add(self):
