@@ -605,10 +605,7 @@ class Node:
             upgrade = self._upgrade_at_once(sock, ticket, nursery)
         except Exception:  # a defect: it ends this connection, never the node
             log.exception("handshake failed; the connection is dropped")
-            self.admission.handshake_done(ticket)
-            trio.lowlevel.notify_closing(sock)
-            sock.close()
-            self.admission.leave(ticket)
+            self._drop(sock, ticket)
             return
         if upgrade is None:
             return  # a task took it over
@@ -797,10 +794,14 @@ class Node:
         try:
             await _send_reply(sock, reply)
         finally:
-            self.admission.handshake_done(ticket)
-            trio.lowlevel.notify_closing(sock)
-            sock.close()
-            self.admission.leave(ticket)
+            self._drop(sock, ticket)
+
+    def _drop(self, sock: socket.socket, ticket: Ticket) -> None:
+        """Close a connection the handshake did not hand over, and uncount it."""
+        self.admission.handshake_done(ticket)
+        trio.lowlevel.notify_closing(sock)
+        sock.close()
+        self.admission.leave(ticket)
 
     def _answer(self, request: HttpRequest, ticket: Ticket) -> tuple[bytes, Upgrade | None]:
         """What to send in answer to ``request``, and the WebSocket upgrade it makes
