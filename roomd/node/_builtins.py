@@ -206,8 +206,7 @@ class Builtins:
         if key not in conn.rooms and conn.session.is_open:
             self.router.join(conn, key)
         result = {"ns": key[0], "room": key[1], "members": self.view.room_members(key)}
-        position = self.streams.local_tail(stream) or self.streams.known_tail(stream)
-        later.settle({**result, "epoch": position.epoch, "offset": position.offset})
+        await self._position_later(stream, result, later)
 
     def _with_position(self, conn: Connection, stream: StreamKey, result: dict[str, Any]) -> Any:
         """``result`` with the stream's position now (``epoch``, ``offset``): where the
