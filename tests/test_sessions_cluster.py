@@ -21,6 +21,25 @@ from tests.test_sessions import Positions, drop, resumed, text
 pytestmark = pytest.mark.cluster
 
 
+async def _started_again(cluster: Any, name: str) -> None:
+    """Start node ``name`` again once its killed process has exited; returns when nodeC has
+    heard of its new life."""
+    process = cluster.nodes[name].process
+    assert process is not None
+    await process.wait()
+    lines = len(cluster.nodes["nodeC"].lines)
+    await cluster.start_node(name, 2)
+    await cluster.nodes["nodeC"].wait_for(rf"{name} (restarted|is up)", lines)
+
+
+def _room_numbered_by(node: str) -> str:
+    """A room whose stream ``node`` numbers in the cluster of nodeA, nodeB and nodeC."""
+    nodes = ["nodeA", "nodeB", "nodeC"]
+    return next(
+        r for r in (f"r{i}" for i in range(100)) if ranking(room_stream("/", r), nodes)[0] == node
+    )
+
+
 async def test_a_session_resumes_on_another_node_with_what_it_missed(tmp_path: Path) -> None:
     with trio.fail_after(30):
         async with running_cluster(tmp_path) as cluster:
@@ -114,11 +133,7 @@ async def test_a_session_resumes_after_its_node_was_killed_and_restarted(
                     cluster.nodes["nodeA"].kill()
                     sent = [await carol.ok("send", {"to": {"room": "r"}, "data": text(f"m{i}")})
                             for i in range(3)]  # fmt: skip
-                assert cluster.nodes["nodeA"].process is not None
-                await cluster.nodes["nodeA"].process.wait()
-                lines = len(cluster.nodes["nodeC"].lines)
-                await cluster.start_node("nodeA", 2)
-                await cluster.nodes["nodeC"].wait_for(r"nodeA (restarted|is up)", lines)
+                await _started_again(cluster, "nodeA")
                 async with resumed(cluster.node(where), "alice", at.resume()) as (again, welcome):
                     assert welcome["resumed"] is True, welcome
                     assert welcome["session"] == at.session
@@ -243,12 +258,7 @@ async def test_a_session_up_to_date_resumes_on_its_restarted_sequencer_with_noth
     them: held until the welcome, none of it may reach the client again. (`roomd bench
     --workloads fault-restart` caught a member getting the whole room twice, two runs in
     twelve.)"""
-    nodes = ["nodeA", "nodeB", "nodeC"]
-    room = next(
-        r
-        for r in (f"r{i}" for i in range(100))
-        if ranking(room_stream("/", r), nodes)[0] == "nodeA"
-    )
+    room = _room_numbered_by("nodeA")
     with trio.fail_after(40):
         async with running_cluster(tmp_path) as cluster:
             a, c = cluster.node("nodeA"), cluster.node("nodeC")
@@ -261,11 +271,7 @@ async def test_a_session_up_to_date_resumes_on_its_restarted_sequencer_with_noth
                         await carol.ok("send", {"to": {"room": room}, "data": text(f"m{i}")})
                         at.saw(await alice.push("message"))
                     cluster.nodes["nodeA"].kill()
-                assert cluster.nodes["nodeA"].process is not None
-                await cluster.nodes["nodeA"].process.wait()
-                lines = len(cluster.nodes["nodeC"].lines)
-                await cluster.start_node("nodeA", 2)
-                await cluster.nodes["nodeC"].wait_for(r"nodeA (restarted|is up)", lines)
+                await _started_again(cluster, "nodeA")
                 async with resumed(cluster.node("nodeA"), "alice", at.resume()) as (again, welcome):
                     assert welcome["resumed"] is True and not welcome.get("replayed"), welcome
                     await carol.ok("send", {"to": {"room": room}, "data": text("live")})
@@ -280,12 +286,7 @@ async def test_a_fresh_join_on_a_restarted_sequencer_gets_nothing_from_before(
     """A restarted sequencer that has not taken a room over yet answers a fresh join at once
     (an empty-epoch position); taking the room over later, it must not push the new member
     what was numbered before it joined."""
-    nodes = ["nodeA", "nodeB", "nodeC"]
-    room = next(
-        r
-        for r in (f"r{i}" for i in range(100))
-        if ranking(room_stream("/", r), nodes)[0] == "nodeA"
-    )
+    room = _room_numbered_by("nodeA")
     with trio.fail_after(40):
         async with running_cluster(tmp_path) as cluster:
             async with connect(cluster.node("nodeC"), "carol") as carol:
@@ -293,11 +294,7 @@ async def test_a_fresh_join_on_a_restarted_sequencer_gets_nothing_from_before(
                 for i in range(3):
                     await carol.ok("send", {"to": {"room": room}, "data": text(f"m{i}")})
                 cluster.nodes["nodeA"].kill()
-                assert cluster.nodes["nodeA"].process is not None
-                await cluster.nodes["nodeA"].process.wait()
-                lines = len(cluster.nodes["nodeC"].lines)
-                await cluster.start_node("nodeA", 2)
-                await cluster.nodes["nodeC"].wait_for(r"nodeA (restarted|is up)", lines)
+                await _started_again(cluster, "nodeA")
                 async with connect(cluster.node("nodeA"), "dave") as dave:
                     await dave.ok("room.join", {"room": room})
                     await carol.ok("send", {"to": {"room": room}, "data": text("live")})
