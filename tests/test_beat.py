@@ -1,4 +1,5 @@
-"""Periodic timers on the common beat (``roomd.io.until_next``), under a virtual clock."""
+"""Periodic timers on the common beat (``roomd.io.until_next``) and the timer wheel a beat
+takes what is due from (``roomd.io.TimerWheel``), under a virtual clock."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import itertools
 import trio
 import trio.testing
 
-from roomd.io import until_next
+from roomd.io import TimerWheel, until_next
 
 
 def _near(a: float, b: float) -> bool:
@@ -41,3 +42,39 @@ async def test_timers_on_the_beat_wake_together_and_do_not_drift(
 async def test_the_next_beat_is_within_one_period() -> None:
     for period in (0.01, 0.5, 1.0, 20.0):
         assert 0 < until_next(period) <= period
+
+
+async def test_a_wheel_gives_an_item_at_the_first_beat_after_its_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    await trio.sleep(until_next(1.0))  # on a beat
+    beat = trio.current_time()
+    wheel: TimerWheel[str] = TimerWheel(1.0)
+    wheel.at("soon", beat + 0.2)
+    wheel.at("later", beat + 2.5)
+    wheel.at("past", beat - 3.0)  # overdue: at the next take
+    assert len(wheel) == 3 and "soon" in wheel
+    assert wheel.due(beat) == ["past"]
+    assert wheel.due(beat + 0.99) == []  # "soon" is due at the next beat, not before
+    assert wheel.due(beat + 1.0) == ["soon"]
+    assert "soon" not in wheel and len(wheel) == 1  # taken: no longer held
+    assert wheel.due(beat + 2.0) == []
+    assert wheel.due(beat + 3.0) == ["later"]
+    assert len(wheel) == 0
+
+
+async def test_a_wheel_moves_and_forgets_items_and_gives_the_earliest_first(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    await trio.sleep(until_next(0.5))
+    beat = trio.current_time()
+    wheel: TimerWheel[int] = TimerWheel(0.5)
+    for i in range(10):
+        wheel.at(i, beat + 0.1 + 0.5 * (9 - i))  # 9 first, 0 last
+    wheel.at(3, beat + 0.2)  # moved sooner: no longer at its old time
+    wheel.discard(5)
+    wheel.discard(5)  # (forgetting what is not held is nothing)
+    wheel.discard(42)
+    taken = wheel.due(beat + 60)  # a timer that woke late takes every slot passed, in order
+    assert taken == [9, 3, 8, 7, 6, 4, 2, 1, 0]
+    assert len(wheel) == 0 and wheel.due(beat + 120) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -39,6 +40,33 @@ async def test_responsive_client_survives_heartbeats(start_node: Callable[..., A
         async with connect(node, "alice") as a:
             await trio.sleep(0.8)  # four timeouts long: trio-websocket answers the node's pings
             assert await a.ok("users.online", {}) == {"users": ["alice"]}
+
+
+async def test_a_heartbeat_beat_looks_only_at_the_connections_due(
+    start_node: Callable[..., Any], monkeypatch: Any
+) -> None:
+    """The sweep does not walk every connection on every beat (a node of 100,000 connections
+    would stall each second): a connection is looked at when it could be due for a ping."""
+    node: Node = await start_node(heartbeat={"interval": 1.0, "timeout": 4.0})
+    looked: list[float] = []
+    look_at = node._look_at
+
+    def counted(conn: Any, transport: Any, now: float) -> float | None:
+        looked.append(now)
+        return look_at(conn, transport, now)
+
+    monkeypatch.setattr(node, "_look_at", counted)
+    with trio.fail_after(10):
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(connect(node, f"u{i}")) for i in range(20)]
+            opened = trio.current_time()
+            await trio.sleep(0.6)  # two beats (of 0.25 s) and more, none of them due
+            assert looked == []
+            await trio.sleep(opened + 1.6 - trio.current_time())  # silent for an interval
+            assert 20 <= len(looked) <= 40  # each once or twice: pinged, then its pong
+            assert all(t >= opened + 1.0 - 0.3 for t in looked)  # (each opened before `opened`)
+            for client in clients:  # the pings were answered: all are served
+                assert await client.ok("users.online", {}) is not None
 
 
 async def test_handshake_timeout(start_node: Callable[..., Any]) -> None:

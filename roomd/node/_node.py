@@ -38,6 +38,7 @@ from ..hub import Connection, Hub, RateLimiter
 from ..io import (
     Flusher,
     Readers,
+    TimerWheel,
     Transport,
     read_request,
     receive_now,
@@ -258,6 +259,9 @@ class Node:
         }
         self.admission = Admission(self.config.limits)  # every TCP connection, counted
         self._connected: dict[Connection, Transport] = {}  # every WebSocket, handshaking or open
+        hb = self.config.heartbeat
+        sweep = min(hb.interval, hb.timeout, self.config.limits.handshake_timeout) / 4
+        self._wheel: TimerWheel[Connection] = TimerWheel(min(1.0, max(0.01, sweep)))
         self._stop = trio.Event()
         self._idle = trio.Event()
         self.draining = False
@@ -562,29 +566,50 @@ class Node:
             sock.close()
 
     async def _sweep(self, scope: trio.CancelScope) -> None:
-        """The node-wide heartbeat: ping idle connections, close silent and stalled ones."""
-        hb = self.config.heartbeat
-        period = min(hb.interval, hb.timeout, self.config.limits.handshake_timeout) / 4
-        period = min(1.0, max(0.01, period))
+        """The node-wide heartbeat: ping idle connections, close silent and stalled ones.
+
+        Each beat looks only at the connections due then (:class:`~roomd.io.TimerWheel`): an
+        idle connection is looked at when it has been silent for ``heartbeat.interval`` (to
+        ping it) and ``heartbeat.timeout`` (to close it), one still in its handshake at its
+        deadline, whatever the number of connections held.
+        """
+        wheel = self._wheel
         with scope:
             while True:
                 # (on the common beat, with the cluster's ticker; it measures the loop's lag too)
-                await self.lag.sleep(until_next(period))
+                await self.lag.sleep(until_next(wheel.period))
                 now = trio.current_time()
                 self.sessions.expire(now)
-                for conn, transport in list(self._connected.items()):
-                    if transport.paused:
-                        continue  # (this node does not read it: its silence means nothing)
-                    if not conn.session.is_open:
-                        if now > conn.handshake_deadline:
-                            transport.close(CloseCode.HANDSHAKE_TIMEOUT)
-                    elif now - transport.last_seen > hb.timeout:
-                        transport.close(CloseCode.HEARTBEAT_TIMEOUT, discard=True)
-                    elif (
-                        now - transport.last_seen > hb.interval
-                        and transport.last_ping < transport.last_seen
-                    ):
-                        transport.ping(now)
+                connected = self._connected
+                for conn in wheel.due(now):
+                    transport = connected.get(conn)
+                    if transport is not None:
+                        when = self._look_at(conn, transport, now)
+                        if when is not None:
+                            wheel.at(conn, when)
+
+    def _look_at(self, conn: Connection, transport: Transport, now: float) -> float | None:
+        """Ping ``conn`` or close it if it is due; when to look at it next (``None``: it is
+        closing, and its close timer ends it)."""
+        hb = self.config.heartbeat
+        if transport.closing:
+            return None
+        if transport.paused:
+            return now  # (this node does not read it: its silence means nothing; next beat)
+        if not conn.session.is_open:
+            if now > conn.handshake_deadline:
+                transport.close(CloseCode.HANDSHAKE_TIMEOUT)
+                return None
+            return min(conn.handshake_deadline, now + hb.interval)
+        silent = now - transport.last_seen
+        if silent > hb.timeout:
+            transport.close(CloseCode.HEARTBEAT_TIMEOUT, discard=True)
+            return None
+        if silent > hb.interval:
+            if transport.last_ping < transport.last_seen:
+                transport.ping(now)
+            return transport.last_seen + hb.timeout
+        return transport.last_seen + hb.interval
 
     def _take(self, sock: socket.socket, peer: str) -> None:
         """A connection accepted on the WebSocket port.
@@ -732,6 +757,8 @@ class Node:
             transport.close(CloseCode.TRY_AGAIN_LATER)
         self.stats.connections_total += 1
         self._connected[conn] = transport
+        # (looked at first when its handshake ends, or when it would be pinged if open)
+        self._wheel.at(conn, min(deadline, transport.last_seen + self.config.heartbeat.interval))
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         return transport, conn
 
@@ -860,6 +887,7 @@ class Node:
 
     def _disconnected(self, conn: Connection) -> None:
         transport = self._connected.pop(conn)
+        self._wheel.discard(conn)
         current = self.hub.connections.get(conn.id) is conn
         if self.sessions.moving(conn):
             pass  # handed over to another node: it ends by itself
