@@ -69,6 +69,29 @@ async def test_a_heartbeat_beat_looks_only_at_the_connections_due(
                 assert await client.ok("users.online", {}) is not None
 
 
+async def test_a_paused_connection_is_not_judged_silent_until_it_is_read_again(
+    start_node: Callable[..., Any],
+) -> None:
+    """A connection the node stopped reading (flow control) is not pinged or closed for a
+    silence that is the node's own; once read again, its silence counts from then."""
+    node: Node = await start_node(heartbeat={"interval": 0.1, "timeout": 0.4})
+    with trio.fail_after(5):
+        stream, ws = await silent_websocket(node.port or 0)
+        async with stream:
+            ws.receive_data(await stream.receive_some(65536))
+            await stream.send_all(ws.send(TextMessage('{"type":"hello","v":1}')))
+            await wait_until(lambda: any(c.session.is_open for c in node._connected))
+            (transport,) = node._connected.values()
+            transport.pause_reading()
+            await trio.sleep(1.0)  # two and a half timeouts: long since closed, were it read
+            assert not transport.closing and transport.last_ping == 0.0
+            resumed = trio.current_time()
+            transport.resume_reading()
+            code, events = await read_until_close(stream, ws)
+            assert code == 4004 and any(isinstance(e, Ping) for e in events)
+            assert trio.current_time() - resumed >= 0.4  # silent for a timeout from the resume
+
+
 async def test_handshake_timeout(start_node: Callable[..., Any]) -> None:
     node: Node = await start_node(limits={"handshake_timeout": 0.3})
     with trio.fail_after(5):
