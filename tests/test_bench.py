@@ -569,6 +569,43 @@ async def test_bench_smoke(tmp_path: Path) -> None:
 
 
 @pytest.mark.cluster
+async def test_bench_in_a_mesh_measures_the_nodes_alone(tmp_path: Path) -> None:
+    """``--mesh``: the nodes' PUBs bound and connected to one another, no broker process; the
+    server's cost is the nodes' (a broker that is not there costs nothing), the bus workload
+    (which measures a broker) says why it is skipped, and a broker fault is refused."""
+    out = tmp_path / "bench.json"
+    argv = [
+        sys.executable, "-m", "roomd.cli", "bench", "--mesh", "--nodes", "3",
+        "--workloads", "bus,w1-rate,w2-burst,w3-idle",
+        "--receivers", "6", "--rate-messages", "10", "--rate", "50",
+        "--pairs", "3", "--pair-burst", "20", "--connections", "30", "--hold", "1",
+        "--timeout", "15", "--json", str(out),
+    ]  # fmt: skip
+    with trio.fail_after(60):
+        done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
+    report = done.stdout.decode()
+    assert done.returncode == 0, report + done.stderr.decode()
+    assert "3 node(s) in a mesh (no broker)" in report
+    document = json.loads(out.read_text())
+    assert document["run"]["mesh"]
+    results = document["results"]
+    assert results["bus"] == {"skipped": "a mesh has no broker (the bus workload measures one)"}
+    for name in ("w1-rate", "w2-burst"):
+        r = results[name]
+        assert _exact(r), (name, r)
+        assert r["cpu_s"]["broker"] == 0.0 and r["cpu_s"]["nodes"] > 0, (name, r["cpu_s"])
+        assert r["cost"]["server_cpu_s"] == round(r["cpu_s"]["nodes"], 3), (name, r["cost"])
+    assert results["w3-idle"]["all_alive"] and results["w3-idle"]["cost"]["ms_per_connection"] > 0
+    refused = [sys.executable, "-m", "roomd.cli", "bench", "--mesh", "--workloads", "faults"]
+    with trio.fail_after(20):
+        done = await trio.run_process(refused, capture_stderr=True, check=False)
+    assert done.returncode != 0
+    assert "a mesh has no broker: fault-broker-kill, fault-broker-stop cannot run" in (
+        done.stderr.decode()
+    )
+
+
+@pytest.mark.cluster
 async def test_bench_x10_plots_and_progress(tmp_path: Path) -> None:
     """The x10 workloads at tiny sizes beside the base ones: the cost of each phase, the
     scaling table, the plots, and a line per phase start and end on stderr (not a terminal)."""

@@ -264,6 +264,7 @@ class ClusterOptions:
     heartbeat: float | None = 1.0
     drain_period: float | None = None  # shutdown.drain_period (None: the node's default)
     insecure: bool = False  # a plaintext bus (cluster.insecure) instead of CurveZMQ
+    mesh: bool = False  # a mesh (each node's PUB bound on its own port) instead of a broker
 
 
 def cluster_toml(
@@ -273,8 +274,11 @@ def cluster_toml(
     options: ClusterOptions = ClusterOptions(),
     tls: tuple[Path, Path] | None = None,
     keys: Path | None = None,
+    buses: Sequence[int] = (),
 ) -> str:
-    """The cluster file of a benchmark: dev auth, limits out of the workloads' way."""
+    """The cluster file of a benchmark: dev auth, limits out of the workloads' way; a broker
+    on the ports ``broker``, or with ``options.mesh`` each node's PUB on its port of
+    ``buses``."""
     frontend, backend = (f"tcp://127.0.0.1:{p}" for p in broker)
     lines = [
         "# Written by `roomd bench`: a broker and nodes on 127.0.0.1.",
@@ -288,16 +292,14 @@ def cluster_toml(
         "burst = 1000000",
         "[permissions]",
         'client_send = ["room", "user", "users"]',
-        "[broker]",
-        f'frontend = "{frontend}"',
-        f'backend = "{backend}"',
-        "stats_interval = 0",
-        "[cluster]",
-        'mode = "broker"',
-        f'broker_frontend = "{frontend}"',
-        f'broker_backend = "{backend}"',
-        "insecure = true" if options.insecure or keys is None else f'keys = "{keys}"',
     ]
+    if options.mesh:
+        lines += ["[cluster]", 'mode = "mesh"']
+    else:
+        lines += ["[broker]", f'frontend = "{frontend}"', f'backend = "{backend}"']
+        lines += ["stats_interval = 0", "[cluster]", 'mode = "broker"']
+        lines += [f'broker_frontend = "{frontend}"', f'broker_backend = "{backend}"']
+    lines.append("insecure = true" if options.insecure or keys is None else f'keys = "{keys}"')
     if options.heartbeat is not None:
         lines += [f"heartbeat_interval = {options.heartbeat}", "heartbeat_misses = 3"]
     if options.drain_period is not None:
@@ -306,8 +308,10 @@ def cluster_toml(
         lines += ["[compression]", f"threshold = {options.compress_threshold}"]
     if tls is not None:
         lines += ["[tls]", f'cert = "{tls[0]}"', f'key = "{tls[1]}"']
-    for name, port in zip(names, ports, strict=True):
+    for i, (name, port) in enumerate(zip(names, ports, strict=True)):
         lines += ["[[cluster.nodes]]", f'name = "{name}"', f"port = {port}"]
+        if options.mesh:
+            lines.append(f'bus = "tcp://127.0.0.1:{buses[i]}"')
     return "\n".join(lines) + "\n"
 
 
@@ -321,34 +325,39 @@ async def local_cluster(
     """Start a broker and ``count`` nodes and wait until every node sees all the others;
     write each one's output (its last lines) to ``logs/<name>.log`` at the end."""
     names = [f"node{i + 1}" for i in range(count)]
-    ports = free_ports(count + 2)
+    ports = free_ports(2 * count + 2)  # the nodes', the brokers' two, the mesh's buses
     with tempfile.TemporaryDirectory(prefix="roomd-bench-") as tmp:
         path = Path(tmp) / "cluster.toml"
         tls = self_signed(Path(tmp)) if options.tls else None
         keys = None if options.insecure else Path(tmp) / "keys"
-        broker_ports = (ports[-2], ports[-1])
-        path.write_text(cluster_toml(names, ports[:count], broker_ports, options, tls, keys))
+        broker_ports = (ports[count], ports[count + 1])
+        endpoints = (f"tcp://127.0.0.1:{broker_ports[0]}", f"tcp://127.0.0.1:{broker_ports[1]}")
+        buses = ports[count + 2 :]
+        toml = cluster_toml(names, ports[:count], broker_ports, options, tls, keys, buses)
+        path.write_text(toml)
         config = load_config(path)
         ensure_keys(config)
-        children = [Child(c.name, c.argv) for c in plan(config, path, ["--log-level", "INFO"])]
+        planned = plan(config, path, ["--log-level", "INFO"])
+        brokers = [Child(c.name, c.argv) for c in planned if c.stop_last]
+        nodes = [Child(c.name, c.argv) for c in planned if not c.stop_last]
+        children = [*brokers, *nodes]
         async with trio.open_nursery() as nursery:
             try:
                 with trio.move_on_after(start_timeout) as scope:
-                    await _start(children, nursery, count)
+                    await _start(brokers, nodes, nursery)
                 if scope.cancelled_caught:
                     raise BenchError(
                         f"the cluster was not ready within {start_timeout:g} s:\n"
                         + "\n".join(c.output() for c in children)
                     )
-                broker, nodes = children[0], children[1:]
                 try:
                     yield Cluster(
                         [
                             Node(c.name, "127.0.0.1", port, c.pid, options.tls)
                             for c, port in zip(nodes, ports, strict=False)
                         ],
-                        broker.pid,
-                        (f"tcp://127.0.0.1:{ports[-2]}", f"tcp://127.0.0.1:{ports[-1]}"),
+                        brokers[0].pid if brokers else None,
+                        endpoints if brokers else None,
                         ClusterControl({c.name: c for c in children}, nursery),
                         str(keys) if keys is not None else None,
                     )
@@ -364,8 +373,8 @@ async def local_cluster(
                     raise BenchError(f"{exc}\n{outputs}") from None
             finally:
                 with trio.CancelScope(shield=True):
-                    await stop_all(children[1:])  # nodes first: they say goodbye on the bus
-                    await stop_all(children[:1])
+                    await stop_all(nodes)  # nodes first: they say goodbye on the bus
+                    await stop_all(brokers)
                     if logs is not None:
                         await _save_logs(Path(logs), children)
                 nursery.cancel_scope.cancel()
@@ -378,16 +387,16 @@ async def _save_logs(directory: Path, children: list[Child]) -> None:
         await trio.Path(directory / f"{child.name}.log").write_text(text)
 
 
-async def _start(children: list[Child], nursery: trio.Nursery, count: int) -> None:
-    broker, nodes = children[0], children[1:]
-    await broker.start(nursery)
-    await broker.wait_for(r'^(\{"frontend")')
+async def _start(brokers: list[Child], nodes: list[Child], nursery: trio.Nursery) -> None:
+    for broker in brokers:
+        await broker.start(nursery)
+        await broker.wait_for(r'^(\{"frontend")')
     for node in nodes:
         await node.start(nursery)
     for node in nodes:
         await node.wait_for(r"(cluster ready)")
         peers: set[str] = set()
-        while len(peers) < count - 1:
+        while len(peers) < len(nodes) - 1:
             peers.add((await node.wait_for(r"node (\S+) is up", peers)).group(1))
 
 

@@ -147,12 +147,18 @@ def _table(rows: list[list[str]]) -> list[str]:
     return out
 
 
+def _bus_of(meta: dict[str, Any]) -> str:
+    if not meta["local"]:
+        return " (--urls)"
+    return " in a mesh (no broker)" if meta.get("mesh") else " + broker"
+
+
 def render(document: dict[str, Any]) -> str:
     """The human-readable report of a run."""
     meta = document["run"]
     results: dict[str, dict[str, Any]] = document["results"]
     lines = [
-        f"roomd bench: {meta['nodes']} node(s){' + broker' if meta['local'] else ' (--urls)'}, "
+        f"roomd bench: {meta['nodes']} node(s){_bus_of(meta)}, "
         f"{meta['drivers']} driver(s), {meta['cpus']} CPUs, load average "
         f"{_load(meta['load_start'])} at start, {_load(meta['load_end'])} at end",
         f"command: {meta['command']}   (revision {meta.get('revision') or 'unknown'}, "

@@ -47,6 +47,7 @@ from ._workloads import (
 )
 
 BUS_SKIPPED: Final = "with --urls the broker's endpoints are not known"
+BUS_SKIPPED_MESH: Final = "a mesh has no broker (the bus workload measures one)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -200,6 +201,11 @@ def _parser() -> argparse.ArgumentParser:
         help="a plaintext bus (cluster.insecure) instead of CurveZMQ, for comparison",
     )
     g.add_argument(
+        "--mesh",
+        action="store_true",
+        help="the nodes' bus a mesh (each node's PUB bound, no broker) instead of a broker",
+    )
+    g.add_argument(
         "--timeout", type=float, default=d.timeout, help="phase limit beyond sending (60 s)"
     )
     g.add_argument("--json", metavar="FILE", help="write the full results as JSON")
@@ -276,6 +282,7 @@ def parse_settings(argv: Sequence[str]) -> tuple[Settings, str | None, int]:
         compress_threshold=args.compress_threshold,
         tls=args.tls,
         bus_insecure=args.bus_insecure,
+        mesh=args.mesh,
         timeout=args.timeout,
         profile=args.profile,
         logs=args.logs,
@@ -285,6 +292,11 @@ def parse_settings(argv: Sequence[str]) -> tuple[Settings, str | None, int]:
         settings = attrs.evolve(settings, tls=True)
     if settings.nodes < 1 or settings.drivers < 1:
         raise SystemExit("roomd bench: --nodes and --drivers must be at least 1")
+    if settings.mesh and urls:
+        raise SystemExit("roomd bench: --mesh starts the nodes: it cannot go with --urls")
+    brokers = [w for w in workloads if w.startswith("fault-broker-")]
+    if settings.mesh and brokers:
+        raise SystemExit(f"roomd bench: a mesh has no broker: {', '.join(brokers)} cannot run")
     if args.repeat < 1:
         raise SystemExit("roomd bench: --repeat must be at least 1")
     if settings.bus_messages < 1 or settings.bus_checkpoint < 1 or settings.bus_window < 0:
@@ -312,7 +324,10 @@ async def _cluster(
     under ``--logs``), or the one of ``--urls``."""
     if not settings.urls:
         options = ClusterOptions(
-            settings.compress_threshold, settings.tls, insecure=settings.bus_insecure
+            settings.compress_threshold,
+            settings.tls,
+            insecure=settings.bus_insecure,
+            mesh=settings.mesh,
         )
         if defaults:
             options = attrs.evolve(options, heartbeat=None, drain_period=settings.drain_period)
@@ -357,6 +372,7 @@ async def run(settings: Settings, command: str, progress: Progress | None = None
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
             "seconds": round(time.time() - started, 1),
             "local": not settings.urls,
+            "mesh": settings.mesh,
             "nodes": settings.nodes,
             "drivers": settings.drivers,
             "cpus": os.cpu_count(),
@@ -382,9 +398,10 @@ async def _workloads(
     w1 = [w for w in settings.workloads if w.startswith("w1-") and w not in X10_WORKLOADS]
     w2 = [w for w in settings.workloads if w.startswith("w2-") and w not in X10_WORKLOADS]
     bus = "bus" in settings.workloads
-    if bus and settings.urls:
-        results["bus"] = {"skipped": BUS_SKIPPED}
-        progress.say(f"bus: skipped: {BUS_SKIPPED}")
+    if bus and (settings.urls or settings.mesh):
+        why = BUS_SKIPPED if settings.urls else BUS_SKIPPED_MESH
+        results["bus"] = {"skipped": why}
+        progress.say(f"bus: skipped: {why}")
         bus = False
     if w1 or w2 or bus:
         async with _cluster(settings) as cluster:

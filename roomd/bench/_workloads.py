@@ -98,6 +98,7 @@ class Settings:
     compress_threshold: int | None = None  # the nodes' compression.threshold (None: default)
     tls: bool = False  # the nodes serve TLS (a certificate made for the run), the drivers use it
     bus_insecure: bool = False  # no CurveZMQ on the cluster's bus (nor on the bus workload's)
+    mesh: bool = False  # the nodes' bus a mesh (each node's PUB bound, no broker)
     timeout: float = 60.0  # a phase's limit beyond its sending time
     grace: float = 0.3  # seconds of listening for duplicates after the last expected delivery
     quiet: float = 0.5  # seconds without traffic that count as settled
@@ -138,7 +139,9 @@ class Bench:
 
     def cpu(self) -> dict[str, float | None]:
         out: dict[str, float | None] = {n.name: _opt(cpu_seconds, n.pid) for n in self.nodes}
-        out["broker"] = _opt(cpu_seconds, self.broker_pid)
+        # (a mesh has no broker: it costs nothing; with --urls, nothing is known)
+        no_broker = self.broker_pid is None and self.settings.mesh
+        out["broker"] = 0.0 if no_broker else _opt(cpu_seconds, self.broker_pid)
         for d in self.drivers:
             out[d.name] = cpu_seconds(d.pid)
         return out
@@ -493,7 +496,7 @@ async def run_w3(bench: Bench, size: int | None = None, name: str = "w3-idle") -
     which the nodes and drivers inherit, cannot hold them."""
     s, nodes, count = bench.settings, bench.nodes, len(bench.drivers)
     size = s.connections if size is None else size
-    shortfall = fd_shortfall(size, count, len(nodes) if bench.broker_pid is not None else 0)
+    shortfall = fd_shortfall(size, count, sum(1 for n in nodes if n.pid is not None))
     if shortfall is not None:
         raise BenchError(shortfall)
     baseline = await bench.connections()
