@@ -281,7 +281,7 @@ def cluster_toml(
     ``buses``."""
     frontend, backend = (f"tcp://127.0.0.1:{p}" for p in broker)
     lines = [
-        "# Written by `roomd bench`: a broker and nodes on 127.0.0.1.",
+        "# Written by `roomd bench`: nodes (and, unless a mesh, a broker) on 127.0.0.1.",
         "[auth]",
         "dev = true",
         "[limits]",
@@ -322,8 +322,9 @@ async def local_cluster(
     logs: str | None = None,
     options: ClusterOptions = ClusterOptions(),
 ) -> AsyncIterator[Cluster]:
-    """Start a broker and ``count`` nodes and wait until every node sees all the others;
-    write each one's output (its last lines) to ``logs/<name>.log`` at the end."""
+    """Start a broker (none with ``options.mesh``) and ``count`` nodes and wait until every
+    node sees all the others; write each one's output (its last lines) to ``logs/<name>.log``
+    at the end."""
     names = [f"node{i + 1}" for i in range(count)]
     ports = free_ports(2 * count + 2)  # the nodes', the brokers' two, the mesh's buses
     with tempfile.TemporaryDirectory(prefix="roomd-bench-") as tmp:
