@@ -49,8 +49,9 @@ class TimerWheel(Generic[K]):
     The timer takes what is due (:meth:`due`) each time it wakes, and gives each item it looked
     at its next time (:meth:`at`). An item is due from the first beat after its time, as when
     the timer looked at every item on every beat; but a beat costs what is due, not what is
-    held (one step per slot held, at most a few dozen). Adding, moving and removing an item
-    cost a dict operation each.
+    held (plus a step per slot held: the span of the times held over the period, a few dozen
+    for the connection sweep). Adding, moving and removing an item cost a dict operation
+    each.
 
     An item is in at most one slot; what :meth:`due` returns is no longer held.
     """
