@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from roomd.bench._clients import Clients, Member
 from roomd.bench._driver import ACK_BASE, Phase
@@ -249,6 +250,34 @@ def test_a_client_process_waits_for_what_other_processes_sent_to_its_members() -
     assert not clients.complete(expect)
     here.deliveries.append(["u0>u1:d0", 2, "dm"])
     assert clients.complete(expect)  # (u1>u2:d0 is owed to a member of another process)
+
+
+class _Asked:
+    """A member's client that answers ``room.members`` (or never does)."""
+
+    def __init__(self, answer: list[dict[str, Any]] | None) -> None:
+        self.answer = answer
+
+    async def members(self, room: str) -> list[dict[str, Any]]:
+        if self.answer is None:
+            await trio.sleep_forever()  # (a client of a saturated process: no answer in time)
+        assert self.answer is not None
+        return self.answer
+
+
+async def test_a_members_view_not_had_in_time_counts_as_failed_and_the_rest_are_kept(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The end views are asked within a bound: a process of hundreds of clients must still
+    answer ``collect`` before the orchestrator gives up on it (it did not, at 1,600 users)."""
+    clients = Clients(None)  # type: ignore[arg-type]
+    quick = Member("u1", _Asked([{"user": "u2"}, {"user": "u1"}]))  # type: ignore[arg-type]
+    stuck = Member("u2", _Asked(None))  # type: ignore[arg-type]
+    clients.members += [quick, stuck]
+    start = trio.current_time()
+    views = await clients._views(5.0)
+    assert trio.current_time() - start == pytest.approx(5.0)
+    assert views == {"u1": ["u1", "u2"], "u2": None}
 
 
 # End to end ------------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ owed is then known only to the orchestrator, which tells each process (``collect
 ``collect``  wait (at most ``timeout`` seconds) until every acknowledged message (``expect``:
              the ``acked`` of every client process) reached every recipient here, ``grace``
              seconds more; everything sent, received and seen, and each member's ``view`` of
-             the room then (``room.members``)
+             the room then (``room.members``, asked within ``views_timeout`` seconds: a view
+             not had by then is ``None``)
 ``quit``     close the clients and exit
 
 Times are ``time.monotonic_ns()``, comparable with the orchestrator's.
@@ -47,6 +48,7 @@ from ._commands import serve_commands
 
 PUSHES: Final = 100_000  # a client's subscription: never full in a run
 VIEWS_AT_ONCE: Final = 50  # room.members calls in flight at the end
+VIEWS_S: Final = 10.0  # seconds they may take, unless the orchestrator says
 
 
 @attrs.define
@@ -204,7 +206,7 @@ class Clients:
                 await self._progress.wait()
         complete_ns = time.monotonic_ns()
         await trio.sleep(float(cmd["grace"]))
-        views = await self._views()
+        views = await self._views(float(cmd.get("views_timeout", VIEWS_S)))
         return {
             "timed_out": scope.cancelled_caught,
             "collect_s": round((complete_ns - started) / 1e9, 3),
@@ -222,11 +224,12 @@ class Clients:
             ],
         }
 
-    async def _views(self) -> dict[str, list[str] | None]:
+    async def _views(self, within: float) -> dict[str, list[str] | None]:
         """Who each member is told the room holds, at the end (``room.members``, asked of the
         node it is on): the state a resumed client reads again, since membership pushes are not
-        replayed. ``None`` where the call failed."""
-        views: dict[str, list[str] | None] = {}
+        replayed. ``None`` where the call failed or had no answer within ``within`` seconds
+        (a process of hundreds of clients, on a saturated machine, may take that long)."""
+        views: dict[str, list[str] | None] = dict.fromkeys(m.name for m in self.members)
         limiter = trio.CapacityLimiter(VIEWS_AT_ONCE)
 
         async def ask(member: Member) -> None:
@@ -238,9 +241,10 @@ class Clients:
                 else:
                     views[member.name] = sorted(str(m["user"]) for m in listed)
 
-        async with trio.open_nursery() as nursery:
-            for member in self.members:
-                nursery.start_soon(ask, member)
+        with trio.move_on_after(within):
+            async with trio.open_nursery() as nursery:
+                for member in self.members:
+                    nursery.start_soon(ask, member)
         return views
 
     def complete(self, expect: list[tuple[str, str | None]]) -> bool:

@@ -39,6 +39,8 @@ SETTLE: Final = 1.0  # seconds after the joins, for every node to know every mem
 OPEN_S: Final = 60.0  # seconds the clients get to connect and join, at least
 OPEN_PER_USER_S: Final = 0.15  # and per user (800 users: 120 s)
 COLLECT: Final = 30.0  # seconds the clients get to receive what was acknowledged
+VIEWS_S: Final = 10.0  # seconds a client process gets to ask its members' views, at least
+VIEWS_PER_USER_S: Final = 0.05  # and per member (800 in a process: 40 s)
 STOP_S: Final = 8.0  # fault-stop: how long the node is frozen
 BROKER_DOWN_S: Final = 3.0  # fault-broker-kill: how long the broker is gone
 BROKER_STOP_S: Final = 5.0  # fault-broker-stop: how long it is frozen
@@ -85,8 +87,11 @@ async def run_fault(bench: Bench, name: str, control: ClusterControl | None) -> 
     await trio.sleep(s.fault_after)
     stopped = await bench.on_all([{"cmd": "stop"}] * count, CLIENT["call_timeout"])
     expect = [acked for reply in stopped for acked in reply["acked"]]
-    collect = {"cmd": "collect", "timeout": COLLECT, "grace": max(1.0, s.grace), "expect": expect}
-    raw = merge_collected(await bench.on_all([collect] * count, COLLECT))
+    grace = max(1.0, s.grace)
+    views = max(VIEWS_S, VIEWS_PER_USER_S * max(len(share) for share in shares))
+    collect = {"cmd": "collect", "timeout": COLLECT, "grace": grace, "expect": expect}
+    collect["views_timeout"] = views
+    raw = merge_collected(await bench.on_all([collect] * count, COLLECT + grace + views))
     hit = {u for u, home in homes.items() if home is victim} if "broker" not in name else set()
     result = tally(raw, fault["start_ns"], fault["end_ns"], hit)
     result.update(
