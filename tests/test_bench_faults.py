@@ -19,7 +19,7 @@ from roomd.bench._clients import Clients, Member
 from roomd.bench._driver import ACK_BASE, Phase
 from roomd.bench._engine import OPEN, Conn, Engine, Target
 from roomd.bench._faults import merge_collected, tally
-from roomd.bench._report import medians, render, render_medians
+from roomd.bench._report import FAULT_TARGET, medians, render, render_medians
 from roomd.bench._resume import Session
 from roomd.bench._run import _exact
 from roomd.bench._sessions import session_figures
@@ -227,6 +227,10 @@ def test_a_user_missing_from_a_members_view_at_the_end_is_counted() -> None:
     u2["view"] = None  # (its call failed: not counted as absent, counted apart)
     result = tally(raw, 10 * S, 11 * S, {"u2"})
     assert (result["absent_at_end"], result["views_failed"]) == (0, 1)
+    # Nothing lost, but a view unread says nothing of who is in it: the target is not met.
+    assert _exact(result | {"target": None})
+    text, met = FAULT_TARGET.check(result)
+    assert not met and "views unread 1" in text
 
 
 def test_what_client_processes_collected_is_merged() -> None:

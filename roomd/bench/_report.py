@@ -75,8 +75,11 @@ SESSION_TARGET: Final = Target("0 lost, 0 duplicated, every reconnect resumed", 
 def _faults(r: dict[str, Any]) -> Verdict:
     wrong = r["wrong_left"] + r["wrong_joined"]
     absent = r.get("absent_at_end", 0)  # (a run stored before it was measured: 0)
+    unread = r.get("views_failed", 0)  # (views not read: nothing says every member is in them)
     text = f"lost {r['lost']}, dup {r['duplicates']}, wrong presence {wrong}, absent {absent}"
-    return text, _clean(r) and wrong == 0 and absent == 0
+    if unread:
+        text += f", views unread {unread}"
+    return text, _clean(r) and wrong == 0 and absent == 0 and unread == 0
 
 
 FAULT_TARGET: Final = Target(
@@ -540,6 +543,7 @@ def _fault_medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
     worst = ("lost", "lost_during", "lost_after", "duplicates", "wrong_left", "wrong_joined")
     out.update({k: max(r[k] for r in runs) for k in (*worst, "refused_resumes")})
     out["absent_at_end"] = max(r.get("absent_at_end", 0) for r in runs)
+    out["views_failed"] = max(r.get("views_failed", 0) for r in runs)
     out["values"] = {k: [r[k] for r in runs] for k in (*worst, "converged_s", "hit_left")}
     return out
 
