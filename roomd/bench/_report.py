@@ -1,8 +1,8 @@
 """The benchmark's report: targets, the printed tables, and the JSON document.
 
-The targets are those of the issue that asked for ``roomd bench``; they are stated for the
-default sizes (5 nodes, 500 receivers ...). With other sizes the verdicts are still printed,
-marked as not comparable.
+The targets (docs/performance.md) are stated for the default sizes and settings (5 nodes and
+a broker, 500 receivers ...). With others the verdicts are still printed, marked as not
+comparable.
 """
 
 from __future__ import annotations
@@ -268,7 +268,7 @@ def render(document: dict[str, Any]) -> str:
             + (
                 ""
                 if meta["default_sizes"]
-                else " (stated for the default sizes; this run's sizes differ)"
+                else " (stated for the default sizes and settings; this run's differ)"
             )
             + ":",
         ]

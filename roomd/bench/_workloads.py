@@ -108,8 +108,8 @@ class Settings:
     plots: str | None = None  # a directory for the plots (SVG)
 
     def default_sizes(self) -> bool:
-        """Whether the sizes are those the issue's targets are stated for (the bus workload's
-        have no target)."""
+        """Whether the sizes and settings are those the targets are stated for (the bus
+        workload's have no target)."""
         same = attrs.evolve(self, urls=[], drivers=1, workloads=list(DEFAULT_WORKLOADS))
         same = attrs.evolve(same, profile=None, logs=None, plots=None)
         d = Settings()
