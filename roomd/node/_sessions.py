@@ -94,7 +94,9 @@ class ResumeTokens:
     its node died) can still trust one."""
 
     def __init__(self, secret: str) -> None:
-        self._key = hmac.new(secret.encode(), _TOKEN_CONTEXT, hashlib.sha256).digest()
+        key = hmac.new(secret.encode(), _TOKEN_CONTEXT, hashlib.sha256).digest()
+        # Keyed once; each signature copies it (a new HMAC hashes the key's pads every time).
+        self._mac = hmac.new(key, digestmod=hashlib.sha256)
 
     def issue(
         self, session: str, user: str, node: str, epoch: int | None, began: float | None = None
@@ -124,7 +126,9 @@ class ResumeTokens:
         return TokenClaims(sid, owner, node, float(issued), epoch, began)
 
     def _sign(self, payload: bytes) -> bytes:
-        return hmac.new(self._key, payload, hashlib.sha256).digest()
+        mac = self._mac.copy()
+        mac.update(payload)
+        return mac.digest()
 
 
 def _b64(data: bytes) -> str:
