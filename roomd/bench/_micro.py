@@ -44,6 +44,7 @@ from ..hub import Connection, RateLimiter
 from ..node import Node
 from ..protocol import Session, decode_client_frame
 from ._floor import measure_floor
+from ._trio_costs import measure_trio
 
 
 class _Outlet:
@@ -254,11 +255,13 @@ async def _measure_memory() -> dict[str, float]:
 
 
 def run_micro(count: int = 20_000) -> dict[str, float]:
-    """Microseconds per call of each case (the best of three rounds of ``count``), and what
-    this machine charges for a ZeroMQ hop and a loopback send (:mod:`._floor`)."""
+    """Microseconds per call of each case (the best of three rounds of ``count``), what
+    this machine charges for a ZeroMQ hop and a loopback send (:mod:`._floor`), and what
+    Trio's primitives cost (:mod:`._trio_costs`)."""
     return {
         **trio.run(_measure, count),
         **trio.run(_measure_cluster, count),
         **trio.run(_measure_memory),
         **measure_floor(count),
+        **measure_trio(count),
     }

@@ -381,7 +381,19 @@ def _micro_line(micro: dict[str, Any]) -> str:
         f"ZeroMQ hop {micro['zmq_hop_one_us']:.1f} us of CPU one at a time, "
         f"{micro['zmq_hop_burst_us']:.1f} in bursts; a loopback send() "
         f"{micro['send_reader_asleep_us']:.1f} to a sleeping reader, "
-        f"{micro['send_reader_awake_us']:.1f} to a busy one"
+        f"{micro['send_reader_awake_us']:.1f} to a busy one{_trio_part(micro)}"
+    )
+
+
+def _trio_part(micro: dict[str, Any]) -> str:
+    if "trio_checkpoint_us" not in micro:  # (a run stored before it was measured)
+        return ""
+    return (
+        f"; Trio: a checkpoint {micro['trio_checkpoint_us']:.2f} us, a task "
+        f"{micro['trio_task_us']:.2f}, a nursery {micro['trio_nursery_us']:.2f}, a cancel "
+        f"scope {micro['trio_scope_us']:.2f}, a wake-up by Event "
+        f"{micro['trio_event_wake_us']:.2f}, wait_readable {micro['trio_wait_readable_us']:.2f} "
+        f"per ready socket (an epoll set of our own: {micro['epoll_ready_us']:.2f})"
     )
 
 
