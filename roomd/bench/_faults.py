@@ -89,8 +89,13 @@ async def run_fault(bench: Bench, name: str, control: ClusterControl | None) -> 
     expect = [acked for reply in stopped for acked in reply["acked"]]
     grace = max(1.0, s.grace)
     views = max(VIEWS_S, VIEWS_PER_USER_S * max(len(share) for share in shares))
-    collect = {"cmd": "collect", "timeout": COLLECT, "grace": grace, "expect": expect}
-    collect["views_timeout"] = views
+    collect = {
+        "cmd": "collect",
+        "timeout": COLLECT,
+        "grace": grace,
+        "views_timeout": views,
+        "expect": expect,
+    }
     raw = merge_collected(await bench.on_all([collect] * count, COLLECT + grace + views))
     hit = {u for u, home in homes.items() if home is victim} if "broker" not in name else set()
     result = tally(raw, fault["start_ns"], fault["end_ns"], hit)

@@ -326,7 +326,8 @@ async def local_cluster(
     node sees all the others; write each one's output (its last lines) to ``logs/<name>.log``
     at the end."""
     names = [f"node{i + 1}" for i in range(count)]
-    ports = free_ports(2 * count + 2)  # the nodes', the brokers' two, the mesh's buses
+    # the nodes', the broker's two, and in a mesh each node's bus
+    ports = free_ports(count + 2 + (count if options.mesh else 0))
     with tempfile.TemporaryDirectory(prefix="roomd-bench-") as tmp:
         path = Path(tmp) / "cluster.toml"
         tls = self_signed(Path(tmp)) if options.tls else None

@@ -6,7 +6,6 @@ call into it and never touch trio's low-level I/O or pyzmq themselves.
 
 from ._beat import TimerWheel as TimerWheel
 from ._beat import until_next as until_next
-from ._beat import wall_clock as wall_clock
 from ._flusher import Flushable as Flushable
 from ._flusher import Flusher as Flusher
 from ._keys import PUBLIC_SUFFIX as PUBLIC_SUFFIX
