@@ -571,6 +571,12 @@ async def test_bench_smoke(tmp_path: Path) -> None:
     assert len(trio_costs) == 6 and all(micro[k] > 0 for k in trio_costs), micro
     assert 0 < micro["epoll_ready_us"] < micro["trio_wait_readable_us"]
     assert "Trio: a checkpoint" in report
+    # What a wake-up costs, idle and back to back, from epoll and from Trio (which adds its
+    # scheduler's pass to the same epoll_wait), and the same Python after each.
+    wake = ("wake_epoll_idle_us", "wake_epoll_busy_us", "wake_trio_idle_us", "wake_trio_busy_us")
+    assert all(micro[k] > 0 for k in wake) and micro["python_idle_us"] > 0, micro
+    assert micro["wake_trio_idle_us"] > micro["wake_epoll_idle_us"]
+    assert "a wake-up after 2 ms asleep" in report
     assert "a detached session" in report
 
 

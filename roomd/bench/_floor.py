@@ -14,16 +14,28 @@ Two figures bound the server CPU of every message, whatever the node does in Pyt
   to a connection costs one.
 
 The loop's own cost (the sleeps between messages) is measured alone and subtracted.
+
+And what waking up costs, which is what a message at a moderate rate pays on every process it
+passes through: a thread asleep on a socket, woken by one byte, reads it and answers, 2 ms
+apart (``idle``: as a node between the messages of W2 rate) and back to back (``busy``), its
+own CPU per message: woken from a plain ``epoll`` set (``wake_epoll_*``) and from Trio's
+``wait_readable`` (``wake_trio_*``, the scheduler's pass included). With it, the same small
+piece of Python (``python_*``: a dict of 300 strings built and summed) timed right after each
+wake-up: on this machine kind the same code runs several times slower after a sleep than
+back to back (its caches went cold meanwhile), and that, more than any step of ours, is why a
+message at a moderate rate costs several times one in a burst.
 """
 
 from __future__ import annotations
 
 import select
 import socket
+import statistics
 import threading
 import time
 from collections.abc import Callable
 
+import trio
 import zmq
 
 _GAP = 0.001  # seconds between two messages sent one at a time
@@ -132,9 +144,84 @@ def loopback_send_us(connections: int = 100, rounds: int = 100) -> tuple[float, 
             s.close()
 
 
+_WAKE_GAP = 0.002  # seconds between the messages of an idle wake-up measurement
+
+
+def _work() -> int:
+    """A small fixed piece of Python (about 40 µs on this machine kind, warm)."""
+    built = {i: str(i) for i in range(300)}
+    return sum(len(v) for v in built.values())
+
+
+def _answer_from_epoll(sock: socket.socket, messages: int, out: dict[str, float]) -> None:
+    poller = select.epoll()
+    poller.register(sock.fileno(), select.EPOLLIN)
+    work_ns = []
+    start = time.thread_time_ns()
+    for _ in range(messages):
+        poller.poll()
+        sock.send(sock.recv(1))
+        before = time.thread_time_ns()
+        _work()
+        work_ns.append(time.thread_time_ns() - before)
+    total = time.thread_time_ns() - start - sum(work_ns)
+    poller.close()
+    out["wake"] = total / messages / 1000
+    out["python"] = statistics.median(work_ns) / 1000
+
+
+def _answer_from_trio(sock: socket.socket, messages: int, out: dict[str, float]) -> None:
+    async def answer() -> float:
+        start = time.thread_time_ns()
+        for _ in range(messages):
+            await trio.lowlevel.wait_readable(sock)
+            sock.send(sock.recv(1))
+        return (time.thread_time_ns() - start) / messages / 1000
+
+    out["wake"] = trio.run(answer)
+
+
+def _wake_up_us(
+    answer: Callable[[socket.socket, int, dict[str, float]], None], messages: int, gap: float
+) -> dict[str, float]:
+    """The answering thread's CPU per message, ``messages`` sent ``gap`` seconds apart."""
+    ours, theirs = socket.socketpair()
+    theirs.setblocking(False)
+    out: dict[str, float] = {}
+    thread = threading.Thread(target=answer, args=(theirs, messages, out), daemon=True)
+    thread.start()
+    try:
+        ours.settimeout(5)
+        for _ in range(messages):
+            ours.send(b"x")
+            ours.recv(1)
+            if gap:
+                time.sleep(gap)
+        thread.join(5)
+    finally:
+        ours.close()
+        theirs.close()
+    if "wake" not in out:
+        raise RuntimeError("the answering thread did not finish")
+    return out
+
+
+def wake_up_costs(messages: int = 500) -> dict[str, float]:
+    """What a wake-up costs the woken thread, idle and busy, from epoll and from Trio; and
+    the same Python right after one (see the module's docstring)."""
+    figures: dict[str, float] = {}
+    for gap, when in ((_WAKE_GAP, "idle"), (0.0, "busy")):
+        plain = _wake_up_us(_answer_from_epoll, messages, gap)
+        figures[f"wake_epoll_{when}_us"] = plain["wake"]
+        figures[f"python_{when}_us"] = plain["python"]
+        figures[f"wake_trio_{when}_us"] = _wake_up_us(_answer_from_trio, messages, gap)["wake"]
+    return figures
+
+
 def measure_floor(count: int = 20_000) -> dict[str, float]:
-    """The four figures (``count``: the micro workload's, which sizes them: 2,000 messages
-    and 100 rounds of sends to 100 connections for the default)."""
+    """The figures above (``count``: the micro workload's, which sizes them: 2,000 messages
+    and 100 rounds of sends to 100 connections, and 500 wake-ups of each kind, for the
+    default)."""
     one, burst = zmq_hop_us(max(20, count // 10))
     asleep, awake = loopback_send_us(rounds=max(5, count // 200))
     return {
@@ -142,4 +229,5 @@ def measure_floor(count: int = 20_000) -> dict[str, float]:
         "zmq_hop_burst_us": burst,
         "send_reader_asleep_us": asleep,
         "send_reader_awake_us": awake,
+        **wake_up_costs(max(20, count // 40)),
     }

@@ -25,7 +25,8 @@ And what a node holds (``tracemalloc``, bytes allocated and still held):
 
 And the machine's own charges, which bound what any of this can cost at a moderate rate
 (:mod:`._floor`): a ZeroMQ hop one at a time and in bursts, a loopback ``send()`` to a
-sleeping and to a busy reader.
+sleeping and to a busy reader, a wake-up after a sleep and back to back (from epoll and from
+Trio), and the same Python after each.
 """
 
 from __future__ import annotations

@@ -381,7 +381,19 @@ def _micro_line(micro: dict[str, Any]) -> str:
         f"ZeroMQ hop {micro['zmq_hop_one_us']:.1f} us of CPU one at a time, "
         f"{micro['zmq_hop_burst_us']:.1f} in bursts; a loopback send() "
         f"{micro['send_reader_asleep_us']:.1f} to a sleeping reader, "
-        f"{micro['send_reader_awake_us']:.1f} to a busy one{_trio_part(micro)}"
+        f"{micro['send_reader_awake_us']:.1f} to a busy one{_trio_part(micro)}{_wake_part(micro)}"
+    )
+
+
+def _wake_part(micro: dict[str, Any]) -> str:
+    if "wake_trio_idle_us" not in micro:  # (a run stored before it was measured)
+        return ""
+    return (
+        f"; a wake-up after 2 ms asleep {micro['wake_trio_idle_us']:.1f} us of CPU in Trio, "
+        f"{micro['wake_epoll_idle_us']:.1f} from a plain epoll (back to back "
+        f"{micro['wake_trio_busy_us']:.1f} and {micro['wake_epoll_busy_us']:.1f}), and the same "
+        f"Python {micro['python_idle_us']:.1f} us right after one against "
+        f"{micro['python_busy_us']:.1f} back to back"
     )
 
 
