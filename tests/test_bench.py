@@ -497,24 +497,29 @@ async def test_a_driver_serves_its_connections_between_commands(start_node: Any)
 # End to end ------------------------------------------------------------------------------------
 
 
+async def _bench(args: list[str], out: Path, limit: float) -> tuple[str, str, dict[str, Any]]:
+    """Run ``roomd bench ARGS --json OUT`` within ``limit`` seconds: its report, its stderr and
+    its JSON (a failure of the command fails the test with both outputs)."""
+    argv = [sys.executable, "-m", "roomd.cli", "bench", *args, "--json", str(out)]
+    with trio.fail_after(limit):
+        done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
+    report, errors = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 0, report + errors
+    return report, errors, json.loads(await trio.Path(out).read_text())
+
+
 @pytest.mark.cluster
 async def test_bench_smoke(tmp_path: Path) -> None:
     """The real tool, tiny sizes: every workload runs and reports exact delivery."""
-    out = tmp_path / "bench.json"
-    argv = [
-        sys.executable, "-m", "roomd.cli", "bench", "--nodes", "2",
+    args = [
+        "--nodes", "2",
         "--receivers", "10", "--messages", "20", "--rate-messages", "10", "--rate", "50",
         "--pairs", "4", "--pair-messages", "5", "--pair-rate", "50", "--pair-burst", "20",
         "--connections", "50", "--hold", "1", "--bus-messages", "2000", "--micro-sends", "300",
         "--timeout", "15",
-        "--json", str(out),
     ]  # fmt: skip
-    with trio.fail_after(45):
-        done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
-    report = done.stdout.decode()
-    assert done.returncode == 0, report + done.stderr.decode()
+    report, _, document = await _bench(args, tmp_path / "bench.json", 45)
     assert "w1-burst" in report and "targets" in report
-    document = json.loads(out.read_text())
     results = document["results"]
     assert list(results) == list(DEFAULT_WORKLOADS)
     assert document["run"]["nodes"] == 2 and not document["run"]["default_sizes"]
@@ -523,6 +528,7 @@ async def test_bench_smoke(tmp_path: Path) -> None:
         assert (r["lost"], r["duplicates"], r["timed_out"]) == (0, 0, False), (name, r)
         assert r["unexpected"] == 0 and r["errors"] == {}
         assert r["received"] == r["expected"] > 0
+        assert r["numbered"] == r["received"], (name, r["numbered"])  # reliable pushes: a seq
         assert set(r["latency_ms"]) == {"all", "first", "last"}
         assert r["latency_ms"]["all"]["count"] == r["received"]
         assert set(r["cpu_s"]) >= {"nodes", "broker", "drivers", "per_node"}
@@ -585,20 +591,14 @@ async def test_bench_in_a_mesh_measures_the_nodes_alone(tmp_path: Path) -> None:
     """``--mesh``: the nodes' PUBs bound and connected to one another, no broker process; the
     server's cost is the nodes' (a broker that is not there costs nothing), the bus workload
     (which measures a broker) says why it is skipped, and a broker fault is refused."""
-    out = tmp_path / "bench.json"
-    argv = [
-        sys.executable, "-m", "roomd.cli", "bench", "--mesh", "--nodes", "3",
-        "--workloads", "bus,w1-rate,w2-burst,w3-idle",
+    args = [
+        "--mesh", "--nodes", "3", "--workloads", "bus,w1-rate,w2-burst,w3-idle",
         "--receivers", "6", "--rate-messages", "10", "--rate", "50",
         "--pairs", "3", "--pair-burst", "20", "--connections", "30", "--hold", "1",
-        "--timeout", "15", "--json", str(out),
+        "--timeout", "15",
     ]  # fmt: skip
-    with trio.fail_after(60):
-        done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
-    report = done.stdout.decode()
-    assert done.returncode == 0, report + done.stderr.decode()
+    report, _, document = await _bench(args, tmp_path / "bench.json", 60)
     assert "3 node(s) in a mesh (no broker)" in report
-    document = json.loads(out.read_text())
     assert document["run"]["mesh"]
     results = document["results"]
     assert results["bus"] == {"skipped": "a mesh has no broker (the bus workload measures one)"}
@@ -618,24 +618,39 @@ async def test_bench_in_a_mesh_measures_the_nodes_alone(tmp_path: Path) -> None:
 
 
 @pytest.mark.cluster
+async def test_bench_volatile_sends_are_not_numbered(tmp_path: Path) -> None:
+    """``--volatile``: W1's and W2's sends ask for volatile pushes, which arrive exactly, with
+    no ``seq`` (not numbered in a stream); the report says so and the run is not the one the
+    targets are stated for."""
+    args = [
+        "--volatile", "--nodes", "2", "--workloads", "w1-rate,w1-burst,w2-rate,w2-burst",
+        "--receivers", "6", "--messages", "20", "--rate-messages", "10", "--rate", "50",
+        "--pairs", "3", "--pair-messages", "5", "--pair-rate", "50", "--pair-burst", "20",
+        "--timeout", "15",
+    ]  # fmt: skip
+    report, _, document = await _bench(args, tmp_path / "bench.json", 60)
+    assert "W1 and W2 sending volatile pushes" in report
+    assert document["run"]["volatile"] and not document["run"]["default_sizes"]
+    for name in ("w1-rate", "w1-burst", "w2-rate", "w2-burst"):
+        r = document["results"][name]
+        assert (r["lost"], r["duplicates"], r["unexpected"]) == (0, 0, 0), (name, r)
+        assert r["received"] == r["expected"] > 0 and r["numbered"] == 0, (name, r)
+
+
+@pytest.mark.cluster
 async def test_bench_x10_plots_and_progress(tmp_path: Path) -> None:
     """The x10 workloads at tiny sizes beside the base ones: the cost of each phase, the
     scaling table, the plots, and a line per phase start and end on stderr (not a terminal)."""
-    out, plots = tmp_path / "bench.json", tmp_path / "plots"
-    argv = [
-        sys.executable, "-m", "roomd.cli", "bench", "--nodes", "2",
-        "--workloads", "w1-rate,w1-burst,w2-rate,w2-burst,w3-idle,x10",
+    plots = tmp_path / "plots"
+    args = [
+        "--nodes", "2", "--workloads", "w1-rate,w1-burst,w2-rate,w2-burst,w3-idle,x10",
         "--receivers", "6", "--messages", "20", "--rate-messages", "10", "--rate", "50",
         "--pairs", "3", "--pair-messages", "5", "--pair-rate", "50", "--pair-burst", "20",
         "--connections", "30", "--hold", "1",
         "--x10-receivers", "18", "--x10-pairs", "9", "--x10-connections", "90",
-        "--timeout", "15", "--json", str(out), "--plots", str(plots),
+        "--timeout", "15", "--plots", str(plots),
     ]  # fmt: skip
-    with trio.fail_after(60):
-        done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
-    report, errors = done.stdout.decode(), done.stderr.decode()
-    assert done.returncode == 0, report + errors
-    document = json.loads(out.read_text())
+    report, errors, document = await _bench(args, tmp_path / "bench.json", 60)
     results = document["results"]
     assert set(X10_WORKLOADS) <= set(results)
     for name in X10_WORKLOADS:

@@ -109,8 +109,8 @@ def _phase(drop_message: bool) -> dict[str, Any]:
     for user in ("r1", "r2"):
         for k in range(5):
             if not (drop_message and user == "r2" and k == 1):
-                phase.record(conns[user], [1, 0, k, 0, "x"], 10)
-    phase.record(conns["r1"], [1, 0, 0, 0, "x"], 11)
+                phase.record(conns[user], [1, 0, k, 0, "x"], 10, True)
+    phase.record(conns["r1"], [1, 0, 0, 0, "x"], 11, True)
     expected, received, extra = phase._acked_accounting()
     for conn in conns.values():
         conn.sock.close()

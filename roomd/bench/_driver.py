@@ -47,6 +47,7 @@ _SEND: Final = (
     + b'","data":[%d,%d,%d,%d,"%b"]}}'
 )
 _EXCEPT_SELF: Final = b'"exceptSelf":true,'
+_VOLATILE: Final = b'"volatile":true,'
 # A send whose ack is awaited (the session workloads: only what was acknowledged must arrive),
 # with a client message id, so that a node answers a repeat with the first answer.
 _SEND_ACKED: Final = (
@@ -81,6 +82,7 @@ class Phase:
         self.remaining = 0
         self.unexpected = 0
         self.stray = 0
+        self.numbered = 0  # bench pushes received with a seq (reliable ones)
         self.missing_receivers = 0
         self.padding = b"x" * int(spec.get("padding", len(PADDING)))
         self.receivers: list[tuple[str, Receipts]] = []  # (user, what it got)
@@ -129,6 +131,8 @@ class Phase:
             s = entry["index"]
             to = orjson.dumps(entry["to"])
             flag = _EXCEPT_SELF if entry.get("except_self") else b""
+            if entry.get("volatile"):
+                flag += _VOLATILE
             offset = s * interval // max(1, total)
             out.extend((offset + k * interval, conn, s, k, to, flag) for k in range(self.messages))
         out.sort(key=lambda item: item[0])
@@ -240,7 +244,8 @@ class Phase:
 
     # Receiving ----------------------------------------------------------------------------------
 
-    def record(self, conn: Conn, data: Any, now: int) -> None:
+    def record(self, conn: Conn, data: Any, now: int, numbered: bool) -> None:
+        self.numbered += numbered
         try:
             phase, s, k, sent = data[0], data[1], data[2], data[3]
         except (TypeError, IndexError, KeyError):
@@ -301,6 +306,7 @@ class Phase:
             "duplicates": sum(r.duplicates for _, r in self.receivers),
             "unexpected": self.unexpected,
             "stray": self.stray,
+            "numbered": self.numbered,
             "missing_receivers": self.missing_receivers,
             "lost_examples": lost_examples,
             "latencies": self.latencies,

@@ -66,7 +66,7 @@ _ABORT = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets the connec
 class Sink(Protocol):
     """What receives the bench pushes (and the acks of the sends) while a phase runs."""
 
-    def record(self, conn: Conn, data: Any, now: int) -> None: ...
+    def record(self, conn: Conn, data: Any, now: int, numbered: bool) -> None: ...
 
     def acked(self, conn: Conn, frame: dict[str, Any], now: int) -> None: ...
 
@@ -470,7 +470,7 @@ class Engine:
         session = conn.session
         if kind == "push":
             if frame.get("event") == BENCH_EVENT and self.sink is not None:
-                self.sink.record(conn, frame.get("data"), now)
+                self.sink.record(conn, frame.get("data"), now, "seq" in frame)
             if session is not None:
                 session.saw(frame)
                 if conn.replay_left and "seq" in frame:

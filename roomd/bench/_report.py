@@ -162,6 +162,7 @@ def render(document: dict[str, Any]) -> str:
     results: dict[str, dict[str, Any]] = document["results"]
     lines = [
         f"roomd bench: {meta['nodes']} node(s){_bus_of(meta)}, "
+        f"{'W1 and W2 sending volatile pushes, ' if meta.get('volatile') else ''}"
         f"{meta['drivers']} driver(s), {meta['cpus']} CPUs, load average "
         f"{_load(meta['load_start'])} at start, {_load(meta['load_end'])} at end",
         f"command: {meta['command']}   (revision {meta.get('revision') or 'unknown'}, "

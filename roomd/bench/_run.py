@@ -206,6 +206,12 @@ def _parser() -> argparse.ArgumentParser:
         help="the nodes' bus a mesh (each node's PUB bound, no broker) instead of a broker",
     )
     g.add_argument(
+        "--volatile",
+        action="store_true",
+        help="W1 and W2 send volatile pushes (not numbered in a stream: what a reliable push's "
+        "numbering costs, for comparison)",
+    )
+    g.add_argument(
         "--timeout", type=float, default=d.timeout, help="phase limit beyond sending (60 s)"
     )
     g.add_argument("--json", metavar="FILE", help="write the full results as JSON")
@@ -283,6 +289,7 @@ def parse_settings(argv: Sequence[str]) -> tuple[Settings, str | None, int]:
         tls=args.tls,
         bus_insecure=args.bus_insecure,
         mesh=args.mesh,
+        volatile=args.volatile,
         timeout=args.timeout,
         profile=args.profile,
         logs=args.logs,
@@ -373,6 +380,7 @@ async def run(settings: Settings, command: str, progress: Progress | None = None
             "seconds": round(time.time() - started, 1),
             "local": not settings.urls,
             "mesh": settings.mesh,
+            "volatile": settings.volatile,
             "nodes": settings.nodes,
             "drivers": settings.drivers,
             "cpus": os.cpu_count(),

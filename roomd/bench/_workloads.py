@@ -99,6 +99,7 @@ class Settings:
     tls: bool = False  # the nodes serve TLS (a certificate made for the run), the drivers use it
     bus_insecure: bool = False  # no CurveZMQ on the cluster's bus (nor on the bus workload's)
     mesh: bool = False  # the nodes' bus a mesh (each node's PUB bound, no broker)
+    volatile: bool = False  # W1 and W2 send volatile pushes (not numbered: no stream, no seq)
     timeout: float = 60.0  # a phase's limit beyond its sending time
     grace: float = 0.3  # seconds of listening for duplicates after the last expected delivery
     quiet: float = 0.5  # seconds without traffic that count as settled
@@ -352,6 +353,7 @@ def merge_phase(replies: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "duplicates": sum(r["duplicates"] for r in replies),
         "unexpected": sum(r["unexpected"] for r in replies),
         "stray": sum(r["stray"] for r in replies),
+        "numbered": sum(r.get("numbered", 0) for r in replies),
         "missing_receivers": sum(r["missing_receivers"] for r in replies),
         "undelivered_messages": sum(1 for s, f in zip(sent, first, strict=True) if s and not f),
         "lost_examples": [x for r in replies for x in r["lost_examples"]][:5],
@@ -422,7 +424,13 @@ async def run_w1(
             }
             if d == 0:
                 spec["senders"] = [
-                    {"user": sender, "index": 0, "to": {"room": ROOM}, "except_self": True}
+                    {
+                        "user": sender,
+                        "index": 0,
+                        "to": {"room": ROOM},
+                        "except_self": True,
+                        "volatile": s.volatile,
+                    }
                 ]
             specs.append(spec)
         timeout = s.timeout + (0 if burst else messages / s.rate)
@@ -462,8 +470,9 @@ async def run_w2(
             senders, receivers = [], []
             for i in range(d, size, count):
                 a, b = f"w2-a{i}", f"w2-b{i}"
-                senders.append({"user": a, "index": 2 * i, "to": {"user": b}})
-                senders.append({"user": b, "index": 2 * i + 1, "to": {"user": a}})
+                to_b, to_a = {"user": b}, {"user": a}
+                senders.append({"user": a, "index": 2 * i, "to": to_b, "volatile": s.volatile})
+                senders.append({"user": b, "index": 2 * i + 1, "to": to_a, "volatile": s.volatile})
                 receivers.append({"user": a, "expect": [2 * i + 1]})
                 receivers.append({"user": b, "expect": [2 * i]})
             specs.append(
