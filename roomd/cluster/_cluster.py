@@ -313,7 +313,7 @@ class Cluster:
         nodes_changed = self.view.version != self._expired_version
         self._expired_version = self.view.version
         self.streams.expire(now, everything=nodes_changed)
-        self.streams.settle(time.time())
+        self.streams.settle()
 
     def _woke(self, now: float) -> bool:
         """Whether this node was frozen since its last tick (its process stopped, or starved

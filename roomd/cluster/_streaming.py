@@ -622,11 +622,14 @@ class StreamService:
         self._followed[stream] = sequencer
         return Position("", 0)
 
-    def settle(self, now: float) -> None:
+    def settle(self, now: float | None = None) -> None:
         """Forget the new sessions' inboxes whose sequencer said nothing for
-        :data:`SINCE_MEMORY` seconds (``now``: the wall clock). It had numbered none of them:
-        their copies here start with what comes first."""
+        :data:`SINCE_MEMORY` seconds. It had numbered none of them: their copies here start
+        with what comes first. ``now``: the wall clock, by default read here (the clock
+        :meth:`opening` stamps them with)."""
         since = self._since
+        if now is None:
+            now = time.time()
         while since:
             stream = next(iter(since))
             if since[stream] > now - SINCE_MEMORY:
