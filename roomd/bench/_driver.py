@@ -123,6 +123,7 @@ class Phase:
         rate = spec.get("rate")
         total = spec["senders_total"]
         interval = int(1e9 / rate) if rate else 0
+        volatile = _VOLATILE if spec.get("volatile") else b""  # (every sender of the phase)
         out: list[_Slot] = []
         for entry in spec["senders"]:
             conn = self.engine.by_user.get(entry["user"])
@@ -130,9 +131,7 @@ class Phase:
                 continue
             s = entry["index"]
             to = orjson.dumps(entry["to"])
-            flag = _EXCEPT_SELF if entry.get("except_self") else b""
-            if entry.get("volatile"):
-                flag += _VOLATILE
+            flag = (_EXCEPT_SELF if entry.get("except_self") else b"") + volatile
             offset = s * interval // max(1, total)
             out.extend((offset + k * interval, conn, s, k, to, flag) for k in range(self.messages))
         out.sort(key=lambda item: item[0])

@@ -419,18 +419,13 @@ async def run_w1(
                 "senders_total": 1,
                 "rate": None if burst else s.rate,
                 "padding": s.padding,
+                "volatile": s.volatile,
                 "senders": [],
                 "receivers": [{"user": u, "expect": [0]} for u in receivers[d::count]],
             }
             if d == 0:
                 spec["senders"] = [
-                    {
-                        "user": sender,
-                        "index": 0,
-                        "to": {"room": ROOM},
-                        "except_self": True,
-                        "volatile": s.volatile,
-                    }
+                    {"user": sender, "index": 0, "to": {"room": ROOM}, "except_self": True}
                 ]
             specs.append(spec)
         timeout = s.timeout + (0 if burst else messages / s.rate)
@@ -470,9 +465,8 @@ async def run_w2(
             senders, receivers = [], []
             for i in range(d, size, count):
                 a, b = f"w2-a{i}", f"w2-b{i}"
-                to_b, to_a = {"user": b}, {"user": a}
-                senders.append({"user": a, "index": 2 * i, "to": to_b, "volatile": s.volatile})
-                senders.append({"user": b, "index": 2 * i + 1, "to": to_a, "volatile": s.volatile})
+                senders.append({"user": a, "index": 2 * i, "to": {"user": b}})
+                senders.append({"user": b, "index": 2 * i + 1, "to": {"user": a}})
                 receivers.append({"user": a, "expect": [2 * i + 1]})
                 receivers.append({"user": b, "expect": [2 * i]})
             specs.append(
@@ -482,6 +476,7 @@ async def run_w2(
                     "senders_total": 2 * size,
                     "rate": None if burst else s.pair_rate,
                     "padding": s.padding,
+                    "volatile": s.volatile,
                     "senders": senders,
                     "receivers": receivers,
                 }
